@@ -1,0 +1,1 @@
+"""pre-commit adapter (installed as ``safemodel_ci.hooks``)."""

@@ -1,0 +1,159 @@
+"""Command line: parses arguments and wires sources, the scanner and a writer together."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from . import __version__
+from .findings import EXIT_USAGE, FileResult, ScanReport, Severity
+from .output import FORMATS, writer
+from .scanner import ScanOptions, scan_files
+from .sources.paths import iter_paths
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  nothing found at or above the --fail-on severity
+  1  findings at or above the --fail-on severity (the file could run code or is invalid)
+  2  something could not be scanned fully (truncated, encrypted, LFS pointer without content,
+     limit reached, unreadable) and nothing blocking was found: never treat as clean
+  3  usage or configuration error
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors; 2 means "incomplete scan" here, so use 3."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _severity(text: str) -> Severity:
+    try:
+        sev = Severity.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if sev is Severity.INFO:
+        raise argparse.ArgumentTypeError("fail-on must be low, medium, high or critical")
+    return sev
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that produces a report."""
+    p.add_argument("--format", "-f", choices=FORMATS, default="text",
+                   help="output format (default: text)")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write the report to FILE instead of standard output")
+    p.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
+                   help="lowest severity that fails the run: low, medium, high (default), critical")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress messages on standard error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="safemodel",
+        description="Find machine-learning model files that would run code when loaded "
+                    "(pickle, PyTorch, joblib, NumPy, Keras, TensorFlow, GGUF, ONNX) and validate "
+                    "safetensors headers, without ever loading them.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"safemodel-ci {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    scan = sub.add_parser(
+        "scan", help="scan files and directories",
+        description="Scan files and directories (recursively). Formats are detected from content, "
+                    "not from file names.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    scan.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
+    add_output_options(scan)
+    scan.set_defaults(func=cmd_scan)
+
+    rules = sub.add_parser("rules", help="list every rule id with its severity and meaning")
+    rules.add_argument("--format", choices=("text", "markdown"), default="text")
+    rules.set_defaults(func=cmd_rules)
+    return parser
+
+
+def scan_options(args: argparse.Namespace) -> ScanOptions:
+    """The scan options a command line asks for."""
+    return ScanOptions()
+
+
+def fail_on(args: argparse.Namespace) -> Severity:
+    return args.fail_on if args.fail_on is not None else Severity.HIGH
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress goes to a terminal only: never in CI logs, never when quiet."""
+    return not args.quiet and sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def emit(report: ScanReport, args: argparse.Namespace) -> int:
+    """Write the report where asked and return the exit code."""
+    text = writer(args.format).render(report)
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            print(f"safemodel: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if args.format != "text":
+            # The verdict still shows in the log when the report itself goes to a file.
+            from .output.text import summary_line
+            print(summary_line(report), file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return report.exit_code
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    missing = [p for p in args.paths if not os.path.lexists(p)]
+    if missing:
+        for p in missing:
+            print(f"safemodel: {p}: no such file or directory", file=sys.stderr)
+        return EXIT_USAGE
+    options = scan_options(args)
+    progress = show_progress(args)
+    results: List[FileResult] = []
+    for result in scan_files(iter_paths(args.paths), options):
+        results.append(result)
+        if progress:
+            print(f"\rscanned {len(results)} files", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return emit(ScanReport(results, fail_on=fail_on(args)), args)
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from .rules import RULES
+
+    if args.format == "markdown":
+        print("| rule id | severity | what it means | what to do |")
+        print("| --- | --- | --- | --- |")
+        for r in RULES:
+            sev = "unscanned (exit 2)" if r.unscanned else r.severity.name
+            print(f"| `{r.id}` | {sev} | {r.title}: {r.description} | {r.remedy} |")
+    else:
+        for r in RULES:
+            sev = "UNSCANNED" if r.unscanned else r.severity.name
+            print(f"{r.id:40} {sev:9} {r.title}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("safemodel: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,147 @@
+"""What a format reader gets besides its bytes: where it is, the policy, the limits, a place to report."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
+
+from .findings import Finding, Severity
+from .rules import rule
+from .source import ByteSource
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .policy import Policy
+
+
+class ScanLimitExceeded(Exception):
+    """Raised by a reader (or :meth:`ScanContext.check_deadline`) when a limit is reached."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on the work done for one file. Exceeding one is an ``unscanned-limit`` finding."""
+
+    #: Containers inside containers (zip in zip, pickle in pickle ...).
+    max_depth: int = 6
+    #: Members read from one archive.
+    max_members: int = 100_000
+    #: Bytes produced by decompression, per file (all members together).
+    max_decompressed_bytes: int = 8 << 30
+    #: Decompressed / compressed size, once output exceeds 1 MiB.
+    max_compression_ratio: int = 1000
+    #: Wall-clock seconds spent on one top-level file.
+    max_seconds_per_file: float = 300.0
+    #: Size of a single in-memory buffer (a JSON config, a protobuf, a header) a reader may hold.
+    max_in_memory_bytes: int = 256 << 20
+    #: Pickle VM: stack, memo and mark depth.
+    max_pickle_stack: int = 1_000_000
+    max_pickle_memo: int = 1_000_000
+
+
+#: Opens a file next to the one being scanned (same directory or repo), by relative path; None if absent.
+SiblingOpener = Callable[[str], Optional[ByteSource]]
+
+
+@dataclass
+class _FileState:
+    path: str
+    findings: List[Finding] = field(default_factory=list)
+    formats: List[str] = field(default_factory=list)
+    deadline: float = 0.0
+
+
+class ScanContext:
+    """Per-member view of the scan of one top-level file.
+
+    Readers call :meth:`report` for findings, :meth:`child` to descend into a member and
+    :meth:`scan` to have a member's bytes sniffed and scanned by every reader that applies.
+    """
+
+    def __init__(self, path: str, policy: "Policy", limits: Limits = Limits(),
+                 member: Optional[str] = None, depth: int = 0,
+                 siblings: Optional[SiblingOpener] = None,
+                 _state: Optional[_FileState] = None) -> None:
+        self.path = path
+        self.policy = policy
+        self.limits = limits
+        self.member = member
+        self.depth = depth
+        self.siblings = siblings
+        self._state = _state or _FileState(path, deadline=time.monotonic() + limits.max_seconds_per_file)
+
+    # -- reporting -------------------------------------------------------------------------
+    def report(self, rule_id: str, message: str, *, offset: Optional[int] = None,
+               severity: Optional[Severity] = None, details: Optional[Mapping[str, Any]] = None,
+               remedy: Optional[str] = None) -> Finding:
+        """Record a finding of ``rule_id`` at this context's member (and ``offset`` inside it)."""
+        r = rule(rule_id)
+        finding = Finding(
+            rule_id=r.id,
+            severity=r.severity if severity is None else severity,
+            path=self.path,
+            member=self.member,
+            offset=offset,
+            message=message,
+            remedy=remedy or r.remedy,
+            unscanned=r.unscanned,
+            details=dict(details or {}),
+        )
+        finding = self.policy.adjust(finding) if hasattr(self.policy, "adjust") else finding
+        self._state.findings.append(finding)
+        return finding
+
+    def add_format(self, name: str) -> None:
+        label = f"{self.member}={name}" if self.member else name
+        if label not in self._state.formats:
+            self._state.formats.append(label)
+
+    @property
+    def findings(self) -> List[Finding]:
+        return self._state.findings
+
+    @property
+    def formats(self) -> List[str]:
+        return self._state.formats
+
+    # -- descending ------------------------------------------------------------------------
+    def child(self, member: str) -> "ScanContext":
+        """Context for a member inside the current one (``outer:inner`` in reports)."""
+        full = f"{self.member}:{member}" if self.member else member
+        return ScanContext(self.path, self.policy, self.limits, member=full, depth=self.depth + 1,
+                           siblings=None, _state=self._state)
+
+    def scan(self, source: ByteSource, member: Optional[str] = None) -> None:
+        """Sniff ``source`` and run every reader that applies (in a child context if ``member``)."""
+        from .scanner import scan_source
+
+        ctx = self.child(member) if member is not None else self
+        if ctx.depth > self.limits.max_depth:
+            ctx.report("unscanned-limit", f"nesting deeper than {self.limits.max_depth} levels; not scanned")
+            return
+        scan_source(source, ctx)
+
+    def check_deadline(self) -> None:
+        """Raise :class:`ScanLimitExceeded` once the per-file time budget is spent."""
+        if time.monotonic() > self._state.deadline:
+            raise ScanLimitExceeded(f"time budget of {self.limits.max_seconds_per_file:g}s per file spent")
+
+    def open_sibling(self, relative: str) -> Optional[ByteSource]:
+        """A file beside the scanned one (a shard named by an index), when the source offers them."""
+        if self.siblings is None or self.member is not None:
+            return None
+        return self.siblings(relative)
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.path}:{self.member}" if self.member else self.path
+
+    @property
+    def basename(self) -> str:
+        """Name of the innermost member or file (an extension hint for messages only)."""
+        name = self.member.rsplit(":", 1)[-1] if self.member else self.path
+        return os.path.basename(name.replace("\\", "/"))
+
+    def state_dict(self) -> Dict[str, Any]:  # pragma: no cover - debugging aid
+        return {"path": self.path, "member": self.member, "depth": self.depth}

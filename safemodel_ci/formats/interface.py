@@ -1,0 +1,33 @@
+"""The interface every format reader implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, FrozenSet
+
+from ..context import ScanContext
+from ..source import ByteSource
+
+
+class FormatReader(ABC):
+    """Reads one format. ``detect`` decides from content only; ``scan`` reports into the context.
+
+    Every reader whose ``detect`` is true runs on a file (a file can be a zip *and* a pickle).
+    A reader that already covers what another would do (legacy torch covers its pickles) names
+    it in ``supersedes`` so the same bytes are not reported twice.
+    """
+
+    #: Short stable name, shown in results (``pickle``, ``zip``, ``safetensors`` ...).
+    name: ClassVar[str]
+    #: Names of readers this one makes redundant when both detect the same source.
+    supersedes: ClassVar[FrozenSet[str]] = frozenset()
+    #: Readers that may legitimately match together with this one without being a polyglot.
+    compatible: ClassVar[FrozenSet[str]] = frozenset()
+
+    @abstractmethod
+    def detect(self, source: ByteSource, head: bytes) -> bool:
+        """True when the content is (or claims to be) this format. ``head`` is the first 64 KiB."""
+
+    @abstractmethod
+    def scan(self, source: ByteSource, ctx: ScanContext) -> None:
+        """Inspect the content; report findings with ``ctx.report``; descend with ``ctx.scan``."""

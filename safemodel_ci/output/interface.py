@@ -1,0 +1,18 @@
+"""How results are written: one module per output format, each a :class:`ReportWriter`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from ..findings import ScanReport
+
+
+class ReportWriter(ABC):
+    """Turns a finished :class:`ScanReport` into text for one audience."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def render(self, report: ScanReport) -> str:
+        """The whole output as one string (written to stdout or ``--output``)."""

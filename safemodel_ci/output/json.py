@@ -1,0 +1,38 @@
+"""JSON: the documented, versioned report schema (``schemas/report-v1.json``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict
+
+from .. import __version__
+from ..findings import ScanReport
+from .interface import ReportWriter
+
+SCHEMA_VERSION = "1"
+
+
+def report_dict(report: ScanReport) -> Dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "safemodel-ci", "version": __version__},
+        "fail_on": report.fail_on.name,
+        "exit_code": report.exit_code,
+        "summary": {
+            "files": len(report.files),
+            "blocking": len(report.blocking),
+            "incomplete": len(report.incomplete),
+            "by_severity": report.counts(),
+            "errors": len(report.errors),
+        },
+        "files": [r.to_dict() for r in report.files],
+        "errors": [{"target": t, "message": m} for t, m in report.errors],
+        **({"extra": report.extra} if report.extra else {}),
+    }
+
+
+class JsonWriter(ReportWriter):
+    name = "json"
+
+    def render(self, report: ScanReport) -> str:
+        return json.dumps(report_dict(report), indent=2, sort_keys=False) + "\n"

@@ -1,0 +1,61 @@
+"""Policy: which imported globals are safe, which are dangerous, and how severities may be tuned.
+
+Allowlist first: a global on the safe table gives no finding, one on the dangerous table (matched by
+package prefix, so submodules count) is CRITICAL, and every other import is HIGH ("not on the
+allowlist"), naming the exact global so a project can allow it in its config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import FrozenSet, Mapping, NamedTuple, Optional
+
+from .findings import Finding, Severity
+from .rules import RULES_BY_ID
+
+
+class GlobalVerdict(NamedTuple):
+    """How the policy judges one imported global. ``rule_id`` None means allowed."""
+
+    rule_id: Optional[str]
+    severity: Severity
+    reason: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The tunable part of a scan. Frozen and picklable: it travels to worker processes."""
+
+    #: Extra ``module.name`` or ``module.*`` entries the project trusts (from config).
+    allow_globals: FrozenSet[str] = frozenset()
+    #: Rule id -> severity, from config. Code-execution rules cannot be lowered this way.
+    severity_overrides: Mapping[str, Severity] = field(default_factory=dict)
+
+    def classify_global(self, module: str, name: str) -> GlobalVerdict:
+        """Judge ``module.name`` (already mapped from Python 2 names, dotted ``name`` allowed)."""
+        from .pickle_policy import classify_global
+
+        return classify_global(module, name, self.allow_globals)
+
+    def adjust(self, finding: Finding) -> Finding:
+        """Apply ``severity-overrides``; never lowers a code-execution finding."""
+        new = self.severity_overrides.get(finding.rule_id)
+        if new is None or new == finding.severity:
+            return finding
+        rule = RULES_BY_ID.get(finding.rule_id)
+        if rule is not None and rule.code_execution and new < finding.severity:
+            return finding
+        return replace(finding, severity=new)
+
+    def fingerprint(self) -> str:
+        """Stable hash of everything in the policy (part of the result-cache key)."""
+        from . import pickle_policy
+
+        data = {
+            "allow": sorted(self.allow_globals),
+            "overrides": sorted((k, int(v)) for k, v in self.severity_overrides.items()),
+            "tables": pickle_policy.TABLES_VERSION,
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

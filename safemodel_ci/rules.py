@@ -1,0 +1,106 @@
+"""The one table of rule ids. The docs (``safemodel rules``), the SARIF rules and the tests read it.
+
+A rule id is stable once released: findings, config ``severity-overrides`` and code-scanning alerts
+refer to it. ``unscanned`` rules mean "this file could not be fully inspected": they never block on
+severity, they make the verdict "incomplete" (exit code 2) so a file is never reported clean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+from .findings import Severity
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    severity: Severity
+    title: str
+    description: str
+    remedy: str
+    unscanned: bool = False
+    #: True for findings that mean "loading this runs code": config may not lower them.
+    code_execution: bool = False
+
+
+_CONVERT = "Convert the model to safetensors, or load it only if you trust its author."
+_REPORT = "Re-export the file with the original library, or remove it; do not load it until it scans."
+
+RULES: Tuple[Rule, ...] = (
+    # ---- generic: coverage and errors -------------------------------------------------------
+    Rule("unscanned-parse-error", Severity.HIGH, "Could not be parsed",
+         "The file or member is malformed or truncated where a loader would read it, so it could not "
+         "be inspected fully. Findings seen before the error are reported too.",
+         _REPORT, unscanned=True),
+    Rule("unscanned-limit", Severity.HIGH, "Scan limit exceeded",
+         "A limit (size, nesting depth, member count, decompressed bytes or time budget) was reached "
+         "before the whole file was inspected.",
+         "Check the file by hand; raise the limit in the config only if the file is trusted.",
+         unscanned=True),
+    Rule("unscanned-encrypted", Severity.HIGH, "Encrypted content",
+         "An encrypted archive member cannot be inspected.",
+         "Ship models unencrypted, or verify the file out of band.", unscanned=True),
+    Rule("unscanned-unsupported", Severity.HIGH, "Reader not available",
+         "The content needs an optional reader that is not installed (for example py7zr for 7z "
+         "archives, lz4 for lz4-compressed joblib files).",
+         "Install safemodel-ci[formats] and scan again.", unscanned=True),
+    Rule("unscanned-unreadable", Severity.HIGH, "File could not be read",
+         "The file could not be opened or read (permissions, a special file, a broken link).",
+         "Make the file readable to the scanner, or exclude it explicitly in the config.",
+         unscanned=True),
+    Rule("scanner-error", Severity.HIGH, "Internal scanner error",
+         "The scanner failed on this content; it is not reported clean.",
+         "Report the file to the safemodel-ci maintainers; do not load it meanwhile.", unscanned=True),
+    Rule("unrecognized-format", Severity.INFO, "Not a recognised model format",
+         "The file is named like a model file but its content matches no known model format.",
+         "Nothing to do if the file is not a model."),
+    Rule("lfs-pointer-missing", Severity.HIGH, "Git LFS pointer without content",
+         "The file is a Git LFS pointer and the object it names is not available locally, so the "
+         "real model was not scanned.",
+         "Fetch the LFS content (git lfs pull, or actions/checkout with lfs: true) and scan again.",
+         unscanned=True),
+    Rule("lfs-object-mismatch", Severity.HIGH, "Git LFS object does not match its pointer",
+         "The local LFS object's size or sha256 differs from what the pointer states.",
+         "Re-fetch the object (git lfs fetch) and investigate how it was altered."),
+    Rule("polyglot", Severity.HIGH, "Valid in two formats at once",
+         "The bytes form more than one format (for example a pickle with an appended zip, or a "
+         "safetensors file whose tail is a zip): different loaders see different content.",
+         _REPORT),
+    # ---- pickle VM ---------------------------------------------------------------------------
+    Rule("pickle-dangerous-global", Severity.CRITICAL, "Pickle imports a dangerous callable",
+         "The pickle imports a global that can execute code, run processes, touch files or the "
+         "network, or import further code. Loading the file runs it.",
+         _CONVERT, code_execution=True),
+    Rule("pickle-unknown-global", Severity.HIGH, "Pickle imports a global that is not allowlisted",
+         "The pickle imports a global that is not on the allowlist of known-safe model globals. It "
+         "may be harmless, but an allowlist is the only defence against new gadgets.",
+         "If you trust it, allow exactly this global in .safemodel.yaml (allow-globals, with a "
+         "reason); otherwise convert the model to safetensors."),
+    Rule("pickle-unresolved-global", Severity.CRITICAL, "Pickle import name is computed",
+         "GLOBAL/INST/STACK_GLOBAL operands are not literal strings, so what is imported cannot be "
+         "known without running the pickle.",
+         _CONVERT, code_execution=True),
+    Rule("pickle-ext-code", Severity.HIGH, "Pickle uses the copyreg extension registry",
+         "EXT1/EXT2/EXT4 opcodes import whatever the loading process registered under a code.",
+         _CONVERT),
+    Rule("pickle-nested", Severity.MEDIUM, "Pickle builds and loads another pickle",
+         "Bytes built inside the stream are passed to a loader; they were scanned as a nested pickle.",
+         _CONVERT),
+    Rule("pickle-broken-stream", Severity.HIGH, "Pickle stream is broken",
+         "The stream is truncated or has an invalid opcode. Loaders run every opcode before the "
+         "break, so findings before it are real; the rest could not be inspected.",
+         _REPORT, unscanned=True),
+    # ---- containers (zip, torch, numpy, joblib, 7z) ------------------------------------------
+    # ---- safetensors -------------------------------------------------------------------------
+    # ---- keras, tensorflow, gguf, onnx -------------------------------------------------------
+    # ---- repositories, Hub and cache ---------------------------------------------------------
+)
+
+RULES_BY_ID: Dict[str, Rule] = {r.id: r for r in RULES}
+
+
+def rule(rule_id: str) -> Rule:
+    """The rule for an id; an unknown id is a programming error."""
+    return RULES_BY_ID[rule_id]

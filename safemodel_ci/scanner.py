@@ -1,0 +1,142 @@
+"""The scan: sniff a source, run every reader that applies, collect a :class:`FileResult`."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, List, Optional
+
+from .context import Limits, ScanContext, ScanLimitExceeded, SiblingOpener
+from .findings import FileResult, Severity, sort_findings
+from .formats import readers
+from .formats.interface import FormatReader
+from .policy import Policy
+from .source import ByteSource, FileSource, SourceError
+
+#: Bytes handed to every detector. Detectors needing more read it from the source themselves.
+HEAD_SIZE = 64 * 1024
+
+#: Extensions of files that are meant to be models: an unrecognised one gets a notice.
+MODEL_EXTENSIONS = frozenset({
+    ".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", ".npy", ".npz", ".h5", ".hdf5",
+    ".keras", ".safetensors", ".gguf", ".onnx", ".pb", ".msgpack", ".dill", ".sav", ".model",
+    ".mar", ".pt2", ".ptl", ".tar", ".7z", ".zip", ".pdparams", ".nemo", ".llamafile", ".tflite",
+})
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """Everything that decides a scan's result (and so belongs in a result-cache key)."""
+
+    policy: Policy = field(default_factory=Policy)
+    limits: Limits = field(default_factory=Limits)
+
+
+def detect(source: ByteSource, head: Optional[bytes] = None) -> List[FormatReader]:
+    """Every reader whose detector accepts the source, minus those another one supersedes."""
+    if head is None:
+        head = source.head(HEAD_SIZE)
+    matched = [r for r in readers() if r.detect(source, head)]
+    names = {r.name for r in matched}
+    superseded = {s for r in matched for s in r.supersedes if s in names}
+    return [r for r in matched if r.name not in superseded]
+
+
+def _run_reader(reader: FormatReader, source: ByteSource, ctx: ScanContext) -> None:
+    """Run one reader; whatever goes wrong becomes a finding, never a crash and never a pass."""
+    try:
+        ctx.check_deadline()
+        reader.scan(source, ctx)
+    except ScanLimitExceeded as exc:
+        ctx.report("unscanned-limit", f"{reader.name}: {exc}")
+    except SourceError as exc:
+        ctx.report("unscanned-unreadable", f"{reader.name}: could not read: {exc}")
+    except (RecursionError, MemoryError) as exc:
+        ctx.report("unscanned-limit", f"{reader.name}: structure too deep or too large ({type(exc).__name__})")
+    except Exception as exc:  # noqa: BLE001 - any reader bug must fail closed, with a message
+        ctx.report("scanner-error", f"{reader.name} reader failed: {type(exc).__name__}: {exc}")
+
+
+def scan_source(source: ByteSource, ctx: ScanContext) -> None:
+    """Sniff ``source`` and scan it with every applicable reader, reporting into ``ctx``."""
+    try:
+        head = source.head(HEAD_SIZE)
+        found = detect(source, head)
+    except SourceError as exc:
+        ctx.report("unscanned-unreadable", f"could not read: {exc}")
+        return
+    except Exception as exc:  # noqa: BLE001
+        ctx.report("scanner-error", f"format detection failed: {type(exc).__name__}: {exc}")
+        return
+    for reader in found:
+        ctx.add_format(reader.name)
+    if len(found) > 1:
+        names = [r.name for r in found]
+        clash = [a for a in found for b in found
+                 if a is not b and b.name not in a.compatible and a.name not in b.compatible]
+        if clash:
+            ctx.report("polyglot", "content is valid as " + " and as ".join(names) +
+                       ": different loaders would read different things; every reading was scanned",
+                       offset=0, details={"formats": names})
+    if not found and ctx.member is None:
+        ext = os.path.splitext(ctx.path)[1].lower()
+        if ext in MODEL_EXTENSIONS:
+            ctx.report("unrecognized-format",
+                       f"named like a model ({ext}) but the content matches no model format")
+    for reader in found:
+        _run_reader(reader, source, ctx)
+
+
+def _local_siblings(path: str) -> SiblingOpener:
+    base = os.path.dirname(os.path.abspath(path))
+
+    def open_sibling(relative: str) -> Optional[ByteSource]:
+        rel = posixpath.normpath(relative.replace("\\", "/"))
+        if rel.startswith("../") or rel == ".." or posixpath.isabs(rel):
+            return None
+        full = os.path.join(base, rel)
+        if not os.path.isfile(full):
+            return None
+        try:
+            return FileSource(full, name=os.path.join(os.path.dirname(path), rel))
+        except SourceError:
+            return None
+
+    return open_sibling
+
+
+def scan_byte_source(source: ByteSource, display_path: str, options: ScanOptions,
+                     siblings: Optional[SiblingOpener] = None) -> FileResult:
+    """Scan one top-level source (a local file, a Hub file, a cache blob) into a :class:`FileResult`."""
+    ctx = ScanContext(display_path, options.policy, options.limits, siblings=siblings)
+    start = source.bytes_read
+    scan_source(source, ctx)
+    return FileResult(path=display_path, size=source.size, formats=list(ctx.formats),
+                      findings=sort_findings(ctx.findings), bytes_read=source.bytes_read - start)
+
+
+def scan_file(path: str, options: ScanOptions, display_path: Optional[str] = None) -> FileResult:
+    """Scan one local file."""
+    shown = display_path or path
+    try:
+        source = FileSource(path, name=shown)
+    except SourceError as exc:
+        ctx = ScanContext(shown, options.policy, options.limits)
+        ctx.report("unscanned-unreadable", f"could not open: {exc}")
+        return FileResult(path=shown, findings=list(ctx.findings))
+    with source:
+        return scan_byte_source(source, shown, options, siblings=_local_siblings(path))
+
+
+def scan_files(paths: Iterable[str], options: ScanOptions,
+               on_result: Optional[Callable[[FileResult], None]] = None) -> Iterator[FileResult]:
+    """Scan files one by one, in the order given, yielding each result as it is ready."""
+    for path in paths:
+        result = scan_file(path, options)
+        if on_result is not None:
+            on_result(result)
+        yield result
+
+
+__all__ = ["ScanOptions", "Severity", "detect", "scan_source", "scan_byte_source", "scan_file", "scan_files"]

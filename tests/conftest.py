@@ -1,0 +1,34 @@
+"""Shared fixtures. The attack corpus lives in ../shared beside the clone (CI has it, users may not)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared"
+CORPUS = SHARED / "corpus" / "picklescan"
+SARIF_SCHEMA = SHARED / "schemas" / "sarif-schema-2.1.0.json"
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    if not (CORPUS / "manifest.json").is_file():
+        pytest.skip(f"attack corpus not found at {CORPUS} (it sits beside the clone in CI)")
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def sarif_schema_path() -> Path:
+    if not SARIF_SCHEMA.is_file():
+        pytest.skip(f"SARIF schema not found at {SARIF_SCHEMA} (it sits beside the clone in CI)")
+    return SARIF_SCHEMA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or write the user's result cache."""
+    monkeypatch.setenv("SAFEMODEL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "safemodel-cache"))
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

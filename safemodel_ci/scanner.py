@@ -15,7 +15,7 @@ from .policy import Policy
 from .source import ByteSource, FileSource, SourceError
 
 #: Bytes handed to every detector. Detectors needing more read it from the source themselves.
-HEAD_SIZE = 64 * 1024
+HEAD_SIZE = 4096
 
 #: Extensions of files that are meant to be models: an unrecognised one gets a notice.
 MODEL_EXTENSIONS = frozenset({

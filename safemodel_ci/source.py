@@ -8,6 +8,7 @@ the default everywhere. Every source counts the bytes it was asked for (``bytes_
 
 from __future__ import annotations
 
+import io
 import os
 from abc import ABC, abstractmethod
 from typing import Optional
@@ -228,3 +229,51 @@ class SourceReader:
         n = max(0, min(n, self.remaining()))
         self._pos += n
         return n
+
+
+class SourceIO(io.RawIOBase):
+    """A read-only, seekable file object over a source, for libraries that want one (h5py, tarfile).
+
+    Each ``read`` goes to ``read_at``, so a remote source still fetches only the ranges asked for.
+    """
+
+    def __init__(self, source: ByteSource) -> None:
+        super().__init__()
+        self.source = source
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.source.size + offset
+        else:
+            raise ValueError(f"bad whence {whence}")
+        if pos < 0:
+            raise ValueError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def readinto(self, buffer: "bytearray | memoryview") -> int:  # type: ignore[override]
+        data = self.source.read_at(self._pos, len(buffer))
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(0, self.source.size - self._pos)
+        data = self.source.read_at(self._pos, size)
+        self._pos += len(data)
+        return data

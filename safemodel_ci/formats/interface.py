@@ -26,7 +26,7 @@ class FormatReader(ABC):
 
     @abstractmethod
     def detect(self, source: ByteSource, head: bytes) -> bool:
-        """True when the content is (or claims to be) this format. ``head`` is the first 64 KiB."""
+        """True when the content is (or claims to be) this format. ``head`` is the first 4 KiB (read more from the source if needed)."""
 
     @abstractmethod
     def scan(self, source: ByteSource, ctx: ScanContext) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from . import __version__
-from .findings import EXIT_USAGE, FileResult, ScanReport, Severity
+from .findings import EXIT_USAGE, FileResult, Finding, ScanReport, Severity
 from .output import FORMATS, writer
+from .rules import RULES_BY_ID
 from .scanner import ScanOptions, scan_files
 from .sources.paths import iter_paths
 
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "not from file names.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     scan.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
+    scan.add_argument("--follow-symlinks", action="store_true",
+                      help="follow symlinks found in directories even when they point outside the "
+                           "scanned paths (default: only links into the scanned paths are followed)")
     add_output_options(scan)
     scan.set_defaults(func=cmd_scan)
 
@@ -121,13 +125,21 @@ def cmd_scan(args: argparse.Namespace) -> int:
     options = scan_options(args)
     progress = show_progress(args)
     results: List[FileResult] = []
-    for result in scan_files(iter_paths(args.paths), options):
+    skipped: List[Tuple[str, str]] = []
+    for result in scan_files(iter_paths(args.paths, args.follow_symlinks, skipped), options):
         results.append(result)
         if progress:
             print(f"\rscanned {len(results)} files", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
+    results.extend(skipped_result(path, reason) for path, reason in skipped)
     return emit(ScanReport(results, fail_on=fail_on(args)), args)
+
+
+def skipped_result(path: str, reason: str) -> FileResult:
+    """A notice for a path the walk passed over (a symlink out of the tree), so nothing is silent."""
+    rule = RULES_BY_ID["skipped-not-regular"]
+    return FileResult(path=path, findings=[Finding(rule.id, rule.severity, path, reason, rule.remedy)])
 
 
 def cmd_rules(args: argparse.Namespace) -> int:

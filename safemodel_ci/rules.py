@@ -56,6 +56,9 @@ RULES: Tuple[Rule, ...] = (
     Rule("unrecognized-format", Severity.INFO, "Not a recognised model format",
          "The file is named like a model file but its content matches no known model format.",
          "Nothing to do if the file is not a model."),
+    Rule("skipped-not-regular", Severity.INFO, "Not a regular file",
+         "A fifo, device, socket or a symlink that is not followed was passed over; nothing was read.",
+         "Scan the link target itself if it is a model, or pass --follow-symlinks."),
     Rule("lfs-pointer-missing", Severity.HIGH, "Git LFS pointer without content",
          "The file is a Git LFS pointer and the object it names is not available locally, so the "
          "real model was not scanned.",

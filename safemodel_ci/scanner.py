@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional
 
@@ -53,7 +54,8 @@ def _run_reader(reader: FormatReader, source: ByteSource, ctx: ScanContext) -> N
     except SourceError as exc:
         ctx.report("unscanned-unreadable", f"{reader.name}: could not read: {exc}")
     except (RecursionError, MemoryError) as exc:
-        ctx.report("unscanned-limit", f"{reader.name}: structure too deep or too large ({type(exc).__name__})")
+        ctx.report("unscanned-limit",
+                   f"{reader.name}: structure too deep or too large ({type(exc).__name__})")
     except Exception as exc:  # noqa: BLE001 - any reader bug must fail closed, with a message
         ctx.report("scanner-error", f"{reader.name} reader failed: {type(exc).__name__}: {exc}")
 
@@ -119,6 +121,18 @@ def scan_byte_source(source: ByteSource, display_path: str, options: ScanOptions
 def scan_file(path: str, options: ScanOptions, display_path: Optional[str] = None) -> FileResult:
     """Scan one local file."""
     shown = display_path or path
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        mode = None
+        error = exc.strerror or str(exc)
+    if mode is None or not stat.S_ISREG(mode):
+        ctx = ScanContext(shown, options.policy, options.limits)
+        if mode is None:
+            ctx.report("unscanned-unreadable", f"could not open: {error}")
+        else:
+            ctx.report("skipped-not-regular", "not a regular file (fifo, device or socket); not read")
+        return FileResult(path=shown, findings=list(ctx.findings))
     try:
         source = FileSource(path, name=shown)
     except SourceError as exc:

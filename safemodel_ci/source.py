@@ -64,7 +64,7 @@ class ByteSource(ABC):
     def slice(self, offset: int, length: int, name: Optional[str] = None) -> "SliceSource":
         return SliceSource(self, offset, length, name)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most sources hold nothing to release
         """Release resources; reading afterwards is an error."""
 
     def __enter__(self) -> "ByteSource":

@@ -26,7 +26,10 @@ class FormatReader(ABC):
 
     @abstractmethod
     def detect(self, source: ByteSource, head: bytes) -> bool:
-        """True when the content is (or claims to be) this format. ``head`` is the first 4 KiB (read more from the source if needed)."""
+        """True when the content is (or claims to be) this format.
+
+        ``head`` is the first 4 KiB; a detector that needs more reads it from the source.
+        """
 
     @abstractmethod
     def scan(self, source: ByteSource, ctx: ScanContext) -> None:

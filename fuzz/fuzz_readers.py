@@ -1,0 +1,75 @@
+"""Coverage-guided fuzzing of the readers with atheris (longer runs than the hypothesis tests).
+
+    python3 fuzz/fuzz_readers.py --seeds DIR [--reader NAME] [atheris/libFuzzer flags, e.g. -max_total_time=600]
+
+``--seeds`` is a directory of seed files (``python3 fuzz/fuzz_readers.py --make-seeds DIR`` writes the
+test suite's fixture zoo there). With ``--reader``, only inputs that reader detects are driven into
+it, so each parser can be fuzzed on its own. A crash is any exception that escapes a reader (the
+driver reports it as ``scanner-error``) or a scan of one input taking over 2 seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from safemodel_ci.context import ScanContext  # noqa: E402
+from safemodel_ci.formats import readers  # noqa: E402
+from safemodel_ci.scanner import ScanOptions, scan_byte_source  # noqa: E402
+from safemodel_ci.source import BytesSource  # noqa: E402
+
+OPTIONS = ScanOptions()
+
+
+class ReaderCrash(Exception):
+    pass
+
+
+def one_input(data: bytes, reader_name: str = "") -> None:
+    source = BytesSource(data, name="fuzz")
+    start = time.monotonic()
+    if reader_name:
+        reader = next(r for r in readers() if r.name == reader_name)
+        if not reader.detect(source, source.head(4096)):
+            return
+        ctx = ScanContext("fuzz", OPTIONS.policy, OPTIONS.limits)
+        reader.scan(source, ctx)  # exceptions escape: that is what the fuzzer looks for
+    else:
+        result = scan_byte_source(source, "fuzz", OPTIONS)
+        for f in result.findings:
+            if f.rule_id == "scanner-error":
+                raise ReaderCrash(f.message)
+    if time.monotonic() - start > 2.0:
+        raise ReaderCrash(f"scan of {len(data)} bytes took over 2 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=Path)
+    parser.add_argument("--reader", default="", help="fuzz only this reader (" +
+                        ", ".join(r.name for r in readers()) + ")")
+    parser.add_argument("--make-seeds", type=Path, metavar="DIR")
+    args, rest = parser.parse_known_args()
+    if args.make_seeds:
+        from fixture_factory import make_zoo
+
+        make_zoo(args.make_seeds, args.make_seeds / "CANARY")
+        print(f"seeds written to {args.make_seeds}")
+        return
+    import atheris
+
+    # Warm lazy imports before instrumentation starts.
+    for seed in sorted(args.seeds.iterdir()) if args.seeds else []:
+        scan_byte_source(BytesSource(seed.read_bytes()), seed.name, OPTIONS)
+    argv = [sys.argv[0], *rest] + ([str(args.seeds)] if args.seeds else [])
+    atheris.instrument_all()
+    atheris.Setup(argv, lambda data: one_input(data, args.reader))
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -50,6 +50,10 @@ class _FileState:
     findings: List[Finding] = field(default_factory=list)
     formats: List[str] = field(default_factory=list)
     deadline: float = 0.0
+    #: Filesystem path of the top-level file when it is a local file (``path`` is only for display).
+    real_path: Optional[str] = None
+    #: Bytes produced by decompression so far, all members together (``Limits.max_decompressed_bytes``).
+    decompressed_bytes: int = 0
 
 
 class ScanContext:
@@ -121,6 +125,18 @@ class ScanContext:
             ctx.report("unscanned-limit", f"nesting deeper than {self.limits.max_depth} levels; not scanned")
             return
         scan_source(source, ctx)
+
+    @property
+    def real_path(self) -> Optional[str]:
+        """Filesystem path of the scanned file itself (None for members and non-local sources)."""
+        return self._state.real_path if self.member is None else None
+
+    def charge_decompressed(self, n: int) -> None:
+        """Count ``n`` decompressed bytes against the per-file budget; raise once it is spent."""
+        self._state.decompressed_bytes += n
+        if self._state.decompressed_bytes > self.limits.max_decompressed_bytes:
+            raise ScanLimitExceeded(
+                f"decompressed-bytes limit of {self.limits.max_decompressed_bytes} bytes per file reached")
 
     def check_deadline(self) -> None:
         """Raise :class:`ScanLimitExceeded` once the per-file time budget is spent."""

@@ -109,9 +109,15 @@ def _local_siblings(path: str) -> SiblingOpener:
 
 
 def scan_byte_source(source: ByteSource, display_path: str, options: ScanOptions,
-                     siblings: Optional[SiblingOpener] = None) -> FileResult:
-    """Scan one top-level source (a local file, a Hub file, a cache blob) into a :class:`FileResult`."""
+                     siblings: Optional[SiblingOpener] = None,
+                     real_path: Optional[str] = None) -> FileResult:
+    """Scan one top-level source (a local file, a Hub file, a cache blob) into a :class:`FileResult`.
+
+    ``real_path`` is the local filesystem path when there is one (readers such as the Git LFS one
+    need it to find the repository holding the file).
+    """
     ctx = ScanContext(display_path, options.policy, options.limits, siblings=siblings)
+    ctx._state.real_path = real_path
     start = source.bytes_read
     scan_source(source, ctx)
     return FileResult(path=display_path, size=source.size, formats=list(ctx.formats),
@@ -140,7 +146,7 @@ def scan_file(path: str, options: ScanOptions, display_path: Optional[str] = Non
         ctx.report("unscanned-unreadable", f"could not open: {exc}")
         return FileResult(path=shown, findings=list(ctx.findings))
     with source:
-        return scan_byte_source(source, shown, options, siblings=_local_siblings(path))
+        return scan_byte_source(source, shown, options, siblings=_local_siblings(path), real_path=path)
 
 
 def scan_files(paths: Iterable[str], options: ScanOptions,

@@ -96,6 +96,59 @@ RULES: Tuple[Rule, ...] = (
          "break, so findings before it are real; the rest could not be inspected.",
          _REPORT, unscanned=True),
     # ---- containers (zip, torch, numpy, joblib, 7z) ------------------------------------------
+    Rule("zip-name-mismatch", Severity.HIGH, "Zip entry named differently in its two headers",
+         "The local header and the central directory give an entry different names: zipfile refuses "
+         "it, torch's reader does not check, and scanners that look names up are misled.",
+         _REPORT),
+    Rule("zip-duplicate-member", Severity.HIGH, "Zip holds several entries with one name",
+         "torch loads the first entry of a name, zipfile the last: the file means different things to "
+         "different loaders. Every copy was scanned.",
+         _REPORT),
+    Rule("zip-flag-bits", Severity.MEDIUM, "Zip entry with encryption or patch flag bits",
+         "An entry is flagged encrypted or patched while its content is plain: zipfile refuses it, torch "
+         "reads it anyway. A known way to make scanners skip a member; the content was scanned.",
+         _REPORT),
+    Rule("zip-crc-mismatch", Severity.MEDIUM, "Zip entry fails its CRC check",
+         "The CRC-32 of an entry differs from its headers: zipfile refuses it, torch loads it. The content "
+         "was scanned as torch would read it.",
+         _REPORT),
+    Rule("zip-malformed", Severity.MEDIUM, "Zip structure is inconsistent",
+         "Entry counts, compression methods or sizes disagree between the zip's records; readers may "
+         "disagree about the content.",
+         _REPORT),
+    Rule("zip-prepended-data", Severity.MEDIUM, "Bytes before the first zip entry",
+         "Data precedes the archive: pickle.load and np.load read it from offset 0 while zip readers "
+         "find the archive at the end. The leading bytes were scanned as well.",
+         _REPORT),
+    Rule("zip-unaccounted-bytes", Severity.MEDIUM, "Bytes in a zip that belong to no entry",
+         "A region between entries is not listed in the central directory (a hidden member for readers "
+         "that walk local headers). It was scanned as a member.",
+         _REPORT),
+    Rule("zip-multiple-roots", Severity.MEDIUM, "Torch archive with several top-level folders",
+         "torch.save writes one top-level folder; torch reads the folder of the first entry. Every "
+         "folder was scanned.",
+         _REPORT),
+    Rule("torch-script-code", Severity.HIGH, "TorchScript archive carries code",
+         "The archive holds TorchScript code (code/, constants.pkl or bytecode.pkl) that torch.jit.load "
+         "compiles and runs; torch.load before 2.6 handed such archives to it even with weights_only.",
+         "Ship plain weights (safetensors, or torch.save of a state_dict); load TorchScript only from "
+         "authors you trust."),
+    Rule("torch-unaccounted-bytes", Severity.MEDIUM, "Legacy torch file has bytes outside its layout",
+         "Bytes of a legacy torch.save file belong to none of its five pickles and raw storages. They "
+         "were searched for pickle streams, which were scanned.",
+         _REPORT),
+    Rule("npy-object-array", Severity.LOW, "NumPy array of Python objects",
+         "The .npy array has an object dtype: its data is a pickle, loaded only with allow_pickle=True. "
+         "The pickle was scanned.",
+         "Store numeric arrays instead of object arrays; keep allow_pickle=False when loading."),
+    Rule("npy-trailing-data", Severity.MEDIUM, "Bytes after the NumPy array data",
+         "The .npy file is longer than its header's shape and dtype imply. np.load ignores the rest; "
+         "other readers may not. The trailing bytes were scanned.",
+         _REPORT),
+    Rule("compressed-trailing-data", Severity.MEDIUM, "Bytes after a compressed stream",
+         "A compressed file (joblib) continues after the end of its compressed stream. The trailing "
+         "bytes were scanned.",
+         _REPORT),
     # ---- safetensors -------------------------------------------------------------------------
     # ---- keras, tensorflow, gguf, onnx -------------------------------------------------------
     # ---- repositories, Hub and cache ---------------------------------------------------------

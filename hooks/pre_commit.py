@@ -1,0 +1,127 @@
+"""pre-commit adapter: the files pre-commit passes in -> one core scan -> one line per finding.
+
+pre-commit runs ``safemodel-pre-commit [args] FILE...`` from the repository root with the staged
+content checked out. This module only turns that file list into scan targets and the results into
+``path: SEVERITY rule-id message`` lines with what to do; every decision is the core's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from safemodel_ci.findings import EXIT_OK, EXIT_USAGE, FileResult, ScanReport, Severity
+from safemodel_ci.output.text import finding_line, summary_line
+from safemodel_ci.scanner import ScanOptions, scan_files
+from safemodel_ci.sources.paths import iter_paths
+
+PROG = "safemodel-pre-commit"
+
+#: A TensorFlow SavedModel is a directory; this file names it (pre-commit only passes files).
+SAVED_MODEL_PB = "saved_model.pb"
+
+
+def _fail_on(text: str) -> Severity:
+    try:
+        sev = Severity.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if sev is Severity.INFO:
+        raise argparse.ArgumentTypeError("fail-on must be low, medium, high or critical")
+    return sev
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 3 (2 means "could not scan fully" for every safemodel entry point)."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The hook's command line: what pre-commit passes, plus the two knobs a config may set in args."""
+    parser = _Parser(prog=PROG, description="Scan the model files pre-commit passes in; fail the "
+                                            "commit when one could run code when loaded.")
+    parser.add_argument("filenames", nargs="*", metavar="FILE", help="files to scan (from pre-commit)")
+    parser.add_argument("--fail-on", type=_fail_on, default=None, metavar="SEVERITY",
+                        help="lowest severity that blocks the commit: low, medium, high (default), "
+                             "critical")
+    parser.add_argument("--config", metavar="FILE",
+                        help="safemodel config file (default: .safemodel.yaml in the repository root)")
+    return parser
+
+
+def scan_targets(filenames: Sequence[str]) -> List[str]:
+    """The paths to scan for the files pre-commit passed, in order, without duplicates.
+
+    A ``saved_model.pb`` stands for its whole SavedModel directory (variables, assets, Keras
+    metadata); files inside such a directory are then covered by the directory walk.
+    """
+    saved_model_dirs: List[str] = []
+    for name in filenames:
+        if os.path.basename(name) == SAVED_MODEL_PB:
+            directory = os.path.dirname(name) or os.curdir
+            if directory not in saved_model_dirs:
+                saved_model_dirs.append(directory)
+    roots = [os.path.abspath(d) + os.sep for d in saved_model_dirs]
+    targets: List[str] = []
+    seen = set()
+    for name in filenames:
+        if os.path.basename(name) == SAVED_MODEL_PB:
+            directory = os.path.dirname(name) or os.curdir
+            expanded = list(iter_paths([directory]))
+        elif any(os.path.abspath(name).startswith(root) for root in roots):
+            continue  # inside a SavedModel directory that is walked anyway
+        else:
+            expanded = [name]
+        for path in expanded:
+            if path not in seen:
+                seen.add(path)
+                targets.append(path)
+    return targets
+
+
+def _shown(result: FileResult) -> bool:
+    """Files worth a line: anything but name-matched non-models (no format, notices only)."""
+    return any(f.unscanned or f.severity > Severity.INFO for f in result.findings)
+
+
+def render(report: ScanReport) -> str:
+    """``path: SEVERITY rule-id message`` per finding, what to do, and the verdict line."""
+    lines: List[str] = []
+    remedies: List[str] = []
+    for result in report.files:
+        if not _shown(result):
+            continue
+        for f in result.findings:
+            if f.severity is Severity.INFO and not f.unscanned:
+                continue
+            lines.append(finding_line(f))
+            if (f.unscanned or f.severity >= report.fail_on) and f.remedy not in remedies:
+                remedies.append(f.remedy)
+    if report.exit_code != EXIT_OK:
+        lines.append("")
+        lines.append("What to do:")
+        lines.extend(f"  - {r}" for r in remedies)
+        lines.append("  - A model you trust: allow its exact globals under allow-globals in .safemodel.yaml, "
+                     "or accept the file by sha256 under ignore; better, convert it to safetensors.")
+    if lines:
+        lines.append(summary_line(report))
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``safemodel-scan`` hook; returns the scan's exit code (0, 1, 2; 3 usage)."""
+    args = build_parser().parse_args(argv)
+    fail_on = args.fail_on if args.fail_on is not None else Severity.HIGH
+    results = list(scan_files(scan_targets(args.filenames), ScanOptions()))
+    report = ScanReport(results, fail_on=fail_on)
+    sys.stdout.write(render(report))
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,6 +11,9 @@ from .interface import FormatReader
 #: import the modules (and their optional dependencies) of other formats until they are needed.
 _REGISTRY: Tuple[Tuple[str, str], ...] = (
     ("pickle", "PickleReader"),
+    ("zip", "ZipReader"),
+    ("numpy", "NpyReader"),
+    ("joblib", "JoblibCompressedReader"),
 )
 
 _readers: List[FormatReader] = []

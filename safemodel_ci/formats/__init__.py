@@ -14,6 +14,10 @@ _REGISTRY: Tuple[Tuple[str, str], ...] = (
     ("zip", "ZipReader"),
     ("numpy", "NpyReader"),
     ("joblib", "JoblibCompressedReader"),
+    ("torch_legacy", "TorchLegacyReader"),
+    ("tar", "TarReader"),
+    ("sevenzip", "SevenZipReader"),
+    ("lfs", "LfsPointerReader"),
 )
 
 _readers: List[FormatReader] = []

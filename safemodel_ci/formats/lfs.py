@@ -2,7 +2,8 @@
 
 A pointer is a small text file (< 1024 bytes): ``version <spec url>``, then sorted ``key value``
 lines with ``oid sha256:<64 hex>`` and ``size <bytes>``. When the repository that holds the
-pointer has the object (``$(git rev-parse --git-common-dir)/lfs/objects/aa/bb/<oid>``), the
+pointer has the object (``$(git rev-parse --git-common-dir)/lfs/objects/aa/bb/<oid>``, the common
+dir worked out from ``.git`` on disk, no process started), the
 object is verified against the oid and size and scanned in place of the pointer. Otherwise the
 real model was not scanned: ``lfs-pointer-missing`` (exit 2), never clean.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 from typing import Dict, Optional, Tuple
 
 from ..context import ScanContext
@@ -57,28 +57,68 @@ def parse_pointer(data: bytes) -> Optional[Tuple[str, int]]:
     return m.group(1), int(size)
 
 
-def _git(cwd: str, *args: str) -> Optional[str]:
+def _git_dirs(start: str) -> Optional[Tuple[str, str]]:
+    """(work tree top, common git dir) of the repository holding ``start``, found on disk.
+
+    This is what ``git rev-parse --show-toplevel --git-common-dir`` answers, worked out from the
+    ``.git`` directory (or the ``.git`` file of a worktree or submodule and its ``commondir``),
+    so that a scan never starts a process.
+    """
+    directory = start
+    while True:
+        dot_git = os.path.join(directory, ".git")
+        if os.path.isdir(dot_git):
+            git_dir = dot_git
+            break
+        if os.path.isfile(dot_git):
+            try:
+                with open(dot_git, encoding="utf-8") as fh:
+                    line = fh.readline().strip()
+            except OSError:
+                return None
+            if not line.startswith("gitdir:"):
+                return None
+            git_dir = os.path.normpath(os.path.join(directory, line[len("gitdir:"):].strip()))
+            break
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
+    common = git_dir
     try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30,
-                              check=False)
-    except (OSError, subprocess.SubprocessError):
+        with open(os.path.join(git_dir, "commondir"), encoding="utf-8") as fh:
+            common = os.path.normpath(os.path.join(git_dir, fh.readline().strip()))
+    except OSError:
+        pass
+    return directory, common
+
+
+def _lfs_storage(common: str) -> Optional[str]:
+    """``lfs.storage`` from the repository config, when set (objects then live there)."""
+    try:
+        with open(os.path.join(common, "config"), encoding="utf-8", errors="replace") as fh:
+            text = fh.read(1 << 20)
+    except OSError:
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    m = re.search(r"^\s*\[lfs\]\s*$(.*?)(?=^\s*\[|\Z)", text, re.M | re.S)
+    if not m:
+        return None
+    v = re.search(r"^\s*storage\s*=\s*(.+?)\s*$", m.group(1), re.M)
+    return v.group(1).strip('"') if v else None
 
 
 def lfs_object_dirs(path: str) -> Tuple[str, ...]:
     """Directories that may hold LFS objects for the repository containing ``path`` (cached)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    top = _git(directory, "rev-parse", "--show-toplevel") or directory
+    found = _git_dirs(os.path.dirname(os.path.abspath(path)))
+    if found is None:
+        return ()
+    top, common = found
     if top in _OBJECT_DIRS:
         return _OBJECT_DIRS[top]
-    dirs = []
-    common = _git(directory, "rev-parse", "--git-common-dir")
-    if common:
-        dirs.append(os.path.join(os.path.join(directory, common), "lfs", "objects"))
-    storage = _git(directory, "config", "--get", "lfs.storage")
-    if storage and common:
-        base = storage if os.path.isabs(storage) else os.path.join(directory, common, storage)
+    dirs = [os.path.join(common, "lfs", "objects")]
+    storage = _lfs_storage(common)
+    if storage:
+        base = storage if os.path.isabs(storage) else os.path.join(common, storage)
         dirs.append(os.path.join(base, "objects"))
     _OBJECT_DIRS[top] = tuple(dirs)
     return _OBJECT_DIRS[top]

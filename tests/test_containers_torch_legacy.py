@@ -1,0 +1,151 @@
+"""Legacy torch.save files (five pickles + raw storages) and the legacy tar format."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import pickletools
+import struct
+import tarfile
+from pathlib import Path
+from typing import List
+
+import pytest
+from container_support import Evil, assert_benign, assert_malicious, evil_pickle, find, needs_vm, rules, scan
+
+from safemodel_ci.formats.torch_legacy import TorchLegacyReader, storages_from_persistent_ids
+from safemodel_ci.source import BytesSource
+
+torch = pytest.importorskip("torch")
+
+
+def legacy_save(obj: object, path: Path) -> bytes:
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    return path.read_bytes()
+
+
+def pickle_ends(data: bytes, count: int = 5) -> List[int]:
+    """Offsets just after each of the first ``count`` pickles (pickletools only parses)."""
+    ends, pos = [], 0
+    stream = io.BytesIO(data)
+    for _ in range(count):
+        stream.seek(pos)
+        for _op, _arg, _at in pickletools.genops(stream):
+            pass
+        pos = stream.tell()
+        ends.append(pos)
+    return ends
+
+
+def test_detects_the_magic_pickle(tmp_path: Path) -> None:
+    data = legacy_save({"w": torch.zeros(3)}, tmp_path / "a.pt")
+    assert TorchLegacyReader().detect(BytesSource(data), data[:4096])
+    framed = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=4)
+    assert TorchLegacyReader().detect(BytesSource(framed), framed)
+    assert not TorchLegacyReader().detect(BytesSource(b"\x80\x02K\x01."), b"\x80\x02K\x01.")
+
+
+def test_persistent_ids_give_storage_layout() -> None:
+    pids = [("storage", ("torch", "FloatStorage"), "0", "cpu", 6, None),
+            ("storage", "torch.HalfStorage", "1", "cpu", 2, None), ("module", None, None, None)]
+    assert storages_from_persistent_ids(pids) == {"0": (4, 6), "1": (2, 2)}
+
+
+@needs_vm
+def test_benign_legacy_checkpoint_reads_only_its_pickles(tmp_path: Path) -> None:
+    path = tmp_path / "big.pt"
+    legacy_save({"w": torch.ones(1_000_000), "h": torch.ones(7, dtype=torch.float16),
+                 "i": torch.arange(5)}, path)
+    result = assert_benign(path)
+    assert "torch-legacy" in result.formats
+    assert result.bytes_read < 100_000, result.bytes_read
+
+
+@needs_vm
+def test_payload_in_the_main_pickle(tmp_path: Path) -> None:
+    data = legacy_save({"w": torch.zeros(4), "x": Evil()}, tmp_path / "evil.pt")
+    ends = pickle_ends(data)
+    result = assert_malicious(tmp_path / "evil.pt")
+    hits = [f for f in result.findings if f.rule_id == "pickle-dangerous-global"]
+    assert all(ends[2] <= f.offset < ends[3] for f in hits)
+
+
+@needs_vm
+@pytest.mark.parametrize("index", [2, 3, 4])
+def test_payload_in_any_of_the_five_pickles(tmp_path: Path, index: int) -> None:
+    """Replace the 3rd (sys_info), 4th (main) or 5th (storage keys) pickle by a payload."""
+    data = legacy_save({"w": torch.zeros(4)}, tmp_path / "a.pt")
+    ends = pickle_ends(data)
+    starts = [0] + ends[:-1]
+    payload = evil_pickle(2)
+    crafted = data[:starts[index]] + payload + data[ends[index]:]
+    path = tmp_path / f"evil{index}.pt"
+    path.write_bytes(crafted)
+    result = assert_malicious(path)
+    hits = [f for f in result.findings if f.rule_id == "pickle-dangerous-global"]
+    assert any(starts[index] <= f.offset < starts[index] + len(payload) for f in hits), \
+        [(f.offset, starts[index]) for f in hits]
+
+
+@needs_vm
+def test_payload_appended_after_the_storages(tmp_path: Path) -> None:
+    data = legacy_save({"w": torch.ones(100)}, tmp_path / "a.pt")
+    path = tmp_path / "tail.pt"
+    path.write_bytes(data + evil_pickle(2))
+    result = assert_malicious(path)
+    assert find(result, "torch-unaccounted-bytes")[0].offset == len(data)
+    assert any(f.offset == len(data) for f in result.findings if f.rule_id == "pickle-dangerous-global")
+
+
+@needs_vm
+def test_payload_carved_from_a_damaged_storage_area(tmp_path: Path) -> None:
+    data = legacy_save({"w": torch.ones(100)}, tmp_path / "a.pt")
+    ends = pickle_ends(data)
+    # The first storage's count now claims far more than the file holds; a payload hides inside.
+    crafted = bytearray(data)
+    struct.pack_into("<Q", crafted, ends[4], 10**9)
+    crafted[ends[4] + 8 + 40:ends[4] + 8 + 40] = evil_pickle(2)
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(bytes(crafted))
+    code, result = scan(path)
+    assert code == 1
+    assert "unscanned-parse-error" in rules(result)
+    assert any(f.rule_id == "pickle-dangerous-global" for f in result.findings)
+
+
+def _tar(members: List[tuple]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _legacy_tar_storages(extra: bytes = b"") -> bytes:
+    """The ``storages`` member of torch's tar format: count, then (key, location, type) + raw."""
+    out = pickle.dumps(1, protocol=2)
+    out += pickle.dumps(("0", "cpu", torch.FloatStorage), protocol=2)
+    out += struct.pack("<q", 4) + struct.pack("<4f", 1, 2, 3, 4)
+    return out + extra
+
+
+@needs_vm
+def test_legacy_tar_format(tmp_path: Path) -> None:
+    members = [("sys_info", pickle.dumps({"little_endian": True}, protocol=2)),
+               ("pickle", pickle.dumps({"w": 1}, protocol=2)),
+               ("tensors", pickle.dumps(0, protocol=2))]
+    ok = tmp_path / "ok.tar"
+    ok.write_bytes(_tar(members + [("storages", _legacy_tar_storages())]))
+    result = assert_benign(ok)
+    assert "torch-legacy-tar" in result.formats
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(_tar(members + [("storages", _legacy_tar_storages(evil_pickle(2)))]))
+    assert_malicious(bad, member="storages")
+
+
+@needs_vm
+def test_corpus_legacy_checkpoint(corpus_dir: Path) -> None:
+    result = assert_benign(corpus_dir / "pytorch_model.bin")
+    assert "torch-legacy" in result.formats

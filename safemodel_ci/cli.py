@@ -77,6 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_options(scan)
     scan.set_defaults(func=cmd_scan)
 
+    hub = sub.add_parser(
+        "hub", help="scan Hugging Face Hub repos remotely, fetching only the bytes each format needs",
+        description="Scan Hub repos in place: the revision is resolved to a commit sha (reported), "
+                    "the tree at that sha is listed and every file is read with HTTP range requests. "
+                    "Token from HF_TOKEN or the saved login, endpoint from HF_ENDPOINT.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    hub.add_argument("repo_ids", nargs="+", metavar="REPO_ID", help="repos to scan, e.g. org/name")
+    hub.add_argument("--revision", help="branch, tag or commit to scan (default: the main branch)")
+    hub.add_argument("--repo-type", choices=("model", "dataset", "space"), default="model",
+                     help="repository type (default: model)")
+    add_output_options(hub)
+    hub.set_defaults(func=cmd_hub)
+
+    cache = sub.add_parser(
+        "cache", help="scan every repo and revision in the local Hugging Face cache",
+        description="Scan every cached repo and revision (huggingface_hub.scan_cache_dir) and check "
+                    "that every blob still hashes to its name.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cache.add_argument("--cache-dir", metavar="DIR",
+                       help="cache to scan (default: HF_HUB_CACHE, or HF_HOME/hub)")
+    add_output_options(cache)
+    cache.set_defaults(func=cmd_cache)
+
     rules = sub.add_parser("rules", help="list every rule id with its severity and meaning")
     rules.add_argument("--format", choices=("text", "markdown"), default="text")
     rules.set_defaults(func=cmd_rules)
@@ -140,6 +163,18 @@ def skipped_result(path: str, reason: str) -> FileResult:
     """A notice for a path the walk passed over (a symlink out of the tree), so nothing is silent."""
     rule = RULES_BY_ID["skipped-not-regular"]
     return FileResult(path=path, findings=[Finding(rule.id, rule.severity, path, reason, rule.remedy)])
+
+
+def cmd_hub(args: argparse.Namespace) -> int:
+    from .sources.hub import scan_hub_command  # imports huggingface_hub only when asked
+
+    return scan_hub_command(args)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .sources.hfcache import scan_cache_command
+
+    return scan_cache_command(args)
 
 
 def cmd_rules(args: argparse.Namespace) -> int:

@@ -27,6 +27,9 @@ class Rule:
 
 _CONVERT = "Convert the model to safetensors, or load it only if you trust its author."
 _REPORT = "Re-export the file with the original library, or remove it; do not load it until it scans."
+_ST_REMEDY = ("Re-save the tensors with the safetensors library (safetensors.torch.save_file); do not "
+              "load a file that fails validation.")
+_INDEX_REMEDY = "Regenerate the index with the library that wrote the shards (save_pretrained)."
 
 RULES: Tuple[Rule, ...] = (
     # ---- generic: coverage and errors -------------------------------------------------------
@@ -71,6 +74,11 @@ RULES: Tuple[Rule, ...] = (
          "The bytes form more than one format (for example a pickle with an appended zip, or a "
          "safetensors file whose tail is a zip): different loaders see different content.",
          _REPORT),
+    # ---- configuration -----------------------------------------------------------------------
+    Rule("ignored-by-config", Severity.INFO, "Accepted by an ignore entry in the config",
+         "The file's sha256 matches an ignore entry of the config, so its findings (listed in the "
+         "details) do not count. A changed file no longer matches and is scanned again.",
+         "Review the ignore entry's reason from time to time; remove it once the file is replaced."),
     # ---- pickle VM ---------------------------------------------------------------------------
     Rule("pickle-dangerous-global", Severity.CRITICAL, "Pickle imports a dangerous callable",
          "The pickle imports a global that can execute code, run processes, touch files or the "
@@ -150,8 +158,120 @@ RULES: Tuple[Rule, ...] = (
          "bytes were scanned.",
          _REPORT),
     # ---- safetensors -------------------------------------------------------------------------
+    # Invalid headers are HIGH: an invalid safetensors file is either corrupt or crafted, and the
+    # reference refuses it. Spec violations that safetensors 0.8 tolerates but other parsers may read
+    # differently are MEDIUM; duplicate keys, on which parsers disagree, are HIGH.
+    Rule("safetensors-too-small", Severity.HIGH, "safetensors file shorter than 8 bytes",
+         "The file cannot even hold the 8-byte header length (reference: HeaderTooSmall).", _ST_REMEDY),
+    Rule("safetensors-header-too-large", Severity.HIGH, "safetensors header length over 100,000,000",
+         "The little-endian u64 header length N exceeds the reference's MAX_HEADER_SIZE of 100,000,000 "
+         "bytes (HeaderTooLarge).", _ST_REMEDY),
+    Rule("safetensors-header-length", Severity.HIGH, "safetensors header runs past the end of the file",
+         "8 + N is beyond the end of the file (InvalidHeaderLength).", _ST_REMEDY),
+    Rule("safetensors-header-not-utf8", Severity.HIGH, "safetensors header is not UTF-8",
+         "The N header bytes are not valid UTF-8 (InvalidHeader).", _ST_REMEDY),
+    Rule("safetensors-header-start", Severity.MEDIUM, "safetensors header does not start with '{'",
+         "The spec says the header MUST begin with '{'; safetensors 0.8 skips leading JSON whitespace, "
+         "other parsers may not. A spec violation the reference tolerates, so MEDIUM.", _ST_REMEDY),
+    Rule("safetensors-header-not-json", Severity.HIGH, "safetensors header is not valid JSON",
+         "The header is not JSON as serde_json (the reference's parser) accepts it: syntax errors, "
+         "padding with NUL or other non-whitespace bytes, NaN/Infinity, numbers out of range, lone "
+         "surrogate escapes, nesting deeper than 127 levels (InvalidHeaderDeserialization).", _ST_REMEDY),
+    Rule("safetensors-header-not-object", Severity.HIGH, "safetensors header is not a JSON object",
+         "The top-level JSON value must be an object mapping tensor names to entries.", _ST_REMEDY),
+    Rule("safetensors-header-padding", Severity.MEDIUM, "safetensors header padded with other than spaces",
+         "The spec allows trailing padding with spaces (0x20) only; tabs, newlines or carriage returns "
+         "are tolerated by safetensors 0.8 as JSON whitespace but violate the spec, so MEDIUM. Padding "
+         "with any other byte (NUL ...) is invalid JSON and reported as safetensors-header-not-json.",
+         _ST_REMEDY),
+    Rule("safetensors-duplicate-key", Severity.HIGH, "Duplicate key in a safetensors header",
+         "A key occurs twice in one JSON object of the header. The spec forbids it and parsers disagree: "
+         "safetensors 0.8 keeps the last of two tensors of one name, rejects a repeated field, and "
+         "other JSON readers may keep the first, so a reviewer and a loader can see different tensors.",
+         _ST_REMEDY),
+    Rule("safetensors-metadata-type", Severity.HIGH, "safetensors __metadata__ is not a string map",
+         "__metadata__ must be an object whose values are all strings (null for the whole entry is "
+         "accepted, as by the reference).", _ST_REMEDY),
+    Rule("safetensors-tensor-not-object", Severity.HIGH, "safetensors tensor entry is not an object",
+         "Every key other than __metadata__ must hold an object with dtype, shape and data_offsets. "
+         "Stricter than the reference: serde also accepts a 3-element array [dtype, shape, offsets], "
+         "which no writer produces and other parsers read differently.", _ST_REMEDY),
+    Rule("safetensors-tensor-missing-field", Severity.HIGH, "safetensors tensor entry lacks a field",
+         "A tensor entry has no dtype, shape or data_offsets.", _ST_REMEDY),
+    Rule("safetensors-tensor-unknown-field", Severity.MEDIUM, "safetensors tensor entry has unknown fields",
+         "A tensor entry has fields besides dtype, shape and data_offsets. safetensors 0.8 ignores them; "
+         "they carry data no loader checks, so MEDIUM.", _ST_REMEDY),
+    Rule("safetensors-dtype", Severity.HIGH, "Unknown safetensors dtype",
+         "dtype is not one of the spec's 22 dtypes (BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, "
+         "F64, I64, U64, C64, F8_E4M3, F8_E5M2, F8_E8M0, F8_E4M3FNUZ, F8_E5M2FNUZ, F4, F6_E2M3, "
+         "F6_E3M2) given as a string. Stricter than the reference, which also takes serde's "
+         "{\"F32\": null} enum form.", _ST_REMEDY),
+    Rule("safetensors-shape", Severity.HIGH, "safetensors shape is not a list of non-negative integers",
+         "Every shape entry must be an unsigned 64-bit integer (not negative, not 1.0, not -0).",
+         _ST_REMEDY),
+    Rule("safetensors-data-offsets", Severity.HIGH, "safetensors data_offsets is not a pair of integers",
+         "data_offsets must be exactly two unsigned 64-bit integers.", _ST_REMEDY),
+    Rule("safetensors-offsets-not-contiguous", Severity.HIGH, "safetensors tensors not contiguous from 0",
+         "Sorted by offsets, each tensor must start where the previous one ends (the first at 0) and "
+         "must not end before it starts: holes, overlaps and reversed offsets are refused "
+         "(InvalidOffset). Hidden bytes in holes are a place to smuggle data.", _ST_REMEDY),
+    Rule("safetensors-size-overflow", Severity.HIGH, "safetensors size arithmetic overflows",
+         "Elements x dtype bits overflows 64-bit arithmetic (ValidationOverflow).", _ST_REMEDY),
+    Rule("safetensors-subbyte-misaligned", Severity.HIGH, "Sub-byte safetensors tensor not byte-aligned",
+         "A tensor of a sub-byte dtype (F4, F6_*) has a bit size that is not a multiple of 8 "
+         "(MisalignedSlice).", _ST_REMEDY),
+    Rule("safetensors-tensor-size", Severity.HIGH, "safetensors tensor size does not match its offsets",
+         "end - begin differs from elements x dtype size (TensorInvalidInfo).", _ST_REMEDY),
+    Rule("safetensors-data-coverage", Severity.HIGH, "safetensors data does not cover the file exactly",
+         "The last tensor must end exactly at the end of the file: trailing bytes (a classic place for an "
+         "appended zip or pickle) or missing bytes (truncation) are refused (MetadataIncompleteBuffer).",
+         _ST_REMEDY),
+    Rule("safetensors-index-invalid", Severity.HIGH, "Sharded-checkpoint index is malformed",
+         "A *.index.json with a weight_map is not strict JSON, or weight_map is not an object of tensor "
+         "name to shard file name, or metadata.total_size is not a non-negative integer.", _INDEX_REMEDY),
+    Rule("safetensors-index-duplicate-key", Severity.HIGH, "Duplicate key in a sharded-checkpoint index",
+         "A key occurs twice in one object of the index: a tensor mapped to two shards, readers disagree "
+         "on which one wins.", _INDEX_REMEDY),
+    Rule("safetensors-index-shard-path", Severity.HIGH, "Shard name in an index is not a plain file name",
+         "transformers joins shard names to the model directory unchecked: a '/', '\\', '..', absolute "
+         "path or drive letter makes it load a file from elsewhere, which was never scanned as part of "
+         "the model.", _INDEX_REMEDY),
+    Rule("safetensors-index-shard-missing", Severity.MEDIUM, "Shard named in an index does not exist",
+         "The index names a shard that is not beside it (checked when scanning a directory or a Hub "
+         "repository): loading fails, or loads a file added later.", _INDEX_REMEDY),
+    Rule("safetensors-index-shard-invalid", Severity.HIGH, "Shard fails safetensors validation",
+         "A shard named by the index is not a valid safetensors file; its own findings are reported "
+         "when it is scanned as a file.", _INDEX_REMEDY),
+    Rule("safetensors-index-tensor-missing", Severity.HIGH, "Mapped tensor is not in its shard",
+         "weight_map sends a tensor to a shard whose header does not contain it.", _INDEX_REMEDY),
+    Rule("safetensors-index-tensor-unmapped", Severity.HIGH, "Shard holds a tensor the index does not map",
+         "A shard's header has a tensor that weight_map does not list: loaders that load whole shards "
+         "get it, tools that read the index do not see it.", _INDEX_REMEDY),
+    Rule("safetensors-index-tensor-in-two-shards", Severity.HIGH, "Tensor present in two shards",
+         "The same tensor name is in the headers of two shards: which one is loaded depends on the "
+         "loader and the order it reads shards.", _INDEX_REMEDY),
+    Rule("safetensors-index-total-size", Severity.LOW, "Index total_size differs from the tensors' bytes",
+         "metadata.total_size differs from the sum of the byte sizes of the mapped tensors in the shard "
+         "headers. Writers that count whole storages of views can legitimately differ, so LOW.",
+         _INDEX_REMEDY),
     # ---- keras, tensorflow, gguf, onnx -------------------------------------------------------
     # ---- repositories, Hub and cache ---------------------------------------------------------
+    Rule("repo-pickle-beside-safetensors", Severity.LOW, "Pickle weights beside safetensors weights",
+         "The folder holds both a safetensors and a pickle-based weight file for the same loader. "
+         "transformers and diffusers pick safetensors, but snapshot_download still fetches the pickle, "
+         "and torch.load or use_safetensors=False load it. Its own findings are reported separately.",
+         "Delete the pickle weight file from the repo, or pass allow_patterns to snapshot_download so "
+         "it is never fetched."),
+    Rule("repo-loader-picks-pickle", Severity.LOW, "Loader picks pickle weights",
+         "The folder has no safetensors weights, so from_pretrained loads the pickle-based file "
+         "(torch.load). It was scanned; a pickle can still carry gadgets no allowlist knows yet.",
+         "Convert the weights to safetensors (the Hub's convert Space, or save_pretrained with "
+         "safe_serialization=True)."),
+    Rule("cache-blob-mismatch", Severity.HIGH, "Cached file does not match its hash",
+         "A blob in the Hugging Face cache is named by the sha256 (LFS) or git sha1 of its content, "
+         "and its content no longer hashes to that name: it was altered after download.",
+         "Delete the repo from the cache (hf cache delete), download it again, and find out what "
+         "wrote to the cache."),
 )
 
 RULES_BY_ID: Dict[str, Rule] = {r.id: r for r in RULES}

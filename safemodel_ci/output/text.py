@@ -50,5 +50,7 @@ class TextWriter(ReportWriter):
             lines.append("")
             lines.append("What to do:")
             lines.extend(f"  - {r}" for r in remedies)
+        # Source-specific one-liners (a Hub repo's pinned sha and bytes fetched) before the verdict.
+        lines.extend(str(note) for note in report.extra.get("notes", ()))
         lines.append(summary_line(report))
         return "\n".join(lines) + "\n"

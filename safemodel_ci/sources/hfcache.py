@@ -1,0 +1,198 @@
+"""The local Hugging Face cache: every cached repo and revision, scanned, and every blob hash-checked.
+
+The cache keeps each file once, as ``<repo>/blobs/<etag>``, and links it from every snapshot
+(revision) that has it. The etag is the sha256 of the content for LFS files and the git blob sha1
+for the others, so a blob that no longer hashes to its name was altered after download. Each blob
+is hashed and scanned once however many revisions point at it; its result is repeated for every
+``repo_id@revision:path`` that shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import posixpath
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..context import SiblingOpener
+from ..findings import EXIT_USAGE, FileResult, Finding, ScanReport, sort_findings
+from ..rules import rule
+from ..scanner import ScanOptions, scan_byte_source
+from ..source import ByteSource, FileSource, SourceError
+from .hub import display_repo, format_bytes
+
+#: Bytes hashed per read: memory stays bounded whatever the blob size.
+HASH_CHUNK = 1 << 20
+_SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+_SHA1_NAME = re.compile(r"[0-9a-f]{40}")
+
+
+def blob_digest_mismatch(path: str, name: str) -> Optional[Tuple[str, str, str]]:
+    """``(algorithm, expected, actual)`` when the blob's content does not hash to ``name``.
+
+    ``name`` is the blob's file name in the cache: 64 hex digits are an LFS sha256, 40 a git blob
+    sha1 (``sha1("blob <size>\\0" + content)``). Other names (a copy made where symlinks are not
+    available) cannot be checked and give None. The file is streamed.
+    """
+    if _SHA256_NAME.fullmatch(name):
+        algorithm, digest = "sha256", hashlib.sha256()
+    elif _SHA1_NAME.fullmatch(name):
+        algorithm, digest = "git-sha1", hashlib.sha1()  # noqa: S324 - git's object id, not a security hash
+        digest.update(f"blob {os.path.getsize(path)}\0".encode())
+    else:
+        return None
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(HASH_CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    return None if actual == name else (algorithm, name, actual)
+
+
+@dataclass
+class CacheScan:
+    """Results of one cache scan, with counts that show each blob was read once."""
+
+    cache_dir: str
+    files: List[FileResult] = field(default_factory=list)
+    errors: List[Tuple[str, str]] = field(default_factory=list)
+    repos: int = 0
+    revisions: int = 0
+    blobs_scanned: int = 0
+    bytes_hashed: int = 0
+
+    def summary(self) -> Dict[str, Any]:
+        return {"cache_dir": self.cache_dir, "repos": self.repos, "revisions": self.revisions,
+                "files": len(self.files), "blobs_scanned": self.blobs_scanned,
+                "bytes_hashed": self.bytes_hashed}
+
+
+def _snapshot_siblings(snapshot: Path, file_path: Path) -> SiblingOpener:
+    """Files of the same snapshot, by path relative to ``file_path``'s folder (shards of an index)."""
+    folder = posixpath.dirname(file_path.relative_to(snapshot).as_posix())
+
+    def open_sibling(relative: str) -> Optional[ByteSource]:
+        inner = posixpath.normpath(relative.replace("\\", "/"))
+        if inner.startswith("../") or inner == ".." or posixpath.isabs(inner):
+            return None
+        full = snapshot / folder / inner
+        if not full.is_file():
+            return None
+        try:
+            return FileSource(full, name=str(full))
+        except SourceError:
+            return None
+
+    return open_sibling
+
+
+def _mismatch_finding(display: str, mismatch: Tuple[str, str, str], blob: str) -> Finding:
+    r = rule("cache-blob-mismatch")
+    algorithm, expected, actual = mismatch
+    return Finding(rule_id=r.id, severity=r.severity, path=display,
+                   message=f"blob {blob} should have {algorithm} {expected} but has {actual}: "
+                           "the cached file was changed after download",
+                   remedy=r.remedy, unscanned=r.unscanned,
+                   details={"blob": blob, "algorithm": algorithm, "expected": expected, "actual": actual})
+
+
+def scan_cache(cache_dir: Optional[str], options: ScanOptions,
+               on_file: Optional[Callable[[CacheScan], None]] = None) -> CacheScan:
+    """Scan every repo and revision of the cache at ``cache_dir`` (default: huggingface_hub's)."""
+    from huggingface_hub import scan_cache_dir
+
+    info = scan_cache_dir(cache_dir)  # CacheNotFound / ValueError go to the caller
+    result = CacheScan(cache_dir=str(info.cache_dir or cache_dir or ""))
+    for warning in info.warnings:
+        result.errors.append((result.cache_dir, f"corrupted cache entry, not scanned: {warning}"))
+    #: realpath of a blob -> the result recorded the first time it was seen
+    done: Dict[str, FileResult] = {}
+    for repo in sorted(info.repos, key=lambda r: (r.repo_type, r.repo_id)):
+        result.repos += 1
+        label = display_repo(repo.repo_id, repo.repo_type)
+        for revision in sorted(repo.revisions, key=lambda r: r.commit_hash):
+            result.revisions += 1
+            snapshot = Path(revision.snapshot_path)
+            for cached in sorted(revision.files, key=lambda f: str(f.file_path)):
+                rel = Path(cached.file_path).relative_to(snapshot).as_posix()
+                display = f"{label}@{revision.commit_hash}:{rel}"
+                blob_path = str(cached.blob_path)
+                real = os.path.realpath(blob_path)
+                first = done.get(real)
+                if first is not None:
+                    # Same bytes as a file already scanned: repeat its findings under this name.
+                    result.files.append(FileResult(
+                        path=display, size=first.size, formats=list(first.formats),
+                        findings=[replace(f, path=display) for f in first.findings], bytes_read=0,
+                        cached=True))
+                else:
+                    file_result = _scan_blob(blob_path, real, display, snapshot, Path(cached.file_path),
+                                             options, result)
+                    done[real] = file_result
+                    result.files.append(file_result)
+                if on_file is not None:
+                    on_file(result)
+    return result
+
+
+def _scan_blob(blob_path: str, real: str, display: str, snapshot: Path, file_path: Path,
+               options: ScanOptions, result: CacheScan) -> FileResult:
+    result.blobs_scanned += 1
+    try:
+        source = FileSource(real, name=display)
+    except SourceError as exc:
+        r = rule("unscanned-unreadable")
+        return FileResult(path=display, findings=[Finding(r.id, r.severity, display, f"could not open: {exc}",
+                                                          r.remedy, unscanned=True)])
+    with source:
+        file_result = scan_byte_source(source, display, options,
+                                       siblings=_snapshot_siblings(snapshot, file_path), real_path=None)
+    try:
+        mismatch = blob_digest_mismatch(real, os.path.basename(blob_path))
+        result.bytes_hashed += file_result.size
+    except OSError as exc:
+        r = rule("unscanned-unreadable")
+        file_result.findings.append(Finding(r.id, r.severity, display, f"could not hash the blob: {exc}",
+                                            r.remedy, unscanned=True))
+        mismatch = None
+    if mismatch is not None:
+        finding = _mismatch_finding(display, mismatch, os.path.basename(blob_path))
+        if hasattr(options.policy, "adjust"):
+            finding = options.policy.adjust(finding)
+        file_result.findings.append(finding)
+    file_result.findings = sort_findings(file_result.findings)
+    return file_result
+
+
+def scan_cache_command(args: argparse.Namespace) -> int:
+    """``safemodel cache``: scan the local Hugging Face cache."""
+    from huggingface_hub.errors import CacheNotFound
+
+    from .. import cli
+
+    progress = cli.show_progress(args)
+
+    def on_file(scan: CacheScan) -> None:
+        print(f"\rcache: {len(scan.files)} files, {scan.blobs_scanned} blobs scanned, "
+              f"{format_bytes(scan.bytes_hashed)} hashed", end="", file=sys.stderr, flush=True)
+
+    try:
+        scan = scan_cache(args.cache_dir, cli.scan_options(args), on_file=on_file if progress else None)
+    except (CacheNotFound, ValueError) as exc:
+        print(f"safemodel: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if progress:
+        print(file=sys.stderr)
+    report = ScanReport(scan.files, fail_on=cli.fail_on(args), errors=scan.errors)
+    report.extra = {"cache": scan.summary(),
+                    "notes": [f"cache {scan.cache_dir}: {scan.repos} repos, {scan.revisions} revisions, "
+                              f"{len(scan.files)} files, {scan.blobs_scanned} blobs scanned and hashed "
+                              f"({format_bytes(scan.bytes_hashed)})"]}
+    return cli.emit(report, args)

@@ -255,6 +255,84 @@ RULES: Tuple[Rule, ...] = (
          "headers. Writers that count whole storages of views can legitimately differ, so LOW.",
          _INDEX_REMEDY),
     # ---- keras, tensorflow, gguf, onnx -------------------------------------------------------
+    Rule("keras-lambda-code", Severity.CRITICAL, "Keras Lambda layer with marshalled bytecode",
+         "A Lambda layer (or a Keras 3 __lambda__ object) carries Python bytecode that Keras unmarshals "
+         "and runs when the model is loaded with safe_mode off, and always in older Keras and .h5 "
+         "loaders (CVE-2024-3660, CVE-2025-9905). The names the code uses are listed; it was not run.",
+         "Replace the Lambda with a registered custom layer whose code you ship and review; do not load "
+         "the file with safe_mode=False.", code_execution=True),
+    Rule("keras-unsafe-module", Severity.HIGH, "Keras config imports a module outside Keras",
+         "An object in the Keras config names a `module` (or class) outside keras, keras_hub, keras_cv, "
+         "keras_nlp and tf_keras. Keras imports it and calls what it finds (CVE-2025-1550): any "
+         "installed function can be reached this way. Known-dangerous callables are CRITICAL.",
+         "Re-save the model with Keras >= 3.9 from trusted code; load it only if you trust its author.",
+         code_execution=True),
+    Rule("keras-custom-object", Severity.HIGH, "Keras config needs custom objects",
+         "The config refers to a custom object (a registered `package>Name`, or a Lambda calling a "
+         "function by name) that only code outside the file can provide. Its behaviour cannot be checked "
+         "from the file.",
+         "Make sure the custom code comes from a source you trust, or use built-in layers only."),
+    Rule("keras-non-modeling-api", Severity.CRITICAL, "Keras config calls a non-modelling API",
+         "The config deserializes a Keras function that is not part of a model, such as "
+         "keras.utils.get_file (downloads and writes files, CVE-2025-8747) or "
+         "keras.config.enable_unsafe_deserialization (turns safe_mode off, CVE-2025-9906).",
+         _REPORT, code_execution=True),
+    Rule("keras-external-savedmodel", Severity.HIGH, "Keras TFSMLayer loads an external SavedModel",
+         "A TFSMLayer names a filepath: loading the model loads and runs that TensorFlow SavedModel "
+         "(CVE-2026-1462), which this scan of the file does not cover.",
+         "Ship the SavedModel itself and scan it, or rebuild the layer from built-in layers."),
+    Rule("keras-torch-module", Severity.HIGH, "Keras TorchModuleWrapper holds a pickled torch module",
+         "A TorchModuleWrapper's config carries a torch.save blob that Keras loads with "
+         "torch.load(weights_only=False), that is with unrestricted pickle. The blob was decoded and "
+         "scanned; its findings are listed with it.",
+         "Store the torch module's weights (safetensors) and build the module in code instead."),
+    Rule("keras-file-reference", Severity.HIGH, "Keras layer reads a file named in the config",
+         "A preprocessing layer (StringLookup, IntegerLookup, TextVectorization) takes its vocabulary "
+         "from a file path in the config: loading the model reads that local file (CVE-2025-12058).",
+         "Store the vocabulary inline or as an asset of the model, not as a path."),
+    Rule("tf-dangerous-op", Severity.HIGH, "TensorFlow graph uses a file, process or Python op",
+         "The SavedModel graph (or one of its library functions) contains ops that read or write files, "
+         "list directories, call back into Python or reach the network. Running the model runs them.",
+         "Rebuild the model without these ops, or run it only in a sandbox without file or network "
+         "access."),
+    Rule("tf-checkpoint-op", Severity.INFO, "TensorFlow checkpoint ops",
+         "SaveV2/RestoreV2/MergeV2Checkpoints and similar ops that every SavedModel's own checkpoint "
+         "machinery uses. Listed for completeness; they do not block.",
+         "Nothing to do."),
+    Rule("gguf-invalid-header", Severity.HIGH, "GGUF header is invalid",
+         "A GGUF length, count or type in the header is impossible or runs past the end of the file. "
+         "Native GGUF parsers have had memory-safety bugs on exactly such headers; what follows the "
+         "error was not inspected.",
+         _REPORT),
+    Rule("chat-template-code", Severity.CRITICAL, "Chat template reaches Python internals",
+         "A Jinja chat template (GGUF metadata, tokenizer_config.json or a .jinja file) uses dunder "
+         "attributes, globals such as cycler/joiner/lipsum, the attr filter or escaped underscores. "
+         "Rendered by a non-sandboxed Jinja environment it runs code (CVE-2024-34359).",
+         "Replace the template with the model family's published one; render templates only in "
+         "jinja2.sandbox.ImmutableSandboxedEnvironment.", code_execution=True),
+    Rule("chat-template-suspicious", Severity.HIGH, "Chat template builds names at render time",
+         "A chat template computes attribute or key names from strings (concatenation, join, format), "
+         "includes other templates, or spells underscores indirectly: the usual ways of hiding the "
+         "access to Python internals that chat-template-code looks for.",
+         "Compare the template with the model family's published one and remove what differs."),
+    Rule("onnx-external-data-path", Severity.HIGH, "ONNX external data path leaves the model folder",
+         "A tensor's external_data location is absolute, contains '..', a NUL byte or a drive letter, or "
+         "resolves through a link outside the model's folder: loading reads an arbitrary file "
+         "(CVE-2022-25882, CVE-2024-27318).",
+         "Keep external tensor files beside the model and name them by plain relative paths."),
+    Rule("onnx-external-data-key", Severity.LOW, "ONNX external data entry with an unknown key",
+         "An external_data entry has a key other than location, offset, length, checksum and basepath; "
+         "onnx sets it as an attribute when loading.",
+         "Re-export the model with the onnx package."),
+    Rule("onnx-custom-domain", Severity.MEDIUM, "ONNX model uses custom operator domains",
+         "Nodes use operator domains outside the standard ONNX and ONNX Runtime ones. Running the model "
+         "needs a custom-op library (native code, or Python ops with onnxruntime-extensions) that is "
+         "not in the file.",
+         "Make sure the custom-op library comes from a source you trust."),
+    Rule("protobuf-malformed", Severity.HIGH, "Protobuf model is malformed",
+         "A SavedModel, keras_metadata.pb or ONNX file does not decode as the protobuf wire format "
+         "where a loader would read it (bad lengths, groups, truncated fields).",
+         _REPORT, unscanned=True),
     # ---- repositories, Hub and cache ---------------------------------------------------------
     Rule("repo-pickle-beside-safetensors", Severity.LOW, "Pickle weights beside safetensors weights",
          "The folder holds both a safetensors and a pickle-based weight file for the same loader. "

@@ -18,6 +18,8 @@ _REGISTRY: Tuple[Tuple[str, str], ...] = (
     ("tar", "TarReader"),
     ("sevenzip", "SevenZipReader"),
     ("lfs", "LfsPointerReader"),
+    ("safetensors", "SafetensorsReader"),
+    ("safetensors_index", "SafetensorsIndexReader"),
 )
 
 _readers: List[FormatReader] = []

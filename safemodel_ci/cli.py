@@ -11,7 +11,8 @@ from . import __version__
 from .findings import EXIT_USAGE, FileResult, Finding, ScanReport, Severity
 from .output import FORMATS, writer
 from .rules import RULES_BY_ID
-from .scanner import ScanOptions, scan_files
+from .config import Config, ConfigError, load_config
+from .scanner import ScanOptions
 from .sources.paths import iter_paths
 
 EXIT_CODES_HELP = """\
@@ -51,6 +52,12 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
                    help="lowest severity that fails the run: low, medium, high (default), critical")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress messages on standard error")
+    p.add_argument("--config", metavar="FILE",
+                   help="config file (.safemodel.yaml or a pyproject.toml with [tool.safemodel]); "
+                        "default: the first one found from the working directory up to the repository root")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not read or write the result cache ($SAFEMODEL_CACHE_DIR, default "
+                        "~/.cache/safemodel-ci)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--follow-symlinks", action="store_true",
                       help="follow symlinks found in directories even when they point outside the "
                            "scanned paths (default: only links into the scanned paths are followed)")
+    scan.add_argument("--jobs", "-j", type=_jobs, default=None, metavar="N",
+                      help="worker processes (default: one per CPU; 1 scans in this process)")
     add_output_options(scan)
     scan.set_defaults(func=cmd_scan)
 
@@ -106,13 +115,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--jobs wants a positive number, not {text!r}")
+    return n
+
+
+def config(args: argparse.Namespace) -> Config:
+    """The config in force (``--config`` or the one found from the working directory), loaded once.
+
+    Raises :class:`ConfigError` (exit code 3 in :func:`main`) when it is invalid.
+    """
+    loaded = getattr(args, "_config", None)
+    if loaded is None:
+        loaded = load_config(getattr(args, "config", None))
+        args._config = loaded
+    return loaded
+
+
 def scan_options(args: argparse.Namespace) -> ScanOptions:
-    """The scan options a command line asks for."""
-    return ScanOptions()
+    """The scan options a command line asks for (policy and limits from the config)."""
+    cfg = config(args)
+    return ScanOptions(policy=cfg.policy(), limits=cfg.limits)
 
 
 def fail_on(args: argparse.Namespace) -> Severity:
-    return args.fail_on if args.fail_on is not None else Severity.HIGH
+    """``--fail-on``, else the config's ``fail-on``, else high."""
+    if args.fail_on is not None:
+        return args.fail_on
+    cfg = config(args)
+    return cfg.fail_on if cfg.fail_on is not None else Severity.HIGH
+
+
+def cache_dir(args: argparse.Namespace) -> Optional[str]:
+    """The result cache directory, or None with ``--no-cache`` / ``SAFEMODEL_NO_CACHE=1``."""
+    from .cache import cache_disabled_by_env, default_cache_dir
+
+    if getattr(args, "no_cache", False) or cache_disabled_by_env():
+        return None
+    return default_cache_dir()
 
 
 def show_progress(args: argparse.Namespace) -> bool:
@@ -145,11 +190,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
         for p in missing:
             print(f"safemodel: {p}: no such file or directory", file=sys.stderr)
         return EXIT_USAGE
-    options = scan_options(args)
+    from .parallel import ScanPlan, scan_paths
+
+    cfg = config(args)
+    plan = ScanPlan(options=scan_options(args), config=cfg, cache_dir=cache_dir(args))
     progress = show_progress(args)
     results: List[FileResult] = []
     skipped: List[Tuple[str, str]] = []
-    for result in scan_files(iter_paths(args.paths, args.follow_symlinks, skipped), options):
+    paths = [p for p in iter_paths(args.paths, args.follow_symlinks, skipped) if not cfg.is_excluded(p)]
+    for result in scan_paths(paths, plan, jobs=args.jobs):
         results.append(result)
         if progress:
             print(f"\rscanned {len(results)} files", end="", file=sys.stderr, flush=True)
@@ -201,6 +250,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args))
+    except ConfigError as exc:
+        print(f"safemodel: invalid config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("safemodel: interrupted", file=sys.stderr)
         return 130

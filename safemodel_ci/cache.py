@@ -1,0 +1,362 @@
+"""Result cache shared by every entry point (CLI, pre-commit hook, GitHub Action, Hub commands).
+
+A re-run over unchanged multi-GB checkpoints must take well under a second, and hashing a whole
+2 GB file alone costs a second or two. So a local file's entry is keyed by *the bytes the scan
+actually read*: while scanning, every read the readers make is logged (offset, length, in order)
+and hashed together with the bytes returned. On a later run the same reads are replayed and hashed;
+if the digest matches, the readers would see exactly the same bytes, make exactly the same
+decisions (what to read next depends only on what was read before), and so produce the same result.
+Bytes the scan never looked at cannot change it. Replaying costs what the scan read (a zip's
+central directory and pickles, a safetensors header), not the size of the file.
+
+An entry is only reused when everything else that decides a result is the same too: the tool (its
+version and its code), the policy fingerprint, the limits, the file's size and its displayed name
+(findings quote it). Results that are incomplete (an unscanned finding: a time budget, an LFS
+object not fetched yet) or that read other files (shards named by an index, an LFS object) are not
+stored. Whole-file sha256 keys (a Hub LFS oid) are offered too, for callers that know the hash
+without reading the file.
+
+Entries are JSON files written atomically (temporary file + ``os.replace``), so concurrent runs
+never see half an entry; an unreadable or corrupt entry is a miss, never an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import stat
+import struct
+import sys
+import tempfile
+import zlib
+from array import array
+from typing import Any, Dict, Optional
+
+from . import __version__
+from .context import ScanContext
+from .findings import FileResult, sort_findings
+from .scanner import ScanOptions, _local_siblings, scan_file, scan_source
+from .source import ByteSource, FileSource, SourceError
+
+#: Bumped when the entry layout changes; old entries are then misses.
+CACHE_FORMAT = 1
+#: A scan that makes more reads than this is not cached (the log would outweigh the benefit).
+MAX_LOGGED_READS = 2_000_000
+#: Environment variables: where the cache lives, and a switch to turn it off everywhere.
+ENV_DIR = "SAFEMODEL_CACHE_DIR"
+ENV_DISABLE = "SAFEMODEL_NO_CACHE"
+
+_REC = struct.Struct("<QQ")
+
+
+def default_cache_dir() -> str:
+    """``$SAFEMODEL_CACHE_DIR``, else the user cache dir (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    env = os.environ.get(ENV_DIR)
+    if env:
+        return env
+    if sys.platform == "win32":  # pragma: no cover
+        base = os.environ.get("LOCALAPPDATA") or os.path.expanduser("~")
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "safemodel-ci")
+
+
+def cache_disabled_by_env() -> bool:
+    return os.environ.get(ENV_DISABLE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=1)
+def tool_fingerprint() -> str:
+    """The tool's version plus a digest of its code files' names, sizes and mtimes.
+
+    The version alone is not enough: an editable install (or a patched package) changes behaviour
+    without changing the version, and a stale result would be silently wrong.
+    """
+    package = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256(f"safemodel-ci {__version__}\n".encode())
+    for top, dirs, files in os.walk(package):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if not name.endswith((".py", ".json")):
+                continue
+            full = os.path.join(top, name)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            rel = os.path.relpath(full, package)
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"{__version__}+{digest.hexdigest()[:16]}"
+
+
+def options_fingerprint(options: ScanOptions) -> str:
+    """Everything besides the content that decides a result: tool, policy, limits."""
+    data = {
+        "tool": tool_fingerprint(),
+        "policy": options.policy.fingerprint(),
+        "limits": dataclasses.asdict(options.limits),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+class RecordingSource(ByteSource):
+    """Wraps a source and logs every read (offset, length, in order) with a digest of the bytes.
+
+    Readers see the same bytes as from the wrapped source; the log is what :func:`replay_digest`
+    repeats on a later run.
+    """
+
+    def __init__(self, inner: ByteSource) -> None:
+        super().__init__()
+        self.inner = inner
+        self.name = inner.name
+        self.log = array("Q")
+        self.digest = hashlib.sha256()
+        #: True once more than MAX_LOGGED_READS reads were made: the result is then not cached.
+        self.overflow = False
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def _read(self, offset: int, n: int) -> bytes:
+        data = self.inner.read_at(offset, n)
+        if not self.overflow:
+            if len(self.log) >= 2 * MAX_LOGGED_READS:
+                self.overflow = True
+                self.log = array("Q")
+            else:
+                self.log.append(offset)
+                self.log.append(len(data))
+                self.digest.update(_REC.pack(offset, len(data)))
+                self.digest.update(data)
+        return data
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def replay_digest(source: ByteSource, log: "array[int]") -> Optional[str]:
+    """Repeat the logged reads on ``source`` and return their digest (None on a short read)."""
+    digest = hashlib.sha256()
+    for i in range(0, len(log), 2):
+        offset, n = log[i], log[i + 1]
+        data = source.read_at(offset, n)
+        if len(data) != n:
+            return None
+        digest.update(_REC.pack(offset, n))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _encode_log(log: "array[int]") -> str:
+    raw = log.tobytes() if sys.byteorder == "little" else _swapped(log).tobytes()
+    return base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
+
+
+def _decode_log(text: str) -> "array[int]":
+    log = array("Q")
+    log.frombytes(zlib.decompress(base64.b64decode(text)))
+    return log if sys.byteorder == "little" else _swapped(log)
+
+
+def _swapped(log: "array[int]") -> "array[int]":  # pragma: no cover - big-endian hosts
+    copy = array("Q", log)
+    copy.byteswap()
+    return copy
+
+
+class _TrackingContext(ScanContext):
+    """Top-level context that notes when a reader looks beyond the scanned bytes (real path)."""
+
+    used_outside = False
+
+    @property  # type: ignore[override]
+    def real_path(self) -> Optional[str]:
+        value = ScanContext.real_path.fget(self)  # type: ignore[attr-defined]
+        if value is not None:
+            self.used_outside = True
+        return value
+
+
+class ResultCache:
+    """A directory of result entries. Every method fails soft: trouble means "not cached"."""
+
+    def __init__(self, directory: Optional[str] = None) -> None:
+        self.directory = os.path.abspath(directory or default_cache_dir())
+        self.hits = 0
+        self.misses = 0
+        self.stores = 0
+
+    # -- entries ----------------------------------------------------------------------------
+    def _entry_path(self, key: str) -> str:
+        return os.path.join(self.directory, f"v{CACHE_FORMAT}", key[:2], key + ".json")
+
+    def _load(self, key: str) -> Optional[Dict[str, Any]]:
+        try:
+            with open(self._entry_path(key), "rb") as fh:
+                entry = json.loads(fh.read())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or entry.get("key") != key:
+            return None
+        return entry
+
+    def _store(self, key: str, entry: Dict[str, Any]) -> bool:
+        path = self._entry_path(key)
+        entry = dict(entry, format=CACHE_FORMAT, key=key)
+        tmp = None
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(entry, fh, separators=(",", ":"))
+            os.replace(tmp, path)  # atomic: readers see the old entry or the new one, never half
+            tmp = None
+            self.stores += 1
+            return True
+        except OSError:
+            return False
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _result(entry: Dict[str, Any], display: str) -> Optional[FileResult]:
+        try:
+            result = FileResult.from_dict(entry["result"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if result.path != display or any(f.path != display for f in result.findings):
+            return None
+        result.cached = True
+        return result
+
+    # -- local files, keyed by the bytes read -----------------------------------------------
+    def file_key(self, real: str, size: int, display: str, fingerprint: str) -> str:
+        text = json.dumps(["file", fingerprint, real, size, display])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def lookup_file(self, source: ByteSource, real: str, display: str,
+                    fingerprint: str) -> Optional[FileResult]:
+        """The stored result for this file if the bytes its scan read are unchanged."""
+        key = self.file_key(real, source.size, display, fingerprint)
+        entry = self._load(key)
+        if entry is None or entry.get("size") != source.size:
+            self.misses += 1
+            return None
+        try:
+            log = _decode_log(entry["reads"])
+        except (KeyError, TypeError, ValueError, zlib.error):
+            self.misses += 1
+            return None
+        start = source.bytes_read
+        try:
+            digest = replay_digest(source, log)
+        except SourceError:
+            digest = None
+        result = self._result(entry, display) if digest == entry.get("digest") else None
+        if result is None:
+            self.misses += 1
+            return None
+        result.bytes_read = source.bytes_read - start
+        self.hits += 1
+        return result
+
+    def store_file(self, recording: RecordingSource, real: str, display: str, fingerprint: str,
+                   result: FileResult) -> bool:
+        key = self.file_key(real, recording.size, display, fingerprint)
+        return self._store(key, {
+            "size": recording.size,
+            "reads": _encode_log(recording.log),
+            "digest": recording.digest.hexdigest(),
+            "result": result.to_dict(),
+        })
+
+    # -- content-addressed: a whole-file sha256 known without reading (a Hub LFS oid) --------
+    def digest_key(self, sha256: str, size: int, display: str, fingerprint: str) -> str:
+        text = json.dumps(["sha256", fingerprint, sha256.lower(), size, display])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get_by_sha256(self, sha256: str, size: int, display: str,
+                      options: ScanOptions) -> Optional[FileResult]:
+        """The stored result for content with this sha256 and size, shown as ``display``."""
+        entry = self._load(self.digest_key(sha256, size, display, options_fingerprint(options)))
+        result = self._result(entry, display) if entry is not None else None
+        if result is None:
+            self.misses += 1
+            return None
+        result.bytes_read = 0
+        self.hits += 1
+        return result
+
+    def put_by_sha256(self, sha256: str, size: int, display: str, options: ScanOptions,
+                      result: FileResult) -> bool:
+        """Store a complete result for content with this sha256 (the caller vouches for the hash)."""
+        if not result.complete:
+            return False
+        key = self.digest_key(sha256, size, display, options_fingerprint(options))
+        return self._store(key, {"size": size, "result": result.to_dict()})
+
+
+def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCache],
+                     display_path: Optional[str] = None,
+                     fingerprint: Optional[str] = None) -> FileResult:
+    """Scan one local file, reusing a cached result when the bytes its scan reads are unchanged.
+
+    Without a cache (or for anything but a regular file) this is :func:`scanner.scan_file`.
+    """
+    shown = display_path or path
+    if cache is None:
+        return scan_file(path, options, shown)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return scan_file(path, options, shown)
+    if not stat.S_ISREG(st.st_mode):
+        return scan_file(path, options, shown)
+    try:
+        source = FileSource(path, name=shown)
+    except SourceError:
+        return scan_file(path, options, shown)
+    real = os.path.realpath(path)
+    fp = fingerprint or options_fingerprint(options)
+    with source:
+        hit = cache.lookup_file(source, real, shown, fp)
+        if hit is not None:
+            return hit
+        recording = RecordingSource(source)
+        start = source.bytes_read
+        siblings_used = []
+        open_sibling = _local_siblings(path)
+
+        def tracked_sibling(relative: str) -> Optional[ByteSource]:
+            siblings_used.append(relative)
+            return open_sibling(relative)
+
+        ctx = _TrackingContext(shown, options.policy, options.limits, siblings=tracked_sibling)
+        ctx._state.real_path = path
+        scan_source(recording, ctx)
+        result = FileResult(path=shown, size=source.size, formats=list(ctx.formats),
+                            findings=sort_findings(ctx.findings), bytes_read=source.bytes_read - start)
+    if result.complete and not ctx.used_outside and not siblings_used and not recording.overflow:
+        cache.store_file(recording, real, shown, fp, result)
+    return result
+
+
+def open_cache(enabled: bool = True, directory: Optional[str] = None) -> Optional[ResultCache]:
+    """The cache to use, or None when disabled (``--no-cache`` or ``SAFEMODEL_NO_CACHE=1``)."""
+    if not enabled or cache_disabled_by_env():
+        return None
+    return ResultCache(directory)
+
+
+__all__ = ["ResultCache", "RecordingSource", "scan_file_cached", "open_cache", "default_cache_dir",
+           "options_fingerprint", "tool_fingerprint", "replay_digest"]

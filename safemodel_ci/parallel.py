@@ -1,0 +1,197 @@
+"""Scanning many local files: cache, ignores and worker processes, in the order the files were given.
+
+``scan_paths`` is what the CLI (and every other entry point scanning local files) calls. With
+``jobs=1`` it scans in this process; otherwise files are sent in batches to a
+``ProcessPoolExecutor`` and the results come back in input order, so the report is byte-identical
+to a serial run. Batches keep the per-file process overhead small for thousands of small pickles;
+big files go alone so that one worker is not left with all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Iterable, Iterator, List, Optional, Tuple
+
+from .cache import ResultCache, options_fingerprint, scan_file_cached
+from .config import Config
+from .findings import FileResult, Finding, Severity
+from .rules import RULES_BY_ID
+from .scanner import ScanOptions
+
+#: Fewer files than this are scanned in-process: starting workers would cost more than it saves.
+MIN_FILES_FOR_PROCESSES = 8
+#: Files at least this large go in a batch of their own.
+LARGE_FILE = 16 << 20
+#: Most files in one batch (one round trip to a worker).
+MAX_BATCH = 128
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """How to scan local files: options, the config (ignores), the cache. Picklable for workers."""
+
+    options: ScanOptions = field(default_factory=ScanOptions)
+    config: Config = field(default_factory=Config)
+    #: Result cache directory; None scans without a cache.
+    cache_dir: Optional[str] = None
+
+
+def default_jobs() -> int:
+    """Worker processes to use when not told: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a whole file, read in 1 MiB blocks (bounded memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def apply_ignores(result: FileResult, path: str, config: Config) -> FileResult:
+    """Replace the findings of a file pinned by an ``ignore`` entry with one ``ignored-by-config``.
+
+    Only files with something to suppress are hashed, so clean files cost nothing here. The file
+    is hashed whole (not just the scanned ranges): the entry vouches for this exact content.
+    """
+    if not config.ignores or not any(f.unscanned or f.severity > Severity.INFO for f in result.findings):
+        return result
+    try:
+        digest = file_sha256(path)
+    except OSError:
+        return result
+    entry = config.ignore_for(path, digest)
+    if entry is None:
+        return result
+    suppressed = Counter(f.rule_id for f in result.findings)
+    rule = RULES_BY_ID["ignored-by-config"]
+    note = Finding(
+        rule_id=rule.id, severity=rule.severity, path=result.path,
+        message=f"accepted by {entry.origin} (sha256 {digest[:12]}…): {entry.reason}; "
+                f"{sum(suppressed.values())} finding(s) not counted: " +
+                ", ".join(f"{k} x{v}" for k, v in sorted(suppressed.items())),
+        remedy=rule.remedy,
+        details={"sha256": digest, "reason": entry.reason, "entry": entry.origin,
+                 "suppressed": dict(sorted(suppressed.items()))},
+    )
+    return FileResult(path=result.path, size=result.size, formats=list(result.formats), findings=[note],
+                      bytes_read=result.bytes_read, cached=result.cached)
+
+
+class _Scanner:
+    """Scans one path with a plan; one per process (the cache and fingerprint are made once)."""
+
+    def __init__(self, plan: ScanPlan) -> None:
+        self.plan = plan
+        self.cache = ResultCache(plan.cache_dir) if plan.cache_dir is not None else None
+        self.fingerprint = options_fingerprint(plan.options) if self.cache is not None else None
+
+    def scan(self, path: str) -> FileResult:
+        result = scan_file_cached(path, self.plan.options, self.cache, fingerprint=self.fingerprint)
+        return apply_ignores(result, path, self.plan.config)
+
+
+_worker: Optional[_Scanner] = None
+
+
+def _init_worker(plan: ScanPlan) -> None:
+    global _worker
+    _worker = _Scanner(plan)
+
+
+def _scan_batch(paths: List[str]) -> List[FileResult]:
+    assert _worker is not None, "worker not initialised"
+    return [_worker.scan(p) for p in paths]
+
+
+def _batches(paths: List[str], jobs: int) -> Iterator[List[str]]:
+    """Consecutive runs of paths; about 8 batches per worker, a large file alone."""
+    size = max(1, min(MAX_BATCH, -(-len(paths) // (jobs * 8))))
+    batch: List[str] = []
+    for path in paths:
+        try:
+            large = os.path.getsize(path) >= LARGE_FILE
+        except OSError:
+            large = False
+        if large:
+            if batch:
+                yield batch
+                batch = []
+            yield [path]
+            continue
+        batch.append(path)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _failed(path: str, error: BaseException) -> FileResult:
+    """A worker died (killed, out of memory): the file is reported unscanned, never clean."""
+    rule = RULES_BY_ID["scanner-error"]
+    return FileResult(path=path, findings=[Finding(
+        rule.id, rule.severity, path, f"worker process failed: {type(error).__name__}: {error}",
+        rule.remedy, unscanned=True)])
+
+
+def scan_paths(paths: Iterable[str], plan: ScanPlan, jobs: Optional[int] = None,
+               on_result: Optional[Callable[[FileResult], None]] = None) -> Iterator[FileResult]:
+    """Scan local files (cache, ignores, ``jobs`` processes) and yield results in input order.
+
+    ``jobs`` None means one process per CPU; 1 scans in this process. ``on_result`` is called in
+    this process, in order, as each result becomes available (progress display).
+    """
+    paths = list(paths)
+    jobs = default_jobs() if jobs is None else max(1, jobs)
+    jobs = min(jobs, len(paths))
+    if jobs <= 1 or len(paths) < MIN_FILES_FOR_PROCESSES:
+        scanner = _Scanner(plan)
+        for path in paths:
+            result = scanner.scan(path)
+            if on_result is not None:
+                on_result(result)
+            yield result
+        return
+    pending: Deque[Tuple[List[str], "Future[List[FileResult]]"]] = deque()
+    batches = _batches(paths, jobs)
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(plan,)) as pool:
+        # A bounded window of batches in flight: memory stays small for any number of files.
+        for batch in batches:
+            pending.append((batch, pool.submit(_scan_batch, batch)))
+            if len(pending) >= jobs * 4:
+                break
+        while pending:
+            batch, future = pending.popleft()
+            try:
+                results = future.result()
+            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool and the like
+                results = [_failed(p, exc) for p in batch]
+            for result in results:
+                if on_result is not None:
+                    on_result(result)
+                yield result
+            nxt = next(batches, None)
+            if nxt is not None:
+                try:
+                    pending.append((nxt, pool.submit(_scan_batch, nxt)))
+                except RuntimeError as exc:  # the pool broke: the rest fail closed
+                    pending.append((nxt, _failed_future([_failed(p, exc) for p in nxt])))
+
+
+def _failed_future(results: List[FileResult]) -> "Future[List[FileResult]]":
+    future: "Future[List[FileResult]]" = Future()
+    future.set_result(results)
+    return future
+
+
+__all__ = ["ScanPlan", "scan_paths", "apply_ignores", "default_jobs", "file_sha256"]

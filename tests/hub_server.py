@@ -17,13 +17,16 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
 #: Files stored with Git LFS on the fake Hub (as a typical .gitattributes does), or bigger than 10 MB.
 LFS_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".pkl", ".ckpt", ".h5", ".onnx", ".gguf", ".npy",
                 ".joblib", ".zip", ".msgpack")
 LFS_MIN_SIZE = 10 << 20
+if TYPE_CHECKING:  # pragma: no cover
+    import pytest
+
 _TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 
 
@@ -373,6 +376,28 @@ class _HubHandler(BaseHTTPRequestHandler):
             with self.fake._lock:
                 key = (repo_id, path)
                 self.fake.served[key] = self.fake.served.get(key, 0) + (pos - start)
+
+
+def fake_hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """Start a fake Hub; point huggingface_hub at it, isolated from the user's login and cache."""
+    from huggingface_hub import constants
+
+    server = FakeHub()
+    endpoint = server.start()
+    home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _parse_range(value: str, size: int) -> Optional[Tuple[int, int]]:

@@ -17,7 +17,7 @@ from safemodel_ci.cli import main
 from safemodel_ci.findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_OK
 from safemodel_ci.formats import _REGISTRY, readers
 
-from hub_server import FakeHub
+from hub_server import FakeHub, fake_hub_env
 
 pytest.importorskip("huggingface_hub")
 
@@ -73,23 +73,7 @@ def malicious_torch_bin() -> bytes:
 
 @pytest.fixture()
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    """A fresh fake Hub; huggingface_hub is pointed at it and isolated from the user's login and cache."""
-    from huggingface_hub import constants
-
-    server = FakeHub()
-    endpoint = server.start()
-    home = tmp_path / "hf-home"
-    monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    yield server
-    server.stop()
+    yield from fake_hub_env(tmp_path, monkeypatch)
 
 
 def run_json(args: List[str], capsys: pytest.CaptureFixture[str]) -> Tuple[int, dict, str]:

@@ -1,0 +1,133 @@
+"""``safemodel cache``: a cache filled by the real ``hf_hub_download`` from the fake Hub, then scanned."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import pytest
+
+from safemodel_ci.cli import main
+from safemodel_ci.findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
+from safemodel_ci.sources.hfcache import blob_digest_mismatch
+
+from hub_server import FakeHub, fake_hub_env
+from test_hub import _reader_available, _SystemPayload, safetensors_bytes
+
+pytest.importorskip("huggingface_hub")
+
+
+@pytest.fixture()
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    yield from fake_hub_env(tmp_path, monkeypatch)
+
+
+def download(hub: FakeHub, cache: Path, repo_id: str, files: List[str], revision: str) -> List[Path]:
+    from huggingface_hub import hf_hub_download
+
+    return [Path(hf_hub_download(repo_id, f, revision=revision, cache_dir=cache, endpoint=hub.endpoint,
+                                 token=False)) for f in files]
+
+
+def run_json(args: List[str], capsys: pytest.CaptureFixture[str]) -> Tuple[int, dict]:
+    code = main(args + ["--format", "json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture()
+def filled_cache(hub: FakeHub, tmp_path: Path) -> Tuple[Path, str, str]:
+    """Two revisions of one repo that share the safetensors blob and differ in config.json."""
+    weights = safetensors_bytes({"w": ("F32", [4], 16)})
+    old = hub.add_commit("acme/cached", {"model.safetensors": weights, "config.json": b'{"v": 1}'},
+                         refs=("v1",))
+    new = hub.add_commit("acme/cached", {"model.safetensors": weights, "config.json": b'{"v": 2}',
+                                         "sub/notes.txt": b"hello"}, refs=("main",))
+    cache = tmp_path / "cache"
+    download(hub, cache, "acme/cached", ["model.safetensors", "config.json"], "v1")
+    download(hub, cache, "acme/cached", ["model.safetensors", "config.json", "sub/notes.txt"], "main")
+    return cache, old, new
+
+
+def test_cache_is_scanned_per_revision_and_each_blob_once(
+        filled_cache: Tuple[Path, str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    cache, old, new = filled_cache
+    code, report = run_json(["cache", "--cache-dir", str(cache)], capsys)
+    assert code == EXIT_OK, report
+    paths = {f["path"] for f in report["files"]}
+    assert paths == {f"acme/cached@{old}:model.safetensors", f"acme/cached@{old}:config.json",
+                     f"acme/cached@{new}:model.safetensors", f"acme/cached@{new}:config.json",
+                     f"acme/cached@{new}:sub/notes.txt"}
+    summary = report["extra"]["cache"]
+    assert summary["repos"] == 1 and summary["revisions"] == 2 and summary["files"] == 5
+    assert summary["blobs_scanned"] == 4  # the shared safetensors blob is read once
+    code = main(["cache", "--cache-dir", str(cache)])
+    out = capsys.readouterr().out
+    assert "1 repos, 2 revisions, 5 files, 4 blobs scanned and hashed" in out and "PASS" in out
+
+
+def test_blob_altered_after_download_is_reported_for_every_revision(
+        filled_cache: Tuple[Path, str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    cache, old, new = filled_cache
+    blob = Path(os.path.realpath(cache / "models--acme--cached" / "snapshots" / new / "model.safetensors"))
+    assert len(blob.name) == 64  # LFS: named by sha256
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # one tensor byte: still a valid safetensors file, only the hash tells
+    blob.write_bytes(bytes(data))
+    config = Path(os.path.realpath(cache / "models--acme--cached" / "snapshots" / old / "config.json"))
+    assert len(config.name) == 40  # regular file: named by its git blob sha1
+    config.write_bytes(b'{"v": 1, "trust_remote_code": true}')
+
+    code, report = run_json(["cache", "--cache-dir", str(cache)], capsys)
+    assert code == EXIT_FINDINGS
+    flagged: Dict[str, dict] = {f["path"]: g for f in report["files"] for g in f["findings"]
+                                if g["rule_id"] == "cache-blob-mismatch"}
+    assert set(flagged) == {f"acme/cached@{old}:model.safetensors", f"acme/cached@{new}:model.safetensors",
+                            f"acme/cached@{old}:config.json"}
+    finding = flagged[f"acme/cached@{new}:model.safetensors"]
+    assert finding["severity"] == "HIGH"
+    assert finding["details"]["algorithm"] == "sha256" and finding["details"]["expected"] == blob.name
+    assert flagged[f"acme/cached@{old}:config.json"]["details"]["algorithm"] == "git-sha1"
+
+
+def test_malicious_pickle_in_cache_is_found(hub: FakeHub, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    evil = pickle.dumps(_SystemPayload("echo pwned"), protocol=2)
+    sha = hub.add_commit("acme/pickled", {"model.pkl": evil})
+    cache = tmp_path / "cache"
+    download(hub, cache, "acme/pickled", ["model.pkl"], "main")
+    code, report = run_json(["cache", "--cache-dir", str(cache)], capsys)
+    assert [f["path"] for f in report["files"]] == [f"acme/pickled@{sha}:model.pkl"]
+    if not _reader_available("pickle"):
+        pytest.skip("pickle reader not landed yet: structure checked, verdict not")
+    assert code == EXIT_FINDINGS
+    assert any(f["rule_id"] == "pickle-dangerous-global" for f in report["files"][0]["findings"])
+
+
+def test_corrupted_cache_entry_is_an_error_and_a_missing_cache_a_usage_error(
+        filled_cache: Tuple[Path, str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache, _, _ = filled_cache
+    (cache / "models--acme--broken").mkdir()  # no snapshots folder
+    code, report = run_json(["cache", "--cache-dir", str(cache)], capsys)
+    assert code == EXIT_INCOMPLETE
+    assert len(report["errors"]) == 1 and "corrupted cache entry" in report["errors"][0]["message"]
+    assert len(report["files"]) == 5  # the healthy repo is still scanned
+    assert main(["cache", "--cache-dir", str(tmp_path / "nowhere")]) == EXIT_USAGE
+    assert "not found" in capsys.readouterr().err
+
+
+def test_blob_digest_check_streams_and_knows_both_kinds_of_names(tmp_path: Path) -> None:
+    import hashlib
+
+    data = os.urandom(3 << 20)  # several hash chunks
+    sha256 = hashlib.sha256(data).hexdigest()
+    git_sha1 = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert blob_digest_mismatch(str(path), sha256) is None
+    assert blob_digest_mismatch(str(path), git_sha1) is None
+    assert blob_digest_mismatch(str(path), "model.safetensors") is None  # a copied file: nothing to check
+    wrong = "0" * 64
+    assert blob_digest_mismatch(str(path), wrong) == ("sha256", wrong, sha256)

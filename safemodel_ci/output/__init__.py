@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import importlib
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from .interface import ReportWriter
 
 _WRITERS: Dict[str, Tuple[str, str]] = {
     "text": ("text", "TextWriter"),
     "json": ("json", "JsonWriter"),
+    "sarif": ("sarif", "SarifWriter"),
+    "github": ("github", "GithubWriter"),
 }
 
 FORMATS = tuple(_WRITERS)
 
 
-def writer(name: str) -> ReportWriter:
+def writer(name: str, repo_root: Optional[str] = None) -> ReportWriter:
+    """The writer for a format name; ``repo_root`` anchors file locations (SARIF, annotations)."""
     module, cls = _WRITERS[name]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(repo_root=repo_root)

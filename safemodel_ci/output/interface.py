@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 from ..findings import ScanReport
 
@@ -12,6 +12,10 @@ class ReportWriter(ABC):
     """Turns a finished :class:`ScanReport` into text for one audience."""
 
     name: ClassVar[str]
+
+    def __init__(self, repo_root: Optional[str] = None) -> None:
+        #: Root that file locations are made relative to (SARIF, annotations); None: see repo_paths.
+        self.repo_root = repo_root
 
     @abstractmethod
     def render(self, report: ScanReport) -> str:

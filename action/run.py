@@ -1,0 +1,317 @@
+"""GitHub Action adapter: action inputs -> ``safemodel scan``/``safemodel hub`` -> GitHub's outputs.
+
+``action.yml`` runs this file with the action's inputs in ``SAFEMODEL_ACTION_*`` environment
+variables (composite actions get no ``INPUT_*`` variables, and inputs are never inlined into a
+script). It decides nothing about files: it asks the CLI for a JSON report, then writes
+- the text report to the log, inside a ``stop-commands`` block so no file name in it can be read
+  as a workflow command;
+- annotations (``safemodel_ci.output.github``) to stdout;
+- the job summary (``safemodel_ci.output.job_summary``) to ``$GITHUB_STEP_SUMMARY``;
+- SARIF (``safemodel_ci.output.sarif``) to the ``sarif-file`` input;
+- ``findings``, ``blocking`` and ``sarif-file`` to ``$GITHUB_OUTPUT``;
+and exits with the CLI's exit code (0 pass, 1 blocking findings, 2 incomplete scan, 3 usage error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import secrets
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+from safemodel_ci import cli
+from safemodel_ci.findings import EXIT_USAGE, FileResult, ScanReport, Severity
+from safemodel_ci.output import writer
+from safemodel_ci.output.github import annotations, workflow_command
+from safemodel_ci.output.job_summary import SUMMARY_LIMIT, render_job_summary
+from safemodel_ci.output.text import summary_line
+
+PREFIX = "SAFEMODEL_ACTION_"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u0085\u2028\u2029]")
+
+
+class UsageError(Exception):
+    """A bad input value: reported as an error annotation, exit code 3."""
+
+
+@dataclass(frozen=True)
+class ActionInputs:
+    """The action's inputs, parsed (see ``action.yml`` for their documentation)."""
+
+    paths: Tuple[str, ...]
+    changed_only: bool
+    hub_repos: Tuple[str, ...]
+    fail_on: Optional[str]
+    sarif_file: str
+    summary: bool
+    annotations: bool
+    config: str
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(PREFIX + name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("true", "yes", "1", "on"):
+        return True
+    if raw in ("false", "no", "0", "off"):
+        return False
+    raise UsageError(f"input {name.lower().replace('_', '-')} must be true or false, not {raw!r}")
+
+
+def read_inputs(env: Mapping[str, str]) -> ActionInputs:
+    """Parse the ``SAFEMODEL_ACTION_*`` variables ``action.yml`` sets from the inputs."""
+    paths = tuple(line.strip() for line in env.get(PREFIX + "PATHS", "").splitlines() if line.strip())
+    hub = tuple(r for r in re.split(r"[\s,]+", env.get(PREFIX + "HUB_REPOS", "")) if r)
+    fail_on = env.get(PREFIX + "FAIL_ON", "").strip() or None
+    if fail_on is not None:
+        try:
+            if Severity.parse(fail_on) is Severity.INFO:
+                raise ValueError("info never fails a run")
+        except ValueError as exc:
+            raise UsageError(f"input fail-on: {exc}") from None
+    return ActionInputs(
+        paths=paths,
+        changed_only=_bool(env, "CHANGED_ONLY", False),
+        hub_repos=hub,
+        fail_on=fail_on,
+        sarif_file=env.get(PREFIX + "SARIF_FILE", "").strip(),
+        summary=_bool(env, "SUMMARY", True),
+        annotations=_bool(env, "ANNOTATIONS", True),
+        config=env.get(PREFIX + "CONFIG", "").strip(),
+    )
+
+
+# ---- changed-only ------------------------------------------------------------------------------
+
+def event_base(event_path: Optional[str]) -> Optional[str]:
+    """The commit to diff against: ``pull_request.base.sha``, else a push's ``before``."""
+    if not event_path or not os.path.isfile(event_path):
+        return None
+    with open(event_path, encoding="utf-8") as fh:
+        payload = json.load(fh)
+    base = (payload.get("pull_request") or {}).get("base", {}).get("sha") or payload.get("before")
+    if not isinstance(base, str) or not base.strip("0"):  # a new branch's push has before = 000...0
+        return None
+    return base
+
+
+def changed_files(workspace: str, base: str) -> List[str]:
+    """Files added, copied, modified, renamed or retyped between ``base`` and ``HEAD`` (merge-base diff).
+
+    Paths are returned relative to ``workspace``. Raises ``git.GitCommandError`` when ``base`` is
+    not in the clone (a shallow checkout).
+    """
+    import git  # gitpython: only needed for changed-only
+
+    with git.Repo(workspace, search_parent_directories=True) as repo:
+        top = repo.working_tree_dir or workspace
+        raw = repo.git.execute(["git", "diff", "--name-only", "-z", "--no-renames", "--diff-filter=ACMRT",
+                                f"{base}...HEAD"], stdout_as_string=False)
+    names = [os.fsdecode(n) for n in bytes(raw).split(b"\0") if n]
+    return [os.path.relpath(os.path.join(top, n), workspace) for n in names]
+
+
+def _inside(path: str, roots: Sequence[str]) -> bool:
+    full = os.path.abspath(path)
+    for root in roots:
+        r = os.path.abspath(root)
+        if full == r or full.startswith(r.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+# ---- running the CLI -----------------------------------------------------------------------------
+
+def run_cli(command: str, options: Sequence[str], operands: Sequence[str]
+            ) -> Tuple[int, Optional[ScanReport], str]:
+    """Run ``safemodel COMMAND OPTIONS --format json -o tmp -- OPERANDS`` in process.
+
+    Returns (exit code, report or None, everything it printed).
+    """
+    fd, out = tempfile.mkstemp(prefix="safemodel-", suffix=".json")
+    os.close(fd)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            try:
+                code = cli.main([command, *options, "--format", "json", "--output", out, "--quiet",
+                                 "--", *operands])
+            except SystemExit as exc:  # argparse exits on usage errors
+                code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        report = None
+        if code != EXIT_USAGE and os.path.getsize(out):
+            with open(out, encoding="utf-8") as fh:
+                report = report_from_json(json.load(fh))
+        return code, report, log.getvalue()
+    finally:
+        os.unlink(out)
+
+
+def report_from_json(data: Mapping) -> ScanReport:
+    """A :class:`ScanReport` back from ``--format json`` (schema ``report-v1``)."""
+    return ScanReport(
+        files=[FileResult.from_dict(f) for f in data.get("files", [])],
+        fail_on=Severity[data.get("fail_on", "HIGH")],
+        errors=[(e["target"], e["message"]) for e in data.get("errors", [])],
+        extra=dict(data.get("extra") or {}),
+    )
+
+
+def merge(reports: Sequence[ScanReport], fail_on: Severity) -> ScanReport:
+    files: List[FileResult] = []
+    errors: List[Tuple[str, str]] = []
+    notes: List[str] = []
+    for r in reports:
+        files += r.files
+        errors += r.errors
+        notes += [str(n) for n in r.extra.get("notes", ())]
+    return ScanReport(files, fail_on=fail_on, errors=errors, extra={"notes": notes} if notes else {})
+
+
+# ---- writing GitHub's files ----------------------------------------------------------------------
+
+def inert(text: str) -> str:
+    """Control characters shown as ``\\xNN`` so one log line stays one line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text.replace("\r\n", "\n"))
+
+
+def print_block(title: str, text: str, out=None) -> None:  # type: ignore[no-untyped-def]
+    """``text`` in a collapsed log group, with workflow commands switched off around it."""
+    out = out or sys.stdout
+    token = secrets.token_hex(16)
+    out.write(f"::group::{title}\n::stop-commands::{token}\n")
+    out.write(inert(text).rstrip("\n") + "\n")
+    out.write(f"::{token}::\n::endgroup::\n")
+    out.flush()
+
+
+def write_outputs(path: Optional[str], values: Mapping[str, str]) -> None:
+    """Append ``name<<DELIM`` ... ``DELIM`` blocks (random delimiter) to ``$GITHUB_OUTPUT``."""
+    if not path:
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        for name, value in values.items():
+            delimiter = f"ghadelimiter_{secrets.token_hex(16)}"
+            while delimiter in value:  # never happens in practice; the format breaks if it does
+                delimiter = f"ghadelimiter_{secrets.token_hex(16)}"
+            fh.write(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
+
+
+def append_summary(path: Optional[str], report: ScanReport) -> None:
+    if not path:
+        return
+    try:
+        used = os.path.getsize(path)
+    except OSError:
+        used = 0
+    budget = SUMMARY_LIMIT - used - 1
+    if budget < 1024:
+        return  # the step's summary is already full
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(render_job_summary(report, limit=budget) + "\n")
+
+
+def counted_findings(report: ScanReport) -> int:
+    """Findings a person must look at: everything but INFO notices, plus whole-target errors."""
+    return sum(1 for f in report.findings if f.unscanned or f.severity > Severity.INFO) + len(report.errors)
+
+
+def main(env: Optional[Mapping[str, str]] = None) -> int:
+    """Run the action; returns its exit code."""
+    env = os.environ if env is None else env
+    workspace = env.get("GITHUB_WORKSPACE") or os.getcwd()
+    os.chdir(workspace)
+    try:
+        inputs = read_inputs(env)
+        if inputs.config and not os.path.isfile(inputs.config):
+            raise UsageError(f"input config: no such file: {inputs.config}")
+    except UsageError as exc:
+        print(workflow_command("error", {"title": "safemodel: bad action input"}, str(exc)))
+        return EXIT_USAGE
+
+    common: List[str] = []
+    if inputs.fail_on:
+        common += ["--fail-on", inputs.fail_on]
+    if inputs.config:
+        common += ["--config", inputs.config]
+    fail_on = Severity.parse(inputs.fail_on) if inputs.fail_on else Severity.HIGH
+
+    roots = list(inputs.paths) or ([] if inputs.hub_repos else ["."])
+    targets = roots
+    if roots and inputs.changed_only:
+        base = event_base(env.get("GITHUB_EVENT_PATH"))
+        if base is None:
+            print(workflow_command("notice", {"title": "safemodel: changed-only"},
+                                   "No base commit in this event (not a pull request or push); "
+                                   "scanning every path."))
+        else:
+            try:
+                changed = changed_files(workspace, base)
+            except Exception as exc:  # noqa: BLE001 - a missing base must not silently skip the scan
+                print(workflow_command("warning", {"title": "safemodel: changed-only"},
+                                       f"Could not diff against the base commit {base} "
+                                       f"({type(exc).__name__}); scanning every path. Use actions/checkout "
+                                       "with fetch-depth: 0 to scan only the changed files."))
+            else:
+                targets = [p for p in changed if _inside(p, roots) and os.path.lexists(p)]
+                print(f"safemodel: changed-only: {len(targets)} changed file"
+                      f"{'s' if len(targets) != 1 else ''} to scan")
+
+    reports: List[ScanReport] = []
+    code = 0
+    log_parts: List[str] = []
+    if targets:
+        code, report, log = run_cli("scan", common, targets)
+        log_parts.append(log)
+        if report is not None:
+            reports.append(report)
+    if inputs.hub_repos and code != EXIT_USAGE:
+        hub_code, report, log = run_cli("hub", common, inputs.hub_repos)
+        log_parts.append(log)
+        if hub_code == EXIT_USAGE:
+            code = EXIT_USAGE
+        if report is not None:
+            reports.append(report)
+    # The CLI's own verdict line is repeated below; show its log only when it says more than that.
+    messages = [line for part in log_parts for line in part.splitlines()
+                if line.strip() and not line.startswith(("PASS:", "FAIL:", "INCOMPLETE:"))]
+    if messages:
+        print_block("safemodel messages", "\n".join(messages))
+    if code == EXIT_USAGE:
+        print(workflow_command("error", {"title": "safemodel: usage error"},
+                               "safemodel could not run with these inputs; see the step log "
+                               "(group 'safemodel messages')."))
+        return EXIT_USAGE
+
+    report = merge(reports, fail_on)
+    print_block("safemodel report", writer("text").render(report))
+    if inputs.annotations:
+        for line in annotations(report):
+            print(line)
+    if inputs.summary:
+        append_summary(env.get("GITHUB_STEP_SUMMARY"), report)
+    if inputs.sarif_file:
+        directory = os.path.dirname(inputs.sarif_file)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        with open(inputs.sarif_file, "w", encoding="utf-8") as fh:
+            fh.write(writer("sarif").render(report))
+    write_outputs(env.get("GITHUB_OUTPUT"), {
+        "findings": str(counted_findings(report)),
+        "blocking": "true" if report.exit_code != 0 else "false",
+        "sarif-file": inputs.sarif_file,
+    })
+    print(summary_line(report))
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

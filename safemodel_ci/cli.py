@@ -52,6 +52,10 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
                    help="lowest severity that fails the run: low, medium, high (default), critical")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress messages on standard error")
+    p.add_argument("--repo-root", metavar="DIR",
+                   help="repository root that SARIF and GitHub file locations are relative to (default: "
+                        "SAFEMODEL_REPO_ROOT, GITHUB_WORKSPACE, or the Git work tree around the current "
+                        "directory)")
     p.add_argument("--config", metavar="FILE",
                    help="config file (.safemodel.yaml or a pyproject.toml with [tool.safemodel]); "
                         "default: the first one found from the working directory up to the repository root")
@@ -167,7 +171,7 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 def emit(report: ScanReport, args: argparse.Namespace) -> int:
     """Write the report where asked and return the exit code."""
-    text = writer(args.format).render(report)
+    text = writer(args.format, repo_root=getattr(args, "repo_root", None)).render(report)
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as fh:

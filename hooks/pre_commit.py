@@ -12,9 +12,12 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
+from safemodel_ci.cache import cache_disabled_by_env, default_cache_dir
+from safemodel_ci.config import ConfigError, load_config
 from safemodel_ci.findings import EXIT_OK, EXIT_USAGE, FileResult, ScanReport, Severity
 from safemodel_ci.output.text import finding_line, summary_line
-from safemodel_ci.scanner import ScanOptions, scan_files
+from safemodel_ci.parallel import ScanPlan, scan_paths
+from safemodel_ci.scanner import ScanOptions
 from safemodel_ci.sources.paths import iter_paths
 
 PROG = "safemodel-pre-commit"
@@ -50,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="lowest severity that blocks the commit: low, medium, high (default), "
                              "critical")
     parser.add_argument("--config", metavar="FILE",
-                        help="safemodel config file (default: .safemodel.yaml in the repository root)")
+                        help="config file (default: .safemodel.yaml, or pyproject.toml with "
+                             "[tool.safemodel], found from the repository root)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="do not read or write the result cache (also: SAFEMODEL_NO_CACHE=1)")
     return parser
 
 
@@ -116,9 +122,18 @@ def render(report: ScanReport) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``safemodel-scan`` hook; returns the scan's exit code (0, 1, 2; 3 usage)."""
     args = build_parser().parse_args(argv)
-    fail_on = args.fail_on if args.fail_on is not None else Severity.HIGH
-    results = list(scan_files(scan_targets(args.filenames), ScanOptions()))
-    report = ScanReport(results, fail_on=fail_on)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{PROG}: invalid config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    fail_on = next((s for s in (args.fail_on, config.fail_on) if s is not None), Severity.HIGH)
+    use_cache = not args.no_cache and not cache_disabled_by_env()
+    plan = ScanPlan(options=ScanOptions(policy=config.policy(), limits=config.limits), config=config,
+                    cache_dir=default_cache_dir() if use_cache else None)
+    targets = [p for p in scan_targets(args.filenames) if not config.is_excluded(p)]
+    # pre-commit already runs batches of files in parallel processes: scan each batch in-process.
+    report = ScanReport(list(scan_paths(targets, plan, jobs=1)), fail_on=fail_on)
     sys.stdout.write(render(report))
     return report.exit_code
 

@@ -94,7 +94,7 @@ def test_payload_appended_after_the_storages(tmp_path: Path) -> None:
     path.write_bytes(data + evil_pickle(2))
     result = assert_malicious(path)
     assert find(result, "torch-unaccounted-bytes")[0].offset == len(data)
-    assert any(f.offset == len(data) for f in result.findings if f.rule_id == "pickle-dangerous-global")
+    assert any(f.offset >= len(data) for f in result.findings if f.rule_id == "pickle-dangerous-global")
 
 
 @needs_vm
@@ -149,3 +149,10 @@ def test_legacy_tar_format(tmp_path: Path) -> None:
 def test_corpus_legacy_checkpoint(corpus_dir: Path) -> None:
     result = assert_benign(corpus_dir / "pytorch_model.bin")
     assert "torch-legacy" in result.formats
+
+
+@needs_vm
+def test_many_storages(tmp_path: Path) -> None:
+    path = tmp_path / "many.pt"
+    legacy_save({f"t{i}": torch.full((i % 7,), float(i)) for i in range(3000)}, path)
+    assert_benign(path)

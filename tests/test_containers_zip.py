@@ -292,7 +292,10 @@ def test_torchscript_archive_is_flagged_as_code(tmp_path: Path) -> None:
     code, result = scan(tmp_path / "ts.pt")
     assert code == 1
     assert "torchscript" in result.formats
-    assert [f.rule_id for f in result.findings if f.severity >= 3] == ["torch-script-code"]
+    code_finding = find(result, "torch-script-code")
+    assert code_finding and "ts/code/" in code_finding[0].message
+    # Its pickles were scanned too (data.pkl names TorchScript classes, constants.pkl tensors).
+    assert "ts/data.pkl=pickle" in result.formats
 
 
 @needs_vm

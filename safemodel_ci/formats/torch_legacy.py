@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
@@ -193,28 +193,44 @@ class TorchLegacyReader(FormatReader):
             raw = source.read_at(offset, 8)
             return struct.unpack("<Q", raw)[0] if len(raw) == 8 else None
 
-        def walk(i: int, offset: int, budget: List[int]) -> Optional[int]:
-            if i == len(keys):
-                return offset
-            budget[0] -= 1
-            if budget[0] < 0:
-                return None
+        failed: Set[Tuple[int, int]] = set()
+        budget = 100_000
+
+        def options(i: int, offset: int) -> List[int]:
+            """Offsets where storage ``i`` may end if it starts at ``offset``."""
             n = counts_at(offset)
             elem, numel = storages.get(keys[i], (None, None))
             if n is None or (numel is not None and n != numel):
-                return None
-            for e in ([elem] if elem else _ELEMENT_SIZES):
+                return []
+            sizes = [elem] if elem else ([1] if n == 0 else list(_ELEMENT_SIZES))
+            out = []
+            for e in sizes:
                 nxt = offset + 8 + n * e
-                if nxt > size:
+                if nxt > size or (i + 1 == len(keys) and elem is None and nxt != size):
                     continue
-                if i + 1 == len(keys) and elem is None and nxt != size:
-                    continue
-                found = walk(i + 1, nxt, budget)
-                if found is not None:
-                    return found
-            return None
+                out.append(nxt)
+            return out
 
-        return walk(0, pos, [100_000])
+        # Depth-first over storages, iteratively (checkpoints hold thousands of storages).
+        stack: List[Tuple[int, int, List[int]]] = [(0, pos, options(0, pos))] if keys else []
+        if not keys:
+            return pos
+        while stack:
+            budget -= 1
+            if budget < 0:
+                return None
+            i, offset, pending = stack[-1]
+            if not pending:
+                failed.add((i, offset))
+                stack.pop()
+                continue
+            nxt = pending.pop(0)
+            if i + 1 == len(keys):
+                return nxt
+            if (i + 1, nxt) in failed:
+                continue
+            stack.append((i + 1, nxt, options(i + 1, nxt)))
+        return None
 
 
 def scan_interleaved(source: ByteSource, ctx: ScanContext) -> None:

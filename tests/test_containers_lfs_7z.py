@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,27 @@ def test_corpus_via_the_command_line(corpus_dir: Path) -> None:
     report = json.loads(done.stdout)
     hits = [f for f in report["files"][0]["findings"] if f["severity"] == "CRITICAL"]
     assert hits and hits[0]["member"] == "model/config.pkl" and hits[0]["offset"] is not None
+
+
+# -- dill and cloudpickle (their code-building globals are in the pickle policy) ------------------
+
+def _code_pickles(tmp_path: Path, module: str) -> Path:
+    lib = pytest.importorskip(module)
+    path = tmp_path / f"{module}.pkl"
+    path.write_bytes(lib.dumps(lambda x: x + 1))  # a function is pickled as code
+    return path
+
+
+@needs_vm
+@pytest.mark.parametrize("module", ["dill", "cloudpickle"])
+def test_dill_and_cloudpickle_functions_are_critical(tmp_path: Path, module: str) -> None:
+    path = _code_pickles(tmp_path, module)
+    result = assert_malicious(path)
+    assert any(f.severity.name == "CRITICAL" for f in result.findings)
+    # The same pickle inside a zlib-compressed (joblib-style) file and inside a zip is found too.
+    wrapped = tmp_path / f"{module}.joblib"
+    wrapped.write_bytes(zlib.compress(path.read_bytes()))
+    assert_malicious(wrapped, member="<zlib>")
+    with zipfile.ZipFile(tmp_path / f"{module}.zip", "w") as zf:
+        zf.write(path, "model/func.pkl")
+    assert_malicious(tmp_path / f"{module}.zip", member="model/func.pkl")

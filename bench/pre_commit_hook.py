@@ -1,0 +1,75 @@
+"""Benchmark: the pre-commit hook on a ~1 GB torch.save checkpoint, first run and cached re-run.
+
+    python3 bench/pre_commit_hook.py [--size-gb 1] [--keep DIR]
+
+The checkpoint is written with the real ``torch.save`` (random tensors) into a fresh git repo;
+then ``safemodel-pre-commit checkpoint.pt`` runs from the repo root, as pre-commit runs it, in a
+subprocess with an empty result cache (first run), and again (cached). Wall times include the
+Python start-up each hook run pays. The file is in the page cache for both runs (it was just
+written), so the first run measures the scan, not the disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def write_checkpoint(path: Path, size_gb: float) -> None:
+    import torch
+
+    n_tensors = 4
+    per_tensor = int(size_gb * (1 << 30) / n_tensors / 4)  # float32 elements
+    gen = torch.Generator().manual_seed(0)
+    state = {f"layer{i}.weight": torch.randn(per_tensor, generator=gen) for i in range(n_tensors)}
+    state["layer0.bias"] = torch.zeros(16)
+    torch.save({"state_dict": state, "epoch": 1}, path)
+
+
+def run_hook(repo: Path, env: dict) -> "tuple[float, int, str]":
+    cmd = [sys.executable, "-c", "import sys; from safemodel_ci.hooks.pre_commit import main; "
+                                 "sys.exit(main(sys.argv[1:]))", "checkpoint.pt"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=str(repo), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+    return time.perf_counter() - start, proc.returncode, proc.stdout
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-gb", type=float, default=1.0)
+    ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir, removed)")
+    args = ap.parse_args()
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="safemodel-bench-"))
+    try:
+        repo = work / "repo"
+        repo.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "init", "-q", str(repo)], check=True)
+        ckpt = repo / "checkpoint.pt"
+        t0 = time.perf_counter()
+        write_checkpoint(ckpt, args.size_gb)
+        print(f"wrote {ckpt.stat().st_size / (1 << 30):.2f} GiB in {time.perf_counter() - t0:.1f}s")
+        cache = work / "cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        env = dict(os.environ, SAFEMODEL_CACHE_DIR=str(cache), PRE_COMMIT="1")
+        env.pop("SAFEMODEL_NO_CACHE", None)
+        for label in ("first run (empty cache)", "cached re-run", "cached re-run"):
+            seconds, rc, out = run_hook(repo, env)
+            print(f"{label}: {seconds:.3f}s, exit {rc}" + (f"\n{out}" if out.strip() else ""))
+        empty_env = dict(env, SAFEMODEL_NO_CACHE="1")
+        seconds, rc, _ = run_hook(repo, empty_env)
+        print(f"uncached run (SAFEMODEL_NO_CACHE=1): {seconds:.3f}s, exit {rc}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -435,7 +435,7 @@ def _refuse_dangerous_wildcard(name: str, node: Node, key: str, fail: _Fail) -> 
     module = name[:-2]
     probe = Policy()
     try:
-        verdict = probe.classify_global(module, "__safemodel_probe__")
+        verdict = probe.classify_global(module, "safemodel_wildcard_probe")
     except Exception:  # noqa: BLE001 - the policy tables are optional here; refuse nothing then
         return
     rule = RULES_BY_ID.get(verdict.rule_id or "")

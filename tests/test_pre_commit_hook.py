@@ -170,3 +170,65 @@ def test_manifest_is_valid_for_pre_commit() -> None:
     proc = subprocess.run([sys.executable, "-m", "pre_commit", "validate-manifest",
                            str(REPO_ROOT / ".pre-commit-hooks.yaml")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_config_allows_a_named_global(in_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (in_repo / "custom.pkl").write_bytes(UNKNOWN_GLOBAL)
+    (in_repo / ".safemodel.yaml").write_text(
+        "allow-globals:\n  - global: mypkg.layers.Custom\n    reason: our own layer, reviewed\n")
+    assert main(["custom.pkl"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_config_ignore_by_sha256_accepts_exactly_that_file(
+        in_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (in_repo / "vendor.pkl").write_bytes(MALICIOUS)
+    (in_repo / "other.pkl").write_bytes(MALICIOUS + b"\x00")  # different bytes: not covered
+    cfg = in_repo / "ci" / "safemodel.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text(f"ignore:\n  - sha256: {hashlib.sha256(MALICIOUS).hexdigest()}\n"
+                   "    reason: vendor file, only loaded in the sandbox\n")
+    assert main(["--config", str(cfg), "vendor.pkl"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["--config", str(cfg), "vendor.pkl", "other.pkl"]) == 1
+    out = capsys.readouterr().out
+    assert "other.pkl: CRITICAL" in out and "vendor.pkl" not in out
+
+
+def test_invalid_config_is_a_usage_error(in_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (in_repo / ".safemodel.yaml").write_text("allow-globals:\n  - os.system\n")
+    (in_repo / "ok.pkl").write_bytes(BENIGN)
+    assert main(["ok.pkl"]) == 3
+    assert ".safemodel.yaml:2" in capsys.readouterr().err
+
+
+def test_second_run_is_served_from_the_result_cache(
+        in_repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    torch = pytest.importorskip("torch")
+    import safemodel_ci.cache as cache_module
+
+    monkeypatch.setenv("SAFEMODEL_CACHE_DIR", str(in_repo / "cache"))
+    torch.save({"w": torch.ones(64, 64)}, "model.pt")
+    (in_repo / "evil.pkl").write_bytes(MALICIOUS)
+    assert main(["model.pt", "evil.pkl"]) == 1
+    first = capsys.readouterr().out
+    assert list((in_repo / "cache").rglob("*.json"))
+
+    def no_scan(*args: object, **kwargs: object) -> None:
+        raise AssertionError("scanned again although nothing changed")
+
+    monkeypatch.setattr(cache_module, "scan_source", no_scan)
+    assert main(["model.pt", "evil.pkl"]) == 1
+    assert capsys.readouterr().out == first
+    # A changed file is scanned again.
+    monkeypatch.undo()
+    monkeypatch.setenv("SAFEMODEL_CACHE_DIR", str(in_repo / "cache"))
+    (in_repo / "evil.pkl").write_bytes(BENIGN)
+    assert main(["model.pt", "evil.pkl"]) == 0
+
+
+def test_no_cache_writes_nothing(in_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFEMODEL_CACHE_DIR", str(in_repo / "cache"))
+    (in_repo / "ok.pkl").write_bytes(BENIGN)
+    assert main(["--no-cache", "ok.pkl"]) == 0
+    assert not (in_repo / "cache").exists()

@@ -319,3 +319,13 @@ def test_crc_of_deflated_member_checked(tmp_path: Path) -> None:
     code, result = scan(write(tmp_path, "crc.zip", bytes(data)))
     assert code == 0  # a MEDIUM notice; the content itself is harmless
     assert find(result, "zip-crc-mismatch")[0].member == "notes.txt"
+
+
+@needs_vm
+def test_storage_bytes_that_merely_start_like_a_pickle(tmp_path: Path) -> None:
+    """Raw tensor bytes beginning ``80 02`` + an opcode are numbers to torch: no noise, exit 0."""
+    torch = pytest.importorskip("torch")
+    raw = bytes([0x80, 0x02, 0x7D, 0xFF, 0x00, 0x13]) + bytes(range(256)) * 4
+    torch.save({"w": torch.frombuffer(bytearray(raw), dtype=torch.uint8)}, tmp_path / "lookalike.pt")
+    result = assert_benign(tmp_path / "lookalike.pt")
+    assert not any(f.unscanned for f in result.findings)

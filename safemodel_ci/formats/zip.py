@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from ..context import ScanContext
+from ..findings import Severity
 from ..decompress import CHUNK, DecompressionError, decompress_head, decompress_to_source, raw_lzma_stream
 from ..source import ByteSource, BytesSource, SliceSource
 from .interface import FormatReader
@@ -428,8 +429,29 @@ class ZipReader(FormatReader):
                         "flag bits set (" + ", ".join(odd) + ") but the content is readable as is: torch "
                         "ignores these bits while zipfile refuses the member; it was scanned",
                         details={"flags": flags})
-        self._scan_content(source, mctx, entry, local, data_start)
+        if is_storage:
+            self._scan_storage(source, mctx, entry, local, data_start)
+        else:
+            self._scan_content(source, mctx, entry, local, data_start)
         return end
+
+    def _scan_storage(self, source: ByteSource, ctx: ScanContext, entry: CentralEntry, local: LocalHeader,
+                      data_start: int) -> None:
+        """A storage member whose head looks like a format: scan it, but keep only what matters.
+
+        torch never parses storage bytes, and random tensor bytes start like a pickle often
+        enough (``80 02`` + an opcode) to matter over thousands of tensors. So the scan runs in a
+        private context and its findings are kept when the content really is a format (read
+        completely) or shows something blocking; a reading that merely broke is raw numbers.
+        """
+        trial = ScanContext(ctx.path, ctx.policy, ctx.limits, member=ctx.member, depth=ctx.depth)
+        self._scan_content(source, trial, entry, local, data_start)
+        blocking = any(not f.unscanned and f.severity >= Severity.HIGH for f in trial.findings)
+        if blocking or not any(f.unscanned for f in trial.findings):
+            ctx.findings.extend(trial.findings)
+            for label in trial.formats:
+                if label not in ctx.formats:
+                    ctx.formats.append(label)
 
     def _member_head(self, source: ByteSource, entry: CentralEntry, data_start: int,
                      ctx: ScanContext) -> Optional[bytes]:

@@ -83,7 +83,7 @@ class SevenZipReader(FormatReader):
                        "7z archive: install py7zr (safemodel-ci[formats]) to scan its members", offset=0)
             return
         try:
-            archive = py7zr.SevenZipFile(SourceIO(source), mode="r")
+            archive = py7zr.SevenZipFile(SourceIO(source), mode="r")  # type: ignore[arg-type]
         except (py7zr.exceptions.ArchiveError, py7zr.exceptions.Bad7zFile, EOFError, ValueError) as exc:
             ctx.report("unscanned-parse-error", f"7z archive could not be read: {exc}", offset=0)
             return

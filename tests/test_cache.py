@@ -1,0 +1,294 @@
+"""Result cache: hits on unchanged bytes, misses on every change that matters, safe under concurrency."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from safemodel_ci import cache as cache_mod
+from safemodel_ci import cli
+from safemodel_ci.cache import ResultCache, _decode_log, scan_file_cached
+from safemodel_ci.context import Limits
+from safemodel_ci.findings import Severity
+from safemodel_ci.formats.pickle import PickleReader
+from safemodel_ci.policy import Policy
+from safemodel_ci.scanner import ScanOptions, scan_file
+from safemodel_ci.source import BytesSource
+
+OPTIONS = ScanOptions()
+
+
+def entries(directory: Path) -> List[str]:
+    return sorted(glob.glob(str(directory / "v*" / "*" / "*.json")))
+
+
+def read_log(directory: Path) -> List[int]:
+    (entry,) = entries(directory)
+    return list(_decode_log(json.loads(Path(entry).read_text())["reads"]))
+
+
+def big_junk(path: Path, size: int = 4 << 20) -> Path:
+    """A file named like a model whose content is no model: the scan reads only a few ranges of it."""
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+        fh.seek(0)
+        fh.write(b"JUNK" * 1024)
+    return path
+
+
+def test_hit_on_unchanged_file(tmp_path: Path) -> None:
+    model = big_junk(tmp_path / "m.pt")
+    cache = ResultCache(str(tmp_path / "cache"))
+    first = scan_file_cached(str(model), OPTIONS, cache)
+    assert not first.cached and len(entries(tmp_path / "cache")) == 1
+    second = scan_file_cached(str(model), OPTIONS, cache)
+    assert second.cached and cache.hits == 1
+    assert second.to_dict() == first.to_dict() == scan_file(str(model), OPTIONS).to_dict()
+    # The re-run reads exactly what the scan read: a few KiB of a 4 MiB file.
+    assert second.bytes_read == first.bytes_read < 200_000
+
+
+def test_change_inside_the_read_ranges_is_a_miss_outside_is_a_hit(tmp_path: Path) -> None:
+    model = big_junk(tmp_path / "m.pt")
+    cache_dir = tmp_path / "cache"
+    cache = ResultCache(str(cache_dir))
+    scan_file_cached(str(model), OPTIONS, cache)
+    log = read_log(cache_dir)
+    ranges = [(log[i], log[i] + log[i + 1]) for i in range(0, len(log), 2)]
+    read = lambda off: any(a <= off < b for a, b in ranges)  # noqa: E731
+    outside = next(off for off in range(0, model.stat().st_size, 4096) if not read(off))
+
+    # A byte the scan never looked at cannot change its result: still a hit.
+    with open(model, "r+b") as fh:
+        fh.seek(outside)
+        fh.write(b"X")
+    assert scan_file_cached(str(model), OPTIONS, cache).cached
+
+    # A byte it did read: a miss, and a fresh scan.
+    with open(model, "r+b") as fh:
+        fh.seek(ranges[0][0] + 1)
+        fh.write(b"Y")
+    again = scan_file_cached(str(model), OPTIONS, cache)
+    assert not again.cached
+    assert scan_file_cached(str(model), OPTIONS, cache).cached  # stored anew
+
+    # A different size: a miss even before reading.
+    with open(model, "ab") as fh:
+        fh.write(b"\0")
+    assert not scan_file_cached(str(model), OPTIONS, cache).cached
+
+
+def test_tool_version_change_invalidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = big_junk(tmp_path / "m.pt")
+    cache = ResultCache(str(tmp_path / "cache"))
+    scan_file_cached(str(model), OPTIONS, cache)
+    assert scan_file_cached(str(model), OPTIONS, cache).cached
+    before = cache_mod.tool_fingerprint()
+    monkeypatch.setattr(cache_mod, "__version__", "99.0.0")
+    after = cache_mod.tool_fingerprint.__wrapped__()  # type: ignore[attr-defined]
+    assert after != before and after.startswith("99.0.0+")
+    monkeypatch.setattr(cache_mod, "tool_fingerprint", lambda: after)
+    assert not scan_file_cached(str(model), OPTIONS, cache).cached
+    assert scan_file_cached(str(model), OPTIONS, cache).cached
+
+
+def test_code_change_invalidates(tmp_path: Path) -> None:
+    """The fingerprint covers the package's code files, not only the version string."""
+    before = cache_mod.tool_fingerprint.__wrapped__()  # type: ignore[attr-defined]
+    package = Path(cache_mod.__file__).parent
+    target = package / "__init__.py"
+    st = target.stat()
+    try:
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        assert cache_mod.tool_fingerprint.__wrapped__() != before  # type: ignore[attr-defined]
+    finally:
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("changed", [
+    ScanOptions(policy=Policy(severity_overrides={"unrecognized-format": Severity.LOW})),
+    ScanOptions(policy=Policy(allow_globals=frozenset({"mypkg.Thing"}))),
+    ScanOptions(limits=dataclasses.replace(Limits(), max_depth=2)),
+])
+def test_policy_or_limits_change_invalidates(tmp_path: Path, changed: ScanOptions) -> None:
+    model = big_junk(tmp_path / "m.pt")
+    cache = ResultCache(str(tmp_path / "cache"))
+    scan_file_cached(str(model), OPTIONS, cache)
+    result = scan_file_cached(str(model), changed, cache)
+    assert not result.cached
+    if changed.policy.severity_overrides:
+        assert result.findings[0].severity is Severity.LOW  # the new policy applied, not the old result
+    assert scan_file_cached(str(model), changed, cache).cached
+    assert scan_file_cached(str(model), OPTIONS, cache).cached  # both entries live side by side
+
+
+def test_displayed_path_is_part_of_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = big_junk(tmp_path / "m.pt")
+    cache = ResultCache(str(tmp_path / "cache"))
+    scan_file_cached(str(model), OPTIONS, cache)
+    monkeypatch.chdir(tmp_path)
+    result = scan_file_cached("m.pt", OPTIONS, cache)
+    assert not result.cached and result.path == "m.pt" and result.findings[0].path == "m.pt"
+
+
+def test_corrupt_entries_are_misses(tmp_path: Path) -> None:
+    model = big_junk(tmp_path / "m.pt")
+    cache_dir = tmp_path / "cache"
+    cache = ResultCache(str(cache_dir))
+    scan_file_cached(str(model), OPTIONS, cache)
+    (entry,) = entries(cache_dir)
+    good = Path(entry).read_text()
+    data = json.loads(good)
+    for bad in ("", "{", "[]", json.dumps(dict(data, format=0)), json.dumps(dict(data, reads="%%")),
+                json.dumps(dict(data, result={"path": 3})), json.dumps(dict(data, digest="0" * 64))):
+        Path(entry).write_text(bad)
+        result = scan_file_cached(str(model), OPTIONS, cache)
+        assert not result.cached, bad
+        assert json.loads(Path(entry).read_text()) == data  # rewritten whole
+    assert scan_file_cached(str(model), OPTIONS, cache).cached
+
+
+def test_unwritable_cache_dir_still_scans(tmp_path: Path) -> None:
+    model = big_junk(tmp_path / "m.pt")
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache directory should be")
+    cache = ResultCache(str(blocker))
+    assert not scan_file_cached(str(model), OPTIONS, cache).cached
+    assert not scan_file_cached(str(model), OPTIONS, cache).cached
+
+
+def test_incomplete_results_are_not_stored(tmp_path: Path) -> None:
+    archive = tmp_path / "m.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a.txt", "hello")
+    no_time = ScanOptions(limits=dataclasses.replace(Limits(), max_seconds_per_file=-1.0))
+    cache = ResultCache(str(tmp_path / "cache"))
+    result = scan_file_cached(str(archive), no_time, cache)
+    assert not result.complete and any(f.rule_id == "unscanned-limit" for f in result.findings)
+    assert entries(tmp_path / "cache") == []
+
+
+def test_results_that_read_other_files_are_not_stored(tmp_path: Path) -> None:
+    """An LFS pointer is scanned through its object in .git/lfs: that file is not in the key."""
+    content = b"not a model, but the LFS object"
+    oid = hashlib.sha256(content).hexdigest()
+    obj = tmp_path / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(content)
+    pointer = tmp_path / "m.pt"
+    pointer.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(content)}\n")
+    cache = ResultCache(str(tmp_path / "cache"))
+    result = scan_file_cached(str(pointer), OPTIONS, cache)
+    if "lfs-pointer" not in result.formats:
+        pytest.skip("Git LFS reader not registered")
+    assert result.complete
+    assert entries(tmp_path / "cache") == []
+
+
+def _hammer(args: "tuple[str, str, int]") -> List[bool]:
+    path, cache_dir, rounds = args
+    cache = ResultCache(cache_dir)
+    out = []
+    for _ in range(rounds):
+        result = scan_file_cached(path, OPTIONS, cache)
+        cache._store("0" * 64, {"size": 1, "result": result.to_dict()})  # same key from every process
+        out.append(result.cached)
+    return out
+
+
+def test_concurrent_writers(tmp_path: Path) -> None:
+    models = [str(big_junk(tmp_path / f"m{i}.pt", 1 << 20)) for i in range(3)]
+    cache_dir = str(tmp_path / "cache")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        results = pool.map(_hammer, [(models[i % 3], cache_dir, 15) for i in range(8)])
+    assert sum(len(r) for r in results) == 120
+    files = glob.glob(os.path.join(cache_dir, "**", "*"), recursive=True)
+    assert not [f for f in files if os.path.basename(f).startswith(".tmp-")]  # no leftovers
+    for entry in entries(tmp_path / "cache"):
+        json.loads(Path(entry).read_text())  # every entry whole
+    cache_mod.tool_fingerprint.cache_clear()  # the workers fingerprinted the code as it is now
+    cache = ResultCache(cache_dir)
+    assert all(scan_file_cached(m, OPTIONS, cache).cached for m in models)
+
+
+def test_sha256_keyed_entries(tmp_path: Path) -> None:
+    model = big_junk(tmp_path / "m.pt", 1 << 16)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    cache = ResultCache(str(tmp_path / "cache"))
+    result = scan_file(str(model), OPTIONS, "hf://org/repo@abc/m.pt")
+    assert cache.get_by_sha256(digest, 1 << 16, "hf://org/repo@abc/m.pt", OPTIONS) is None
+    assert cache.put_by_sha256(digest, 1 << 16, "hf://org/repo@abc/m.pt", OPTIONS, result)
+    hit = cache.get_by_sha256(digest.upper(), 1 << 16, "hf://org/repo@abc/m.pt", OPTIONS)
+    assert hit is not None and hit.cached and hit.findings == result.findings
+    assert cache.get_by_sha256(digest, 1 << 16, "hf://org/repo@abc/other.pt", OPTIONS) is None
+    other_policy = ScanOptions(policy=Policy(allow_globals=frozenset({"a.b"})))
+    assert cache.get_by_sha256(digest, 1 << 16, "hf://org/repo@abc/m.pt", other_policy) is None
+
+
+def test_recording_source_replays(tmp_path: Path) -> None:
+    inner = BytesSource(bytes(range(256)) * 10)
+    rec = cache_mod.RecordingSource(inner)
+    rec.read_at(5, 10)
+    rec.read_at(2500, 100)  # short: the source ends at 2560
+    rec.read_at(0, 3)
+    assert list(rec.log) == [5, 10, 2500, 60, 0, 3]
+    assert cache_mod.replay_digest(BytesSource(bytes(range(256)) * 10), rec.log) == rec.digest.hexdigest()
+    changed = bytearray(bytes(range(256)) * 10)
+    changed[2555] ^= 1
+    assert cache_mod.replay_digest(BytesSource(bytes(changed)), rec.log) != rec.digest.hexdigest()
+    assert cache_mod.replay_digest(BytesSource(bytes(2000)), rec.log) is None  # now too short
+
+
+def test_cli_uses_the_cache_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("SAFEMODEL_CACHE_DIR", str(cache_dir))
+    (tmp_path / "models").mkdir()
+    model = big_junk(tmp_path / "models" / "m.pt")
+    assert cli.main(["scan", "--no-cache", "-f", "json", str(model)]) == 0
+    uncached = capsys.readouterr().out
+    assert entries(cache_dir) == []
+    assert cli.main(["scan", "-f", "json", str(model)]) == 0
+    assert capsys.readouterr().out == uncached
+    assert len(entries(cache_dir)) == 1
+    assert cli.main(["scan", "-f", "json", str(model)]) == 0
+    assert capsys.readouterr().out == uncached  # a cached result reports exactly the same
+    monkeypatch.setenv("SAFEMODEL_NO_CACHE", "1")
+    os.unlink(entries(cache_dir)[0])
+    assert cli.main(["scan", "-f", "json", str(model)]) == 0
+    assert entries(cache_dir) == []
+
+
+def _pickle_reader_ready() -> bool:
+    return PickleReader().detect(BytesSource(pickle.dumps({"a": 1})), pickle.dumps({"a": 1}))
+
+
+class _Payload:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("echo pwned",))
+
+
+def test_cached_malicious_result_keeps_its_findings(tmp_path: Path) -> None:
+    if not _pickle_reader_ready():
+        pytest.skip("pickle reader not available yet")
+    bad = tmp_path / "bad.pkl"
+    buf = io.BytesIO()
+    pickle.dump({"weights": [1.0] * 1000, "x": _Payload()}, buf, protocol=4)
+    bad.write_bytes(buf.getvalue())
+    cache = ResultCache(str(tmp_path / "cache"))
+    first = scan_file_cached(str(bad), OPTIONS, cache)
+    assert any(f.severity is Severity.CRITICAL for f in first.findings)
+    second = scan_file_cached(str(bad), OPTIONS, cache)
+    assert second.cached and second.findings == first.findings

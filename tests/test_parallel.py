@@ -1,0 +1,136 @@
+"""Parallel scans: same results, same order, same bytes as a serial run."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from safemodel_ci import cli, parallel
+from safemodel_ci.config import Config, IgnoredFile
+from safemodel_ci.findings import FileResult, Severity
+from safemodel_ci.parallel import ScanPlan, scan_paths
+from safemodel_ci.scanner import ScanOptions
+
+
+class _Payload:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("echo pwned",))
+
+
+def make_tree(root: Path, n: int = 60) -> List[Path]:
+    """A mixed tree: benign and malicious pickles, zips, junk named like models, empty files."""
+    files: List[Path] = []
+    for i in range(n):
+        kind = i % 5
+        sub = root / f"d{i % 7}"
+        sub.mkdir(parents=True, exist_ok=True)
+        if kind == 0:
+            path = sub / f"benign{i}.pkl"
+            path.write_bytes(pickle.dumps({"layer": i, "w": [0.5] * i}, protocol=i % 5 + 1))
+        elif kind == 1:
+            path = sub / f"evil{i}.pkl"
+            buf = io.BytesIO()
+            pickle.dump({"x": _Payload(), "i": i}, buf, protocol=2)
+            path.write_bytes(buf.getvalue())
+        elif kind == 2:
+            path = sub / f"archive{i}.zip"
+            with zipfile.ZipFile(path, "w") as zf:
+                zf.writestr("data.pkl", pickle.dumps([i]))
+                zf.writestr("notes.txt", "hello")
+        elif kind == 3:
+            path = sub / f"junk{i}.pt"
+            path.write_bytes(b"not a model " * 5 + bytes(i))
+        else:
+            path = sub / f"empty{i}.bin"
+            path.write_bytes(b"")
+        files.append(path)
+    return files
+
+
+def scan(paths: List[Path], jobs: int, plan: ScanPlan = ScanPlan()) -> List[FileResult]:
+    return list(scan_paths([str(p) for p in paths], plan, jobs=jobs))
+
+
+def test_jobs_give_the_same_results_in_the_same_order(tmp_path: Path) -> None:
+    files = make_tree(tmp_path)
+    serial = scan(files, 1)
+    assert [r.path for r in serial] == [str(p) for p in files]
+    for jobs in (2, 3):
+        assert [r.to_dict() for r in scan(files, jobs)] == [r.to_dict() for r in serial]
+
+
+def test_cli_output_is_byte_identical(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_tree(tmp_path / "tree")
+    outputs = {}
+    for fmt in ("text", "json"):
+        for jobs in ("1", "2"):
+            code = cli.main(["scan", "--no-cache", "--jobs", jobs, "-f", fmt, str(tmp_path / "tree")])
+            outputs[fmt, jobs] = (code, capsys.readouterr().out)
+        assert outputs[fmt, "1"] == outputs[fmt, "2"]
+    assert outputs["json", "1"][1].count('"path"') > 60
+
+
+def test_cached_parallel_run_matches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_tree(tmp_path / "tree", 30)
+    args = ["scan", "-f", "json", str(tmp_path / "tree")]
+    cli.main(args + ["--no-cache", "--jobs", "1"])
+    reference = capsys.readouterr().out
+    for jobs in ("2", "2", "1"):  # fills the cache in workers, then hits in workers and in-process
+        cli.main(args + ["--jobs", jobs])
+        assert capsys.readouterr().out == reference
+
+
+def test_ignores_apply_in_workers(tmp_path: Path) -> None:
+    files = make_tree(tmp_path, 20)
+    junk = files[3]  # unrecognized-format, raised to HIGH below so that there is something to ignore
+    digest = parallel.file_sha256(str(junk))
+    config = Config(root=str(tmp_path), ignores=(IgnoredFile(digest, "reviewed", origin="cfg:1"),),
+                    severity_overrides=(("unrecognized-format", Severity.HIGH),))
+    plan = ScanPlan(options=ScanOptions(policy=config.policy()), config=config)
+    results = scan(files, 2, plan)
+    assert [f.rule_id for f in results[3].findings] == ["ignored-by-config"]
+    assert [f.rule_id for f in results[8].findings] == ["unrecognized-format"]  # other junk: not pinned
+    assert [r.to_dict() for r in results] == [r.to_dict() for r in scan(files, 1, plan)]
+
+
+def test_batches_keep_order_and_isolate_large_files(tmp_path: Path) -> None:
+    small = [tmp_path / f"s{i}" for i in range(50)]
+    for p in small:
+        p.write_bytes(b"x")
+    large = tmp_path / "large"
+    with open(large, "wb") as fh:
+        fh.truncate(parallel.LARGE_FILE)
+    paths = [str(p) for p in small[:20]] + [str(large)] + [str(p) for p in small[20:]]
+    batches = list(parallel._batches(paths, 2))
+    assert [p for b in batches for p in b] == paths
+    assert [str(large)] in batches
+    assert max(len(b) for b in batches) <= parallel.MAX_BATCH
+
+
+def test_a_dying_worker_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = [tmp_path / f"f{i}.pt" for i in range(parallel.MIN_FILES_FOR_PROCESSES + 2)]
+    for p in files:
+        p.write_bytes(b"junk")
+    monkeypatch.setattr(parallel, "_scan_batch", _die)
+    results = scan(files, 2)
+    assert [r.path for r in results] == [str(p) for p in files]
+    assert all(not r.complete and r.findings[0].rule_id == "scanner-error" for r in results)
+
+
+def _die(paths: List[str]) -> List[FileResult]:
+    os._exit(3)
+
+
+def test_default_jobs_is_the_cpu_count() -> None:
+    assert parallel.default_jobs() >= 1
+    args = cli.build_parser().parse_args(["scan", "x"])
+    assert args.jobs is None
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["scan", "--jobs", "0", "x"])
+    assert info.value.code == 3

@@ -103,6 +103,22 @@ RULES: Tuple[Rule, ...] = (
          "The stream is truncated or has an invalid opcode. Loaders run every opcode before the "
          "break, so findings before it are real; the rest could not be inspected.",
          _REPORT, unscanned=True),
+    Rule("pickle-nested-opaque", Severity.CRITICAL, "Pickle loads bytes it computes at load time",
+         "A loader (pickle.loads, torch.load, torch.storage._load_from_bytes ...) is called on, or handed "
+         "over with, data that is only known when the pickle runs, so what it loads cannot be scanned.",
+         _CONVERT, code_execution=True),
+    Rule("pickle-global-mutation", Severity.CRITICAL, "Pickle rewrites an imported module or class",
+         "BUILD, SETITEM or APPEND is applied to an imported object itself (a module, class or function), "
+         "not to an instance: the pickle changes code or tables that later imports and calls use.",
+         _CONVERT, code_execution=True),
+    Rule("pickle-trailing-data", Severity.INFO, "Bytes after the last pickle",
+         "The file continues after its last pickle with bytes that are not a pickle; they import and "
+         "call nothing, and pickle.load ignores them.",
+         "Nothing to do if the file comes from a trusted tool; otherwise re-export it."),
+    Rule("torch-stack-global", Severity.MEDIUM, "STACK_GLOBAL in a torch archive pickle",
+         "torch.save writes protocol 2 pickles, which import with GLOBAL only, and torch's weights-only "
+         "loader rejects STACK_GLOBAL: the archive's data.pkl was not written by torch.save.",
+         _REPORT),
     # ---- containers (zip, torch, numpy, joblib, 7z) ------------------------------------------
     Rule("zip-name-mismatch", Severity.HIGH, "Zip entry named differently in its two headers",
          "The local header and the central directory give an entry different names: zipfile refuses "

@@ -54,11 +54,13 @@ def test_persistent_ids_give_storage_layout() -> None:
 @needs_vm
 def test_benign_legacy_checkpoint_reads_only_its_pickles(tmp_path: Path) -> None:
     path = tmp_path / "big.pt"
-    legacy_save({"w": torch.ones(1_000_000), "h": torch.ones(7, dtype=torch.float16),
+    legacy_save({"w": torch.ones(4_000_000), "h": torch.ones(7, dtype=torch.float16),
                  "i": torch.arange(5)}, path)
     result = assert_benign(path)
     assert "torch-legacy" in result.formats
-    assert result.bytes_read < 100_000, result.bytes_read
+    # Five pickles (the VM reads in buffered blocks) and the tail a zip detector looks at: the
+    # 16 MB of raw storage are not read.
+    assert result.bytes_read < 1_000_000, result.bytes_read
 
 
 @needs_vm

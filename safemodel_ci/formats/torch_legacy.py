@@ -158,6 +158,11 @@ class TorchLegacyReader(FormatReader):
                 carve(source, ctx, pos, source.size)
                 return
         storages = storages_from_persistent_ids(results[3].persistent_ids)
+        # Persistent ids that hold a class are not literals; the storage classes the main pickle
+        # imports still tell the element size when they all agree (the usual all-float checkpoint).
+        sizes = {STORAGE_ELEMENT_SIZES[name] for module, name in results[3].globals
+                 if module == "torch" and name in STORAGE_ELEMENT_SIZES}
+        default_elem = sizes.pop() if len(sizes) == 1 else None
         keys = results[4].value
         if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) for k in keys):
             ctx.report("unscanned-parse-error",
@@ -165,7 +170,11 @@ class TorchLegacyReader(FormatReader):
                        "be laid out and was carved for pickles", offset=results[4].start)
             carve(source, ctx, pos, source.size)
             return
-        end = self._skip_storages(source, ctx, pos, list(keys), storages)
+        end = self._skip_storages(source, pos, list(keys), storages, default_elem, exact_end=True)
+        if end is None:
+            # Bytes after the storages (an appended payload) defeat the exact-end check: lay the
+            # storages out anyway, smallest sizes first, so that whatever is left over is carved.
+            end = self._skip_storages(source, pos, list(keys), storages, default_elem, exact_end=False)
         if end is None:
             ctx.report("unscanned-parse-error",
                        f"raw storages from offset {pos} do not match the {len(keys)} recorded storages; "
@@ -180,8 +189,9 @@ class TorchLegacyReader(FormatReader):
             carve(source, ctx, end, source.size)
 
     @staticmethod
-    def _skip_storages(source: ByteSource, ctx: ScanContext, pos: int, keys: List[str],
-                       storages: Dict[str, Tuple[Optional[int], Optional[int]]]) -> Optional[int]:
+    def _skip_storages(source: ByteSource, pos: int, keys: List[str],
+                       storages: Dict[str, Tuple[Optional[int], Optional[int]]],
+                       default_elem: Optional[int], exact_end: bool) -> Optional[int]:
         """End of the raw storage area, or None when the recorded layout does not fit the bytes.
 
         Element sizes come from the storage types; when a type is unknown every plausible size is
@@ -200,13 +210,14 @@ class TorchLegacyReader(FormatReader):
             """Offsets where storage ``i`` may end if it starts at ``offset``."""
             n = counts_at(offset)
             elem, numel = storages.get(keys[i], (None, None))
+            elem = elem or default_elem
             if n is None or (numel is not None and n != numel):
                 return []
             sizes = [elem] if elem else ([1] if n == 0 else list(_ELEMENT_SIZES))
             out = []
             for e in sizes:
                 nxt = offset + 8 + n * e
-                if nxt > size or (i + 1 == len(keys) and elem is None and nxt != size):
+                if nxt > size or (exact_end and i + 1 == len(keys) and elem is None and nxt != size):
                     continue
                 out.append(nxt)
             return out

@@ -158,3 +158,15 @@ def test_many_storages(tmp_path: Path) -> None:
     path = tmp_path / "many.pt"
     legacy_save({f"t{i}": torch.full((i % 7,), float(i)) for i in range(3000)}, path)
     assert_benign(path)
+
+
+@needs_vm
+def test_payload_after_storages_of_mixed_types(tmp_path: Path) -> None:
+    data = legacy_save({"f": torch.ones(100), "h": torch.ones(3, dtype=torch.float16),
+                        "l": torch.arange(5), "b": torch.ones(4, dtype=torch.bool)}, tmp_path / "a.pt")
+    assert_benign(tmp_path / "a.pt")
+    path = tmp_path / "mixed_tail.pt"
+    path.write_bytes(data + evil_pickle(2))
+    result = assert_malicious(path)
+    assert find(result, "torch-unaccounted-bytes")
+    assert any(f.offset >= len(data) for f in result.findings if f.rule_id == "pickle-dangerous-global")

@@ -1,0 +1,522 @@
+"""The Keras model-config walk shared by HDF5 (``model_config``), ``.keras`` (``config.json``) and
+TensorFlow's ``keras_metadata.pb``, plus the ``JsonConfigReader`` for JSON members and files.
+
+A Keras config is a tree of ``{"class_name", "config", "module", "registered_name", ...}`` objects:
+layers nest in ``config.layers``, wrappers (TimeDistributed, Bidirectional) hold ``config.layer``,
+a Sequential can sit inside a Functional, optimizers and losses sit in ``compile_config``. Instead
+of following a fixed schema the walk visits every object of the tree, so nothing nested is missed.
+
+What runs code or reaches outside the model on load:
+- Lambda layers / ``__lambda__`` objects: marshalled bytecode, unmarshalled and called by
+  ``func_load``. The bytecode is decoded here by a marshal *reader* that lists the names the code
+  uses; ``marshal.loads`` is never called, nothing is turned into a function.
+- ``module`` outside the Keras packages: imported and looked up by name (CVE-2025-1550).
+- Non-modelling Keras functions (``keras.utils.get_file``, ``keras.config.enable_unsafe_deserialization``).
+- ``TFSMLayer(filepath=...)``, ``TorchModuleWrapper`` (a pickled torch module, scanned here),
+  lookup layers whose ``vocabulary`` is a file path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..context import ScanContext
+from ..findings import Severity
+from ..source import ByteSource, BytesSource
+from .interface import FormatReader
+
+#: Top-level packages Keras itself accepts for ``module`` since the CVE-2025-1550 fix, plus tf_keras.
+KERAS_PACKAGES = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp", "tf_keras"})
+#: Keras functions that do something other than build a model (the NON_MODELING idea of Keras 3.11).
+NON_MODELING_NAMES = frozenset({
+    "get_file", "enable_unsafe_deserialization", "load_model", "load_weights", "save_model",
+    "set_global_policy", "enable_interactive_logging", "disable_interactive_logging",
+})
+NON_MODELING_MODULES = ("keras.config", "keras.src.backend.config", "keras.utils.file_utils",
+                        "keras.src.utils.file_utils", "keras.src.utils.io_utils", "keras.saving",
+                        "keras.src.saving.saving_api", "keras.models.load_model")
+#: Preprocessing layers that read a vocabulary file when ``vocabulary`` is a string.
+FILE_VOCABULARY_LAYERS = frozenset({"StringLookup", "IntegerLookup", "TextVectorization", "Lookup"})
+#: Upper bound on a decoded Lambda / TorchModuleWrapper payload kept in memory.
+MAX_PAYLOAD = 64 << 20
+#: Names listed in one finding.
+MAX_NAMES = 40
+
+
+# ---- marshal reading (never unmarshalling) ---------------------------------------------------
+
+class MarshalError(ValueError):
+    """The bytes are not a marshalled code object in the layout tried."""
+
+
+@dataclass
+class CodeSummary:
+    """What a marshalled code object names: enough to tell a reader what it would do."""
+
+    layout: str
+    names: List[str] = field(default_factory=list)      # co_names of all code objects
+    strings: List[str] = field(default_factory=list)    # string constants
+    functions: List[str] = field(default_factory=list)  # co_name of every code object
+
+
+_NULL = object()
+_CODE = object()  # stands for a nested code object (its names are collected separately)
+# Layouts of TYPE_CODE in CPython's marshal.c: (number of int32 header fields, object fields
+# before firstlineno, object fields after it). Field 2 of the objects (0-based) is co_names.
+_LAYOUTS = {
+    # code consts names localsplusnames localspluskinds filename name qualname | linetable exceptiontable
+    "3.11+": (5, 8, 2),
+    "3.8-3.10": (6, 8, 1),  # code consts names varnames freevars cellvars filename name | lnotab
+    "3.7": (5, 8, 1),
+}
+
+
+class _MarshalReader:
+    def __init__(self, data: bytes, layout: str) -> None:
+        self.data = data
+        self.pos = 0
+        self.refs: List[Any] = []
+        self.layout = layout
+        self.summary = CodeSummary(layout)
+
+    def _take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise MarshalError("truncated")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def _long(self) -> int:
+        return int.from_bytes(self._take(4), "little", signed=True)
+
+    def _count(self, n: int) -> int:
+        if n < 0 or n > len(self.data) - self.pos:
+            raise MarshalError("impossible count")
+        return n
+
+    def read(self, depth: int = 0) -> Any:  # noqa: C901 - one branch per marshal type code
+        if depth > 200:
+            raise MarshalError("nesting too deep")
+        code = self._take(1)[0]
+        flag, t = code & 0x80, chr(code & 0x7F)
+        idx = None
+        if flag:
+            idx = len(self.refs)
+            self.refs.append(None)
+        value: Any
+        if t == "0":
+            value = _NULL
+        elif t in "NFTS.":
+            value = None
+        elif t == "i":
+            value = self._long()
+        elif t == "I" or t == "g":
+            self._take(8)
+            value = 0
+        elif t == "y":
+            self._take(16)
+            value = 0
+        elif t == "f":
+            self._take(self._take(1)[0])
+            value = 0
+        elif t == "x":
+            self._take(self._take(1)[0])
+            self._take(self._take(1)[0])
+            value = 0
+        elif t == "l":
+            n = self._long()
+            self._take(2 * self._count(abs(n)))
+            value = 0
+        elif t == "s":
+            value = self._take(self._count(self._long()))
+        elif t in "tuaA":
+            value = self._take(self._count(self._long())).decode("utf-8", "replace")
+        elif t in "zZ":
+            value = self._take(self._take(1)[0]).decode("latin-1")
+        elif t in "([<>":
+            value = tuple(self.read(depth + 1) for _ in range(self._count(self._long())))
+        elif t == ")":
+            value = tuple(self.read(depth + 1) for _ in range(self._take(1)[0]))
+        elif t == "{":
+            items = []
+            while True:
+                k = self.read(depth + 1)
+                if k is _NULL:
+                    break
+                items.append((k, self.read(depth + 1)))
+            value = tuple(items)
+        elif t == "r":
+            n = self._long()
+            if not 0 <= n < len(self.refs):
+                raise MarshalError("bad reference")
+            value = self.refs[n]
+        elif t == ":":  # slice (3.14)
+            value = tuple(self.read(depth + 1) for _ in range(3))
+        elif t == "c":
+            value = self._code(depth)
+        else:
+            raise MarshalError(f"unknown type code {code:#x}")
+        if idx is not None:
+            self.refs[idx] = value
+        return value
+
+    def _code(self, depth: int) -> object:
+        ints, before, after = _LAYOUTS[self.layout]
+        self._take(4 * ints)
+        objs = [self.read(depth + 1) for _ in range(before)]
+        self._long()  # firstlineno
+        for _ in range(after):
+            self.read(depth + 1)
+        code_bytes, consts, names = objs[0], objs[1], objs[2]
+        func = objs[6] if self.layout == "3.11+" else objs[7]
+        if not isinstance(code_bytes, bytes) or not isinstance(consts, tuple) or not isinstance(names, tuple):
+            raise MarshalError("fields do not have the types of a code object")
+        self.summary.names.extend(n for n in names if isinstance(n, str))
+        self.summary.strings.extend(c for c in consts if isinstance(c, str))
+        if isinstance(func, str):
+            self.summary.functions.append(func)
+        return _CODE
+
+
+def summarize_marshalled_code(data: bytes) -> Optional[CodeSummary]:
+    """Names used by a marshalled code object, or None when no known layout reads it exactly."""
+    for layout in _LAYOUTS:
+        reader = _MarshalReader(data, layout)
+        try:
+            top = reader.read()
+        except (MarshalError, RecursionError):
+            continue
+        if top is _CODE and reader.pos == len(data):
+            return reader.summary
+    return None
+
+
+_IDENT = re.compile(rb"[A-Za-z_][A-Za-z0-9_.]{2,63}")
+
+
+def printable_identifiers(data: bytes, limit: int = MAX_NAMES) -> List[str]:
+    """Identifier-like byte runs: the fallback description of code that no layout could read."""
+    seen: List[str] = []
+    for m in _IDENT.finditer(data):
+        s = m.group().decode("ascii")
+        if s not in seen:
+            seen.append(s)
+        if len(seen) >= limit:
+            break
+    return seen
+
+
+def decode_lambda_payload(code: str) -> bytes:
+    """Bytes of a Keras ``func_dump`` string: base64, or raw_unicode_escape as func_load falls back to."""
+    compact = "".join(code.split())
+    try:
+        return base64.b64decode(compact.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error, ValueError):
+        return code.encode("raw_unicode_escape", "replace")
+
+
+# ---- the walk --------------------------------------------------------------------------------
+
+def _package(module: str) -> str:
+    return module.split(".", 1)[0]
+
+
+def _is_keras_module(module: str) -> bool:
+    return _package(module) in KERAS_PACKAGES
+
+
+def _join(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+@dataclass
+class KerasWalk:
+    """Walks one Keras config tree and reports into ``ctx``. ``root`` names where the JSON came from."""
+
+    ctx: ScanContext
+    root: str = ""
+    offset: Optional[int] = None
+    objects: int = 0
+    _reported_modules: Dict[Tuple[str, str], int] = field(default_factory=dict)
+
+    def walk(self, doc: Any) -> None:
+        stack: List[Tuple[Any, str, Tuple[str, ...]]] = [(doc, self.root, ())]
+        while stack:
+            node, path, layers = stack.pop()
+            if isinstance(node, dict):
+                self.objects += 1
+                if self.objects % 4096 == 0:
+                    self.ctx.check_deadline()
+                name = None
+                cfg = node.get("config")
+                if isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
+                    name = cfg["name"]
+                is_object = isinstance(node.get("class_name"), str)
+                inner_layers = layers + (name,) if name and is_object else layers
+                if isinstance(node.get("class_name"), str):
+                    self._check_object(node, path, inner_layers)
+                children = list(node.items())
+                for key, value in reversed(children):
+                    if isinstance(value, (dict, list)):
+                        stack.append((value, _join(path, key), inner_layers))
+            elif isinstance(node, list):
+                for i in range(len(node) - 1, -1, -1):
+                    if isinstance(node[i], (dict, list)):
+                        stack.append((node[i], _join(path, i), layers))
+
+    # -- one object -----------------------------------------------------------------------
+    def _where(self, path: str, layers: Tuple[str, ...]) -> str:
+        shown = path or "<root>"
+        if layers:
+            shown += " (layer " + " > ".join(repr(n) for n in layers) + ")"
+        return shown
+
+    def _report(self, rule_id: str, message: str, path: str, layers: Tuple[str, ...],
+                severity: Optional[Severity] = None, **details: Any) -> None:
+        self.ctx.report(rule_id, f"{message} at {self._where(path, layers)}", offset=self.offset,
+                        severity=severity,
+                        details={"path": path or "<root>", "layers": list(layers), **details})
+
+    def _check_object(self, node: Dict[str, Any], path: str, layers: Tuple[str, ...]) -> None:
+        class_name = node["class_name"]
+        cfg = node.get("config")
+        module = node.get("module")
+        if class_name == "__lambda__":
+            payload = cfg.get("value", cfg.get("code")) if isinstance(cfg, dict) else cfg
+            self._lambda_code(payload, _join(path, "config"), layers)
+        elif class_name == "Lambda" and isinstance(cfg, dict):
+            self._lambda_layer(cfg, path, layers, module)
+        if isinstance(module, str) and module:
+            self._check_module(node, module, path, layers)
+        registered = node.get("registered_name")
+        for label in (registered, class_name):
+            if isinstance(label, str) and ">" in label:
+                package = label.split(">", 1)[0]
+                if package not in KERAS_PACKAGES:
+                    self._report("keras-custom-object",
+                                 f"custom object {label!r} (registered outside Keras) is needed",
+                                 path, layers, registered_name=label)
+                    break
+        if class_name == "TFSMLayer" and isinstance(cfg, dict) and cfg.get("filepath"):
+            self._report("keras-external-savedmodel",
+                         f"TFSMLayer loads the SavedModel at {cfg.get('filepath')!r}", path, layers,
+                         filepath=str(cfg.get("filepath"))[:500])
+        if class_name == "TorchModuleWrapper" and isinstance(cfg, dict):
+            self._torch_module(cfg.get("module"), path, layers)
+        vocabulary = cfg.get("vocabulary") if isinstance(cfg, dict) else None
+        if class_name in FILE_VOCABULARY_LAYERS and isinstance(vocabulary, str):
+            self._report("keras-file-reference",
+                         f"{class_name} reads its vocabulary from the file {vocabulary!r}", path, layers,
+                         file=vocabulary[:500])
+
+    def _object_name(self, node: Dict[str, Any]) -> str:
+        class_name = node.get("class_name")
+        if class_name == "function":
+            cfg = node.get("config")
+            if isinstance(cfg, str):
+                return cfg
+            reg = node.get("registered_name")
+            return reg if isinstance(reg, str) else "function"
+        if class_name == "__typespec__" and isinstance(node.get("spec_name"), str):
+            return node["spec_name"]
+        return str(class_name)
+
+    def _check_module(self, node: Dict[str, Any], module: str, path: str, layers: Tuple[str, ...]) -> None:
+        name = self._object_name(node)
+        if _is_keras_module(module):
+            if name in NON_MODELING_NAMES or any(module == m or module.startswith(m + ".")
+                                                 for m in NON_MODELING_MODULES):
+                self._report("keras-non-modeling-api",
+                             f"the config calls {module}.{name}, a Keras function that is not a model part",
+                             path, layers, module=module, name=name)
+            return
+        if module == "builtins" and not hasattr(builtins, name):
+            return  # Keras resolves such names among its own built-in activations, losses ...
+        verdict = self.ctx.policy.classify_global(module, name)
+        dangerous = verdict.rule_id == "pickle-dangerous-global"
+        self._report("keras-unsafe-module",
+                     f"the config makes Keras import {module}.{name}" +
+                     (f" ({verdict.reason})" if dangerous and verdict.reason else ""),
+                     path, layers, severity=Severity.CRITICAL if dangerous else None,
+                     module=module, name=name)
+
+    def _lambda_layer(self, cfg: Dict[str, Any], path: str, layers: Tuple[str, ...],
+                      module: Any) -> None:
+        for key in ("function", "output_shape", "mask"):
+            value = cfg.get(key)
+            kind = cfg.get(f"{key}_type") or (cfg.get("function_type") if key == "function" else None)
+            where = _join(_join(path, "config"), key)
+            if isinstance(value, (list, tuple)) and value and isinstance(value[0], str) and kind != "raw":
+                self._lambda_code(value[0], where, layers)
+            elif isinstance(value, str) and kind == "lambda":
+                self._lambda_code(value, where, layers)
+            elif isinstance(value, str) and kind == "function" and key == "function":
+                fmodule = cfg.get("module") or cfg.get("function_module")
+                if isinstance(fmodule, str) and fmodule and not _is_keras_module(fmodule):
+                    self._check_module({"class_name": "function", "config": value}, fmodule, where, layers)
+                else:
+                    self._report("keras-custom-object",
+                                 f"Lambda layer calls the function {value!r} by name", where, layers,
+                                 function=value)
+
+    def _lambda_code(self, payload: Any, path: str, layers: Tuple[str, ...]) -> None:
+        if isinstance(payload, (list, tuple)) and payload:
+            payload = payload[0]
+        if not isinstance(payload, str):
+            self._report("keras-lambda-code", "Lambda object with an unreadable code payload", path, layers)
+            return
+        if len(payload) > MAX_PAYLOAD:
+            self._report("keras-lambda-code", f"Lambda with a {len(payload)}-character code payload",
+                         path, layers)
+            return
+        raw = decode_lambda_payload(payload)
+        summary = summarize_marshalled_code(raw)
+        if summary is not None:
+            names = list(dict.fromkeys(summary.names))[:MAX_NAMES]
+            strings = [s[:80] for s in dict.fromkeys(summary.strings)][:MAX_NAMES]
+            desc = f"names {names}" + (f", strings {strings[:8]}" if strings else "")
+            self._report("keras-lambda-code",
+                         f"Lambda layer carries marshalled Python bytecode (layout {summary.layout}) using "
+                         f"{desc}", path, layers, names=names, strings=strings,
+                         functions=summary.functions[:MAX_NAMES], code_bytes=len(raw))
+        else:
+            idents = printable_identifiers(raw)
+            self._report("keras-lambda-code",
+                         f"Lambda layer carries {len(raw)} bytes of code that no known marshal layout "
+                         f"reads; identifiers in it: {idents}", path, layers, identifiers=idents,
+                         code_bytes=len(raw))
+
+    def _torch_module(self, payload: Any, path: str, layers: Tuple[str, ...]) -> None:
+        where = _join(_join(path, "config"), "module")
+        if not isinstance(payload, str):
+            self._report("keras-torch-module", "TorchModuleWrapper without a readable module payload",
+                         where, layers)
+            return
+        self._report("keras-torch-module",
+                     "TorchModuleWrapper holds a torch.save blob that Keras loads with weights_only=False",
+                     where, layers, payload_chars=len(payload))
+        if len(payload) > MAX_PAYLOAD * 4 // 3:
+            self.ctx.report("unscanned-limit", f"TorchModuleWrapper payload of {len(payload)} characters at "
+                            f"{where} exceeds the {MAX_PAYLOAD}-byte payload limit", offset=self.offset)
+            return
+        try:
+            blob = base64.b64decode("".join(payload.split()).encode("ascii"), validate=True)
+        except (UnicodeEncodeError, binascii.Error, ValueError) as exc:
+            self.ctx.report("unscanned-parse-error", f"TorchModuleWrapper payload at {where} is not base64: "
+                            f"{exc}", offset=self.offset)
+            return
+        self.ctx.scan(BytesSource(blob, name=f"{self.ctx.display_name}:{where}"), member=where)
+
+
+def walk_keras_config(doc: Any, ctx: ScanContext, root: str = "", offset: Optional[int] = None) -> int:
+    """Walk a parsed Keras config and report into ``ctx``; returns the number of objects seen."""
+    walker = KerasWalk(ctx, root=root, offset=offset)
+    walker.walk(doc)
+    return walker.objects
+
+
+def looks_like_keras_config(doc: Any) -> bool:
+    """A Keras serialized object at the top: ``class_name`` and ``config``."""
+    return isinstance(doc, dict) and isinstance(doc.get("class_name"), str) and "config" in doc
+
+
+def parse_json_text(raw: bytes) -> Any:
+    """JSON from bytes (UTF-8 with or without BOM). Raises ValueError."""
+    text = raw.decode("utf-8-sig")
+    return json.loads(text)
+
+
+# ---- JSON files and members ------------------------------------------------------------------
+
+#: Bytes whose presence makes a JSON document worth parsing: keys the checks look at, or escapes
+#: that could spell them indirectly.
+_JSON_MARKERS = (b'"class_name"', b'"chat_template"', b"\\u")
+
+
+def _json_start(head: bytes) -> bool:
+    body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
+    body = body.lstrip(b" \t\r\n")
+    if not body.startswith(b"{"):
+        return False
+    rest = body[1:].lstrip(b" \t\r\n")
+    return rest[:1] in (b'"', b"}") or (not rest and len(head) < 4096)
+
+
+def _has_marker(source: ByteSource) -> bool:
+    chunk = 1 << 20
+    pos = 0
+    tail = b""
+    while pos < source.size:
+        data = source.read_at(pos, chunk)
+        window = tail + data
+        if any(m in window for m in _JSON_MARKERS):
+            return True
+        tail = data[-32:]
+        pos += len(data)
+    return False
+
+
+class JsonConfigReader(FormatReader):
+    """JSON objects: Keras configs (``config.json`` of a ``.keras``) and ``tokenizer_config.json``.
+
+    Detection only asks for a JSON object; the scan then reads the document when it mentions a key
+    that matters (or contains ``\\u`` escapes that could spell one) and runs the Keras walk and/or
+    the chat-template check.
+    """
+
+    name = "json-config"
+    compatible = frozenset({"safetensors-index"})
+
+    def detect(self, source: ByteSource, head: bytes) -> bool:
+        return _json_start(head)
+
+    def scan(self, source: ByteSource, ctx: ScanContext) -> None:
+        if not _has_marker(source):
+            return
+        if source.size > ctx.limits.max_in_memory_bytes:
+            ctx.report("unscanned-limit", f"JSON document of {source.size} bytes exceeds the in-memory limit "
+                       f"of {ctx.limits.max_in_memory_bytes} bytes", details={"limit": "max_in_memory_bytes"})
+            return
+        try:
+            doc = parse_json_text(source.read_exact(0, source.size))
+        except (ValueError, UnicodeDecodeError) as exc:
+            # Not JSON after all (a text file starting with '{'): nothing a model loader would parse.
+            if b'"class_name"' in source.head(1 << 16) or b'"chat_template"' in source.head(1 << 16):
+                ctx.report("unscanned-parse-error", f"JSON config could not be parsed: {exc}")
+            return
+        if looks_like_keras_config(doc):
+            ctx.add_format("keras-config")
+            walk_keras_config(doc, ctx)
+        elif isinstance(doc, dict) and _contains_keras_objects(doc):
+            # metadata wrappers or configs with the model under a key: walk them all the same.
+            ctx.add_format("keras-config")
+            walk_keras_config(doc, ctx)
+        if isinstance(doc, dict) and "chat_template" in doc:
+            from .chat_template import check_chat_template_value
+
+            ctx.add_format("tokenizer-config")
+            check_chat_template_value(doc["chat_template"], ctx, key="chat_template")
+
+
+def _contains_keras_objects(doc: Dict[str, Any], budget: int = 100_000) -> bool:
+    """True when some nested object has the shape of a serialized Keras object."""
+    stack: List[Any] = [doc]
+    seen = 0
+    while stack and seen < budget:
+        node = stack.pop()
+        seen += 1
+        if isinstance(node, dict):
+            if isinstance(node.get("class_name"), str) and ("config" in node or "module" in node):
+                return True
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
+    return False

@@ -1,0 +1,205 @@
+"""A small, bounded decoder of the protobuf wire format, for SavedModel, keras_metadata.pb and ONNX.
+
+No schema and no generated code: a reader walks the fields it knows by number (checked against the
+public ``.proto`` files) and skips the rest. Length-delimited fields are not read until asked for,
+so a 2 GB ONNX file with inline weights costs a few reads of its small messages, not 2 GB.
+
+Wire format: each field is ``tag = (number << 3) | wire_type`` as a varint, then the value:
+0 varint, 1 eight bytes, 2 length-delimited (varint length + bytes), 5 four bytes. Groups (3 and 4)
+were removed from proto3 and no TensorFlow or ONNX message uses them: they are rejected.
+Repeated fields, and repeated occurrences of one embedded message (which protobuf merges), are
+simply yielded one by one, so a caller visits every occurrence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from .source import ByteSource
+
+VARINT, I64, LEN, I32 = 0, 1, 2, 5
+#: Messages up to this size are read into memory in one go and decoded there.
+INLINE_BYTES = 8 << 20
+_MAX_VARINT_BYTES = 10
+
+
+class ProtobufError(ValueError):
+    """The bytes are not a valid protobuf encoding. ``offset`` is where the problem starts."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(f"{message} (at offset {offset})")
+        self.offset = offset
+
+
+@dataclass(frozen=True)
+class ProtoField:
+    """One field occurrence. For LEN fields the value lies at ``[start, end)`` of the view's source."""
+
+    number: int
+    wire_type: int
+    #: Offset of the tag in the source.
+    offset: int
+    #: Varint / fixed value (None for LEN fields).
+    value: Optional[int]
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+class ProtoView:
+    """An encoded message: ``[start, end)`` of a source. Small messages are decoded from memory."""
+
+    def __init__(self, source: ByteSource, start: int = 0, end: Optional[int] = None,
+                 _data: Optional[memoryview] = None, _base: int = 0) -> None:
+        self.source = source
+        self.start = start
+        self.end = source.size if end is None else end
+        if self.end > source.size or self.start > self.end:
+            raise ProtobufError("message runs past the end of the data", self.start)
+        self._data = _data
+        self._base = _base
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    def _ensure(self) -> None:
+        if self._data is None and self.size <= INLINE_BYTES:
+            self._data = memoryview(self.source.read_exact(self.start, self.size))
+            self._base = self.start
+
+    def sub(self, field: ProtoField) -> "ProtoView":
+        """The embedded message held by a LEN field (sharing memory when this view is in memory)."""
+        if field.wire_type != LEN:
+            raise ProtobufError(f"field {field.number} is not length-delimited", field.offset)
+        return ProtoView(self.source, field.start, field.end, self._data, self._base)
+
+    def bytes_of(self, field: ProtoField, limit: int = 1 << 20) -> bytes:
+        """The raw bytes of a LEN field, at most ``limit`` of them."""
+        n = min(field.length, limit)
+        if self._data is not None:
+            rel = field.start - self._base
+            return bytes(self._data[rel:rel + n])
+        return self.source.read_exact(field.start, n)
+
+    def text_of(self, field: ProtoField, limit: int = 1 << 20) -> str:
+        """A string field decoded as UTF-8 (invalid bytes replaced: this is for reporting/matching)."""
+        return self.bytes_of(field, limit).decode("utf-8", "replace")
+
+    def fields(self) -> Iterator[ProtoField]:
+        """Every field occurrence in order. Raises :class:`ProtobufError` on malformed input."""
+        self._ensure()
+        if self._data is not None:
+            yield from _fields_in_memory(self._data, self._base, self.start, self.end)
+        else:
+            yield from _fields_streamed(self.source, self.start, self.end)
+
+
+def _fields_in_memory(data: memoryview, base: int, start: int, end: int) -> Iterator[ProtoField]:
+    pos = start - base
+    stop = end - base
+    while pos < stop:
+        tag_at = pos
+        tag, pos = _varint(data, pos, stop, base)
+        number, wire = tag >> 3, tag & 7
+        if number == 0:
+            raise ProtobufError("field number 0", base + tag_at)
+        if wire == VARINT:
+            value, pos = _varint(data, pos, stop, base)
+            yield ProtoField(number, wire, base + tag_at, value, base + pos, base + pos)
+        elif wire == I64 or wire == I32:
+            width = 8 if wire == I64 else 4
+            if pos + width > stop:
+                raise ProtobufError("fixed-width field truncated", base + tag_at)
+            value = int.from_bytes(data[pos:pos + width], "little")
+            pos += width
+            yield ProtoField(number, wire, base + tag_at, value, base + pos, base + pos)
+        elif wire == LEN:
+            length, pos = _varint(data, pos, stop, base)
+            if pos + length > stop:
+                raise ProtobufError(f"field {number} claims {length} bytes, beyond its message",
+                                    base + tag_at)
+            yield ProtoField(number, wire, base + tag_at, None, base + pos, base + pos + length)
+            pos += length
+        else:
+            raise ProtobufError(f"field {number} has wire type {wire} (groups and unknown types are "
+                                "not valid here)", base + tag_at)
+
+
+def _varint(data: memoryview, pos: int, stop: int, base: int) -> "tuple[int, int]":
+    result = 0
+    shift = 0
+    begin = pos
+    while True:
+        if pos >= stop:
+            raise ProtobufError("varint truncated", base + begin)
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result & ((1 << 64) - 1), pos
+        shift += 7
+        if pos - begin >= _MAX_VARINT_BYTES:
+            raise ProtobufError("varint longer than 10 bytes", base + begin)
+
+
+def _fields_streamed(source: ByteSource, start: int, end: int) -> Iterator[ProtoField]:
+    """Field headers read with small windowed reads; values of LEN fields are skipped, not read."""
+    window = 64 * 1024
+    pos = start
+    buf = b""
+    buf_at = start
+    while pos < end:
+        if pos - buf_at + 32 > len(buf):
+            buf = source.read_at(pos, min(window, end - pos))
+            buf_at = pos
+        mv = memoryview(buf)
+        rel = pos - buf_at
+        stop = min(len(buf), end - buf_at)
+        tag, rel2 = _varint(mv, rel, stop, buf_at)
+        number, wire = tag >> 3, tag & 7
+        if number == 0:
+            raise ProtobufError("field number 0", pos)
+        if wire == VARINT:
+            value, rel3 = _varint(mv, rel2, stop, buf_at)
+            yield ProtoField(number, wire, pos, value, buf_at + rel3, buf_at + rel3)
+            pos = buf_at + rel3
+        elif wire == I64 or wire == I32:
+            width = 8 if wire == I64 else 4
+            if rel2 + width > stop:
+                raise ProtobufError("fixed-width field truncated", pos)
+            value = int.from_bytes(mv[rel2:rel2 + width], "little")
+            yield ProtoField(number, wire, pos, value, buf_at + rel2 + width, buf_at + rel2 + width)
+            pos = buf_at + rel2 + width
+        elif wire == LEN:
+            length, rel3 = _varint(mv, rel2, stop, buf_at)
+            value_start = buf_at + rel3
+            if value_start + length > end:
+                raise ProtobufError(f"field {number} claims {length} bytes, beyond its message", pos)
+            yield ProtoField(number, wire, pos, None, value_start, value_start + length)
+            pos = value_start + length
+        else:
+            raise ProtobufError(f"field {number} has wire type {wire} (groups and unknown types are "
+                                "not valid here)", pos)
+
+
+def looks_like_message(view: ProtoView, allowed: "dict[int, int]", required: "set[int]",
+                       max_fields: int = 1 << 20) -> bool:
+    """Trial decode of the top level: every field decodes, known numbers have the expected wire
+    types, and every ``required`` number occurs. Unknown numbers are allowed (parsers skip them)."""
+    seen = set()
+    try:
+        for i, f in enumerate(view.fields()):
+            if i >= max_fields:
+                return False
+            expected = allowed.get(f.number)
+            if expected is not None and expected != f.wire_type:
+                return False
+            seen.add(f.number)
+    except ProtobufError:
+        return False
+    return required <= seen

@@ -20,6 +20,14 @@ _REGISTRY: Tuple[Tuple[str, str], ...] = (
     ("lfs", "LfsPointerReader"),
     ("safetensors", "SafetensorsReader"),
     ("safetensors_index", "SafetensorsIndexReader"),
+    ("hdf5", "Hdf5Reader"),
+    ("keras_config", "JsonConfigReader"),
+    ("savedmodel", "SavedModelReader"),
+    ("savedmodel", "ChunkedSavedModelReader"),
+    ("savedmodel", "KerasMetadataReader"),
+    ("gguf", "GgufReader"),
+    ("chat_template", "JinjaTemplateReader"),
+    ("onnx", "OnnxReader"),
 )
 
 _readers: List[FormatReader] = []

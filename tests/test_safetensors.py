@@ -594,3 +594,31 @@ def test_safetensors_inside_a_zip_is_validated(tmp_path: Path) -> None:
     result = scan_path(path)
     cov = [f for f in result.findings if f.rule_id == "safetensors-data-coverage"]
     assert cov and cov[0].member == "weights/model.safetensors"
+
+
+def _blob_file(blob: bytes) -> bytes:
+    return st_bytes({"blob": {"dtype": "U8", "shape": [len(blob)], "data_offsets": [0, len(blob)]}}, blob)
+
+
+def test_malicious_pickle_at_start_of_tensor_data(tmp_path: Path) -> None:
+    if not _pickle_reader_ready():
+        pytest.skip("pickle VM not available")
+    data = _blob_file(pickle.dumps({"w": _Payload()}, protocol=4))
+    assert reference_accepts(data)[0]
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(data)
+    result = scan_path(path)
+    ids = rule_ids(result)
+    assert "polyglot" in ids and "pickle-dangerous-global" in ids
+    danger = next(f for f in result.findings if f.rule_id == "pickle-dangerous-global")
+    assert danger.member == "<tensor data>"
+
+
+def test_complete_benign_pickle_in_tensor_data_is_still_a_polyglot(tmp_path: Path) -> None:
+    if not _pickle_reader_ready():
+        pytest.skip("pickle VM not available")
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(_blob_file(pickle.dumps({"w": [1, 2, 3]}, protocol=4)))
+    result = scan_path(path)
+    assert [f.rule_id for f in result.findings] == ["polyglot"]
+    assert result.findings[0].details["formats"] == ["pickle"]

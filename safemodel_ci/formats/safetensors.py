@@ -395,9 +395,9 @@ def _scan_data_region(source: ByteSource, ctx: ScanContext, header: SafetensorsH
     from ..scanner import scan_source
 
     scan_source(region, scratch)
-    only_noise = extra == ["pickle"] and all(f.unscanned for f in scratch.findings)
-    if only_noise:
-        return
+    if extra == ["pickle"] and all(f.unscanned for f in scratch.findings) \
+            and not _complete_pickle(region, ctx, member):
+        return  # numbers that start like a pickle header and break at once: not a second format
     ctx.report("polyglot",
                f"the tensor data (file offset {start}) is also a {' and a '.join(extra)}: a loader that "
                "reads it as such sees different content; it was scanned as such",
@@ -406,6 +406,17 @@ def _scan_data_region(source: ByteSource, ctx: ScanContext, header: SafetensorsH
     for label in scratch.formats:
         if label not in ctx.formats:
             ctx.formats.append(label)
+
+
+def _complete_pickle(region: ByteSource, ctx: ScanContext, member: str) -> bool:
+    """True when a whole pickle stream (up to its STOP) starts the region."""
+    from . import pickle as pickle_reader
+
+    scan_pickle_at = getattr(pickle_reader, "scan_pickle_at", None)
+    if scan_pickle_at is None:  # no pickle VM available: count it as a pickle, fail closed
+        return True
+    probe = ScanContext(ctx.path, ctx.policy, ctx.limits, member=member, depth=ctx.depth + 1)
+    return bool(scan_pickle_at(region, probe, 0).complete)
 
 
 class SafetensorsReader(FormatReader):

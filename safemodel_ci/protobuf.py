@@ -27,9 +27,11 @@ _MAX_VARINT_BYTES = 10
 class ProtobufError(ValueError):
     """The bytes are not a valid protobuf encoding. ``offset`` is where the problem starts."""
 
-    def __init__(self, message: str, offset: int) -> None:
+    def __init__(self, message: str, offset: int, field: Optional[int] = None) -> None:
         super().__init__(f"{message} (at offset {offset})")
         self.offset = offset
+        #: Number of the length-delimited field that runs past its message, when that is the problem.
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def _fields_in_memory(data: memoryview, base: int, start: int, end: int) -> Iter
             length, pos = _varint(data, pos, stop, base)
             if pos + length > stop:
                 raise ProtobufError(f"field {number} claims {length} bytes, beyond its message",
-                                    base + tag_at)
+                                    base + tag_at, number)
             yield ProtoField(number, wire, base + tag_at, None, base + pos, base + pos + length)
             pos += length
         else:
@@ -179,7 +181,8 @@ def _fields_streamed(source: ByteSource, start: int, end: int) -> Iterator[Proto
             length, rel3 = _varint(mv, rel2, stop, buf_at)
             value_start = buf_at + rel3
             if value_start + length > end:
-                raise ProtobufError(f"field {number} claims {length} bytes, beyond its message", pos)
+                raise ProtobufError(f"field {number} claims {length} bytes, beyond its message", pos,
+                                    number)
             yield ProtoField(number, wire, pos, None, value_start, value_start + length)
             pos = value_start + length
         else:
@@ -203,3 +206,22 @@ def looks_like_message(view: ProtoView, allowed: "dict[int, int]", required: "se
     except ProtobufError:
         return False
     return required <= seen
+
+
+def looks_like_truncated_message(view: ProtoView, allowed: "dict[int, int]", required: "set[int]",
+                                 cut_fields: "set[int]") -> bool:
+    """A message cut short: the fields before the cut are valid and known, the ``required`` ones
+    among them, and decoding fails only because one of ``cut_fields`` runs past the end of the data.
+
+    Readers claim such files so that a truncated model is reported as unreadable instead of
+    passing as an unknown file.
+    """
+    seen = set()
+    try:
+        for f in view.fields():
+            if allowed.get(f.number) != f.wire_type:
+                return False
+            seen.add(f.number)
+    except ProtobufError as exc:
+        return required <= seen and exc.field in cut_fields
+    return False

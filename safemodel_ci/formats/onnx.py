@@ -32,7 +32,7 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from ..context import ScanContext
-from ..protobuf import LEN, VARINT, ProtobufError, ProtoView, looks_like_message
+from ..protobuf import LEN, VARINT, ProtobufError, ProtoView, looks_like_message, looks_like_truncated_message
 from ..source import ByteSource
 from .interface import FormatReader
 
@@ -192,7 +192,10 @@ class _Walk:
 def _is_onnx(source: ByteSource, head: bytes) -> bool:
     if not head or head[0] != 0x08:
         return False
-    return looks_like_message(ProtoView(source), _MODEL_FIELDS, {1, 7})
+    view = ProtoView(source)
+    # A cut-off model (ir_version, then a field running past the end) is claimed too, and reported.
+    return looks_like_message(view, _MODEL_FIELDS, {1, 7}) or looks_like_truncated_message(
+        view, _MODEL_FIELDS, {1}, {7, 8, 14, 20, 25})
 
 
 class OnnxReader(FormatReader):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Iterator, List, Optional, Set, Tuple
 
 from ..context import ScanContext
-from ..protobuf import LEN, VARINT, ProtobufError, ProtoView, looks_like_message
+from ..protobuf import LEN, VARINT, ProtobufError, ProtoView, looks_like_message, looks_like_truncated_message
 from ..source import ByteSource
 from .interface import FormatReader
 from .keras_config import walk_keras_config
@@ -88,7 +88,8 @@ def _is_savedmodel(source: ByteSource, head: bytes) -> bool:
         return False
     view = ProtoView(source)
     if not looks_like_message(view, {1: VARINT, 2: LEN}, {2}):
-        return False
+        # A cut-off file still claims the format, so that it is reported unreadable, not unknown.
+        return head[0] == 0x08 and looks_like_truncated_message(view, {1: VARINT, 2: LEN}, {1}, {2})
     try:
         for f in view.fields():
             if f.number == 2:

@@ -1,0 +1,218 @@
+"""TensorFlow SavedModel and keras_metadata.pb, built with the real protobuf library (no TensorFlow).
+
+The message classes are made at run time from descriptors carrying the field numbers of
+TensorFlow's public .proto files, so the encoder is protobuf's own, not ours.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+from safemodel_ci.findings import Severity
+from safemodel_ci.formats.savedmodel import RIEGELI_SIGNATURE
+from safemodel_ci.scanner import ScanOptions, scan_file
+
+descriptor_pb2 = pytest.importorskip("google.protobuf.descriptor_pb2")
+message_factory = pytest.importorskip("google.protobuf.message_factory")
+descriptor_pool = pytest.importorskip("google.protobuf.descriptor_pool")
+
+_T = descriptor_pb2.FieldDescriptorProto
+
+
+def _messages() -> Dict[str, Any]:
+    """Classes for the subset of tensorflow.* and tf_keras SavedMetadata messages the scanner reads."""
+    fdp = descriptor_pb2.FileDescriptorProto(name="tf_subset.proto", package="tfsub", syntax="proto3")
+
+    def msg(name: str, fields: list, nested: list = ()) -> Any:
+        m = fdp.message_type.add(name=name)
+        for fname, number, ftype, label, type_name in fields:
+            f = m.field.add(name=fname, number=number, type=ftype, label=label)
+            if type_name:
+                f.type_name = type_name
+        for n in nested:
+            m.nested_type.add().CopyFrom(n)
+        return m
+
+    opt, rep = _T.LABEL_OPTIONAL, _T.LABEL_REPEATED
+    s, b, i64, m_ = _T.TYPE_STRING, _T.TYPE_BYTES, _T.TYPE_INT64, _T.TYPE_MESSAGE
+
+    def map_entry(name: str, value_type: str) -> Any:
+        e = descriptor_pb2.DescriptorProto(name=name)
+        e.field.add(name="key", number=1, type=s, label=opt)
+        e.field.add(name="value", number=2, type=m_, label=opt, type_name=value_type)
+        e.options.map_entry = True
+        return e
+
+    msg("NameAttrList", [("name", 1, s, opt, None), ("attr", 2, m_, rep, ".tfsub.NameAttrList.AttrEntry")],
+        [map_entry("AttrEntry", ".tfsub.AttrValue")])
+    msg("ListValue", [("s", 2, b, rep, None), ("func", 9, m_, rep, ".tfsub.NameAttrList")])
+    msg("AttrValue", [("list", 1, m_, opt, ".tfsub.ListValue"), ("s", 2, b, opt, None),
+                      ("i", 3, i64, opt, None), ("func", 10, m_, opt, ".tfsub.NameAttrList")])
+    msg("NodeDef", [("name", 1, s, opt, None), ("op", 2, s, opt, None), ("input", 3, s, rep, None),
+                    ("attr", 5, m_, rep, ".tfsub.NodeDef.AttrEntry")],
+        [map_entry("AttrEntry", ".tfsub.AttrValue")])
+    msg("OpDef", [("name", 1, s, opt, None)])
+    msg("FunctionDef", [("signature", 1, m_, opt, ".tfsub.OpDef"), ("node_def", 3, m_, rep, ".tfsub.NodeDef")])
+    msg("FunctionDefLibrary", [("function", 1, m_, rep, ".tfsub.FunctionDef")])
+    msg("GraphDef", [("node", 1, m_, rep, ".tfsub.NodeDef"), ("library", 2, m_, opt, ".tfsub.FunctionDefLibrary")])
+    msg("MetaInfoDef", [("meta_graph_version", 1, s, opt, None), ("tags", 4, s, rep, None)])
+    msg("MetaGraphDef", [("meta_info_def", 1, m_, opt, ".tfsub.MetaInfoDef"),
+                         ("graph_def", 2, m_, opt, ".tfsub.GraphDef")])
+    msg("SavedModel", [("saved_model_schema_version", 1, i64, opt, None),
+                       ("meta_graphs", 2, m_, rep, ".tfsub.MetaGraphDef")])
+    msg("SavedObject", [("node_id", 2, _T.TYPE_INT32, opt, None), ("node_path", 3, s, opt, None),
+                        ("identifier", 4, s, opt, None), ("metadata", 5, s, opt, None)])
+    msg("SavedMetadata", [("nodes", 1, m_, rep, ".tfsub.SavedObject")])
+    pool = descriptor_pool.DescriptorPool()
+    fd = pool.Add(fdp)
+    return {name: message_factory.GetMessageClass(fd.message_types_by_name[name])
+            for name in ("SavedModel", "SavedMetadata")}
+
+
+MSG = _messages()
+
+
+def _node(graph_or_fn: Any, name: str, op: str, **attrs: Any) -> Any:
+    node = graph_or_fn.add(name=name, op=op)
+    for key, value in attrs.items():
+        if isinstance(value, str):
+            node.attr[key].s = value.encode()
+        elif isinstance(value, dict):  # a func attr
+            node.attr[key].func.name = value["func"]
+    return node
+
+
+def _saved_model(extra_fn_ops=(), extra_graph_ops=(), func_ref: str = "") -> bytes:
+    sm = MSG["SavedModel"](saved_model_schema_version=1)
+    mg = sm.meta_graphs.add()
+    mg.meta_info_def.tags.append("serve")
+    g = mg.graph_def
+    _node(g.node, "x", "Placeholder")
+    _node(g.node, "w", "VarHandleOp")
+    _node(g.node, "call", "StatefulPartitionedCall", f={"func": "__inference_call_42"})
+    _node(g.node, "saver/SaveV2", "SaveV2")
+    _node(g.node, "saver/RestoreV2", "RestoreV2")
+    _node(g.node, "saver/Merge", "MergeV2Checkpoints")
+    for name, op, attrs in extra_graph_ops:
+        _node(g.node, name, op, **attrs)
+    fn = g.library.function.add()
+    fn.signature.name = "__inference_call_42"
+    _node(fn.node_def, "matmul", "MatMul")
+    _node(fn.node_def, "relu", "Relu")
+    for name, op, attrs in extra_fn_ops:
+        _node(fn.node_def, name, op, **attrs)
+    if func_ref:
+        n = _node(fn.node_def, "mapper", "MapDataset")
+        n.attr["f"].list.func.add(name=func_ref)
+    return sm.SerializeToString()
+
+
+def _scan(path: Path):
+    return scan_file(str(path), ScanOptions())
+
+
+def test_ordinary_savedmodel_passes(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model())
+    result = _scan(p)
+    assert "savedmodel" in result.formats
+    assert not result.blocking(Severity.LOW)
+    assert result.complete
+    ops = {f.details["op"] for f in result.findings if f.rule_id == "tf-checkpoint-op"}
+    assert ops == {"SaveV2", "RestoreV2", "MergeV2Checkpoints"}
+    assert all(f.severity == Severity.INFO for f in result.findings)
+
+
+def test_readfile_inside_library_function(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model(extra_fn_ops=[("read_secret", "ReadFile", {})]))
+    result = _scan(p)
+    hits = [f for f in result.findings if f.rule_id == "tf-dangerous-op"]
+    assert len(hits) == 1
+    assert hits[0].details == {"op": "ReadFile", "node": "read_secret", "function": "__inference_call_42"}
+    assert "__inference_call_42" in hits[0].message and "read_secret" in hits[0].message
+    assert result.blocking(Severity.HIGH)
+
+
+def test_pyfunc_and_print_to_file_in_graph(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model(extra_graph_ops=[
+        ("cb", "PyFunc", {"token": "pyfunc_0"}),
+        ("log", "PrintV2", {"output_stream": "file:///tmp/leak.txt"}),
+        ("stderr", "PrintV2", {"output_stream": "stderr"}),
+    ]))
+    result = _scan(p)
+    hits = {(f.details["op"], f.details["node"]) for f in result.findings if f.rule_id == "tf-dangerous-op"}
+    assert hits == {("PyFunc", "cb"), ("PrintV2", "log")}
+
+
+def test_primitive_op_named_by_func_attr(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model(func_ref="WriteFile"))
+    result = _scan(p)
+    hits = [f for f in result.findings if f.rule_id == "tf-dangerous-op"]
+    assert [h.details["op"] for h in hits] == ["WriteFile"]
+    assert hits[0].details["node"] == "mapper"
+
+
+def test_truncated_savedmodel_is_unscanned(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model()[:-7])
+    result = _scan(p)
+    assert "savedmodel" in result.formats
+    assert any(f.rule_id == "protobuf-malformed" for f in result.findings)
+    assert not result.complete
+
+
+def test_chunked_savedmodel_is_unscanned(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.cpb"
+    p.write_bytes(RIEGELI_SIGNATURE + b"\x00" * 100)
+    result = _scan(p)
+    assert [f.rule_id for f in result.findings] == ["unscanned-unsupported"]
+
+
+def test_other_binaries_are_not_claimed(tmp_path: Path) -> None:
+    p = tmp_path / "random.pb"
+    p.write_bytes(bytes(range(256)) * 8)
+    assert "savedmodel" not in _scan(p).formats
+    q = tmp_path / "saved.pb"
+    q.write_bytes(b"\x08\x01\x12\x03abc")  # a SavedModel-shaped header whose meta graph is not one
+    assert "savedmodel" not in _scan(q).formats
+
+
+def _keras_metadata(layer: Dict[str, Any]) -> bytes:
+    md = MSG["SavedMetadata"]()
+    root = md.nodes.add(node_id=0, node_path="root", identifier="_tf_keras_sequential")
+    root.metadata = json.dumps({"name": "sequential", "class_name": "Sequential",
+                                "config": {"name": "sequential", "layers": []}})
+    node = md.nodes.add(node_id=1, node_path="root.layer-0", identifier="_tf_keras_layer")
+    node.metadata = json.dumps(layer)
+    return md.SerializeToString()
+
+
+def test_keras_metadata_ordinary_layer_passes(tmp_path: Path) -> None:
+    p = tmp_path / "keras_metadata.pb"
+    p.write_bytes(_keras_metadata({"name": "dense", "class_name": "Dense",
+                                   "config": {"name": "dense", "units": 4, "activation": "relu"}}))
+    result = _scan(p)
+    assert "keras-metadata" in result.formats
+    assert result.findings == []
+
+
+def test_keras_metadata_lambda_is_critical(tmp_path: Path) -> None:
+    import base64
+    import marshal
+
+    code = base64.b64encode(marshal.dumps((lambda x: __import__("os").system("id")).__code__)).decode()
+    p = tmp_path / "keras_metadata.pb"
+    p.write_bytes(_keras_metadata({"name": "lam", "class_name": "Lambda",
+                                   "config": {"name": "lam", "function": [code, None, None],
+                                              "function_type": "lambda", "module": "__main__"}}))
+    result = _scan(p)
+    hits = [f for f in result.findings if f.rule_id == "keras-lambda-code"]
+    assert len(hits) == 1 and hits[0].severity == Severity.CRITICAL
+    assert "system" in hits[0].details["names"] and "root.layer-0" in hits[0].message

@@ -29,7 +29,8 @@ def _model(domain: str = "", op: str = "MatMul", subgraph: bool = False) -> "onn
         else_g = helper.make_graph([helper.make_node("Identity", ["inner_w"], ["T"], name="id2")],
                                    "else", [], [then_out], [inner_w])
         cond = helper.make_tensor_value_info("C", TensorProto.BOOL, [])
-        nodes.append(helper.make_node("If", ["C"], ["Z"], name="branch", then_branch=then_g, else_branch=else_g))
+        nodes.append(helper.make_node("If", ["C"], ["Z"], name="branch", then_branch=then_g,
+                                      else_branch=else_g))
         graph = helper.make_graph(nodes, "g", [x, cond], [y, helper.make_tensor_value_info(
             "Z", TensorProto.FLOAT, [4])], [w])
     else:

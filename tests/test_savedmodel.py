@@ -56,9 +56,11 @@ def _messages() -> Dict[str, Any]:
                     ("attr", 5, m_, rep, ".tfsub.NodeDef.AttrEntry")],
         [map_entry("AttrEntry", ".tfsub.AttrValue")])
     msg("OpDef", [("name", 1, s, opt, None)])
-    msg("FunctionDef", [("signature", 1, m_, opt, ".tfsub.OpDef"), ("node_def", 3, m_, rep, ".tfsub.NodeDef")])
+    msg("FunctionDef", [("signature", 1, m_, opt, ".tfsub.OpDef"),
+                        ("node_def", 3, m_, rep, ".tfsub.NodeDef")])
     msg("FunctionDefLibrary", [("function", 1, m_, rep, ".tfsub.FunctionDef")])
-    msg("GraphDef", [("node", 1, m_, rep, ".tfsub.NodeDef"), ("library", 2, m_, opt, ".tfsub.FunctionDefLibrary")])
+    msg("GraphDef", [("node", 1, m_, rep, ".tfsub.NodeDef"),
+                     ("library", 2, m_, opt, ".tfsub.FunctionDefLibrary")])
     msg("MetaInfoDef", [("meta_graph_version", 1, s, opt, None), ("tags", 4, s, rep, None)])
     msg("MetaGraphDef", [("meta_info_def", 1, m_, opt, ".tfsub.MetaInfoDef"),
                          ("graph_def", 2, m_, opt, ".tfsub.GraphDef")])

@@ -156,10 +156,16 @@ class _NotLiteral(Exception):
     pass
 
 
-def to_literal(value: Any, budget: Optional[List[int]] = None) -> Any:
-    """The plain Python value a symbolic value stands for, or :class:`_NotLiteral`."""
+def to_literal(value: Any, budget: Optional[List[int]] = None, keep_globals: bool = False) -> Any:
+    """The plain Python value a symbolic value stands for, or :class:`_NotLiteral`.
+
+    ``keep_globals``: imported objects stay :class:`Global` (``.module``, ``.name``, ``.path``), as
+    persistent ids hold classes (``('storage', torch.FloatStorage, key, location, numel)``).
+    """
     if budget is None:
         budget = [100_000]
+    if keep_globals and isinstance(value, Global):
+        return value
     budget[0] -= 1
     if budget[0] < 0:
         raise _NotLiteral("too large")
@@ -168,24 +174,25 @@ def to_literal(value: Any, budget: Optional[List[int]] = None) -> Any:
     if isinstance(value, bytearray):
         return bytes(value)
     if isinstance(value, tuple):
-        return tuple(to_literal(v, budget) for v in value)
+        return tuple(to_literal(v, budget, keep_globals) for v in value)
     if isinstance(value, PList):
         if value.dropped:
             raise _NotLiteral("truncated")
-        return [to_literal(v, budget) for v in value]
+        return [to_literal(v, budget, keep_globals) for v in value]
     if isinstance(value, PDict):
         if value.dropped:
             raise _NotLiteral("truncated")
         try:
-            return {to_literal(k, budget): to_literal(v, budget) for k, v in value.pairs}
+            return {to_literal(k, budget, keep_globals): to_literal(v, budget, keep_globals)
+                    for k, v in value.pairs}
         except TypeError:
             raise _NotLiteral("unhashable key") from None
     raise _NotLiteral(type(value).__name__)
 
 
-def _maybe_literal(value: Any) -> Any:
+def _maybe_literal(value: Any, keep_globals: bool = False) -> Any:
     try:
-        return to_literal(value)
+        return to_literal(value, keep_globals=keep_globals)
     except (_NotLiteral, RecursionError):
         return None
 
@@ -248,9 +255,14 @@ class PickleStreamResult:
     """What scanning one pickle (up to its STOP) found out, for readers that build on it."""
 
     start: int
+    #: Offset just after STOP; None when the stream broke.
     end: Optional[int]
     complete: bool
+    #: Values given to PERSID/BINPERSID: literals, with imported classes kept as :class:`Global`
+    #: (torch: ``('storage', Global('torch', 'FloatStorage'), key, location, numel)``); None when
+    #: not literal.
     persistent_ids: List[Any] = field(default_factory=list)
+    #: Top of the stack at STOP when it is a plain literal (str/int/bytes/list/tuple/dict), else None.
     value: Any = None
     globals: List[Tuple[str, str]] = field(default_factory=list)
     #: Number of findings the stream produced (imports not allowed, anomalies), before flushing.
@@ -843,7 +855,7 @@ class _PickleVM:
         @op(b"Q")
         def binpersid(pos: int) -> None:
             pid = self._pop(pos)
-            self.persistent_ids.append(_maybe_literal(pid))
+            self.persistent_ids.append(_maybe_literal(pid, keep_globals=True))
             push(Opaque("a persistent object"))
 
         @op(b"R")

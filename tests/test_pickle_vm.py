@@ -1,0 +1,491 @@
+"""The symbolic pickle VM: every mechanism, on fixtures built from opcodes or from ``pickle.dumps``
+of objects whose ``__reduce__`` returns a callable (dumping never runs it). Nothing is loaded."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import pickletools
+import struct
+import zipfile
+from pathlib import Path
+from typing import List, Optional
+
+import pytest
+
+from safemodel_ci.context import Limits, ScanContext
+from safemodel_ci.findings import FileResult, Finding, Severity
+from safemodel_ci.formats.pickle import (
+    MAX_INLINE_BYTES,
+    PickleStreamResult,
+    _PickleVM,
+    looks_like_pickle,
+    scan_pickle_at,
+    scan_pickle_stream,
+)
+from safemodel_ci.policy import Policy
+from safemodel_ci.scanner import ScanOptions, scan_byte_source
+from safemodel_ci.source import BytesSource
+
+
+class Reduce:
+    """Pickles to ``func(*args)``; dumping does not call it."""
+
+    def __init__(self, func, *args) -> None:  # type: ignore[no-untyped-def]
+        self.func = func
+        self.args = args
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (self.func, self.args)
+
+
+def scan(data: bytes, name: str = "x.pkl") -> FileResult:
+    return scan_byte_source(BytesSource(data, name), name, ScanOptions())
+
+
+def rules(result: FileResult, min_severity: Severity = Severity.INFO) -> List[str]:
+    return [f.rule_id for f in result.findings if f.unscanned or f.severity >= min_severity]
+
+
+def only(result: FileResult, rule_id: str) -> Finding:
+    found = [f for f in result.findings if f.rule_id == rule_id]
+    assert found, f"no {rule_id} in {[(f.rule_id, f.message) for f in result.findings]}"
+    return found[0]
+
+
+def globals_of(result: FileResult, rule_id: str = "pickle-dangerous-global") -> List[str]:
+    return sorted(f.details.get("global", "") for f in result.findings if f.rule_id == rule_id)
+
+
+def sbu(text: str) -> bytes:
+    raw = text.encode()
+    return b"\x8c" + bytes([len(raw)]) + raw
+
+
+P4 = b"\x80\x04"
+
+
+# ---------------------------------------------------------------------------------------------
+# Imports and calls
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_reduce_to_os_system_is_critical_in_every_protocol(protocol: int) -> None:
+    result = scan(pickle.dumps({"w": [1.0], "x": Reduce(os.system, "echo pwned")}, protocol=protocol))
+    f = only(result, "pickle-dangerous-global")
+    assert f.severity is Severity.CRITICAL
+    assert f.details["global"] in ("posix.system", "os.system", "nt.system")
+    assert any(c.startswith("REDUCE@") for c in f.details["calls"])
+    assert "REDUCE" in f.message and f.offset is not None
+
+
+def test_memoized_names_feed_stack_global() -> None:
+    data = (P4 + sbu("os") + b"\x94" + sbu("system") + b"\x94" + b"00"   # push, memoize, drop both
+            + b"h\x00h\x01\x93" + sbu("echo") + b"\x85R.")
+    result = scan(data)
+    assert globals_of(result) == ["os.system"]
+
+
+def test_memoize_twice_and_dup_do_not_desynchronise_the_memo() -> None:
+    # 'builtins' -> memo 0 and 1, DUP + MEMOIZE -> memo 2; 'eval' -> memo 3; a scanner guessing from
+    # neighbouring opcodes pairs the wrong strings.
+    data = (P4 + sbu("builtins") + b"\x94\x94" + b"2\x94" + b"0" + sbu("eval") + b"\x94" + b"00"
+            + b"h\x02h\x03\x93" + sbu("1+1") + b"\x85R.")
+    assert globals_of(scan(data)) == ["builtins.eval"]
+
+
+def test_text_put_get_and_long_binput_binget() -> None:
+    data = b"Vos\np7\n0Vsystem\nr\x00\x01\x00\x000g7\nj\x00\x01\x00\x00\x93Vecho\n\x85R."
+    assert globals_of(scan(data)) == ["os.system"]
+
+
+def test_non_literal_stack_global_operands_are_critical() -> None:
+    # module = builtins.str('os') (a call result), name = an int.
+    data = P4 + b"cbuiltins\nstr\n" + sbu("os") + b"\x85R" + b"K\x05\x93" + sbu("x") + b"\x85R."
+    result = scan(data)
+    f = only(result, "pickle-unresolved-global")
+    assert f.severity is Severity.CRITICAL
+    assert "REDUCE" in ",".join(f.details["calls"])
+
+
+@pytest.mark.parametrize("module,name,expected", [
+    ("pathlib", "os.system", "pathlib.os.system"),
+    ("builtins", "print.__self__.eval", "builtins.print.__self__.eval"),
+    ("torch", "serialization.pickle.loads", "torch.serialization.pickle.loads"),
+])
+def test_dotted_names_are_judged_as_a_whole(module: str, name: str, expected: str) -> None:
+    data = P4 + sbu(module) + sbu(name) + b"\x93" + sbu("x") + b"\x85R."
+    assert globals_of(scan(data)) == [expected]
+
+
+@pytest.mark.parametrize("line,expected", [
+    (b"c__builtin__\neval\n", "builtins.eval"),
+    (b"ccPickle\nloads\n", "pickle.loads"),
+    (b"ccommands\ngetoutput\n", "subprocess.getoutput"),
+    (b"curllib2\nurlopen\n", "urllib.request.urlopen"),
+    (b"c__builtin__\nreduce\n", "functools.reduce"),
+])
+def test_python2_names_are_mapped_like_the_loader_does(line: bytes, expected: str) -> None:
+    for proto in (b"", b"\x80\x02"):
+        result = scan(proto + line + b"(Vx\ntR.")
+        assert globals_of(result) == [expected], proto
+
+
+def test_python2_names_in_protocol_3_take_the_worse_reading() -> None:
+    assert globals_of(scan(b"\x80\x03c__builtin__\neval\nVx\n\x85R.")) == ["__builtin__.eval"]
+    allowed = scan(b"\x80\x02ccopy_reg\n_reconstructor\n.")
+    assert rules(allowed, Severity.LOW) == []
+
+
+def test_inst_obj_newobj_newobj_ex_and_build_are_call_sites() -> None:
+    cases = {
+        "INST": b"(Vecho\nios\nsystem\n.",
+        "OBJ": b"(cos\nsystem\nVecho\no.",
+        "NEWOBJ": b"\x80\x02cos\nsystem\n)\x81.",
+        "NEWOBJ_EX": b"\x80\x04cos\nsystem\n)}\x92.",
+    }
+    for kind, data in cases.items():
+        f = only(scan(data), "pickle-dangerous-global")
+        assert any(c.startswith(kind + "@") for c in f.details["calls"]), (kind, f.details)
+    f = only(scan(b"\x80\x02cmymodule\nModel\n)\x81}b."), "pickle-unknown-global")
+    assert [c.split("@")[0] for c in f.details["calls"]] == ["NEWOBJ", "BUILD"]
+
+
+def test_obj_followed_by_pop_is_still_seen() -> None:
+    # fickling GHSA-mxhj-88fx-4pcv: the call's result is discarded, the call still ran.
+    result = scan(b"(cos\nsystem\nVecho\no0N.")
+    assert globals_of(result) == ["os.system"]
+
+
+def test_pop_on_an_empty_frame_discards_the_mark() -> None:
+    result = scan(b"cos\nsystem\n(0Vecho\n\x85R.")
+    f = only(result, "pickle-dangerous-global")
+    assert f.details["calls"] and not rules(result, Severity.INFO).count("pickle-broken-stream")
+
+
+def test_build_on_an_imported_module_is_a_mutation() -> None:
+    data = P4 + sbu("torch") + sbu("_utils") + b"\x93}" + sbu("_rebuild_tensor") + sbu("builtins") + b"sb."
+    result = scan(data)
+    assert "pickle-global-mutation" in rules(result)
+    assert only(result, "pickle-global-mutation").severity is Severity.CRITICAL
+
+
+def test_unknown_but_harmless_looking_imports_block() -> None:
+    result = scan(pickle.dumps(Reduce(Path, "x")))  # pathlib is allowed; use a truly unknown one:
+    assert rules(result, Severity.HIGH) == []
+    import statistics
+
+    result = scan(pickle.dumps(Reduce(statistics.mean, [1, 2])))
+    f = only(result, "pickle-unknown-global")
+    assert f.severity is Severity.HIGH and "statistics.mean" in f.message and "allow-globals" in f.message
+
+
+def test_config_allow_globals_reaches_the_vm() -> None:
+    import statistics
+
+    data = pickle.dumps(Reduce(statistics.mean, [1, 2]))
+    options = ScanOptions(policy=Policy(allow_globals=frozenset({"statistics.mean"})))
+    assert rules(scan_byte_source(BytesSource(data), "x.pkl", options), Severity.LOW) == []
+
+
+@pytest.mark.parametrize("op", [b"\x82\x01", b"\x83\x01\x02", b"\x84\x01\x00\x00\x00"])
+def test_ext_opcodes_are_reported(op: bytes) -> None:
+    result = scan(b"\x80\x02" + op + b"Vx\n\x85R.")
+    f = only(result, "pickle-ext-code")
+    assert f.severity >= Severity.HIGH and f.details["calls"]
+
+
+def test_append_on_an_imported_object_is_a_method_call_on_it() -> None:
+    result = scan(b"\x80\x02cos\nenviron\nVx\na.")
+    assert "pickle-global-mutation" in rules(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streams: broken, concatenated, trailing data
+
+def test_truncated_malicious_stream_reports_finding_and_unscanned() -> None:
+    data = pickle.dumps(Reduce(os.system, "echo"), protocol=2)[:-1]  # STOP removed
+    result = scan(data)
+    assert "pickle-dangerous-global" in rules(result)
+    assert only(result, "pickle-broken-stream").unscanned
+    assert not result.complete
+
+
+def test_invalid_opcode_after_payload_keeps_the_payload_finding() -> None:
+    data = b"cbuiltins\nexec\n(Vprint(1)\ntR\xff\xff"
+    result = scan(data)
+    assert "pickle-dangerous-global" in rules(result) and "pickle-broken-stream" in rules(result)
+
+
+def test_broken_stream_without_payload_is_never_clean() -> None:
+    result = scan(pickle.dumps(list(range(100)), protocol=4)[:-20])
+    assert rules(result) == ["pickle-broken-stream"] and not result.complete
+
+
+def test_every_concatenated_pickle_is_scanned() -> None:
+    benign = pickle.dumps({"a": 1}, protocol=4)
+    evil = pickle.dumps(Reduce(os.system, "echo"), protocol=2)
+    result = scan(benign * 3 + evil + benign)
+    assert globals_of(result) and only(result, "pickle-dangerous-global").offset >= 3 * len(benign)
+    assert rules(scan(benign + benign + pickle.dumps([1, 2], protocol=0))) == []
+
+
+def test_non_pickle_trailing_bytes_are_a_notice_only() -> None:
+    result = scan(pickle.dumps({"a": 1}, protocol=4) + b"\n\n\t\tgarbage")
+    assert rules(result) == ["pickle-trailing-data"]
+    assert only(result, "pickle-trailing-data").severity is Severity.INFO
+
+
+def test_trailing_broken_pickle_with_a_payload_counts() -> None:
+    data = pickle.dumps([1], protocol=2) + b"cos\nsystem\n(Vecho\ntR\xff"
+    result = scan(data)
+    assert "pickle-dangerous-global" in rules(result) and "pickle-broken-stream" in rules(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nested pickles
+
+def test_nested_pickle_via_codecs_encode_is_scanned() -> None:
+    inner = pickle.dumps(Reduce(os.system, "echo inner"), protocol=0).decode("latin-1")
+    data = pickle.dumps(Reduce(pickle.loads, Reduce(_codecs_encode(), inner, "latin1")), protocol=2)
+    result = scan(data)
+    nested = only(result, "pickle-nested")
+    assert nested.details["loader"] == "pickle.loads"
+    inner_findings = [f for f in result.findings if f.member and f.member.startswith("<nested pickle @")]
+    assert {f.details.get("global") for f in inner_findings} & {"posix.system", "os.system"}
+
+
+def _codecs_encode():  # type: ignore[no-untyped-def]
+    import _codecs
+
+    return _codecs.encode
+
+
+def test_nested_pickle_via_binbytes_is_scanned() -> None:
+    inner = pickle.dumps(Reduce(os.system, "echo"), protocol=4)
+    import _pickle
+
+    result = scan(pickle.dumps(Reduce(_pickle.loads, inner), protocol=4))
+    assert any(f.member and "nested" in f.member and f.rule_id == "pickle-dangerous-global"
+               for f in result.findings)
+
+
+def test_nested_pickle_in_a_large_payload_is_scanned_from_the_source() -> None:
+    # Above MAX_INLINE_BYTES the payload is not held in memory; its source range is scanned instead.
+    inner = pickle.dumps([b"\0" * (MAX_INLINE_BYTES + 10), Reduce(os.system, "echo")], protocol=4)
+    import _pickle
+
+    data = pickle.dumps(Reduce(_pickle.loads, inner), protocol=4)
+    result = scan(data)
+    assert any(f.member and "nested" in f.member and f.rule_id == "pickle-dangerous-global"
+               for f in result.findings)
+    assert result.bytes_read < len(data)  # the big inner padding was skipped in the outer pass
+
+
+def test_torch_load_from_bytes_of_a_benign_tensor_passes_with_a_notice() -> None:
+    torch = pytest.importorskip("torch")
+    result = scan(pickle.dumps(torch.arange(4)))
+    assert rules(result, Severity.HIGH) == []
+    assert "pickle-nested" in rules(result)
+
+
+def test_loader_called_on_computed_bytes_is_critical() -> None:
+    data = b"\x80\x02ctorch.storage\n_load_from_bytes\ncbuiltins\nstr\nK\x01\x85R\x85R."
+    f = only(scan(data), "pickle-nested-opaque")
+    assert f.severity is Severity.CRITICAL
+
+
+def test_allowed_loader_handed_to_another_callable_is_critical() -> None:
+    # _rebuild_from_type_v2(func, type, args, state) calls func(*args): the loader escapes.
+    data = (b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n(ctorch.storage\n_load_from_bytes\n"
+            b"ctorch\nTensor\nC\x02ab\x85}tR.")
+    assert "pickle-nested-opaque" in rules(scan(data))
+
+
+def test_nesting_depth_is_limited() -> None:
+    import _pickle
+
+    payload: object = Reduce(os.system, "echo")
+    for _ in range(10):
+        payload = Reduce(_pickle.loads, pickle.dumps(payload, protocol=4))
+    data = pickle.dumps(payload, protocol=4)
+    result = scan_byte_source(BytesSource(data), "x.pkl", ScanOptions(limits=Limits(max_depth=3)))
+    assert "unscanned-limit" in rules(result)
+    assert "pickle-dangerous-global" in rules(result)  # every level imports _pickle.loads
+
+
+# ---------------------------------------------------------------------------------------------
+# joblib: raw array bytes after NumpyArrayWrapper
+
+class _Evil:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("echo after-array",))
+
+
+def _joblib_bytes(obj: object) -> bytes:
+    joblib = pytest.importorskip("joblib")
+    buf = io.BytesIO()
+    joblib.dump(obj, buf)
+    return buf.getvalue()
+
+
+def test_call_placed_after_a_joblib_array_is_found() -> None:
+    np = pytest.importorskip("numpy")
+    data = _joblib_bytes([np.arange(1000, dtype="f8"), np.ones((3, 7), dtype="i2"), _Evil()])
+    with pytest.raises(ValueError):  # a naive opcode walk dies in the raw array bytes
+        list(pickletools.genops(data))
+    result = scan(data)
+    assert globals_of(result) in (["posix.system"], ["os.system"], ["nt.system"])
+    assert "pickle-broken-stream" not in rules(result)
+
+
+def test_benign_joblib_with_numeric_object_and_string_arrays_passes() -> None:
+    np = pytest.importorskip("numpy")
+    data = _joblib_bytes({"a": np.arange(5), "o": np.array([1, "x", None], dtype=object),
+                          "s": np.array(["ab", "c"]), "f": np.asfortranarray(np.ones((3, 4), "f4")),
+                          "rec": np.zeros(3, dtype=[("x", "i4"), ("y", "f8")])})
+    assert rules(scan(data), Severity.LOW) == []
+
+
+def test_payload_inside_a_joblib_object_array_is_found() -> None:
+    np = pytest.importorskip("numpy")
+    arr = np.empty(2, dtype=object)
+    arr[0], arr[1] = 1, _Evil()
+    result = scan(_joblib_bytes({"a": np.arange(3), "o": arr}))
+    assert "pickle-dangerous-global" in rules(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real benign artifacts
+
+def _torch_data_pkl(obj: object) -> bytes:
+    torch = pytest.importorskip("torch")
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zf:
+        return zf.read(next(n for n in zf.namelist() if n.endswith("/data.pkl")))
+
+
+def _torch_model():  # type: ignore[no-untyped-def]
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Conv2d(1, 2, 3), nn.BatchNorm1d(4), nn.LSTM(4, 4),
+                         nn.Embedding(5, 4), nn.Dropout(), nn.LayerNorm(4), nn.MultiheadAttention(4, 2),
+                         nn.TransformerEncoderLayer(4, 2, 8))
+
+
+def test_torch_state_dict_data_pkl_passes_and_exposes_persistent_ids() -> None:
+    data = _torch_data_pkl(_torch_model().state_dict())
+    ctx = ScanContext("model.pt", Policy(), member="archive/data.pkl")
+    res = scan_pickle_at(BytesSource(data), ctx, torch_archive=True)
+    assert isinstance(res, PickleStreamResult) and res.complete and res.end == len(data)
+    assert [f.rule_id for f in ctx.findings] == []
+    assert res.persistent_ids and all(p[0] == "storage" for p in res.persistent_ids)
+    assert {p[1].path for p in res.persistent_ids} == {"torch.FloatStorage", "torch.LongStorage"}
+    assert ("torch._utils", "_rebuild_tensor_v2") in res.globals
+
+
+def test_whole_torch_module_data_pkl_passes() -> None:
+    data = _torch_data_pkl(_torch_model())
+    ctx = ScanContext("model.pt", Policy(), member="archive/data.pkl")
+    scan_pickle_at(BytesSource(data), ctx, torch_archive=True)
+    assert [(f.rule_id, f.message) for f in ctx.findings] == []
+
+
+def test_stack_global_in_a_torch_archive_is_anomalous() -> None:
+    data = pickle.dumps({"a": 1.5, "b": Path("x")}, protocol=4)
+    ctx = ScanContext("model.pt", Policy(), member="archive/data.pkl")
+    scan_pickle_at(BytesSource(data), ctx, torch_archive=True)
+    assert [f.rule_id for f in ctx.findings] == ["torch-stack-global"]
+    assert ctx.findings[0].severity is Severity.MEDIUM
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_sklearn_pipelines_numpy_and_containers_pass(protocol: int) -> None:
+    np = pytest.importorskip("numpy")
+    sklearn_pipeline = pytest.importorskip("sklearn.pipeline")
+    from collections import OrderedDict
+
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.random.RandomState(0).rand(30, 3)
+    y = np.array([0, 1] * 15)
+    objs = [
+        sklearn_pipeline.Pipeline([("s", StandardScaler()), ("c", LogisticRegression())]).fit(X, y),
+        RandomForestClassifier(n_estimators=2, random_state=0).fit(X, y),
+        [np.arange(10), np.float32(2.5), np.zeros((2, 2), dtype=[("a", "i4")]), np.random.default_rng(1)],
+        {"a": [1, 2.5, None, True], "b": (1, "x"), "c": OrderedDict(z=1), "d": {1, 2}, "e": b"\x00" * 9},
+    ]
+    for obj in objs:
+        result = scan(pickle.dumps(obj, protocol=protocol))
+        found = [(f.rule_id, f.message) for f in result.findings]
+        assert rules(result, Severity.LOW) == [], (type(obj), found)
+
+
+def test_xgboost_model_pickled_passes() -> None:
+    np = pytest.importorskip("numpy")
+    xgboost = pytest.importorskip("xgboost")
+    X = np.random.RandomState(0).rand(30, 3)
+    model = xgboost.XGBClassifier(n_estimators=2).fit(X, np.array([0, 1] * 15))
+    assert rules(scan(pickle.dumps(model)), Severity.LOW) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection, memory, opcode coverage
+
+def test_protocol_0_detection_needs_a_real_pickle() -> None:
+    assert looks_like_pickle(BytesSource(pickle.dumps({"a": [1]}, protocol=0)))
+    assert looks_like_pickle(BytesSource(b"cbuiltins\nexec\n(X>\nf = 1"))  # broken after a call setup
+    for text in (b"config\nfoo\n", b"config\nfoo\nName\n", b"hello world\n", b"I am text\n", b"(",
+                 b"# comment\n", b"\x89PNG\r\n\x1a\n"):
+        assert not looks_like_pickle(BytesSource(text)), text
+        assert scan(text, "notes.txt").formats == []
+
+
+def test_big_payloads_are_skipped_not_read() -> None:
+    data = pickle.dumps([b"\x01" * (8 * MAX_INLINE_BYTES), {"k": 1}], protocol=4)
+    result = scan(data)
+    assert rules(result) == []
+    assert result.bytes_read < 2 * MAX_INLINE_BYTES + 65536
+
+
+def test_the_vm_handles_every_opcode_of_the_pickle_module() -> None:
+    codes = {op.code.encode("latin-1")[0] for op in pickletools.opcodes}
+    vm = _PickleVM(BytesSource(b"."), None, 0, None, silent=True)
+    assert codes == set(vm.dispatch)
+
+
+def test_stream_result_value_and_end() -> None:
+    data = pickle.dumps({"a": [1, 2], "b": "x"}, protocol=2) + b"junk"
+    ctx = ScanContext("x.pkl", Policy())
+    res = scan_pickle_at(BytesSource(data), ctx)
+    assert res.complete and res.value == {"a": [1, 2], "b": "x"} and res.end == len(data) - 4
+    scan_pickle_stream(BytesSource(data), ctx)
+    assert [f.rule_id for f in ctx.findings] == ["pickle-trailing-data"]
+
+
+def test_deep_nesting_of_containers_does_not_crash() -> None:
+    data = b"\x80\x02" + b"]" * 50_000 + b"a" * 49_999 + b"."
+    result = scan(data)
+    assert rules(result) == []
+
+
+def test_stack_limit_is_a_broken_stream_not_a_crash() -> None:
+    data = b"\x80\x02" + b"N" * 2000 + b"."
+    result = scan_byte_source(BytesSource(data), "x.pkl",
+                              ScanOptions(limits=Limits(max_pickle_stack=1000)))
+    assert rules(result) == ["pickle-broken-stream"]
+
+
+def _offset_of(data: bytes, needle: bytes) -> Optional[int]:
+    i = data.find(needle)
+    return None if i < 0 else i
+
+
+def test_finding_offsets_point_at_the_import() -> None:
+    data = pickle.dumps(Reduce(os.system, "x"), protocol=0)
+    f = only(scan(data), "pickle-dangerous-global")
+    assert f.offset == _offset_of(data, b"c")
+    assert struct.calcsize("<Q") == 8  # keeps the struct import meaningful for the offset helpers

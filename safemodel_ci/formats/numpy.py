@@ -1,20 +1,20 @@
 """NumPy ``.npy`` arrays (also the members of ``.npz`` archives, which the zip reader hands over).
 
-The header is a Python dict literal, parsed with ``ast.literal_eval`` (a literal parser: names,
-calls and attribute access are rejected), never ``eval``. An object dtype anywhere in ``descr``
-(nested structured fields included) means the array data is a pickle that ``np.load`` unpickles
-with ``allow_pickle=True``: it is scanned where it starts. Otherwise the data is
-``prod(shape) * itemsize`` raw bytes, and anything after them is reported and scanned.
+The header is a Python dict literal, parsed by a small literal parser of its own (names, calls
+and attribute access are rejected; neither ``eval`` nor ``compile`` ever sees the bytes). An
+object dtype anywhere in ``descr`` (nested structured fields included) means the array data is
+a pickle that ``np.load`` unpickles with ``allow_pickle=True``: it is scanned where it starts.
+Otherwise the data is ``prod(shape) * itemsize`` raw bytes, and anything after them is reported
+and scanned.
 
 numpy itself is not needed: item sizes are computed from the type strings.
 """
 
 from __future__ import annotations
 
-import ast
 import re
 import struct
-from typing import Any
+from typing import Any, List, Tuple
 
 from ..context import ScanContext
 from ..source import ByteSource, SliceSource
@@ -35,6 +35,119 @@ _SIZED_KINDS = set("biufcSVOMmab?")
 
 class NpyHeaderError(ValueError):
     """The header is not what numpy accepts."""
+
+
+_LITERAL_NAMES = {"True": True, "False": False, "None": None}
+
+
+def parse_literal(text: str, max_depth: int = 32) -> Any:
+    """A Python literal of the kinds an .npy header holds (dict, list, tuple, str, int, bool, None).
+
+    A small recursive-descent parser: no ``eval`` and no ``compile`` (``ast.literal_eval`` compiles,
+    which the scanner never does on scanned content). Raises :class:`NpyHeaderError`.
+    """
+    pos = 0
+    n = len(text)
+
+    def skip() -> None:
+        nonlocal pos
+        while pos < n and text[pos] in " \t\r\n":
+            pos += 1
+
+    def value(depth: int) -> Any:
+        nonlocal pos
+        if depth > max_depth:
+            raise NpyHeaderError("header nests too deeply")
+        skip()
+        if pos >= n:
+            raise NpyHeaderError("header ends early")
+        c = text[pos]
+        if c in "{[(":
+            close = {"{": "}", "[": "]", "(": ")"}[c]
+            pos += 1
+            items: List[Any] = []
+            pairs: List[Tuple[Any, Any]] = []
+            trailing_comma = False
+            while True:
+                skip()
+                if pos < n and text[pos] == close:
+                    pos += 1
+                    break
+                if c == "{":
+                    key = value(depth + 1)
+                    skip()
+                    if pos >= n or text[pos] != ":":
+                        raise NpyHeaderError(f"expected ':' at {pos}")
+                    pos += 1
+                    pairs.append((key, value(depth + 1)))
+                else:
+                    items.append(value(depth + 1))
+                skip()
+                trailing_comma = False
+                if pos < n and text[pos] == ",":
+                    pos += 1
+                    trailing_comma = True
+                    continue
+                skip()
+                if pos < n and text[pos] == close:
+                    pos += 1
+                    break
+                raise NpyHeaderError(f"expected ',' or {close!r} at {pos}")
+            if c == "{":
+                out = {}
+                for k, v in pairs:
+                    if isinstance(k, (list, dict)):
+                        raise NpyHeaderError("unhashable dict key")
+                    out[k] = v
+                return out
+            if c == "[":
+                return items
+            return tuple(items) if (len(items) != 1 or trailing_comma) else items[0]
+        if c in "'\"":
+            return string()
+        if c.isdigit() or c in "+-":
+            start = pos
+            pos += 1
+            while pos < n and (text[pos].isdigit() or text[pos] == "_"):
+                pos += 1
+            try:
+                return int(text[start:pos])
+            except ValueError:
+                raise NpyHeaderError(f"bad number at {start}") from None
+        start = pos
+        while pos < n and (text[pos].isalnum() or text[pos] == "_"):
+            pos += 1
+        word = text[start:pos]
+        if word in _LITERAL_NAMES:
+            return _LITERAL_NAMES[word]
+        raise NpyHeaderError(f"not a literal at {start}: {text[start:start + 20]!r}")
+
+    def string() -> str:
+        nonlocal pos
+        quote = text[pos]
+        pos += 1
+        out = []
+        while pos < n:
+            c = text[pos]
+            if c == quote:
+                pos += 1
+                return "".join(out)
+            if c == "\\" and pos + 1 < n:
+                nxt = text[pos + 1]
+                out.append({"n": "\n", "t": "\t", "\\": "\\", "'": "'", '"': '"'}.get(nxt, "\\" + nxt))
+                pos += 2
+                continue
+            if c == "\n":
+                break
+            out.append(c)
+            pos += 1
+        raise NpyHeaderError("unterminated string in header")
+
+    result = value(0)
+    skip()
+    if pos != n:
+        raise NpyHeaderError(f"unexpected text after the literal at {pos}")
+    return result
 
 
 def descr_has_object(descr: Any) -> bool:
@@ -109,9 +222,9 @@ def parse_header(source: ByteSource) -> "tuple[dict[str, Any], int, int]":
         raise NpyHeaderError("header is truncated")
     try:
         text = raw.decode("utf-8" if major == 3 else "latin1")
-        header = ast.literal_eval(text)
-    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError) as exc:
-        raise NpyHeaderError(f"header is not a Python literal: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise NpyHeaderError(f"header is not UTF-8: {exc}") from exc
+    header = parse_literal(text)
     if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
         raise NpyHeaderError("header must be a dict with exactly descr, fortran_order and shape: "
                              f"{text!r:.200}")
@@ -129,7 +242,8 @@ class NpyReader(FormatReader):
     name = "npy"
 
     def detect(self, source: ByteSource, head: bytes) -> bool:
-        return head[:6] == MAGIC and len(head) >= 8 and head[6] in (1, 2, 3) and head[7] == 0
+        # Any version: an unknown one is reported as unparseable rather than passed over.
+        return head[:6] == MAGIC
 
     def scan(self, source: ByteSource, ctx: ScanContext) -> None:
         try:

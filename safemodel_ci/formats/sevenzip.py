@@ -84,15 +84,17 @@ class SevenZipReader(FormatReader):
             return
         try:
             archive = py7zr.SevenZipFile(SourceIO(source), mode="r")  # type: ignore[arg-type]
-        except (py7zr.exceptions.ArchiveError, py7zr.exceptions.Bad7zFile, EOFError, ValueError) as exc:
-            ctx.report("unscanned-parse-error", f"7z archive could not be read: {exc}", offset=0)
+            encrypted = archive.needs_password()
+            infos = [] if encrypted else [i for i in archive.list() if not i.is_directory]
+        except Exception as exc:  # noqa: BLE001 - py7zr raises many types (LZMAError ...) on damaged headers
+            ctx.report("unscanned-parse-error", f"7z archive could not be read: {type(exc).__name__}: {exc}",
+                       offset=0)
             return
         with archive:
-            if archive.needs_password():
+            if encrypted:
                 ctx.report("unscanned-encrypted", "7z archive is encrypted; its members cannot be inspected",
                            offset=0)
                 return
-            infos = [i for i in archive.list() if not i.is_directory]
             if len(infos) > ctx.limits.max_members:
                 ctx.report("unscanned-limit", f"{len(infos)} members exceed the members-per-archive limit "
                            f"of {ctx.limits.max_members}; not scanned", offset=0,

@@ -211,35 +211,53 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> Tuple[int
     return usize, csize, offset
 
 
-def read_central_directory(source: ByteSource, directory: ZipDirectory, max_bytes: int) -> None:
-    """Fill ``directory.entries`` from the central directory (problems go to ``directory.problems``)."""
+def read_central_directory(source: ByteSource, directory: ZipDirectory, max_bytes: int,
+                           max_entries: int = 1 << 20) -> None:
+    """Fill ``directory.entries`` from the central directory (problems go to ``directory.problems``).
+
+    Records are read one after the other for as long as their signature continues, not just
+    within the stated directory size: zipfile reads a name that runs past a short stated size,
+    so an understated size must not hide an entry.
+    """
     if directory.cd_size > max_bytes:
         raise ZipFormatError(f"central directory of {directory.cd_size} bytes exceeds the "
                              f"in-memory limit of {max_bytes} bytes")
-    data = source.read_at(directory.cd_start, directory.cd_size)
+    window = max(directory.cd_size, 1 << 16)
+    data = source.read_at(directory.cd_start, window)
+    base = directory.cd_start
     pos = 0
     index = 0
-    while pos + CENTRAL_SIZE <= len(data):
-        if data[pos:pos + 4] != CENTRAL_SIG:
-            directory.problems.append(("central directory record has a bad signature",
-                                       directory.cd_start + pos))
+    while index < max_entries:
+        if pos + CENTRAL_SIZE > len(data) and base + pos + CENTRAL_SIZE <= source.size:
+            data = data[pos:] + source.read_at(base + len(data), window)
+            base += pos
+            pos = 0
+        if pos + CENTRAL_SIZE > len(data) or data[pos:pos + 4] != CENTRAL_SIG:
             break
-        (flags, method, crc, csize, usize, nlen, elen, clen, lho) = (
+        nlen, elen, clen = _u16(data, pos + 28), _u16(data, pos + 30), _u16(data, pos + 32)
+        if pos + CENTRAL_SIZE + nlen + elen + clen > len(data):
+            data = data[pos:] + source.read_at(base + len(data), CENTRAL_SIZE + nlen + elen + clen + window)
+            base += pos
+            pos = 0
+        (flags, method, crc, csize, usize, lho) = (
             _u16(data, pos + 8), _u16(data, pos + 10), _u32(data, pos + 16), _u32(data, pos + 20),
-            _u32(data, pos + 24), _u16(data, pos + 28), _u16(data, pos + 30), _u16(data, pos + 32),
-            _u32(data, pos + 42))
+            _u32(data, pos + 24), _u32(data, pos + 42))
         raw_name = data[pos + CENTRAL_SIZE:pos + CENTRAL_SIZE + nlen]
         extra = data[pos + CENTRAL_SIZE + nlen:pos + CENTRAL_SIZE + nlen + elen]
         if len(raw_name) != nlen:
-            directory.problems.append(("central directory record is truncated", directory.cd_start + pos))
+            directory.problems.append(("central directory record is truncated", base + pos))
             break
         usize, csize, lho = _zip64_extra(extra, usize, csize, lho)
         directory.entries.append(CentralEntry(
             index=index, raw_name=raw_name, name=_decode_name(raw_name, flags), flags=flags,
             method=method, crc=crc, csize=csize, usize=usize, local_offset=lho + directory.base,
-            central_offset=directory.cd_start + pos))
+            central_offset=base + pos))
         index += 1
         pos += CENTRAL_SIZE + nlen + elen + clen
+    parsed = base + pos - directory.cd_start
+    if parsed != directory.cd_size:
+        directory.problems.append((f"end record states a central directory of {directory.cd_size} bytes, its "
+                                   f"records take {parsed}", directory.eocd_offset))
     if directory.declared_entries != len(directory.entries):
         directory.problems.append((f"end record declares {directory.declared_entries} entries, the central "
                                    f"directory holds {len(directory.entries)}", directory.eocd_offset))
@@ -298,9 +316,15 @@ class ZipReader(FormatReader):
         if directory is None:
             self._scan_without_directory(source, ctx)
             return
-        read_central_directory(source, directory, ctx.limits.max_in_memory_bytes)
+        read_central_directory(source, directory, ctx.limits.max_in_memory_bytes,
+                               max_entries=ctx.limits.max_members + 1)
         for message, offset in directory.problems:
             ctx.report("zip-malformed", message, offset=offset)
+        if len(directory.entries) < directory.declared_entries:
+            ctx.report("unscanned-parse-error",
+                       f"the end record promises {directory.declared_entries} entries, only "
+                       f"{len(directory.entries)} could be read: the rest of the archive was not scanned",
+                       offset=directory.cd_start)
         if directory.zip64:
             ctx.add_format("zip64")
         entries = directory.entries

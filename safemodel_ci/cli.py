@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the tree at that sha is listed and every file is read with HTTP range requests. "
                     "Token from HF_TOKEN or the saved login, endpoint from HF_ENDPOINT.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    hub.add_argument("repo_ids", nargs="+", metavar="REPO_ID", help="repos to scan, e.g. org/name")
+    hub.add_argument("repo_ids", nargs="+", metavar="REPO_ID",
+                     help="repos to scan, e.g. org/name, or org/name@REVISION for one repo's revision")
     hub.add_argument("--revision", help="branch, tag or commit to scan (default: the main branch)")
     hub.add_argument("--repo-type", choices=("model", "dataset", "space"), default="model",
                      help="repository type (default: model)")

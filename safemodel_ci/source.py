@@ -167,6 +167,9 @@ class SourceReader:
         self._buf_start = start
         self._pos = start
         self._buffer_size = buffer_size
+        # Read-ahead starts small and doubles on each refill: a parser that gives up after a few
+        # bytes (a detector) then costs 64 KiB, not a whole buffer (dear on a Hub range source).
+        self._next_fill = min(buffer_size, 64 << 10)
 
     def tell(self) -> int:
         return self._pos
@@ -181,7 +184,8 @@ class SourceReader:
         rel = self._pos - self._buf_start
         if 0 <= rel and rel + n <= len(self._buf):
             return
-        want = max(n, self._buffer_size)
+        want = max(n, self._next_fill)
+        self._next_fill = min(self._buffer_size, self._next_fill * 2)
         want = min(want, max(0, self.end - self._pos))
         self._buf = self.source.read_at(self._pos, want)
         self._buf_start = self._pos
@@ -212,8 +216,10 @@ class SourceReader:
         """Bytes up to and including ``\\n``, at most ``limit`` bytes (caller checks the ending)."""
         out = []
         total = 0
+        step = 4096  # most lines are short: look ahead a little, then more
         while total < limit and self.remaining() > 0:
-            chunk = self.peek(min(self._buffer_size, limit - total))
+            chunk = self.peek(min(step, self._buffer_size, limit - total))
+            step *= 2
             idx = chunk.find(b"\n")
             if idx >= 0:
                 piece = self.read(idx + 1)

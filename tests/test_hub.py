@@ -157,12 +157,15 @@ def test_missing_repo_and_server_error_exit_2_while_other_repos_are_scanned(
     sha = hub.add_commit("acme/good", {"model.safetensors": safetensors_bytes({"w": ("F32", [2], 8)})})
     hub.add_commit("acme/broken", {"config.json": b"{}"})
     hub.fail_status["acme/broken"] = 500
+    hub.add_commit("acme/busy", {"config.json": b"{}"})
+    hub.fail_status["acme/busy"] = 429
 
-    code = main(["hub", "acme/missing", "acme/broken", "acme/good"])
+    code = main(["hub", "acme/missing", "acme/broken", "acme/busy", "acme/good"])
     out, err = capsys.readouterr()
     assert code == EXIT_INCOMPLETE
     assert "acme/missing: ERROR repository not found (HTTP 404)" in out
     assert "acme/broken: ERROR Hub server error (HTTP 500)" in out
+    assert "acme/busy: ERROR rate limited by the Hub (HTTP 429); retry after 1 s" in out
     assert f"acme/good@{sha}: 1 files" in out  # the notes line with bytes fetched
     assert "fetched" in out
 
@@ -218,6 +221,9 @@ def test_revision_is_resolved_to_its_commit_and_reported(
     assert f"acme/versions@{old} (revision v1): 1 files" in out
     code, report, _ = run_json(["hub", "acme/versions"], capsys)
     assert set(by_path(report)) == {f"acme/versions@{new}:config.json", f"acme/versions@{new}:extra.json"}
+    code, report, _ = run_json(["hub", "acme/versions@v1", "acme/versions", "--revision", "main"], capsys)
+    assert [r["sha"] for r in report["extra"]["hub"]] == [old, new]
+    assert [r["revision"] for r in report["extra"]["hub"]] == ["v1", "main"]
     code = main(["hub", "acme/versions", "--revision", "no-such-branch"])
     out, _ = capsys.readouterr()
     assert code == EXIT_INCOMPLETE and "revision 'no-such-branch' not found" in out

@@ -41,6 +41,11 @@ NON_MODELING_NAMES = frozenset({
 NON_MODELING_MODULES = ("keras.config", "keras.src.backend.config", "keras.utils.file_utils",
                         "keras.src.utils.file_utils", "keras.src.utils.io_utils", "keras.saving",
                         "keras.src.saving.saving_api", "keras.models.load_model")
+#: tf.keras 2.11/2.12 registered its own optimizers under the package "Custom" ("Custom>Adam").
+KERAS_CUSTOM_PACKAGE_BUILTINS = frozenset({
+    "Adam", "AdamW", "SGD", "RMSprop", "Adadelta", "Adagrad", "Adamax", "Nadam", "Ftrl", "Lion",
+    "Adafactor", "LossScaleOptimizer", "LossScaleOptimizerV3",
+})
 #: Preprocessing layers that read a vocabulary file when ``vocabulary`` is a string.
 FILE_VOCABULARY_LAYERS = frozenset({"StringLookup", "IntegerLookup", "TextVectorization", "Lookup"})
 #: Upper bound on a decoded Lambda / TorchModuleWrapper payload kept in memory.
@@ -299,7 +304,9 @@ class KerasWalk:
         registered = node.get("registered_name")
         for label in (registered, class_name):
             if isinstance(label, str) and ">" in label:
-                package = label.split(">", 1)[0]
+                package, _, short = label.partition(">")
+                if package == "Custom" and short in KERAS_CUSTOM_PACKAGE_BUILTINS:
+                    break
                 if package not in KERAS_PACKAGES:
                     self._report("keras-custom-object",
                                  f"custom object {label!r} (registered outside Keras) is needed",

@@ -328,3 +328,19 @@ def test_unreachable_endpoint_is_a_per_repo_error(monkeypatch: pytest.MonkeyPatc
     out, _ = capsys.readouterr()
     assert code == EXIT_INCOMPLETE
     assert out.count("ERROR network error reaching") == 2
+
+
+def test_hdf5_attributes_are_read_through_range_requests(
+        hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    h5py = pytest.importorskip("h5py")
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "tf_model.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = '{"class_name": "Sequential", "config": {"layers": []}}'
+        for i in range(20):
+            f.create_dataset(f"w{i}", data=np.zeros((256, 256), dtype=np.float32))
+    sha = hub.add_commit("acme/keras", {"tf_model.h5": path})
+    code, report, _ = run_json(["hub", "acme/keras"], capsys)
+    result = by_path(report)[f"acme/keras@{sha}:tf_model.h5"]
+    assert "hdf5" in result["formats"] and result["complete"]
+    assert hub.served_bytes("acme/keras") < path.stat().st_size / 10

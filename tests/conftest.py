@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,27 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
 CORPUS = SHARED / "corpus" / "picklescan"
 SARIF_SCHEMA = SHARED / "schemas" / "sarif-schema-2.1.0.json"
+#: Malicious fixtures (tests/test_canary.py) create this file if they are ever loaded. One per pytest
+#: process, so concurrent sessions do not see each other's; it must not exist when the session ends.
+CANARY = Path(tempfile.gettempdir()) / f"safemodel-ci-canary-{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def canary_path() -> Path:
+    return CANARY
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if CANARY.exists():
+        CANARY.unlink()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if CANARY.exists():
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"CANARY {CANARY} EXISTS: a scanned payload was executed", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -138,3 +138,12 @@ def test_bad_input_gives_a_message_not_a_traceback(tmp_path: Path, content: byte
     assert code in (0, 1, 2)
     assert "Traceback" not in out + err
     assert out.splitlines()[-1].split(":")[0] in ("PASS", "FAIL", "INCOMPLETE")
+
+
+def test_readme_example_directory_shows_one_real_finding(capsys: pytest.CaptureFixture[str]) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    code, out, err = run(capsys, "scan", "-q", "--format", "json", str(examples))
+    report = json.loads(out)
+    blocking = [(Path(r["path"]).name, f["rule_id"]) for r in report["files"] for f in r["findings"]
+                if f["severity"] in ("HIGH", "CRITICAL")]
+    assert code == 1 and blocking == [("malicious_model.pkl", "pickle-dangerous-global")]

@@ -483,3 +483,21 @@ def test_install_step_builds_an_isolated_venv_and_the_action_runs_from_it(tmp_pa
     assert run.returncode == 1, run.stdout + run.stderr
     assert [(a.name, a.properties.get("file")) for a in run.annotations] == [("error", "models/evil.pkl")]
     assert run.outputs["blocking"] == "true"
+
+
+def test_readme_workflow_uses_the_actions_real_inputs_and_outputs() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## GitHub Action"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    workflow = yaml.safe_load(block.group(1))
+    assert set(workflow[True]) == {"pull_request", "push", "schedule"}  # YAML 1.1 reads "on" as True
+    job = workflow["jobs"]["safemodel"]
+    assert job["permissions"] == {"contents": "read", "security-events": "write"}
+    checkout, scan, upload = job["steps"]
+    assert checkout["with"] == {"fetch-depth": 0, "lfs": True}
+    assert set(scan["with"]) <= set(load_action()["inputs"])
+    assert upload["uses"].startswith("github/codeql-action/upload-sarif@")
+    assert upload["if"].startswith("always()")
+    used = set(re.findall(r"steps\.safemodel\.outputs\.([\w-]+)", block.group(1)))
+    assert used and used <= set(load_action()["outputs"])

@@ -344,3 +344,22 @@ def test_hdf5_attributes_are_read_through_range_requests(
     result = by_path(report)[f"acme/keras@{sha}:tf_model.h5"]
     assert "hdf5" in result["formats"] and result["complete"]
     assert hub.served_bytes("acme/keras") < path.stat().st_size / 10
+
+
+def test_second_scan_of_the_same_commit_comes_from_the_result_cache(
+        hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SAFEMODEL_CACHE_DIR", str(tmp_path / "results"))
+    sha = hub.add_commit("acme/nightly", {"pytorch_model.bin": malicious_torch_bin(), "config.json": b"{}"})
+    first_code, first, _ = run_json(["hub", "acme/nightly"], capsys)
+    fetched = hub.served_bytes("acme/nightly", "pytorch_model.bin")
+    assert first_code == EXIT_FINDINGS and fetched > 0
+    code, second, _ = run_json(["hub", "acme/nightly"], capsys)
+    def without_bytes_read(report: dict) -> List[dict]:
+        return [{k: v for k, v in f.items() if k != "bytes_read"} for f in report["files"]]
+
+    assert code == first_code and without_bytes_read(second) == without_bytes_read(first)
+    assert hub.served_bytes("acme/nightly", "pytorch_model.bin") == fetched  # LFS file not fetched again
+    assert second["extra"]["hub"][0]["from_cache"] == 1 and second["extra"]["hub"][0]["sha"] == sha
+    run_json(["hub", "acme/nightly", "--no-cache"], capsys)
+    assert hub.served_bytes("acme/nightly", "pytorch_model.bin") == 2 * fetched

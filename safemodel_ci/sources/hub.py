@@ -27,6 +27,8 @@ from ..source import ByteSource, SourceError
 if TYPE_CHECKING:  # pragma: no cover
     from huggingface_hub import HfApi
 
+    from ..cache import ResultCache
+
 #: Bytes per cached block. Reads of consecutive missing blocks go out as one request, so small blocks
 #: cost few extra requests, while large ones over-fetch: a torch zip reads 4 KiB of each tensor storage
 #: (measured on a 13 MB, 100-tensor checkpoint: 64 KiB blocks fetch 3.6 MB, 16 KiB blocks 1.2 MB).
@@ -331,6 +333,8 @@ class HubRepoScan:
     files: List[FileResult] = field(default_factory=list)
     stats: FetchStats = field(default_factory=FetchStats)
     error: Optional[str] = None
+    #: Files whose result came from the result cache (same LFS sha256 at the same commit): not fetched.
+    from_cache: int = 0
 
     @property
     def label(self) -> str:
@@ -339,7 +343,7 @@ class HubRepoScan:
     def summary(self) -> Dict[str, Any]:
         return {"repo_id": self.repo_id, "repo_type": self.repo_type, "revision": self.revision,
                 "sha": self.sha, "files": len(self.files), "bytes_fetched": self.stats.bytes_fetched,
-                "requests": self.stats.requests, "error": self.error}
+                "requests": self.stats.requests, "from_cache": self.from_cache, "error": self.error}
 
 
 @dataclass(frozen=True)
@@ -401,11 +405,13 @@ class HubRepoScanner:
 
     def __init__(self, config: HubClientConfig, options: ScanOptions,
                  api: "Optional[HfApi]" = None,
-                 on_progress: Optional[Callable[[HubRepoScan, int, int], None]] = None) -> None:
+                 on_progress: Optional[Callable[[HubRepoScan, int, int], None]] = None,
+                 result_cache: "Optional[ResultCache]" = None) -> None:
         from huggingface_hub import HfApi
 
         self.config = config
         self.options = options
+        self.result_cache = result_cache
         self.api = api or HfApi(endpoint=config.endpoint, token=config.token or False)
         self.on_progress = on_progress
 
@@ -435,6 +441,7 @@ class HubRepoScanner:
             return result
 
         sizes = {e.path: int(e.size) for e in entries}
+        lfs_sha256 = {e.path: e.lfs.sha256 for e in entries if e.lfs is not None and e.lfs.get("sha256")}
         paths = sorted(sizes)
         cache = BlockCache(self.config.cache_blocks)
         headers = self._headers()
@@ -452,10 +459,11 @@ class HubRepoScanner:
                                               retries=self.config.retries)
             return sources[path]
 
-        def siblings_of(path: str) -> SiblingOpener:
+        def siblings_of(path: str, opened: List[str]) -> SiblingOpener:
             folder = posixpath.dirname(path)
 
             def open_sibling(relative: str) -> Optional[ByteSource]:
+                opened.append(relative)  # a result that depends on other files is not cached
                 # Same rule as for local files: the named file sits in this folder or below it.
                 inner = posixpath.normpath(relative.replace("\\", "/"))
                 if inner.startswith("../") or inner == ".." or posixpath.isabs(inner):
@@ -469,8 +477,8 @@ class HubRepoScanner:
 
         loader_findings = loader_choice_findings(paths, lambda p: prefix + p)
         for n, path in enumerate(paths, 1):
-            source = open_file(path)
-            file_result = scan_byte_source(source, prefix + path, self.options, siblings=siblings_of(path))
+            file_result = self._scan_file(path, prefix + path, sizes[path], lfs_sha256.get(path), open_file,
+                                          siblings_of, result)
             extra = loader_findings.get(path)
             if extra:
                 file_result.findings = sort_findings(file_result.findings + [
@@ -480,6 +488,23 @@ class HubRepoScanner:
             if self.on_progress is not None:
                 self.on_progress(result, n, len(paths))
         return result
+
+    def _scan_file(self, path: str, display: str, size: int, sha256: Optional[str],
+                   open_file: Callable[[str], HubFileSource],
+                   siblings_of: Callable[[str, List[str]], SiblingOpener], repo: HubRepoScan) -> FileResult:
+        """One file: from the result cache when its LFS sha256 was scanned here before, else by ranges."""
+        cache = self.result_cache if sha256 else None
+        if cache is not None:
+            hit = cache.get_by_sha256(sha256, size, display, self.options)  # type: ignore[arg-type]
+            if hit is not None:
+                repo.from_cache += 1
+                return hit
+        opened: List[str] = []
+        file_result = scan_byte_source(open_file(path), display, self.options,
+                                       siblings=siblings_of(path, opened))
+        if cache is not None and not opened:
+            cache.put_by_sha256(sha256, size, display, self.options, file_result)  # type: ignore[arg-type]
+        return file_result
 
 
 # ---- the command ------------------------------------------------------------------------------
@@ -492,7 +517,8 @@ def build_report(scans: Sequence[HubRepoScan], fail_on: Any) -> ScanReport:
     for s in scans:
         if s.sha is not None:
             rev = f" (revision {s.revision})" if s.revision and s.revision != s.sha else ""
-            notes.append(f"{s.label}@{s.sha}{rev}: {len(s.files)} files, "
+            cached = f" ({s.from_cache} from the result cache)" if s.from_cache else ""
+            notes.append(f"{s.label}@{s.sha}{rev}: {len(s.files)} files{cached}, "
                          f"{format_bytes(s.stats.bytes_fetched)} fetched in {s.stats.requests} requests")
     report = ScanReport(files, fail_on=fail_on, errors=errors)  # type: ignore[arg-type]
     report.extra = {"hub": [s.summary() for s in scans], "notes": notes}
@@ -521,7 +547,12 @@ def scan_hub_command(args: argparse.Namespace) -> int:
         print(f"\r{scan.label}: {done}/{total} files scanned, {fetched} fetched", end="", file=sys.stderr,
               flush=True)
 
-    scanner = HubRepoScanner(config, cli.scan_options(args), on_progress=on_progress if progress else None)
+    from ..cache import open_cache
+
+    directory = cli.cache_dir(args)
+    result_cache = open_cache(True, directory) if directory is not None else None
+    scanner = HubRepoScanner(config, cli.scan_options(args), on_progress=on_progress if progress else None,
+                             result_cache=result_cache)
     scans = []
     for target in args.repo_ids:
         repo_id, revision = parse_repo_target(target, args.revision)

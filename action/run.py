@@ -242,7 +242,6 @@ def main(env: Optional[Mapping[str, str]] = None) -> int:
         common += ["--fail-on", inputs.fail_on]
     if inputs.config:
         common += ["--config", inputs.config]
-    fail_on = Severity.parse(inputs.fail_on) if inputs.fail_on else Severity.HIGH
 
     roots = list(inputs.paths) or ([] if inputs.hub_repos else ["."])
     targets = roots
@@ -291,6 +290,9 @@ def main(env: Optional[Mapping[str, str]] = None) -> int:
                                "(group 'safemodel messages')."))
         return EXIT_USAGE
 
+    # The CLI settled fail-on (the input, else the config's, else high); its report says which.
+    fail_on = Severity.parse(inputs.fail_on) if inputs.fail_on else (
+        reports[0].fail_on if reports else Severity.HIGH)
     report = merge(reports, fail_on)
     print_block("safemodel report", writer("text").render(report))
     if inputs.annotations:

@@ -120,6 +120,7 @@ def run_action(workspace: Path, inputs: Mapping[str, str], event_name: str, even
                tmp: Path, *, action_path: Path = REPO_ROOT, run_install: bool = False,
                extra_env: Optional[Mapping[str, str]] = None) -> ActionRun:
     action = load_action(action_path)
+    tmp.mkdir(parents=True, exist_ok=True)
     runner_temp = tmp / "runner-temp"
     runner_temp.mkdir(exist_ok=True)
     event_path = tmp / "event.json"
@@ -501,3 +502,21 @@ def test_readme_workflow_uses_the_actions_real_inputs_and_outputs() -> None:
     assert upload["if"].startswith("always()")
     used = set(re.findall(r"steps\.safemodel\.outputs\.([\w-]+)", block.group(1)))
     assert used and used <= set(load_action()["outputs"])
+
+
+def test_config_input_is_passed_to_the_scan(models_repo: TwoCommits, tmp_path: Path) -> None:
+    unknown = pickle.dumps(ipaddress.ip_address("10.0.0.1"))  # pickle-unknown-global, HIGH
+    (models_repo.path / "models" / "weights.pkl").write_bytes(unknown)
+    (models_repo.path / "ci").mkdir()
+    (models_repo.path / "ci" / "safemodel.yaml").write_text("fail-on: critical\n", encoding="utf-8")
+    inputs = {"paths": "models/weights.pkl"}
+    without = run_action(models_repo.path, inputs, "push", models_repo.push(), tmp_path / "a")
+    assert without.returncode == 1
+    with_config = run_action(models_repo.path, {**inputs, "config": "ci/safemodel.yaml"}, "push",
+                             models_repo.push(), tmp_path / "b")
+    assert with_config.returncode == 0, with_config.stdout
+    assert [a.name for a in with_config.annotations] == ["warning"]  # HIGH below fail-on critical
+    assert "fail-on `critical`" in with_config.summary
+    missing = run_action(models_repo.path, {**inputs, "config": "ci/nope.yaml"}, "push",
+                         models_repo.push(), tmp_path / "c")
+    assert missing.returncode == 3 and "config" in missing.annotations[0].data

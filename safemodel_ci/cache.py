@@ -140,12 +140,20 @@ class RecordingSource(ByteSource):
         self.inner.close()
 
 
+#: Files up to this size are replayed from one read of the whole file (a scan of a small file
+#: makes many small reads: detectors, headers, buffers), bigger ones read by read.
+REPLAY_WHOLE = 1 << 20
+
+
 def replay_digest(source: ByteSource, log: "array[int]") -> Optional[str]:
     """Repeat the logged reads on ``source`` and return their digest (None on a short read)."""
     digest = hashlib.sha256()
+    whole: Optional[bytes] = None
+    if source.size <= REPLAY_WHOLE and len(log) > 2:
+        whole = source.read_at(0, source.size)
     for i in range(0, len(log), 2):
         offset, n = log[i], log[i + 1]
-        data = source.read_at(offset, n)
+        data = whole[offset:offset + n] if whole is not None else source.read_at(offset, n)
         if len(data) != n:
             return None
         digest.update(_REC.pack(offset, n))
@@ -191,6 +199,7 @@ class ResultCache:
         self.hits = 0
         self.misses = 0
         self.stores = 0
+        self._made_dirs: set = set()
 
     # -- entries ----------------------------------------------------------------------------
     def _entry_path(self, key: str) -> str:
@@ -211,7 +220,10 @@ class ResultCache:
         entry = dict(entry, format=CACHE_FORMAT, key=key)
         tmp = None
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            directory = os.path.dirname(path)
+            if directory not in self._made_dirs:  # one mkdir per directory and process, not per entry
+                os.makedirs(directory, exist_ok=True)
+                self._made_dirs.add(directory)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(entry, fh, separators=(",", ":"))
@@ -257,7 +269,6 @@ class ResultCache:
         except (KeyError, TypeError, ValueError, zlib.error):
             self.misses += 1
             return None
-        start = source.bytes_read
         try:
             digest = replay_digest(source, log)
         except SourceError:
@@ -266,7 +277,7 @@ class ResultCache:
         if result is None:
             self.misses += 1
             return None
-        result.bytes_read = source.bytes_read - start
+        # bytes_read stays what the scan read, so that a cached report is identical to a fresh one.
         self.hits += 1
         return result
 
@@ -326,7 +337,8 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
         source = FileSource(path, name=shown)
     except SourceError:
         return scan_file(path, options, shown)
-    real = os.path.realpath(path)
+    # The content is checked by replaying the reads, so the key needs no symlink resolution.
+    real = os.path.abspath(path)
     fp = fingerprint or options_fingerprint(options)
     with source:
         hit = cache.lookup_file(source, real, shown, fp)

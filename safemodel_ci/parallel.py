@@ -12,18 +12,21 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter, deque
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Iterable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
 
 from .cache import ResultCache, options_fingerprint, scan_file_cached
 from .config import Config
 from .findings import FileResult, Finding, Severity
+from .formats import readers
 from .rules import RULES_BY_ID
 from .scanner import ScanOptions
 
+if TYPE_CHECKING:  # pragma: no cover
+    from concurrent.futures import Future
+
 #: Fewer files than this are scanned in-process: starting workers would cost more than it saves.
-MIN_FILES_FOR_PROCESSES = 8
+MIN_FILES_FOR_PROCESSES = 32
 #: Files at least this large go in a batch of their own.
 LARGE_FILE = 16 << 20
 #: Most files in one batch (one round trip to a worker).
@@ -162,6 +165,11 @@ def scan_paths(paths: Iterable[str], plan: ScanPlan, jobs: Optional[int] = None,
                 on_result(result)
             yield result
         return
+    # Imported here: a serial scan (one file from pre-commit) should not pay for multiprocessing.
+    from concurrent.futures import ProcessPoolExecutor
+
+    # Import every format reader before forking, so that workers start with them loaded.
+    readers()
     pending: Deque[Tuple[List[str], "Future[List[FileResult]]"]] = deque()
     batches = _batches(paths, jobs)
     with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(plan,)) as pool:
@@ -189,6 +197,8 @@ def scan_paths(paths: Iterable[str], plan: ScanPlan, jobs: Optional[int] = None,
 
 
 def _failed_future(results: List[FileResult]) -> "Future[List[FileResult]]":
+    from concurrent.futures import Future
+
     future: "Future[List[FileResult]]" = Future()
     future.set_result(results)
     return future

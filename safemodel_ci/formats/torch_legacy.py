@@ -73,7 +73,7 @@ def storages_from_persistent_ids(pids: Sequence[Any]) -> Dict[str, Tuple[Optiona
 
 
 def _trial_scan(source: ByteSource, ctx: ScanContext, offset: int,
-                end: Optional[int] = None) -> Optional[int]:
+                end: Optional[int] = None, rule_id: str = "torch-unaccounted-bytes") -> Optional[int]:
     """Scan a pickle that *may* start at ``offset`` without reporting noise.
 
     The stream is first walked in a private context; its findings are kept when it is a complete
@@ -89,14 +89,17 @@ def _trial_scan(source: ByteSource, ctx: ScanContext, offset: int,
     blocking = any(f.severity >= Severity.HIGH and not f.unscanned for f in trial.findings)
     if result.complete or blocking:
         ctx.findings.extend(trial.findings)
-        ctx.report("torch-unaccounted-bytes",
-                   f"a pickle stream starts at offset {offset}, outside the file's recorded layout; "
-                   "it was scanned", offset=offset)
+        ctx.report(rule_id, f"a pickle stream starts at offset {offset}, outside the file's recorded "
+                   "layout; it was scanned", offset=offset)
     return result.end if result.complete else None
 
 
-def carve(source: ByteSource, ctx: ScanContext, start: int, end: int) -> None:
-    """Look for pickle streams in ``source[start:end]`` (bytes no structure accounts for)."""
+def carve(source: ByteSource, ctx: ScanContext, start: int, end: int,
+          rule_id: str = "torch-unaccounted-bytes") -> None:
+    """Look for pickle streams in ``source[start:end]`` (bytes no structure accounts for).
+
+    Each one found is scanned and reported under ``rule_id`` (where it sits) besides its findings.
+    """
     if end <= start:
         return
     limit = ctx.limits.max_in_memory_bytes
@@ -119,7 +122,7 @@ def carve(source: ByteSource, ctx: ScanContext, start: int, end: int) -> None:
                 break
             if at < skip_until:
                 continue  # inside a pickle already scanned
-            stop = _trial_scan(source, ctx, at, end)
+            stop = _trial_scan(source, ctx, at, end, rule_id)
             if stop is not None:
                 skip_until = stop
                 if stop > advanced_to:

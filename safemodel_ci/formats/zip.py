@@ -66,10 +66,6 @@ DESCRIPTOR_MAX = 24
 TORCH_ROOT_MARKERS = ("data.pkl", "constants.pkl", "bytecode.pkl")
 
 
-class ZipFormatError(ValueError):
-    """The central directory cannot be parsed."""
-
-
 @dataclass
 class CentralEntry:
     """One central-directory record, with offsets made absolute in the source."""
@@ -172,22 +168,33 @@ def _directory_from_eocd(source: ByteSource, eocd: int, rec: bytes) -> Optional[
     elif z64 is not None:
         end_of_cd = z64[0]
         zip64 = True
-    if cd_size > end_of_cd:
-        return None
-    cd_start = end_of_cd - cd_size
-    base = cd_start - cd_offset
-    if base < 0:
-        # Directory not where the end record implies; trust the stated offset if it holds one.
-        base = 0
-        cd_start = cd_offset
     if entries == 0 and cd_size == 0:
-        return ZipDirectory(eocd, cd_start, 0, 0, base, zip64)
-    if source.read_at(cd_start, 4) != CENTRAL_SIG:
-        if base and source.read_at(cd_offset, 4) == CENTRAL_SIG:
-            base, cd_start = 0, cd_offset
-        else:
-            return None
-    return ZipDirectory(eocd, cd_start, cd_size, entries, base, zip64)
+        return ZipDirectory(eocd, end_of_cd, 0, 0, 0, zip64)
+    # Where the directory must be if the stated size is right (data may precede the archive, as
+    # zipfile allows), else where the stated offset puts it: the first that holds a record wins.
+    for cd_start in (end_of_cd - cd_size, cd_offset):
+        if 0 <= cd_start < end_of_cd and source.read_at(cd_start, 4) == CENTRAL_SIG:
+            base = cd_start - cd_offset if cd_start == end_of_cd - cd_size else 0
+            return ZipDirectory(eocd, cd_start, cd_size, entries, max(0, base), zip64)
+    return None
+
+
+def damaged_end(source: ByteSource) -> Optional[int]:
+    """Offset of an end record that closes the file exactly but points at no directory.
+
+    The record sitting at exactly ``size - 22 - comment length`` is too specific to be chance, so
+    the file is a damaged zip: reported as such (fail closed) rather than passed over.
+    """
+    size = source.size
+    tail_start = max(0, size - EOCD_SEARCH)
+    tail = source.read_at(tail_start, size - tail_start)
+    pos = tail.rfind(EOCD_SIG)
+    while pos >= 0:
+        rec = tail[pos:pos + EOCD_SIZE]
+        if len(rec) == EOCD_SIZE and tail_start + pos + EOCD_SIZE + _u16(rec, 20) == size:
+            return tail_start + pos
+        pos = tail.rfind(EOCD_SIG, 0, pos)
+    return None
 
 
 def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> Tuple[int, int, int]:
@@ -219,10 +226,8 @@ def read_central_directory(source: ByteSource, directory: ZipDirectory, max_byte
     within the stated directory size: zipfile reads a name that runs past a short stated size,
     so an understated size must not hide an entry.
     """
-    if directory.cd_size > max_bytes:
-        raise ZipFormatError(f"central directory of {directory.cd_size} bytes exceeds the "
-                             f"in-memory limit of {max_bytes} bytes")
-    window = max(directory.cd_size, 1 << 16)
+    # Read in windows: the stated size may be anything, records are taken while they continue.
+    window = min(max(directory.cd_size, 1 << 16), max(1 << 16, min(max_bytes, 1 << 20)))
     data = source.read_at(directory.cd_start, window)
     base = directory.cd_start
     pos = 0
@@ -309,7 +314,7 @@ class ZipReader(FormatReader):
         # torch decides by the local header magic at 0; zipfile/Keras by the end record.
         if head[:4] in (LOCAL_SIG, EOCD_SIG):
             return True
-        return find_directory(source) is not None
+        return find_directory(source) is not None or damaged_end(source) is not None
 
     def scan(self, source: ByteSource, ctx: ScanContext) -> None:
         directory = find_directory(source)
@@ -398,7 +403,24 @@ class ZipReader(FormatReader):
 
         if any(r.name != self.name for r in detect(source)):
             return  # the polyglot reading (pickle + zip ...) already covers offset 0
-        ctx.scan(SliceSource(source, 0, length, name=f"{source.name}:<before zip>"), "<before zip>")
+        self._scan_or_carve(source, ctx, 0, length, "<before zip>", "zip-prepended-data")
+
+    @staticmethod
+    def _scan_or_carve(source: ByteSource, ctx: ScanContext, start: int, length: int, member: str,
+                       rule_id: str) -> None:
+        """Scan bytes outside every entry as a member; when no format claims them, carve them.
+
+        Carving finds a pickle whose first bytes were damaged or hidden behind junk; a loader that
+        reads from offset 0 (pickle.load) may still run its opcodes.
+        """
+        from ..scanner import detect
+        from .torch_legacy import carve
+
+        part = SliceSource(source, start, length, name=f"{source.name}:{member}")
+        if detect(part):
+            ctx.scan(part, member)
+        else:
+            carve(source, ctx, start, start + length, rule_id)
 
     # -- one entry -------------------------------------------------------------------------
     def _scan_entry(self, source: ByteSource, ctx: ScanContext, entry: CentralEntry, label: str,
@@ -589,8 +611,7 @@ class ZipReader(FormatReader):
             ctx.report("zip-unaccounted-bytes",
                        f"{end - start} bytes at offset {start} belong to no entry of the central directory; "
                        "they were scanned as a member", offset=start, details={"length": end - start})
-            ctx.scan(SliceSource(source, start, end - start, name=f"{source.name}:<gap@{start}>"),
-                     f"<gap@{start}>")
+            self._scan_or_carve(source, ctx, start, end - start, f"<gap@{start}>", "zip-unaccounted-bytes")
 
     @staticmethod
     def _after_descriptor(source: ByteSource, pos: int) -> int:
@@ -605,11 +626,20 @@ class ZipReader(FormatReader):
 
     # -- no central directory --------------------------------------------------------------
     def _scan_without_directory(self, source: ByteSource, ctx: ScanContext) -> None:
-        """A zip without a usable end record: walk the local headers, scan what they hold, fail closed."""
+        """A zip without a usable directory: walk the local headers, scan what they hold, fail closed."""
         ctx.report("unscanned-parse-error",
-                   "zip without a valid end-of-central-directory record (truncated or damaged): torch and "
-                   "zipfile refuse it; entries found by walking local headers were scanned", offset=0)
-        pos = 0
+                   "zip whose end-of-central-directory record is missing or points at no directory "
+                   "(truncated or damaged): torch and zipfile refuse it; entries found by walking local "
+                   "headers were scanned", offset=0)
+        # The first local header, searched for when the file does not start with one.
+        head = source.read_at(0, min(source.size, ctx.limits.max_in_memory_bytes))
+        pos = head.find(LOCAL_SIG)
+        if pos != 0:
+            from .torch_legacy import carve
+
+            carve(source, ctx, 0, pos if pos > 0 else source.size, "zip-prepended-data")
+            if pos < 0:
+                return
         count = 0
         while count < ctx.limits.max_members:
             local = read_local_header(source, pos)

@@ -28,7 +28,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 from safemodel_ci import cli
 from safemodel_ci.findings import EXIT_USAGE, FileResult, ScanReport, Severity
 from safemodel_ci.output import writer
-from safemodel_ci.output.github import annotations, workflow_command
+from safemodel_ci.output.github import annotation_lines, workflow_command
 from safemodel_ci.output.job_summary import SUMMARY_LIMIT, render_job_summary
 from safemodel_ci.output.text import summary_line
 
@@ -296,7 +296,7 @@ def main(env: Optional[Mapping[str, str]] = None) -> int:
     report = merge(reports, fail_on)
     print_block("safemodel report", writer("text").render(report))
     if inputs.annotations:
-        for line in annotations(report):
+        for line in annotation_lines(report):
             print(line)
     if inputs.summary:
         append_summary(env.get("GITHUB_STEP_SUMMARY"), report)

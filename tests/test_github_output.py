@@ -15,7 +15,7 @@ from safemodel_ci.findings import FileResult, Finding, ScanReport, Severity
 from safemodel_ci.output import writer
 from safemodel_ci.output.github import (
     LFS_RULE,
-    annotations,
+    annotation_lines,
     escape_data,
     escape_property,
     finding_level,
@@ -69,7 +69,7 @@ def test_crafted_file_name_stays_inside_its_own_annotation(tmp_path: Path) -> No
     report = report_of(FileResult(path, findings=[
         finding("pickle-dangerous-global", Severity.CRITICAL, path, member="a/data.pkl", offset=7,
                 message=f"imports {CRAFTED}")]))
-    lines = annotations(report, repo_root=str(tmp_path))
+    lines = annotation_lines(report, repo_root=str(tmp_path))
     assert len(lines) == 1 and "\n" not in lines[0] and "\r" not in lines[0]
     commands = process("\n".join(lines) + "\n")
     assert [c.name for c in commands] == ["error"]
@@ -120,7 +120,7 @@ def test_one_annotation_per_file_errors_first_and_capped(tmp_path: Path) -> None
     bad = str(tmp_path / "bad.pkl")
     files.append(FileResult(bad, findings=[finding("pickle-unknown-global", Severity.HIGH, bad,
                                                    message=f"global {i}") for i in range(30)]))
-    lines = annotations(report_of(*files), repo_root=str(tmp_path), limit=50)
+    lines = annotation_lines(report_of(*files), repo_root=str(tmp_path), limit=50)
     commands = process("\n".join(lines))
     assert commands[0].name == "error" and commands[0].properties["file"] == "bad.pkl"
     assert "and 29 more" in commands[0].properties["title"]
@@ -133,7 +133,7 @@ def test_lfs_pointer_tells_to_set_lfs_true(tmp_path: Path) -> None:
     p = str(tmp_path / "model.safetensors")
     report = report_of(FileResult(p, findings=[finding(LFS_RULE, Severity.HIGH, p, unscanned=True)]))
     assert report.exit_code == 2
-    commands = process("\n".join(annotations(report, repo_root=str(tmp_path))))
+    commands = process("\n".join(annotation_lines(report, repo_root=str(tmp_path))))
     assert [c.name for c in commands] == ["error", "error"]
     assert "lfs: true" in commands[0].properties["title"]
     assert all("lfs: true" in c.data for c in commands)

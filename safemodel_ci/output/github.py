@@ -109,7 +109,7 @@ def file_annotation(result: FileResult, fail_on: Severity, root: str) -> Optiona
     return level_index, workflow_command(LEVELS[level_index], props, "\n".join(lines))
 
 
-def annotations(report: ScanReport, repo_root: Optional[str] = None,
+def annotation_lines(report: ScanReport, repo_root: Optional[str] = None,
                 limit: int = MAX_ANNOTATIONS) -> List[str]:
     """Annotation lines for a report: per file, errors first, at most ``limit`` (plus a note)."""
     root = find_repo_root(repo_root)
@@ -141,6 +141,6 @@ class GithubWriter(ReportWriter):
     name = "github"
 
     def render(self, report: ScanReport) -> str:
-        lines = annotations(report, self.repo_root)
+        lines = annotation_lines(report, self.repo_root)
         lines.append(summary_line(report))
         return "\n".join(lines) + "\n"

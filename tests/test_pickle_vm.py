@@ -489,3 +489,26 @@ def test_finding_offsets_point_at_the_import() -> None:
     f = only(scan(data), "pickle-dangerous-global")
     assert f.offset == _offset_of(data, b"c")
     assert struct.calcsize("<Q") == 8  # keeps the struct import meaningful for the offset helpers
+
+
+def test_joblib_array_bytes_that_are_opcodes_for_pickle_load_count() -> None:
+    # A wrapper without the alignment attribute (joblib < 1.2 layout) whose "array" bytes are a
+    # payload for anyone reading the file with plain pickle.load; joblib.load skips them.
+    payload = b"cos\nsystem\n(Vecho\ntR0"
+    dtype = b"cnumpy\ndtype\n(Vu1\nI00\nI01\ntR(K\x03V|\nNNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    data = (b"\x80\x02cjoblib.numpy_pickle\nNumpyArrayWrapper\n)\x81}(Vsubclass\ncnumpy\nndarray\n"
+            b"Vshape\nK" + bytes([len(payload)]) + b"\x85Vorder\nVC\nVdtype\n" + dtype + b"ub"
+            + payload + b".")
+    result = scan(data)
+    assert "polyglot" in rules(result)
+    assert globals_of(result) == ["os.system"]
+    assert "pickle-broken-stream" not in rules(result)
+
+
+def test_many_short_strings_after_the_budget_still_resolve_stack_global() -> None:
+    from safemodel_ci.formats import pickle as vm_module
+
+    filler = [("x" * 1000) + str(i) for i in range((vm_module.MAX_RETAINED_BYTES // 1000) + 10)]
+    data = pickle.dumps([filler, Path("a")], protocol=4)
+    result = scan(data)
+    assert rules(result) == []

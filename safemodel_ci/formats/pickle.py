@@ -347,7 +347,9 @@ class _PickleVM:
         if n < 0:
             raise _Broken(pos, "negative length")
         offset = self.reader.tell()
-        if n > MAX_INLINE_BYTES or self.retained_bytes + n > MAX_RETAINED_BYTES:
+        # Short payloads (names, keys) are always kept: a placeholder would make a later
+        # STACK_GLOBAL look computed. The budget bounds the long ones.
+        if n > MAX_INLINE_BYTES or (n > 256 and self.retained_bytes + n > MAX_RETAINED_BYTES):
             if self.reader.skip(n) != n:
                 raise _Broken(pos, f"stream ends inside a {n}-byte payload")
             return BigData(kind, n, offset)
@@ -519,6 +521,8 @@ class _PickleVM:
         if path in ("copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__") and argv \
                 and isinstance(argv[0], Global):
             self._note_call(argv[0], f"{kind} via {path}", pos)
+            if path == "copyreg._reconstructor" and len(argv) > 1:  # runs base.__init__(obj, state)
+                self._note_call(argv[1], f"{kind} via {path}", pos)
             cls = argv[0]
             rest = argv[1:] if path != "copyreg._reconstructor" else ()
             return self._construct(cls, rest, kind if path != "copyreg._reconstructor" else "NEWOBJ")
@@ -678,7 +682,22 @@ class _PickleVM:
             nbytes = count * itemsize
             if self.reader.skip(nbytes) != nbytes:
                 raise _Broken(here, f"stream ends inside a {nbytes}-byte joblib array")
+            self._check_array_bytes_as_opcodes(here, self.reader.tell())
         self.stack[-1] = Obj(None)
+
+    def _check_array_bytes_as_opcodes(self, start: int, end: int) -> None:
+        """joblib.load skips an array's bytes, plain pickle.load runs them as opcodes: if they import
+        anything that way, the file means two things, and what pickle.load would import counts."""
+        if self.silent or self.ctx is None or end <= start:
+            return
+        vm = _PickleVM(self.source, self.ctx, start, end, policy=self.policy)
+        vm.run()
+        if vm.records or vm._pending_nested:
+            self.ctx.report("polyglot", f"the {end - start} bytes of a joblib array at offset {start} are "
+                            "also pickle opcodes that import code when the file is read with pickle.load; "
+                            "both readings were scanned", offset=start,
+                            details={"formats": ["joblib", "pickle"]})
+            vm.flush()
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> PickleStreamResult:
@@ -1093,7 +1112,10 @@ class _PickleVM:
         @op(b"\x91")
         def frozenset_(pos: int) -> None:
             items = self._pop_mark(pos)
-            push(PSet(items if self._keep(len(items)) else (), frozen=True))
+            kept = self._keep(len(items))
+            fs = PSet(items if kept else (), frozen=True)
+            fs.dropped = 0 if kept else len(items)
+            push(fs)
 
         @op(b"g")
         def get(pos: int) -> None:

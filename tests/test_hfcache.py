@@ -131,3 +131,20 @@ def test_blob_digest_check_streams_and_knows_both_kinds_of_names(tmp_path: Path)
     assert blob_digest_mismatch(str(path), "model.safetensors") is None  # a copied file: nothing to check
     wrong = "0" * 64
     assert blob_digest_mismatch(str(path), wrong) == ("sha256", wrong, sha256)
+
+
+def test_a_blob_link_naming_other_content_is_reported_even_when_the_content_was_scanned(
+        hub: FakeHub, filled_cache: Tuple[Path, str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    cache, _, new = filled_cache
+    weights = Path(os.path.realpath(cache / "models--acme--cached" / "snapshots" / new / "model.safetensors"))
+    sha = hub.add_commit("acme/other", {"model.safetensors": safetensors_bytes({"v": ("F32", [8], 32)})})
+    [downloaded] = download(hub, cache, "acme/other", ["model.safetensors"], "main")
+    blob = Path(os.path.realpath(downloaded))
+    blob.unlink()
+    blob.symlink_to(weights)  # the other repo's blob now links to content with another hash
+    code, report = run_json(["cache", "--cache-dir", str(cache)], capsys)
+    assert code == EXIT_FINDINGS
+    flagged = [f["path"] for f in report["files"] for g in f["findings"]
+               if g["rule_id"] == "cache-blob-mismatch"]
+    assert flagged == [f"acme/other@{sha}:model.safetensors"]
+    assert report["extra"]["cache"]["blobs_scanned"] == 4  # the linked content was scanned only once

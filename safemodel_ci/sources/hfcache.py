@@ -32,27 +32,40 @@ _SHA256_NAME = re.compile(r"[0-9a-f]{64}")
 _SHA1_NAME = re.compile(r"[0-9a-f]{40}")
 
 
-def blob_digest_mismatch(path: str, name: str) -> Optional[Tuple[str, str, str]]:
-    """``(algorithm, expected, actual)`` when the blob's content does not hash to ``name``.
+def expected_digest(name: str) -> Optional[str]:
+    """The digest a blob named ``name`` must have: ``sha256`` (64 hex), ``git-sha1`` (40 hex) or None.
 
-    ``name`` is the blob's file name in the cache: 64 hex digits are an LFS sha256, 40 a git blob
-    sha1 (``sha1("blob <size>\\0" + content)``). Other names (a copy made where symlinks are not
-    available) cannot be checked and give None. The file is streamed.
+    Other names (a copy made where symlinks are not available) cannot be checked.
     """
     if _SHA256_NAME.fullmatch(name):
-        algorithm, digest = "sha256", hashlib.sha256()
-    elif _SHA1_NAME.fullmatch(name):
-        algorithm, digest = "git-sha1", hashlib.sha1()  # noqa: S324 - git's object id, not a security hash
-        digest.update(f"blob {os.path.getsize(path)}\0".encode())
+        return "sha256"
+    if _SHA1_NAME.fullmatch(name):
+        return "git-sha1"
+    return None
+
+
+def file_digest(path: str, algorithm: str) -> str:
+    """``sha256`` of the content, or ``git-sha1`` (``sha1("blob <size>\\0" + content)``), streamed."""
+    if algorithm == "sha256":
+        digest = hashlib.sha256()
     else:
-        return None
+        digest = hashlib.sha1()  # noqa: S324 - git's object id, not a security hash
+        digest.update(f"blob {os.path.getsize(path)}\0".encode())
     with open(path, "rb") as fh:
         while True:
             chunk = fh.read(HASH_CHUNK)
             if not chunk:
                 break
             digest.update(chunk)
-    actual = digest.hexdigest()
+    return digest.hexdigest()
+
+
+def blob_digest_mismatch(path: str, name: str) -> Optional[Tuple[str, str, str]]:
+    """``(algorithm, expected, actual)`` when the blob's content does not hash to ``name``, else None."""
+    algorithm = expected_digest(name)
+    if algorithm is None:
+        return None
+    actual = file_digest(path, algorithm)
     return None if actual == name else (algorithm, name, actual)
 
 
@@ -112,8 +125,10 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
     result = CacheScan(cache_dir=str(info.cache_dir or cache_dir or ""))
     for warning in info.warnings:
         result.errors.append((result.cache_dir, f"corrupted cache entry, not scanned: {warning}"))
-    #: realpath of a blob -> the result recorded the first time it was seen
-    done: Dict[str, FileResult] = {}
+    #: realpath of a blob -> its scan result (hash checks apart), scanned the first time it is seen
+    scanned: Dict[str, FileResult] = {}
+    #: (realpath, algorithm) -> digest: each blob is hashed once per kind of name pointing at it
+    digests: Dict[Tuple[str, str], str] = {}
     for repo in sorted(info.repos, key=lambda r: (r.repo_type, r.repo_id)):
         result.repos += 1
         label = display_repo(repo.repo_id, repo.repo_type)
@@ -123,28 +138,30 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
             for cached in sorted(revision.files, key=lambda f: str(f.file_path)):
                 rel = Path(cached.file_path).relative_to(snapshot).as_posix()
                 display = f"{label}@{revision.commit_hash}:{rel}"
-                blob_path = str(cached.blob_path)
-                real = os.path.realpath(blob_path)
-                first = done.get(real)
-                if first is not None:
-                    # Same bytes as a file already scanned: repeat its findings under this name.
-                    result.files.append(FileResult(
-                        path=display, size=first.size, formats=list(first.formats),
-                        findings=[replace(f, path=display) for f in first.findings], bytes_read=0,
-                        cached=True))
+                real = os.path.realpath(cached.blob_path)
+                first = scanned.get(real)
+                if first is None:
+                    result.blobs_scanned += 1
+                    first = _scan_blob(real, display, snapshot, Path(cached.file_path), options)
+                    scanned[real] = first
+                    file_result = FileResult(path=display, size=first.size, formats=list(first.formats),
+                                             findings=list(first.findings), bytes_read=first.bytes_read)
                 else:
-                    file_result = _scan_blob(blob_path, real, display, snapshot, Path(cached.file_path),
-                                             options, result)
-                    done[real] = file_result
-                    result.files.append(file_result)
+                    # Same bytes as a file already scanned: repeat its findings under this name.
+                    file_result = FileResult(path=display, size=first.size, formats=list(first.formats),
+                                             findings=[replace(f, path=display) for f in first.findings],
+                                             cached=True)
+                # The name is checked for every link: another repo's link may name other content.
+                file_result.findings.extend(
+                    _hash_check(real, os.path.basename(cached.blob_path), display, options, digests, result))
+                file_result.findings = sort_findings(file_result.findings)
+                result.files.append(file_result)
                 if on_file is not None:
                     on_file(result)
     return result
 
 
-def _scan_blob(blob_path: str, real: str, display: str, snapshot: Path, file_path: Path,
-               options: ScanOptions, result: CacheScan) -> FileResult:
-    result.blobs_scanned += 1
+def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options: ScanOptions) -> FileResult:
     try:
         source = FileSource(real, name=display)
     except SourceError as exc:
@@ -152,23 +169,28 @@ def _scan_blob(blob_path: str, real: str, display: str, snapshot: Path, file_pat
         return FileResult(path=display, findings=[Finding(r.id, r.severity, display, f"could not open: {exc}",
                                                           r.remedy, unscanned=True)])
     with source:
-        file_result = scan_byte_source(source, display, options,
-                                       siblings=_snapshot_siblings(snapshot, file_path), real_path=None)
-    try:
-        mismatch = blob_digest_mismatch(real, os.path.basename(blob_path))
-        result.bytes_hashed += file_result.size
-    except OSError as exc:
-        r = rule("unscanned-unreadable")
-        file_result.findings.append(Finding(r.id, r.severity, display, f"could not hash the blob: {exc}",
-                                            r.remedy, unscanned=True))
-        mismatch = None
-    if mismatch is not None:
-        finding = _mismatch_finding(display, mismatch, os.path.basename(blob_path))
-        if hasattr(options.policy, "adjust"):
-            finding = options.policy.adjust(finding)
-        file_result.findings.append(finding)
-    file_result.findings = sort_findings(file_result.findings)
-    return file_result
+        return scan_byte_source(source, display, options, siblings=_snapshot_siblings(snapshot, file_path),
+                                real_path=None)
+
+
+def _hash_check(real: str, name: str, display: str, options: ScanOptions,
+                digests: Dict[Tuple[str, str], str], result: CacheScan) -> List[Finding]:
+    algorithm = expected_digest(name)
+    if algorithm is None:
+        return []
+    actual = digests.get((real, algorithm))
+    if actual is None:
+        try:
+            actual = digests[(real, algorithm)] = file_digest(real, algorithm)
+        except OSError as exc:
+            r = rule("unscanned-unreadable")
+            return [Finding(r.id, r.severity, display, f"could not hash the blob: {exc}", r.remedy,
+                            unscanned=True)]
+        result.bytes_hashed += os.path.getsize(real)
+    if actual == name:
+        return []
+    finding = _mismatch_finding(display, (algorithm, name, actual), name)
+    return [options.policy.adjust(finding) if hasattr(options.policy, "adjust") else finding]
 
 
 def scan_cache_command(args: argparse.Namespace) -> int:

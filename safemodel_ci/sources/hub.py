@@ -211,9 +211,13 @@ class HubFileSource(ByteSource):
                 if status >= 400:
                     raise SourceError(f"{self.name}: {_status_message(status, response.headers)}")
                 if status == 206:
-                    got = _content_range_start(response.headers.get("Content-Range"))
+                    got, total = _content_range(response.headers.get("Content-Range"))
                     if got is not None and got != start:
                         raise SourceError(f"{self.name}: range answered from byte {got}, asked {start}")
+                    if total is not None and total != self._size:
+                        # The tree listed another size: not the file that was listed at this commit.
+                        raise SourceError(f"{self.name}: server reports {total} bytes, the tree listed "
+                                          f"{self._size}")
                 elif start != 0:
                     raise SourceError(f"{self.name}: server ignored the Range request (HTTP {status}); "
                                       "a remote scan needs range support")
@@ -251,14 +255,16 @@ class _Transient(Exception):
     """A failure worth retrying (rate limit, server error, network error, short read)."""
 
 
-def _content_range_start(value: Optional[str]) -> Optional[int]:
-    # "bytes 0-99/1234"
+def _content_range(value: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
+    """``bytes 0-99/1234`` -> (0, 1234); a part that cannot be read is None (``*`` for the total)."""
     if not value or not value.startswith("bytes "):
-        return None
+        return None, None
+    span, _, total = value[6:].partition("/")
     try:
-        return int(value[6:].split("-", 1)[0])
+        start: Optional[int] = int(span.split("-", 1)[0])
     except ValueError:
-        return None
+        start = None
+    return start, (int(total) if total.strip().isdigit() else None)
 
 
 def _status_message(status: int, headers: Mapping[str, str]) -> str:

@@ -22,6 +22,7 @@ import re
 import secrets
 import sys
 import tempfile
+import traceback
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence, Tuple
 
@@ -29,7 +30,7 @@ from safemodel_ci import cli
 from safemodel_ci.findings import EXIT_USAGE, FileResult, ScanReport, Severity
 from safemodel_ci.output import writer
 from safemodel_ci.output.github import annotation_lines, workflow_command
-from safemodel_ci.output.job_summary import SUMMARY_LIMIT, render_job_summary
+from safemodel_ci.output.job_summary import SUMMARY_LIMIT, md_text, render_job_summary
 from safemodel_ci.output.text import summary_line
 
 PREFIX = "SAFEMODEL_ACTION_"
@@ -224,9 +225,31 @@ def counted_findings(report: ScanReport) -> int:
     return sum(1 for f in report.findings if f.unscanned or f.severity > Severity.INFO) + len(report.errors)
 
 
+def did_not_run(env: Mapping[str, str], title: str, message: str) -> int:
+    """The step could not scan: say so everywhere a result would have been, and fail (exit 3)."""
+    print(workflow_command("error", {"title": title}, message))
+    write_outputs(env.get("GITHUB_OUTPUT"), {"findings": "0", "blocking": "true", "sarif-file": ""})
+    summary = env.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write(f"## safemodel\\-ci: ❌ did not run\n\n{md_text(title)}: {md_text(message, 2000)}\n")
+    return EXIT_USAGE
+
+
 def main(env: Optional[Mapping[str, str]] = None) -> int:
-    """Run the action; returns its exit code."""
+    """Run the action; returns its exit code (a crash is reported in the log, never a pass)."""
     env = os.environ if env is None else env
+    try:
+        return run(env)
+    except Exception:  # noqa: BLE001 - the traceback may hold file names: print it inertly
+        print_block("safemodel crashed", traceback.format_exc())
+        return did_not_run(env, "safemodel: internal error",
+                           "The action failed before finishing the scan; see the step log "
+                           "(group 'safemodel crashed').")
+
+
+def run(env: Mapping[str, str]) -> int:
+    """The action's work (see the module docstring)."""
     workspace = env.get("GITHUB_WORKSPACE") or os.getcwd()
     os.chdir(workspace)
     try:
@@ -234,8 +257,7 @@ def main(env: Optional[Mapping[str, str]] = None) -> int:
         if inputs.config and not os.path.isfile(inputs.config):
             raise UsageError(f"input config: no such file: {inputs.config}")
     except UsageError as exc:
-        print(workflow_command("error", {"title": "safemodel: bad action input"}, str(exc)))
-        return EXIT_USAGE
+        return did_not_run(env, "safemodel: bad action input", str(exc))
 
     common: List[str] = []
     if inputs.fail_on:
@@ -285,10 +307,9 @@ def main(env: Optional[Mapping[str, str]] = None) -> int:
     if messages:
         print_block("safemodel messages", "\n".join(messages))
     if code == EXIT_USAGE:
-        print(workflow_command("error", {"title": "safemodel: usage error"},
-                               "safemodel could not run with these inputs; see the step log "
-                               "(group 'safemodel messages')."))
-        return EXIT_USAGE
+        return did_not_run(env, "safemodel: usage error",
+                           "safemodel could not run with these inputs; see the step log "
+                           "(group 'safemodel messages').")
 
     # The CLI settled fail-on (the input, else the config's, else high); its report says which.
     fail_on = Severity.parse(inputs.fail_on) if inputs.fail_on else (

@@ -373,6 +373,17 @@ def test_bad_input_is_a_usage_error(models_repo: TwoCommits, tmp_path: Path) -> 
     run = run_action(models_repo.path, {"fail-on": "sometimes"}, "push", models_repo.push(), tmp_path)
     assert run.returncode == 3
     assert [a.name for a in run.annotations] == ["error"] and "fail-on" in run.annotations[0].data
+    assert run.outputs == {"findings": "0", "blocking": "true", "sarif-file": ""}
+    assert "did not run" in run.summary
+
+
+def test_an_internal_error_fails_the_step_and_says_so(models_repo: TwoCommits, tmp_path: Path) -> None:
+    # The SARIF file cannot be written below a regular file: the adapter fails, it never passes.
+    run = run_action(models_repo.path, {"sarif-file": "README.md/out.sarif"}, "push", models_repo.push(),
+                     tmp_path)
+    assert run.returncode == 3
+    assert any(a.properties.get("title") == "safemodel: internal error" for a in run.annotations)
+    assert "Traceback" in run.stdout and run.outputs["blocking"] == "true"
 
 
 # ---- hostile names and LFS ---------------------------------------------------------------------------

@@ -329,3 +329,32 @@ def test_storage_bytes_that_merely_start_like_a_pickle(tmp_path: Path) -> None:
     torch.save({"w": torch.frombuffer(bytearray(raw), dtype=torch.uint8)}, tmp_path / "lookalike.pt")
     result = assert_benign(tmp_path / "lookalike.pt")
     assert not any(f.unscanned for f in result.findings)
+
+
+@needs_vm
+def test_understated_directory_size_does_not_hide_an_entry(tmp_path: Path) -> None:
+    data = bytearray(zip_bytes([("archive/data.pkl", evil_pickle())]))
+    eocd = bytes(data).rfind(b"PK\x05\x06")
+    struct.pack_into("<I", data, eocd + 12, struct.unpack_from("<I", data, eocd + 12)[0] - 2)
+    result = assert_malicious(write(tmp_path, "short_cd.zip", bytes(data)), member="archive/data.pkl")
+    assert "zip-malformed" in rules(result)
+
+
+@needs_vm
+def test_end_record_pointing_nowhere_fails_closed(tmp_path: Path) -> None:
+    for name, payload, expected in (("ok.zip", benign_pickle(), 2), ("evil.zip", evil_pickle(), 1)):
+        data = bytearray(b"JUNK" + zip_bytes([("m/data.pkl", payload)])[4:])
+        eocd = bytes(data).rfind(b"PK\x05\x06")
+        struct.pack_into("<II", data, eocd + 12, 7, 3)  # directory size and offset: nonsense
+        code, result = scan(write(tmp_path, name, bytes(data)))
+        assert code == expected, [f.to_dict() for f in result.findings]
+        assert "unscanned-parse-error" in rules(result)
+
+
+@needs_vm
+def test_damaged_pickle_in_front_of_a_zip_is_carved(tmp_path: Path) -> None:
+    damaged = b"\x81" + evil_pickle(2)[1:]  # pickle.load fails at once; the payload bytes remain
+    data = damaged + zip_bytes([("a.txt", b"hello")])
+    code, result = scan(write(tmp_path, "carved.bin", data))
+    assert code == 1
+    assert any(f.rule_id == "pickle-dangerous-global" and f.offset < len(damaged) for f in result.findings)

@@ -363,3 +363,16 @@ def test_second_scan_of_the_same_commit_comes_from_the_result_cache(
     assert second["extra"]["hub"][0]["from_cache"] == 1 and second["extra"]["hub"][0]["sha"] == sha
     run_json(["hub", "acme/nightly", "--no-cache"], capsys)
     assert hub.served_bytes("acme/nightly", "pytorch_model.bin") == 2 * fetched
+
+
+def test_progress_on_a_terminal_only(hub: FakeHub, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from safemodel_ci import cli
+
+    hub.add_commit("acme/progress", {"a.json": b"{}", "b.json": b"[]"})
+    main(["hub", "acme/progress"])  # captured stderr is not a terminal: quiet, as in CI
+    assert "files scanned" not in capsys.readouterr().err
+    monkeypatch.setattr(cli, "show_progress", lambda args: True)
+    main(["hub", "acme/progress"])
+    err = capsys.readouterr().err
+    assert "acme/progress: 2/2 files scanned" in err and "fetched" in err

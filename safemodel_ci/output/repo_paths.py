@@ -8,6 +8,7 @@ tree of the current directory, else the current directory.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
@@ -69,6 +70,12 @@ def is_remote(path: str) -> bool:
     return "://" in path or hub_url(path) is not None
 
 
+@functools.lru_cache(maxsize=64)
+def _realpath(path: str) -> str:
+    # The root is resolved once per report, not once per finding.
+    return os.path.realpath(path)
+
+
 def repo_relative(path: str, root: str) -> Optional[str]:
     """``path`` as a ``/``-separated path relative to ``root``, or None when it lies outside it.
 
@@ -79,7 +86,7 @@ def repo_relative(path: str, root: str) -> Optional[str]:
         return None
     absolute = os.path.normpath(os.path.join(os.getcwd(), path))
     root_abs = os.path.normpath(root)
-    real_root = os.path.realpath(root_abs)
+    real_root = _realpath(root_abs)
     for base in (root_abs, real_root):
         try:
             rel = os.path.relpath(absolute, base)

@@ -19,8 +19,9 @@ from typing import Iterator, Optional
 from .source import ByteSource
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
-#: Messages up to this size are read into memory in one go and decoded there.
-INLINE_BYTES = 8 << 20
+#: Messages up to this size are read into memory in one go and decoded there; larger ones are
+#: walked field by field so that big payloads (ONNX raw_data, TF constants) are skipped unread.
+INLINE_BYTES = 256 << 10
 _MAX_VARINT_BYTES = 10
 
 
@@ -151,7 +152,7 @@ def _varint(data: memoryview, pos: int, stop: int, base: int) -> "tuple[int, int
 
 def _fields_streamed(source: ByteSource, start: int, end: int) -> Iterator[ProtoField]:
     """Field headers read with small windowed reads; values of LEN fields are skipped, not read."""
-    window = 64 * 1024
+    window = 4096  # enough for the headers of a run of small fields; big values are skipped
     pos = start
     buf = b""
     buf_at = start

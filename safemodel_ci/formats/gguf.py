@@ -77,6 +77,33 @@ class _Header:
         data = self.r.read(n)
         return data.decode("utf-8", "replace"), start, n
 
+    def _skip_strings(self, count: int, what: str) -> None:
+        """Skip ``count`` strings (a tokenizer vocabulary) by parsing lengths inside buffered windows."""
+        fmt = self.e + self.count_fmt
+        width = struct.calcsize(fmt)
+        done = 0
+        while done < count:
+            self.ctx.check_deadline()
+            at = self.r.tell()
+            buf = self.r.peek(1 << 20)
+            if len(buf) < width:
+                raise GgufError(f"file ends inside {what}", at)
+            pos = 0
+            while done < count and pos + width <= len(buf):
+                n = struct.unpack_from(fmt, buf, pos)[0]
+                if pos + width + n > len(buf):
+                    break
+                pos += width + n
+                done += 1
+            if pos == 0:  # one string longer than the window
+                n = struct.unpack_from(fmt, buf, 0)[0]
+                if width + n > self.r.remaining():
+                    raise GgufError(f"{what}: a string claims {n} bytes but only "
+                                    f"{self.r.remaining() - width} remain", at)
+                pos = width + n
+                done += 1
+            self.r.skip(pos)
+
     def skip_value(self, vtype: int, what: str, depth: int = 0) -> None:
         if vtype in _FIXED:
             at = self.r.tell()
@@ -95,6 +122,8 @@ class _Header:
             if etype in _FIXED:
                 if self.r.skip(n * _FIXED[etype]) != n * _FIXED[etype]:
                     raise GgufError(f"file ends inside {what}", at)
+            elif etype == STRING:
+                self._skip_strings(n, what)
             else:
                 for i in range(n):
                     if i % 65536 == 0:

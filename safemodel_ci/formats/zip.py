@@ -478,7 +478,8 @@ class ZipReader(FormatReader):
         if is_storage:
             self._scan_storage(source, mctx, entry, local, data_start)
         else:
-            self._scan_content(source, mctx, entry, local, data_start)
+            torch_pickle = any(entry.name == r + "/data.pkl" for r in torch_roots)
+            self._scan_content(source, mctx, entry, local, data_start, torch_pickle)
         return end
 
     def _scan_storage(self, source: ByteSource, ctx: ScanContext, entry: CentralEntry, local: LocalHeader,
@@ -540,12 +541,12 @@ class ZipReader(FormatReader):
         return None
 
     def _scan_content(self, source: ByteSource, ctx: ScanContext, entry: CentralEntry, local: LocalHeader,
-                      data_start: int) -> None:
+                      data_start: int, torch_pickle: bool = False) -> None:
         if entry.method == METHOD_STORED:
             member = SliceSource(source, data_start, entry.csize, name=f"{source.name}:{ctx.member}")
             if entry.csize <= CRC_CHECK_STORED_MAX:
                 self._check_crc(ctx, entry, local, self._crc_of(member))
-            ctx.scan(member)
+            self._scan_member(member, ctx, torch_pickle)
             return
         stream = self._stream(source, entry, data_start)
         if stream is None:
@@ -567,7 +568,22 @@ class ZipReader(FormatReader):
                 ctx.report("zip-malformed", f"member decompresses to {out.size} bytes, the directory says "
                            f"{entry.usize}", details={"local_header": entry.local_offset})
             self._check_crc(ctx, entry, local, self._crc_of(out))
-            ctx.scan(out)
+            self._scan_member(out, ctx, torch_pickle)
+
+    @staticmethod
+    def _scan_member(member: ByteSource, ctx: ScanContext, torch_pickle: bool) -> None:
+        """Scan a member by content; a torch archive's data.pkl is walked as torch reads it."""
+        if torch_pickle:
+            from .pickle import looks_like_pickle, scan_pickle_at, scan_pickle_stream
+
+            if looks_like_pickle(member, 0):
+                # torch unpickles data.pkl once; the VM then knows to expect protocol 2 only.
+                ctx.add_format("pickle")
+                result = scan_pickle_at(member, ctx, 0, torch_archive=True)
+                if result.complete and result.end is not None and result.end < member.size:
+                    scan_pickle_stream(member, ctx, result.end)
+                return
+        ctx.scan(member)
 
     @staticmethod
     def _crc_of(member: ByteSource) -> int:

@@ -15,7 +15,7 @@ from safemodel_ci.findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_OK, EXIT_
 from safemodel_ci.sources.hfcache import blob_digest_mismatch
 
 from hub_server import FakeHub, fake_hub_env
-from test_hub import _reader_available, _SystemPayload, safetensors_bytes
+from test_hub import _SystemPayload, safetensors_bytes
 
 pytest.importorskip("huggingface_hub")
 
@@ -100,8 +100,6 @@ def test_malicious_pickle_in_cache_is_found(hub: FakeHub, tmp_path: Path,
     download(hub, cache, "acme/pickled", ["model.pkl"], "main")
     code, report = run_json(["cache", "--cache-dir", str(cache)], capsys)
     assert [f["path"] for f in report["files"]] == [f"acme/pickled@{sha}:model.pkl"]
-    if not _reader_available("pickle"):
-        pytest.skip("pickle reader not landed yet: structure checked, verdict not")
     assert code == EXIT_FINDINGS
     assert any(f["rule_id"] == "pickle-dangerous-global" for f in report["files"][0]["findings"])
 

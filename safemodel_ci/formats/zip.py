@@ -307,8 +307,6 @@ class ZipReader(FormatReader):
     """Every entry of a zip, by content; torch/TorchScript/npz structure on top."""
 
     name = "zip"
-    # Readers of zip-based formats look at the same bytes from their own angle.
-    compatible = frozenset({"keras", "npz", "torch-zip"})
 
     def detect(self, source: ByteSource, head: bytes) -> bool:
         # torch decides by the local header magic at 0; zipfile/Keras by the end record.

@@ -11,9 +11,10 @@ every duplicate key with where it occurred.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 #: serde_json's default recursion limit: 128 levels, of which 127 nested arrays/objects parse.
 SERDE_MAX_DEPTH = 127
@@ -31,20 +32,6 @@ class JSONFormatError(ValueError):
         super().__init__(message)
         self.message = message
         self.pos = pos
-
-
-class JSONObject(dict):  # type: ignore[type-arg]
-    """A parsed JSON object (the last value of a repeated key wins, as in serde's maps)."""
-
-    __slots__ = ("duplicate_keys",)
-
-    def __init__(self, pairs: List[Tuple[str, Any]]) -> None:
-        super().__init__(pairs)
-        #: Keys that occurred more than once, with how often.
-        self.duplicate_keys: List[Tuple[str, int]] = []
-        if len(self) != len(pairs):
-            counts = Counter(k for k, _ in pairs)
-            self.duplicate_keys = [(k, c) for k, c in counts.items() if c > 1]
 
 
 @dataclass(frozen=True)
@@ -104,13 +91,20 @@ def _parse_float(text: str) -> float:
     return value
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=JSONObject, parse_constant=_reject_constant,
-                            parse_int=_parse_int, parse_float=_parse_float, strict=True)
+#: Integers Python and serde type differently: "-0" (serde: a float) and more than 20 digits
+#: (serde: a float beyond u64/i64). Only texts containing them pay for the exact integer hook.
+_NEGATIVE_ZERO = re.compile(r"-0(?![.eE])")
+#: Digits to "0", so that a run of 21 digits is a plain substring search (a regex is 10x slower).
+_DIGITS_TO_ZERO = str.maketrans("123456789", "000000000")
+
+
+def _serde_int_differs(text: str) -> bool:
+    return _NEGATIVE_ZERO.search(text) is not None or "0" * 21 in text.translate(_DIGITS_TO_ZERO)
+#: A lone surrogate can only come from a \uD800-\uDFFF escape (raw UTF-8 cannot encode one).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _has_lone_surrogate(text: str) -> bool:
-    if text.isascii():
-        return False
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -118,36 +112,57 @@ def _has_lone_surrogate(text: str) -> bool:
     return False
 
 
-def _walk(value: Any, max_depth: int) -> Tuple[List[DuplicateKey], int]:
-    """Duplicate keys with their paths, and the nesting depth; rejects what serde rejects."""
-    duplicates: List[DuplicateKey] = []
+def _check_tree(value: Any, max_depth: int, strings: bool) -> int:
+    """Nesting depth of ``value`` (raising past ``max_depth``); lone surrogates when ``strings``."""
     deepest = 0
-    stack: List[Tuple[Any, int, JSONPath]] = [(value, 1, ())]
+    stack: List[Tuple[Any, int]] = [(value, 1)]
+    containers = (dict, list)
     while stack:
-        node, depth, path = stack.pop()
-        if isinstance(node, dict):
-            deepest = max(deepest, depth)
+        node, depth = stack.pop()
+        if depth > deepest:
             if depth > max_depth:
-                raise JSONFormatError(f"nesting deeper than {max_depth} levels at {format_path(path)}")
-            for key, count in getattr(node, "duplicate_keys", ()):
-                duplicates.append(DuplicateKey(path, key, count))
-            for key, child in node.items():
-                if _has_lone_surrogate(key):
-                    raise JSONFormatError(f"lone UTF-16 surrogate escape in key {key!r}")
-                if isinstance(child, (dict, list, str)):
-                    stack.append((child, depth + 1, path + (key,)))
-        elif isinstance(node, list):
-            deepest = max(deepest, depth)
-            if depth > max_depth:
-                raise JSONFormatError(f"nesting deeper than {max_depth} levels at {format_path(path)}")
-            for index, child in enumerate(node):
-                if isinstance(child, (dict, list, str)):
-                    stack.append((child, depth + 1, path + (index,)))
-        elif isinstance(node, str) and _has_lone_surrogate(node):
-            raise JSONFormatError(f"lone UTF-16 surrogate escape in string at {format_path(path)}")
-    # Report duplicates in document order rather than stack order.
-    duplicates.reverse()
-    return duplicates, deepest
+                raise JSONFormatError(f"nesting deeper than {max_depth} levels")
+            deepest = depth
+        if type(node) is dict:
+            if strings:
+                for key in node:
+                    if _has_lone_surrogate(key):
+                        raise JSONFormatError(f"lone UTF-16 surrogate escape in key {key!r}")
+            children = node.values()
+        else:
+            children = node
+        below = depth + 1
+        for child in children:
+            kind = type(child)
+            if kind is dict:
+                stack.append((child, below))
+            elif kind is list:
+                # Lists of scalars (shapes, offsets) are most of a header: finish them here.
+                if strings or any(type(x) in containers for x in child):
+                    stack.append((child, below))
+                elif below > deepest:
+                    if below > max_depth:
+                        raise JSONFormatError(f"nesting deeper than {max_depth} levels")
+                    deepest = below
+            elif strings and kind is str and _has_lone_surrogate(child):
+                raise JSONFormatError("lone UTF-16 surrogate escape in a string")
+    return deepest
+
+
+def _paths_to(root: Any, targets: List[Any]) -> Dict[int, JSONPath]:
+    """Paths from ``root`` to each container of ``targets`` (by identity), in one walk."""
+    wanted = {id(t) for t in targets}
+    found: Dict[int, JSONPath] = {}
+    stack: List[Tuple[Any, JSONPath]] = [(root, ())]
+    while stack and len(found) < len(wanted):
+        node, path = stack.pop()
+        if id(node) in wanted:
+            found[id(node)] = path
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, child in items:
+            if isinstance(child, (dict, list)):
+                stack.append((child, path + (key,)))
+    return found
 
 
 def parse_json_strict(text: str, *, max_depth: int = SERDE_MAX_DEPTH) -> JSONDocument:
@@ -156,10 +171,24 @@ def parse_json_strict(text: str, *, max_depth: int = SERDE_MAX_DEPTH) -> JSONDoc
     Raises :class:`JSONFormatError` for anything serde_json rejects: invalid syntax, ``NaN`` and
     ``Infinity``, numbers out of the f64 range, lone surrogate escapes, raw control characters in
     strings, a byte-order mark, and nesting deeper than ``max_depth``. Leading and trailing JSON
-    whitespace is accepted (callers that care check it themselves).
+    whitespace is accepted (callers that care check it themselves). Objects are plain dicts in
+    which the last of repeated keys wins (as in serde's maps).
     """
+    repeated: List[Tuple[Dict[str, Any], List[Tuple[str, int]]]] = []
+
+    def make_object(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            counts = Counter(k for k, _ in pairs)
+            repeated.append((obj, [(k, c) for k, c in counts.items() if c > 1]))
+        return obj
+
+    exact_ints = _serde_int_differs(text)
+    decoder = json.JSONDecoder(object_pairs_hook=make_object, parse_constant=_reject_constant,
+                               parse_float=_parse_float, parse_int=_parse_int if exact_ints else None,
+                               strict=True)
     try:
-        value = _DECODER.decode(text)
+        value = decoder.decode(text)
     except JSONFormatError:
         raise
     except json.JSONDecodeError as exc:
@@ -168,7 +197,10 @@ def parse_json_strict(text: str, *, max_depth: int = SERDE_MAX_DEPTH) -> JSONDoc
         raise JSONFormatError(f"nesting deeper than {max_depth} levels") from None
     except ValueError as exc:  # int() digit limit and similar conversions
         raise JSONFormatError(str(exc)) from None
-    duplicates, depth = _walk(value, max_depth)
+    depth = _check_tree(value, max_depth, strings=_SURROGATE_ESCAPE.search(text) is not None)
+    paths = _paths_to(value, [obj for obj, _ in repeated]) if repeated else {}
+    duplicates = [DuplicateKey(paths.get(id(obj), ()), key, count)
+                  for obj, keys in repeated for key, count in keys]
     return JSONDocument(value, duplicates, depth)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
@@ -44,9 +44,11 @@ MAX_FINDINGS_PER_RULE = 20
 DATA_MEMBER = "<tensor data>"
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    """One tensor of a header: dtype, shape and offsets relative to the start of the data."""
+class TensorEntry(NamedTuple):
+    """One tensor of a header: dtype, shape and offsets relative to the start of the data.
+
+    A named tuple rather than a dataclass: a header may list a million tensors.
+    """
 
     name: str
     dtype: str
@@ -134,8 +136,14 @@ def claims_safetensors(source: ByteSource, head: bytes) -> bool:
     return any(marker in head for marker in (b'"dtype"', b'"data_offsets"', b'"__metadata__"'))
 
 
-def _is_usize(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= USIZE_MAX
+def _all_usize(values: Any) -> bool:
+    """A JSON array of unsigned 64-bit integers (``type() is int`` also rules out booleans)."""
+    if type(values) is not list:
+        return False
+    for v in values:
+        if type(v) is not int or not 0 <= v <= USIZE_MAX:
+            return False
+    return True
 
 
 def _describe(value: Any) -> str:
@@ -190,9 +198,8 @@ def _read_header(source: ByteSource, ctx: ScanContext, report: _Reporter) -> Opt
         ctx.report("unscanned-limit", f"safetensors header of {n} bytes exceeds the in-memory limit of "
                                       f"{ctx.limits.max_in_memory_bytes} bytes", offset=8)
         return None
-    raw = source.read_exact(8, n)
     try:
-        text = raw.decode("utf-8")
+        text = source.read_exact(8, n).decode("utf-8")  # the bytes are not kept: memory
     except UnicodeDecodeError as exc:
         report("safetensors-header-not-utf8",
                f"header is not valid UTF-8 ({exc.reason} at header byte {exc.start}, file offset "
@@ -237,6 +244,7 @@ def _read_header(source: ByteSource, ctx: ScanContext, report: _Reporter) -> Opt
 
     result = SafetensorsHeader(header_length=n, data_start=8 + n)
     structural_ok = _check_entries(header, result, report)
+    del doc, header, text  # the tensor list is all that is needed from here on: free the rest
     if structural_ok:
         covered = _validate_offsets(result, report)
         if covered is not None and covered + 8 + n != size:
@@ -261,43 +269,45 @@ def _check_entries(header: Dict[str, Any], result: SafetensorsHeader, report: _R
             all_ok = _check_metadata(entry, result, report) and all_ok
             continue
         ok = True
-        label = f"tensor {name!r}"
-        if not isinstance(entry, dict):
+        if type(entry) is not dict:
             kind = "array" if isinstance(entry, list) else type(entry).__name__
             report("safetensors-tensor-not-object",
-                   f"{label}: entry is a JSON {kind}, not an object with dtype, shape and data_offsets",
+                   f"tensor {name!r}: entry is a JSON {kind}, not an object with dtype, shape and "
+                   "data_offsets",
                    offset=8, details={"tensor": name})
-            ok = False
+            all_ok = False
             continue
-        missing = [f for f in TENSOR_FIELDS if f not in entry]
-        if missing:
-            report("safetensors-tensor-missing-field",
-                   f"{label}: missing field(s) {', '.join(missing)}", offset=8,
-                   details={"tensor": name, "missing": missing})
-            ok = False
-        unknown = sorted(k for k in entry if k not in TENSOR_FIELDS)
-        if unknown:
-            report("safetensors-tensor-unknown-field",
-                   f"{label}: unknown field(s) {', '.join(repr(k) for k in unknown[:10])}; the spec defines "
-                   "only dtype, shape and data_offsets (safetensors 0.8 ignores the rest)",
-                   offset=8, details={"tensor": name, "fields": unknown[:50]})
+        # The usual entry has exactly the three fields: skip the field bookkeeping for it.
+        if not (len(entry) == 3 and "dtype" in entry and "shape" in entry and "data_offsets" in entry):
+            missing = [f for f in TENSOR_FIELDS if f not in entry]
+            if missing:
+                report("safetensors-tensor-missing-field",
+                       f"tensor {name!r}: missing field(s) {', '.join(missing)}", offset=8,
+                       details={"tensor": name, "missing": missing})
+                ok = False
+            unknown = sorted(k for k in entry if k not in TENSOR_FIELDS)
+            if unknown:
+                report("safetensors-tensor-unknown-field",
+                       f"tensor {name!r}: unknown field(s) {', '.join(repr(k) for k in unknown[:10])}; the "
+                       "spec defines only dtype, shape and data_offsets (safetensors 0.8 ignores the rest)",
+                       offset=8, details={"tensor": name, "fields": unknown[:50]})
         dtype = entry.get("dtype")
-        if "dtype" in entry and (not isinstance(dtype, str) or dtype not in DTYPE_BITS):
+        if "dtype" in entry and (type(dtype) is not str or dtype not in DTYPE_BITS):
             report("safetensors-dtype",
-                   f"{label}: dtype {_describe(dtype)} is not one of the spec's dtypes", offset=8,
+                   f"tensor {name!r}: dtype {_describe(dtype)} is not one of the spec's dtypes", offset=8,
                    details={"tensor": name, "dtype": _describe(dtype)})
             ok = False
         shape: Any = entry.get("shape")
-        if "shape" in entry and not (isinstance(shape, list) and all(_is_usize(d) for d in shape)):
+        if "shape" in entry and not _all_usize(shape):
             report("safetensors-shape",
-                   f"{label}: shape {_describe(shape)} is not a list of non-negative integers",
+                   f"tensor {name!r}: shape {_describe(shape)} is not a list of non-negative integers",
                    offset=8, details={"tensor": name, "shape": _describe(shape)})
             ok = False
         offsets: Any = entry.get("data_offsets")
-        if "data_offsets" in entry and not (isinstance(offsets, list) and len(offsets) == 2
-                                            and all(_is_usize(o) for o in offsets)):
+        if "data_offsets" in entry and not (_all_usize(offsets) and len(offsets) == 2):
             report("safetensors-data-offsets",
-                   f"{label}: data_offsets {_describe(offsets)} is not a pair of non-negative integers",
+                   f"tensor {name!r}: data_offsets {_describe(offsets)} is not a pair of non-negative "
+                   "integers",
                    offset=8, details={"tensor": name, "data_offsets": _describe(offsets)})
             ok = False
         if ok:  # every field is present and well typed here
@@ -324,15 +334,22 @@ def _check_metadata(entry: Any, result: SafetensorsHeader, report: _Reporter) ->
     return False
 
 
+def _where(t: TensorEntry, data_start: int) -> str:
+    return f"data_offsets [{t.begin}, {t.end}] (file bytes {data_start + t.begin}..{data_start + t.end})"
+
+
+def _details(t: TensorEntry, **extra: Any) -> Dict[str, Any]:
+    return {"tensor": t.name, "data_offsets": [t.begin, t.end], "dtype": t.dtype, "shape": list(t.shape),
+            **extra}
+
+
 def _validate_offsets(result: SafetensorsHeader, report: _Reporter) -> Optional[int]:
     """``Metadata::validate``: contiguous offsets from 0, checked sizes. The end of the data, or None."""
     data_start = result.data_start
     start = 0
     ok = True
+    # Messages are only built for failures: a header may list a million tensors.
     for t in sorted(result.tensors.values(), key=lambda t: (t.begin, t.end)):
-        where = f"data_offsets [{t.begin}, {t.end}] (file bytes {data_start + t.begin}..{data_start + t.end})"
-        details = {"tensor": t.name, "data_offsets": [t.begin, t.end], "dtype": t.dtype,
-                   "shape": list(t.shape)}
         if t.begin != start or t.end < t.begin:
             if t.end < t.begin:
                 why = "ends before it begins"
@@ -340,8 +357,8 @@ def _validate_offsets(result: SafetensorsHeader, report: _Reporter) -> Optional[
                 why = f"leaves a hole: the previous tensor ends at {start}"
             else:
                 why = f"overlaps the previous tensor, which ends at {start}"
-            report("safetensors-offsets-not-contiguous", f"tensor {t.name!r}: {where} {why}",
-                   offset=data_start + min(t.begin, USIZE_MAX), details=details)
+            report("safetensors-offsets-not-contiguous", f"tensor {t.name!r}: {_where(t, data_start)} {why}",
+                   offset=data_start + min(t.begin, USIZE_MAX), details=_details(t))
             ok = False
             start = max(start, t.end)
             continue
@@ -350,20 +367,18 @@ def _validate_offsets(result: SafetensorsHeader, report: _Reporter) -> Optional[
         if bits is None:
             report("safetensors-size-overflow",
                    f"tensor {t.name!r}: shape {list(t.shape)} x {t.dtype} overflows 64-bit size arithmetic",
-                   offset=data_start + t.begin, details=details)
+                   offset=data_start + t.begin, details=_details(t))
             ok = False
-            continue
-        if bits % 8:
+        elif bits % 8:
             report("safetensors-subbyte-misaligned",
                    f"tensor {t.name!r}: {t.dtype} shape {list(t.shape)} is {bits} bits, which does not end "
-                   "on a byte boundary", offset=data_start + t.begin, details=details)
+                   "on a byte boundary", offset=data_start + t.begin, details=_details(t))
             ok = False
-            continue
-        if bits // 8 != t.nbytes:
+        elif bits >> 3 != t.end - t.begin:
             report("safetensors-tensor-size",
-                   f"tensor {t.name!r}: {t.dtype} shape {list(t.shape)} needs {bits // 8} bytes but {where} "
-                   f"spans {t.nbytes}", offset=data_start + t.begin,
-                   details=dict(details, expected_bytes=bits // 8))
+                   f"tensor {t.name!r}: {t.dtype} shape {list(t.shape)} needs {bits // 8} bytes but "
+                   f"{_where(t, data_start)} spans {t.nbytes}", offset=data_start + t.begin,
+                   details=_details(t, expected_bytes=bits // 8))
             ok = False
     return start if ok else None
 

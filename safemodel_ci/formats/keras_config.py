@@ -338,6 +338,9 @@ class KerasWalk:
 
     def _check_module(self, node: Dict[str, Any], module: str, path: str, layers: Tuple[str, ...]) -> None:
         name = self._object_name(node)
+        if node.get("class_name") == "__typespec__" and \
+                _package(module) == "tensorflow" and name.endswith("Spec"):
+            return  # TensorFlow TypeSpecs (TensorSpec ...) that Keras 3 writes with the TF backend
         if _is_keras_module(module):
             if name in NON_MODELING_NAMES or any(module == m or module.startswith(m + ".")
                                                  for m in NON_MODELING_MODULES):
@@ -443,9 +446,10 @@ def parse_json_text(raw: bytes) -> Any:
 
 # ---- JSON files and members ------------------------------------------------------------------
 
-#: Bytes whose presence makes a JSON document worth parsing: keys the checks look at, or escapes
-#: that could spell them indirectly.
-_JSON_MARKERS = (b'"class_name"', b'"chat_template"', b"\\u")
+#: Bytes whose presence makes a JSON document worth parsing: the keys the checks look at, or a
+#: ``\\u00XX`` escape of an ASCII letter, digit or underscore (how those keys could be spelled
+#: indirectly; ordinary JSON escapes non-ASCII text and control characters, not letters).
+_JSON_MARKERS = re.compile(rb'"class_name"|"chat_template"|\\u00[3-7][0-9a-fA-F]')
 
 
 def _json_start(head: bytes) -> bool:
@@ -463,8 +467,7 @@ def _has_marker(source: ByteSource) -> bool:
     tail = b""
     while pos < source.size:
         data = source.read_at(pos, chunk)
-        window = tail + data
-        if any(m in window for m in _JSON_MARKERS):
+        if _JSON_MARKERS.search(tail + data):
             return True
         tail = data[-32:]
         pos += len(data)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 from urllib.parse import urlsplit
 
 from ..context import SiblingOpener
-from ..findings import FileResult, Finding, ScanReport, sort_findings
+from ..findings import EXIT_USAGE, FileResult, Finding, ScanReport, sort_findings
 from ..rules import rule
 from ..scanner import ScanOptions, scan_byte_source
 from ..source import ByteSource, SourceError
@@ -545,7 +545,11 @@ def scan_hub_command(args: argparse.Namespace) -> int:
     """``safemodel hub``: scan each repo, report errors per repo, keep going."""
     from .. import cli
 
-    config = HubClientConfig.from_environment()
+    try:
+        config = HubClientConfig.from_environment()
+    except Exception as exc:  # noqa: BLE001 - e.g. an OIDC token exchange (HF_OIDC_RESOURCE) that failed
+        print(f"safemodel: cannot get a Hugging Face token: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     progress = cli.show_progress(args)
 
     def on_progress(scan: HubRepoScan, done: int, total: int) -> None:

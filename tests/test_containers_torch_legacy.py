@@ -170,3 +170,25 @@ def test_payload_after_storages_of_mixed_types(tmp_path: Path) -> None:
     result = assert_malicious(path)
     assert find(result, "torch-unaccounted-bytes")
     assert any(f.offset >= len(data) for f in result.findings if f.rule_id == "pickle-dangerous-global")
+
+
+def test_tar_header_checksum_detection() -> None:
+    from safemodel_ci.formats.tar import header_checksum_ok
+
+    data = _tar([("a.txt", b"hi")])
+    assert header_checksum_ok(data[:512])
+    broken = bytearray(data[:512])
+    broken[0] ^= 1
+    assert not header_checksum_ok(bytes(broken))
+    assert not header_checksum_ok(b"\0" * 512)
+
+
+@needs_vm
+def test_generic_tar_members_by_content(tmp_path: Path) -> None:
+    import gzip
+
+    data = _tar([("README", b"docs"), ("weights/model.txt", evil_pickle(2))])
+    (tmp_path / "m.tar").write_bytes(data)
+    assert_malicious(tmp_path / "m.tar", member="weights/model.txt")
+    (tmp_path / "m.tar.gz").write_bytes(gzip.compress(data))
+    assert_malicious(tmp_path / "m.tar.gz", member="<gzip>:weights/model.txt")

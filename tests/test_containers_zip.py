@@ -358,3 +358,10 @@ def test_damaged_pickle_in_front_of_a_zip_is_carved(tmp_path: Path) -> None:
     code, result = scan(write(tmp_path, "carved.bin", data))
     assert code == 1
     assert any(f.rule_id == "pickle-dangerous-global" and f.offset < len(damaged) for f in result.findings)
+
+
+@needs_vm
+def test_zip_in_zip_names_the_whole_path(tmp_path: Path) -> None:
+    inner = zip_bytes([("archive/data.pkl", evil_pickle())])
+    outer = zip_bytes([("README.md", b"# model"), ("bundle/model.pt", inner)], zipfile.ZIP_DEFLATED)
+    assert_malicious(write(tmp_path, "outer.zip", outer), member="bundle/model.pt:archive/data.pkl")

@@ -135,13 +135,18 @@ def _zip64_end(source: ByteSource, eocd: int) -> Optional[Tuple[int, int, int, i
     return None
 
 
-def find_directory(source: ByteSource) -> Optional[ZipDirectory]:
+def _tail(source: ByteSource) -> Tuple[int, bytes]:
+    """(offset, bytes) of the region where an end-of-central-directory record may sit."""
+    tail_start = max(0, source.size - EOCD_SEARCH)
+    return tail_start, source.read_at(tail_start, source.size - tail_start)
+
+
+def find_directory(source: ByteSource, tail: Optional[Tuple[int, bytes]] = None) -> Optional[ZipDirectory]:
     """Locate a plausible end-of-central-directory record (the last one that points at a directory)."""
     size = source.size
     if size < EOCD_SIZE:
         return None
-    tail_start = max(0, size - EOCD_SEARCH)
-    tail = source.read_at(tail_start, size - tail_start)
+    tail_start, tail = tail or _tail(source)
     pos = tail.rfind(EOCD_SIG)
     while pos >= 0:
         eocd = tail_start + pos
@@ -179,15 +184,14 @@ def _directory_from_eocd(source: ByteSource, eocd: int, rec: bytes) -> Optional[
     return None
 
 
-def damaged_end(source: ByteSource) -> Optional[int]:
+def damaged_end(source: ByteSource, tail: Optional[Tuple[int, bytes]] = None) -> Optional[int]:
     """Offset of an end record that closes the file exactly but points at no directory.
 
     The record sitting at exactly ``size - 22 - comment length`` is too specific to be chance, so
     the file is a damaged zip: reported as such (fail closed) rather than passed over.
     """
     size = source.size
-    tail_start = max(0, size - EOCD_SEARCH)
-    tail = source.read_at(tail_start, size - tail_start)
+    tail_start, tail = tail or _tail(source)
     pos = tail.rfind(EOCD_SIG)
     while pos >= 0:
         rec = tail[pos:pos + EOCD_SIZE]
@@ -312,7 +316,10 @@ class ZipReader(FormatReader):
         # torch decides by the local header magic at 0; zipfile/Keras by the end record.
         if head[:4] in (LOCAL_SIG, EOCD_SIG):
             return True
-        return find_directory(source) is not None or damaged_end(source) is not None
+        tail = _tail(source)
+        if EOCD_SIG not in tail[1]:
+            return False
+        return find_directory(source, tail) is not None or damaged_end(source, tail) is not None
 
     def scan(self, source: ByteSource, ctx: ScanContext) -> None:
         directory = find_directory(source)

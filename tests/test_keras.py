@@ -145,8 +145,9 @@ def _weights_h5() -> bytes:
     return buf.getvalue()
 
 
-def _write_keras(path: Path, config: Any, raw_config: Optional[bytes] = None) -> None:
-    with zipfile.ZipFile(path, "w") as z:
+def _write_keras(path: Path, config: Any, raw_config: Optional[bytes] = None,
+                 compression: int = zipfile.ZIP_STORED) -> None:
+    with zipfile.ZipFile(path, "w", compression=compression) as z:
         z.writestr("metadata.json", json.dumps({"keras_version": "3.6.0",
                                                 "date_saved": "2024-11-01@12:00:00"}))
         z.writestr("config.json", raw_config if raw_config is not None else json.dumps(config))
@@ -266,6 +267,9 @@ def test_keras_v3_lambda(tmp_path: Path) -> None:
     assert len(hits) == 1 and hits[0].member == "config.json"
     assert hits[0].details["path"] == "config.layers[3].config.function.config"
     assert {"__import__", "check_output"} <= set(hits[0].details["names"])
+    deflated = tmp_path / "deflated.keras"
+    _write_keras(deflated, _keras3_config([layer]), compression=zipfile.ZIP_DEFLATED)
+    assert [f.rule_id for f in _scan(deflated).findings] == ["keras-lambda-code"]
 
 
 def test_keras_v3_lambda_with_escaped_keys(tmp_path: Path) -> None:

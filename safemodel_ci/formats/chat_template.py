@@ -36,6 +36,8 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DUNDER = re.compile(r"__\w+__")
 _ESCAPED_UNDERSCORE = re.compile(r"\\(?:x5[fF]|u005[fF]|U0000005[fF]|137|N\{LOW LINE\})")
 _ATTR_FILTER = re.compile(r"\|\s*attr\b")
+_EXPR_STOP = re.compile(r"['\"]|\}\}")
+_STMT_STOP = re.compile(r"['\"]|%\}")
 _RAW_END = re.compile(r"\{%[-+]?\s*endraw\s*[-+]?%\}")
 #: Jinja globals whose ``__init__.__globals__`` lead to modules; no chat template needs them.
 _BAD_GLOBALS = frozenset({"cycler", "joiner", "lipsum", "self", "url_for", "get_flashed_messages"})
@@ -80,14 +82,18 @@ def iter_tags(text: str) -> Iterator[Tuple[int, str, str]]:
         if opener not in ("{{", "{%"):
             i = j + 1
             continue
-        closer = "}}" if opener == "{{" else "%}"
+        stop = _EXPR_STOP if opener == "{{" else _STMT_STOP
         k = j + 2
-        while k < n and not text.startswith(closer, k):
-            if text[k] in "'\"":
-                m = _STRING.match(text, k)
-                k = m.end() if m else n
-            else:
-                k += 1
+        while True:
+            m = stop.search(text, k)
+            if m is None:
+                k = n
+                break
+            if m.group() in ("}}", "%}"):
+                k = m.start()
+                break
+            string = _STRING.match(text, m.start())
+            k = string.end() if string else n
         content = text[j + 2:k]
         yield j, opener, content
         i = k + 2

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 from safemodel_ci.cache import cache_disabled_by_env, default_cache_dir
 from safemodel_ci.config import ConfigError, load_config
-from safemodel_ci.findings import EXIT_OK, EXIT_USAGE, FileResult, ScanReport, Severity
+from safemodel_ci.findings import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, FileResult, ScanReport, Severity
 from safemodel_ci.output.text import finding_line, summary_line
 from safemodel_ci.parallel import ScanPlan, scan_paths
 from safemodel_ci.scanner import ScanOptions
@@ -112,8 +112,9 @@ def render(report: ScanReport) -> str:
         lines.append("")
         lines.append("What to do:")
         lines.extend(f"  - {r}" for r in remedies)
-        lines.append("  - A model you trust: allow its exact globals under allow-globals in .safemodel.yaml, "
-                     "or accept the file by sha256 under ignore; better, convert it to safetensors.")
+        if report.exit_code == EXIT_FINDINGS:
+            lines.append("  - To accept one exact file you trust, add {sha256: <sha256sum of it>, "
+                         "reason: why} under ignore in .safemodel.yaml (a changed file is scanned again).")
     if lines:
         lines.append(summary_line(report))
     return "\n".join(lines) + ("\n" if lines else "")

@@ -11,7 +11,10 @@ Runs are derandomized (the seed is fixed, so a failure reproduces exactly); rais
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import pickletools
 import time
 from pathlib import Path
 from typing import Dict, Tuple
@@ -69,6 +72,31 @@ def mutations(draw: st.DrawFn, data: bytes) -> bytes:
     return bytes(buf)
 
 
+def _pickle_load_stops_before_payload(data: bytes) -> bool:
+    """True when ``pickle.load`` from offset 0 cannot reach the payload (it fails or stops first).
+
+    ``pickletools.dis`` walks opcodes with stack checking and never executes anything; the
+    position of the last opcode it printed is where a loader would fail or stop.
+    """
+    payload_at = min((data.find(m) for m in PAYLOAD_MARKERS if m in data), default=len(data))
+    out = io.StringIO()
+    try:
+        pickletools.dis(data, out)
+    except Exception:  # noqa: BLE001 - any disassembly error is where a loader fails too
+        pass
+    positions = [int(line.split(":", 1)[0]) for line in out.getvalue().splitlines()
+                 if line.split(":", 1)[0].strip().isdigit()]
+    stops_at = max(positions) if positions else 0
+    try:  # dis accepts any PROTO argument; the unpickler refuses unknown protocols at once
+        for op, arg, pos in pickletools.genops(data):
+            if op.name == "PROTO" and not 0 <= arg <= pickle.HIGHEST_PROTOCOL:
+                stops_at = min(stops_at, pos)
+                break
+    except Exception:  # noqa: BLE001
+        pass
+    return stops_at < payload_at
+
+
 def _check(name: str, original: bytes, verdict: str, mutated: bytes) -> None:
     start = time.monotonic()
     result = scan_byte_source(BytesSource(mutated, name=name), name, OPTIONS)
@@ -77,7 +105,8 @@ def _check(name: str, original: bytes, verdict: str, mutated: bytes) -> None:
     assert not crashes, f"{name}: reader crashed on a mutation: {crashes[0].message}"
     assert elapsed < 2.0, f"{name}: scan of a {len(mutated)}-byte mutation took {elapsed:.2f}s"
     if verdict == MALICIOUS and any(m in original for m in PAYLOAD_MARKERS):
-        if any(m in mutated for m in PAYLOAD_MARKERS):
+        unreachable = not result.formats and _pickle_load_stops_before_payload(mutated)
+        if any(m in mutated for m in PAYLOAD_MARKERS) and not unreachable:
             report = ScanReport([result])
             assert report.exit_code != EXIT_OK, (
                 f"{name}: mutated malicious file reported clean: {[f.rule_id for f in result.findings]}")

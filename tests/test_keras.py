@@ -358,3 +358,13 @@ def test_marshal_reader_lists_names_without_loading() -> None:
     assert {"__import__", "str"} <= set(summary.names)
     assert "popen" in summary.names and "os" in summary.strings and "outer" in summary.functions
     assert summarize_marshalled_code(b"\xe3" + b"\x00" * 10) is None
+
+
+@pytest.mark.parametrize("version", ["3.7", "3.8", "3.9", "3.10", "3.12", "3.13"])
+def test_marshal_reader_reads_every_cpython_layout(version: str) -> None:
+    from marshal_samples import SAMPLES
+
+    summary = summarize_marshalled_code(base64.b64decode(SAMPLES[version]))
+    assert summary is not None, version
+    assert summary.names[:2] == ["__import__", "system"]
+    assert {"os", "id"} <= set(summary.strings)

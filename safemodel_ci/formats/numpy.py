@@ -126,7 +126,7 @@ def parse_literal(text: str, max_depth: int = 32) -> Any:
         nonlocal pos
         quote = text[pos]
         pos += 1
-        out = []
+        out: List[str] = []
         while pos < n:
             c = text[pos]
             if c == quote:

@@ -141,12 +141,12 @@ def _tail(source: ByteSource) -> Tuple[int, bytes]:
     return tail_start, source.read_at(tail_start, source.size - tail_start)
 
 
-def find_directory(source: ByteSource, tail: Optional[Tuple[int, bytes]] = None) -> Optional[ZipDirectory]:
+def find_directory(source: ByteSource, end: Optional[Tuple[int, bytes]] = None) -> Optional[ZipDirectory]:
     """Locate a plausible end-of-central-directory record (the last one that points at a directory)."""
     size = source.size
     if size < EOCD_SIZE:
         return None
-    tail_start, tail = tail or _tail(source)
+    tail_start, tail = end or _tail(source)
     pos = tail.rfind(EOCD_SIG)
     while pos >= 0:
         eocd = tail_start + pos
@@ -184,14 +184,14 @@ def _directory_from_eocd(source: ByteSource, eocd: int, rec: bytes) -> Optional[
     return None
 
 
-def damaged_end(source: ByteSource, tail: Optional[Tuple[int, bytes]] = None) -> Optional[int]:
+def damaged_end(source: ByteSource, end: Optional[Tuple[int, bytes]] = None) -> Optional[int]:
     """Offset of an end record that closes the file exactly but points at no directory.
 
     The record sitting at exactly ``size - 22 - comment length`` is too specific to be chance, so
     the file is a damaged zip: reported as such (fail closed) rather than passed over.
     """
     size = source.size
-    tail_start, tail = tail or _tail(source)
+    tail_start, tail = end or _tail(source)
     pos = tail.rfind(EOCD_SIG)
     while pos >= 0:
         rec = tail[pos:pos + EOCD_SIZE]

@@ -577,8 +577,9 @@ def _compiled_glob(pattern: str) -> Callable[[Optional[str], str], bool]:
                 return False
             parts = rel.split("/")
             return any(regex.match("/".join(parts[:i])) for i in range(1, len(parts) + 1))
-        names = (rel if rel is not None else given.replace(os.sep, "/")).split("/")
-        return any(regex.match(n) for n in names if n not in ("", ".", ".."))
+        if rel is None:  # outside the config's tree: only the file's own name can match
+            return bool(regex.match(os.path.basename(given)))
+        return any(regex.match(n) for n in rel.split("/"))
 
     _GLOB_CACHE[pattern] = match
     return match

@@ -258,6 +258,13 @@ def test_exclude_patterns(tmp_path: Path, pattern: str, excluded: List[str], kep
         assert not cfg.is_excluded(str(tmp_path / rel)), rel
 
 
+def test_exclude_outside_the_config_tree(tmp_path: Path) -> None:
+    cfg = Config(root=str(tmp_path / "repo"), excludes=("outside", "*.tmp", "sub/*.pt"))
+    assert not cfg.is_excluded(str(tmp_path / "outside" / "m.pt"))  # a directory above the root
+    assert cfg.is_excluded(str(tmp_path / "elsewhere" / "m.tmp"))
+    assert not cfg.is_excluded(str(tmp_path / "sub" / "m.pt"))
+
+
 def test_ignore_matching(tmp_path: Path) -> None:
     cfg = load_yaml(tmp_path, FULL)
     assert cfg.ignore_for(str(tmp_path / "anywhere" / "m.pt"), SHA) is cfg.ignores[0]

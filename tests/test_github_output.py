@@ -148,6 +148,7 @@ def test_md_text_makes_names_inert() -> None:
     assert "<" not in out and ">" not in out and "\n" not in out
     assert re.search(r"(?<!\\)[|*_\[\]()@`]", out) is None  # every markup character is escaped
     assert "\\x0a" in out
+    assert md_text("<path>;") == "&lt;path&gt;\\;"  # entities stay intact (no escaped ";" inside them)
 
 
 def test_summary_table_keeps_its_columns_with_hostile_names(tmp_path: Path) -> None:

@@ -33,8 +33,9 @@ def md_text(value: str, limit: Optional[int] = None) -> str:
         value = value[:limit] + "…"
     value = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
                          else f"\\u{ord(m.group()):04x}", value)
-    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _PUNCT.sub(r"\\\1", value)
+    value = _PUNCT.sub(r"\\\1", value)
+    # Entities last, so their own "&", "#" and ";" are not backslash-escaped.
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _verdict(report: ScanReport) -> str:

@@ -218,3 +218,25 @@ def test_keras_metadata_lambda_is_critical(tmp_path: Path) -> None:
     hits = [f for f in result.findings if f.rule_id == "keras-lambda-code"]
     assert len(hits) == 1 and hits[0].severity == Severity.CRITICAL
     assert "system" in hits[0].details["names"] and "root.layer-0" in hits[0].message
+
+
+def test_savedmodel_directory(tmp_path: Path) -> None:
+    """A SavedModel folder as TensorFlow writes it: only the graph and the Keras metadata are claimed."""
+    from safemodel_ci.sources.paths import iter_paths
+
+    root = tmp_path / "export"
+    (root / "variables").mkdir(parents=True)
+    (root / "assets").mkdir()
+    (root / "saved_model.pb").write_bytes(_saved_model(extra_fn_ops=[("leak", "WriteFile", {})]))
+    (root / "keras_metadata.pb").write_bytes(_keras_metadata({"name": "dense", "class_name": "Dense",
+                                                              "config": {"name": "dense", "units": 4}}))
+    # fingerprint.pb: FingerprintDef (uint64 hashes 1-5, VersionDef 6), not a SavedModel.
+    (root / "fingerprint.pb").write_bytes(b"\x08\xd2\x09\x10\xe5\x12\x18\x07\x20\x09\x28\x0b\x32\x02\x08\x01")
+    (root / "variables" / "variables.index").write_bytes(b"\x00\x00\x00\x00\x00\x01\x00" + b"\x11" * 40)
+    (root / "variables" / "variables.data-00000-of-00001").write_bytes(b"\x00" * 64)
+    results = {Path(p).name: scan_file(p, ScanOptions()) for p in iter_paths([str(root)])}
+    assert results["saved_model.pb"].formats == ["savedmodel"]
+    assert results["keras_metadata.pb"].formats == ["keras-metadata"]
+    assert results["fingerprint.pb"].formats == []
+    blocking = {name for name, r in results.items() if r.blocking(Severity.HIGH)}
+    assert blocking == {"saved_model.pb"}

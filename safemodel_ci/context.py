@@ -116,6 +116,24 @@ class ScanContext:
         return ScanContext(self.path, self.policy, self.limits, member=full, depth=self.depth + 1,
                            siblings=None, _state=self._state)
 
+    def isolated(self) -> "ScanContext":
+        """A context at the same place whose findings and formats are kept apart (a trial reading
+        of bytes that may not be what they look like). The time and decompression budgets stay
+        the file's: hand the context back with :meth:`adopt`."""
+        state = _FileState(self._state.path, deadline=self._state.deadline,
+                           decompressed_bytes=self._state.decompressed_bytes)
+        return ScanContext(self.path, self.policy, self.limits, member=self.member, depth=self.depth,
+                           siblings=None, _state=state)
+
+    def adopt(self, trial: "ScanContext", keep_findings: bool) -> None:
+        """Take back an :meth:`isolated` context: its budget use always, its findings if asked."""
+        self._state.decompressed_bytes = max(self._state.decompressed_bytes, trial._state.decompressed_bytes)
+        if keep_findings:
+            self._state.findings.extend(trial._state.findings)
+            for label in trial._state.formats:
+                if label not in self._state.formats:
+                    self._state.formats.append(label)
+
     def scan(self, source: ByteSource, member: Optional[str] = None) -> None:
         """Sniff ``source`` and run every reader that applies (in a child context if ``member``)."""
         from .scanner import scan_source

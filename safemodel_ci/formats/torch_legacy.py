@@ -84,11 +84,11 @@ def _trial_scan(source: ByteSource, ctx: ScanContext, offset: int,
 
     if not looks_like_pickle(source, offset):
         return None
-    trial = ScanContext(ctx.path, ctx.policy, ctx.limits, member=ctx.member, depth=ctx.depth)
+    trial = ctx.isolated()
     result = scan_pickle_at(source, trial, offset, end)
     blocking = any(f.severity >= Severity.HIGH and not f.unscanned for f in trial.findings)
+    ctx.adopt(trial, keep_findings=result.complete or blocking)
     if result.complete or blocking:
-        ctx.findings.extend(trial.findings)
         ctx.report(rule_id, f"a pickle stream starts at offset {offset}, outside the file's recorded "
                    "layout; it was scanned", offset=offset)
     return result.end if result.complete else None
@@ -278,8 +278,8 @@ def _scan_quiet(source: ByteSource, ctx: ScanContext, offset: int) -> Optional[i
 
     if not looks_like_pickle(source, offset):
         return None
-    trial = ScanContext(ctx.path, ctx.policy, ctx.limits, member=ctx.member, depth=ctx.depth)
+    trial = ctx.isolated()
     result = scan_pickle_at(source, trial, offset)
-    if result.complete or any(f.severity >= Severity.HIGH and not f.unscanned for f in trial.findings):
-        ctx.findings.extend(trial.findings)
+    ctx.adopt(trial, keep_findings=result.complete or any(
+        f.severity >= Severity.HIGH and not f.unscanned for f in trial.findings))
     return result.end if result.complete else None

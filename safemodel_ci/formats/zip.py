@@ -496,14 +496,10 @@ class ZipReader(FormatReader):
         private context and its findings are kept when the content really is a format (read
         completely) or shows something blocking; a reading that merely broke is raw numbers.
         """
-        trial = ScanContext(ctx.path, ctx.policy, ctx.limits, member=ctx.member, depth=ctx.depth)
+        trial = ctx.isolated()
         self._scan_content(source, trial, entry, local, data_start)
         blocking = any(not f.unscanned and f.severity >= Severity.HIGH for f in trial.findings)
-        if blocking or not any(f.unscanned for f in trial.findings):
-            ctx.findings.extend(trial.findings)
-            for label in trial.formats:
-                if label not in ctx.formats:
-                    ctx.formats.append(label)
+        ctx.adopt(trial, keep_findings=blocking or not any(f.unscanned for f in trial.findings))
 
     def _member_head(self, source: ByteSource, entry: CentralEntry, data_start: int,
                      ctx: ScanContext) -> Optional[bytes]:

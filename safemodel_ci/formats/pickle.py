@@ -215,6 +215,19 @@ def describe(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------
 
+class _FastReader(SourceReader):
+    """:class:`SourceReader` with an inlined fast path for reads inside the current buffer: the VM
+    reads a byte or a few per opcode, and millions of opcodes make the general path the hot spot."""
+
+    def read(self, n: int) -> bytes:
+        rel = self._pos - self._buf_start
+        stop = rel + n
+        if n > 0 and rel >= 0 and stop <= len(self._buf):  # the buffer never extends past ``end``
+            self._pos += n
+            return self._buf[rel:stop]
+        return super().read(n)
+
+
 class _Broken(Exception):
     """The stream cannot be parsed further at ``offset``. ``reported``: a nested VM said so already."""
 
@@ -285,7 +298,7 @@ class _PickleVM:
         self.ctx = ctx
         self.silent = silent or ctx is None
         self.policy = policy if policy is not None else (ctx.policy if ctx is not None else None)
-        self.reader = SourceReader(source, start, end)
+        self.reader = _FastReader(source, start, end)
         self.start = start
         self.torch_archive = torch_archive
         limits = ctx.limits if ctx is not None else None
@@ -314,7 +327,7 @@ class _PickleVM:
 
     # -- reading -------------------------------------------------------------------------------
     def _read(self, n: int, pos: int) -> bytes:
-        data = self.reader.read(n)
+        data = self.reader.read(n) if n else b""
         if len(data) != n:
             raise _Broken(pos, f"stream ends inside an opcode argument (wanted {n} bytes)")
         return data
@@ -702,19 +715,23 @@ class _PickleVM:
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> PickleStreamResult:
         result = PickleStreamResult(start=self.start, end=None, complete=False)
+        reader = self.reader
+        read = reader.read
+        dispatch = self.dispatch
+        max_ops = self.max_ops if self.max_ops is not None else -1
         try:
             while True:
-                pos = self.reader.tell()
+                pos = reader._pos  # tell(), without the call: this loop runs once per opcode
                 self.ops += 1
-                if self.ctx is not None and not self.ops & 0xFFF:
+                if not self.ops & 0xFFF and self.ctx is not None:
                     self.ctx.check_deadline()
-                if self.max_ops is not None and self.ops > self.max_ops:
+                if self.ops == max_ops:
                     self.out_of_ops = True
-                    raise _Broken(pos, f"stopped after {self.max_ops} opcodes (detection budget)")
-                b = self.reader.read(1)
+                    raise _Broken(pos, f"stopped after {max_ops} opcodes (detection budget)")
+                b = read(1)
                 if not b:
                     raise _Broken(pos, "stream ends before STOP" if pos > self.start else "empty stream")
-                handler = self.dispatch.get(b[0])
+                handler = dispatch.get(b[0])
                 if handler is None:
                     raise _Broken(pos, f"invalid opcode 0x{b[0]:02x}")
                 if self._just_imported:

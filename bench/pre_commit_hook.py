@@ -32,13 +32,17 @@ def write_checkpoint(path: Path, size_gb: float) -> None:
     torch.save({"state_dict": state, "epoch": 1}, path)
 
 
-def run_hook(repo: Path, env: dict) -> "tuple[float, int, str]":
-    cmd = [sys.executable, "-c", "import sys; from safemodel_ci.hooks.pre_commit import main; "
-                                 "sys.exit(main(sys.argv[1:]))", "checkpoint.pt"]
+def run_hook(repo: Path, env: dict) -> "tuple[float, float, int, str]":
+    """One hook run in a fresh interpreter: (wall seconds, seconds inside main(), exit code, output)."""
+    code = ("import sys, time; from safemodel_ci.hooks.pre_commit import main; t = time.perf_counter(); "
+            "rc = main(sys.argv[1:]); sys.stderr.write(f'@main {time.perf_counter() - t:.6f}\\n'); "
+            "sys.exit(rc)")
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=str(repo), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-    return time.perf_counter() - start, proc.returncode, proc.stdout
+    proc = subprocess.run([sys.executable, "-c", code, "checkpoint.pt"], cwd=str(repo), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    inside = [float(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("@main ")]
+    return wall, inside[0] if inside else float("nan"), proc.returncode, proc.stdout
 
 
 def main() -> int:
@@ -59,12 +63,12 @@ def main() -> int:
         shutil.rmtree(cache, ignore_errors=True)
         env = dict(os.environ, SAFEMODEL_CACHE_DIR=str(cache), PRE_COMMIT="1")
         env.pop("SAFEMODEL_NO_CACHE", None)
-        for label in ("first run (empty cache)", "cached re-run", "cached re-run"):
-            seconds, rc, out = run_hook(repo, env)
-            print(f"{label}: {seconds:.3f}s, exit {rc}" + (f"\n{out}" if out.strip() else ""))
-        empty_env = dict(env, SAFEMODEL_NO_CACHE="1")
-        seconds, rc, _ = run_hook(repo, empty_env)
-        print(f"uncached run (SAFEMODEL_NO_CACHE=1): {seconds:.3f}s, exit {rc}")
+        runs = [("first run (empty cache)", env)] + [("cached re-run", env)] * 3
+        runs += [("uncached (SAFEMODEL_NO_CACHE=1)", dict(env, SAFEMODEL_NO_CACHE="1"))] * 2
+        for label, run_env in runs:
+            wall, inside, rc, out = run_hook(repo, run_env)
+            print(f"{label}: {wall:.3f}s wall, {inside:.3f}s in main(), exit {rc}" +
+                  (f"\n{out}" if out.strip() else ""))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -531,3 +531,18 @@ def test_config_input_is_passed_to_the_scan(models_repo: TwoCommits, tmp_path: P
     missing = run_action(models_repo.path, {**inputs, "config": "ci/nope.yaml"}, "push",
                          models_repo.push(), tmp_path / "c")
     assert missing.returncode == 3 and "config" in missing.annotations[0].data
+
+
+def test_changed_only_scans_renamed_files_and_a_new_branch_push_scans_all(tmp_path: Path) -> None:
+    base = {"README.md": b"x\n", "staging/evil.pkl": EVIL}
+    repo = make_repo(tmp_path / "ws", base, {"models/evil.pkl": EVIL}, removed=("staging/evil.pkl",))
+    with git.Repo(repo.path) as r:  # git itself sees the move as a rename
+        assert "R100" in r.git.diff("--name-status", "-M", f"{repo.base}...HEAD")
+    renamed = run_action(repo.path, {"changed-only": "true"}, "pull_request", repo.pull_request(),
+                         tmp_path / "a")
+    assert renamed.returncode == 1
+    assert [a.properties.get("file") for a in renamed.annotations] == ["models/evil.pkl"]
+    new_branch = run_action(repo.path, {"changed-only": "true"}, "push", repo.push(before="0" * 40),
+                            tmp_path / "b")
+    assert new_branch.returncode == 1
+    assert [a.name for a in new_branch.annotations] == ["notice", "error"]

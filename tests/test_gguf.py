@@ -180,3 +180,8 @@ def test_ordinary_text_files_are_not_templates(tmp_path: Path) -> None:
     for path in (readme, code):
         result = _scan(path)
         assert result.formats == [] and result.findings == [], path
+
+
+def test_helm_style_templates_with_data_keys_pass() -> None:
+    assert check_template("{{- if .Values.nodeSelector.os }}{{ .Values.system.name }}{{- end }}") == []
+    assert check_template("{{ config.os.system('id') }}")

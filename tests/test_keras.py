@@ -368,3 +368,18 @@ def test_marshal_reader_reads_every_cpython_layout(version: str) -> None:
     assert summary is not None, version
     assert summary.names[:2] == ["__import__", "system"]
     assert {"os", "id"} <= set(summary.strings)
+
+
+def test_scanning_keras_files_imports_neither_keras_nor_tensorflow(tmp_path: Path) -> None:
+    import subprocess
+
+    h5 = tmp_path / "model.h5"
+    _write_h5(h5, _tf_keras_config([_evil_lambda_layer()]), _TRAINING_CONFIG)
+    archive = tmp_path / "model.keras"
+    _write_keras(archive, _keras3_config())
+    script = ("import sys; from safemodel_ci.scanner import ScanOptions, scan_file\n"
+              f"for p in {[str(h5), str(archive)]!r}: scan_file(p, ScanOptions())\n"
+              "bad = [m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'tf_keras')]\n"
+              "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

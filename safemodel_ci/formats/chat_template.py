@@ -48,6 +48,9 @@ _BAD_ATTRIBUTES = frozenset({
     "f_locals", "f_back", "gi_frame", "gi_code", "cr_frame", "tb_frame", "co_code", "environ",
     "check_output", "spawn", "load_module", "get_data",
 })
+#: Of those, words that are also plausible data keys (``.Values.os`` in a Helm chart): flagged only
+#: when used as a module or called (``os.``, ``.system(``).
+_COMMON_WORDS = frozenset({"os", "system", "environ", "spawn"})
 #: String literals that name such attributes when used as keys or attr() arguments.
 _BAD_LITERALS = frozenset(_BAD_ATTRIBUTES - {"os", "system", "environ"})
 _STRING_BUILDERS = re.compile(r"~|\|\s*(?:join|format|replace|reverse|string|lower|upper|title|"
@@ -138,7 +141,8 @@ def check_template(text: str) -> List[TemplateIssue]:
             after = skeleton[t.end():t.end() + 1]
             if word in _BAD_GLOBALS and before != ".":
                 add("chat-template-code", f"the Jinja global {word!r}", pos, content)
-            elif word in _BAD_ATTRIBUTES and (before == "." or after in (".", "(")):
+            elif word in _BAD_ATTRIBUTES and (after in (".", "(")
+                                              or (before == "." and word not in _COMMON_WORDS)):
                 add("chat-template-code", f"access to {word!r}", pos, content)
             elif (word.startswith("__") and not word.endswith("__")) or word.startswith("_TemplateReference"):
                 add("chat-template-code", f"private name {word!r}", pos, content)

@@ -66,6 +66,16 @@ def reference_accepts(data: bytes) -> Tuple[bool, str]:
     return True, ""
 
 
+def safe_open_accepts(path: Path) -> bool:
+    """What ``safe_open`` (the lazy loader) says about a file: it validates the header on open."""
+    try:
+        with safetensors.safe_open(str(path), framework="np") as f:
+            list(f.keys())
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
 # ---- files written by the real library --------------------------------------------------------
 
 
@@ -453,6 +463,7 @@ def test_crafted_file_gets_its_rule_and_agrees_with_reference(
     # The same bytes as a file: detected by content wherever they start like a header.
     path = tmp_path / "model.bin"
     path.write_bytes(data)
+    assert safe_open_accepts(path) == ok, "safe_open and deserialize disagree"
     result = scan_path(path)
     if claims_safetensors(BytesSource(data), data[:4096]):
         assert "safetensors" in result.formats

@@ -78,7 +78,7 @@ def scan_targets(filenames: Sequence[str]) -> List[str]:
     for name in filenames:
         if os.path.basename(name) == SAVED_MODEL_PB:
             directory = os.path.dirname(name) or os.curdir
-            expanded = list(iter_paths([directory]))
+            expanded = [os.path.normpath(p) for p in iter_paths([directory])]
         elif any(os.path.abspath(name).startswith(root) for root in roots):
             continue  # inside a SavedModel directory that is walked anyway
         else:

@@ -237,3 +237,12 @@ def test_no_cache_writes_nothing(in_repo: Path, monkeypatch: pytest.MonkeyPatch)
     (in_repo / "ok.pkl").write_bytes(BENIGN)
     assert main(["--no-cache", "ok.pkl"]) == 0
     assert not (in_repo / "cache").exists()
+
+
+def test_saved_model_at_the_repo_root_is_shown_without_dot_prefix(
+        in_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (in_repo / "saved_model.pb").write_bytes(b"\x08\x01\x12\x00")
+    (in_repo / "assets").mkdir()
+    (in_repo / "assets" / "extra.data").write_bytes(MALICIOUS)
+    assert main(["saved_model.pb"]) == 1
+    assert capsys.readouterr().out.startswith("assets/extra.data: CRITICAL pickle-dangerous-global")

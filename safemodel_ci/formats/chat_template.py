@@ -49,7 +49,7 @@ _BAD_ATTRIBUTES = frozenset({
     "check_output", "spawn", "load_module", "get_data",
 })
 #: Of those, words that are also plausible data keys (``.Values.os`` in a Helm chart): flagged only
-#: when used as a module or called (``os.``, ``.system(``).
+#: when called (``.system(``) or used as a bare module name (``os.popen``).
 _COMMON_WORDS = frozenset({"os", "system", "environ", "spawn"})
 #: String literals that name such attributes when used as keys or attr() arguments.
 _BAD_LITERALS = frozenset(_BAD_ATTRIBUTES - {"os", "system", "environ"})
@@ -141,8 +141,10 @@ def check_template(text: str) -> List[TemplateIssue]:
             after = skeleton[t.end():t.end() + 1]
             if word in _BAD_GLOBALS and before != ".":
                 add("chat-template-code", f"the Jinja global {word!r}", pos, content)
-            elif word in _BAD_ATTRIBUTES and (after in (".", "(")
-                                              or (before == "." and word not in _COMMON_WORDS)):
+            elif word in _COMMON_WORDS and (after == "(" or (after == "." and before != ".")):
+                add("chat-template-code", f"access to {word!r}", pos, content)
+            elif word in _BAD_ATTRIBUTES and word not in _COMMON_WORDS and (
+                    before == "." or after in (".", "(")):
                 add("chat-template-code", f"access to {word!r}", pos, content)
             elif (word.startswith("__") and not word.endswith("__")) or word.startswith("_TemplateReference"):
                 add("chat-template-code", f"private name {word!r}", pos, content)

@@ -153,6 +153,8 @@ class GraphWalk:
             self.library.add(name)
         for node in nodes:
             self.node(node, name or "<unnamed function>")
+        for key, value in _map_entries(fn, 5):  # the function's own attrs may name functions too
+            self.attr(value, f"<attr {key}>", name or "<unnamed function>", 0)
 
     def node(self, node: ProtoView, function: Optional[str]) -> None:
         self.nodes += 1

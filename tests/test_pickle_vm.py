@@ -512,3 +512,9 @@ def test_many_short_strings_after_the_budget_still_resolve_stack_global() -> Non
     data = pickle.dumps([filler, Path("a")], protocol=4)
     result = scan(data)
     assert rules(result) == []
+
+
+def test_truncated_second_pickle_is_a_broken_stream() -> None:
+    second = pickle.dumps(list(range(30)), protocol=4)
+    result = scan(pickle.dumps({"a": 1}, protocol=4) + second[:-5])
+    assert rules(result) == ["pickle-broken-stream"] and not result.complete

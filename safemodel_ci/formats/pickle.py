@@ -1299,8 +1299,11 @@ def scan_pickle_stream(source: ByteSource, ctx: ScanContext, start: int = 0,
             result = nxt
             continue
         trailing = source.read_at(pos, min(64, stop - pos))
-        if vm.records or vm._pending_nested:
-            # Another pickle.load would run these opcodes before failing: they count.
+        strong_header = len(trailing) >= 3 and trailing[0] == 0x80 and 2 <= trailing[1] <= 5 \
+            and trailing[2] in _OPCODES
+        if vm.records or vm._pending_nested or strong_header:
+            # Another pickle.load would run these opcodes before failing: they count; and a
+            # protocol 2+ pickle cut short is a truncated file, not stray bytes.
             vm.flush()
             broken = vm.broken
             if broken is not None and not broken.reported:

@@ -298,6 +298,7 @@ def test_keras_v3_module_outside_keras(tmp_path: Path, module: str, name: str, s
 @pytest.mark.parametrize("module,name", [
     ("keras.utils", "get_file"),
     ("keras.config", "enable_unsafe_deserialization"),
+    ("keras", "utils.get_file"),
 ])
 def test_keras_v3_non_modeling_api(tmp_path: Path, module: str, name: str) -> None:
     layer = {"module": module, "class_name": "function", "config": name, "registered_name": name}

@@ -342,8 +342,10 @@ class KerasWalk:
                 _package(module) == "tensorflow" and name.endswith("Spec"):
             return  # TensorFlow TypeSpecs (TensorSpec ...) that Keras 3 writes with the TF backend
         if _is_keras_module(module):
-            if name in NON_MODELING_NAMES or any(module == m or module.startswith(m + ".")
-                                                 for m in NON_MODELING_MODULES):
+            # Keras resolves ``module + "." + name`` as an API path, so a dotted name counts too.
+            full = f"{module}.{name}"
+            if full.rsplit(".", 1)[-1] in NON_MODELING_NAMES or any(
+                    full.startswith(m + ".") for m in NON_MODELING_MODULES):
                 self._report("keras-non-modeling-api",
                              f"the config calls {module}.{name}, a Keras function that is not a model part",
                              path, layers, module=module, name=name)

@@ -242,12 +242,22 @@ def _read_header(source: ByteSource, ctx: ScanContext, report: _Reporter) -> Opt
                offset=8 + n - len(trailing.encode()), details={"padding": "".join(odd)})
 
     for dup in doc.duplicates:
-        where = "top level of the header" if not dup.path else f"header object {dup.where()}"
-        what = "tensor" if not dup.path and dup.key != METADATA_KEY else "key"
-        report("safetensors-duplicate-key",
-               f"{what} {dup.key!r} appears {dup.count} times at the {where}: parsers disagree on "
-               "which one counts (safetensors 0.8 keeps the last tensor, or rejects a repeated field)",
-               offset=8, details={"key": dup.key, "count": dup.count, "path": list(dup.path)})
+        if not dup.path and dup.key != METADATA_KEY:
+            what = (f"tensor {dup.key!r} is defined {dup.count} times: safetensors 0.8 loads the last "
+                    "definition, parsers that keep the first see another tensor")
+        elif not dup.path or (len(dup.path) == 1 and dup.path[0] != METADATA_KEY
+                              and dup.key in TENSOR_FIELDS):
+            where = "the header" if not dup.path else f"tensor {dup.path[0]!r}"
+            what = (f"field {dup.key!r} appears {dup.count} times in {where}: safetensors 0.8 refuses it, "
+                    "parsers that keep the first or the last value disagree")
+        elif dup.path[0] != METADATA_KEY:
+            what = (f"key {dup.key!r} appears {dup.count} times in header object {dup.where()}, inside an "
+                    "unknown field that safetensors 0.8 ignores: parsers disagree on which value counts")
+        else:
+            what = (f"key {dup.key!r} appears {dup.count} times in header object {dup.where()}: parsers "
+                    "disagree on which value counts (safetensors 0.8 keeps the last)")
+        report("safetensors-duplicate-key", what, offset=8,
+               details={"key": dup.key, "count": dup.count, "path": list(dup.path)})
 
     result = SafetensorsHeader(header_length=n, data_start=8 + n)
     structural_ok = _check_entries(header, result, report)

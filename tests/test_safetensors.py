@@ -512,6 +512,9 @@ def test_random_binary_with_brace_is_not_claimed() -> None:
     assert not claims_safetensors(BytesSource(data), data[:4096])
     data = b"\x10\0\0\0\0\0\0\0" + b"{\x01binary" + b"\0" * 64
     assert not claims_safetensors(BytesSource(data), data[:4096])
+    # A JSON text indented by 8 that mentions dtypes is text, not a safetensors claim.
+    data = b'[\n       {"dtype": "F32", "shape": [1]}\n]\n'
+    assert not claims_safetensors(BytesSource(data), data)
 
 
 # ---- polyglots ----------------------------------------------------------------------------------

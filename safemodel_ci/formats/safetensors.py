@@ -134,6 +134,10 @@ def claims_safetensors(source: ByteSource, head: bytes) -> bool:
         return False
     if n <= MAX_HEADER_SIZE and 8 + n <= source.size:
         return True
+    # An impossible length made of text bytes is a text file (a JSON list indented by 8), not a
+    # broken safetensors file; a binary length next to safetensors field names is a claim.
+    if head[:8].isascii() and all(b >= 0x20 or b in JSON_WHITESPACE for b in head[:8]):
+        return False
     return any(marker in head for marker in (b'"dtype"', b'"data_offsets"', b'"__metadata__"'))
 
 

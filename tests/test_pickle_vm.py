@@ -518,3 +518,21 @@ def test_truncated_second_pickle_is_a_broken_stream() -> None:
     second = pickle.dumps(list(range(30)), protocol=4)
     result = scan(pickle.dumps({"a": 1}, protocol=4) + second[:-5])
     assert rules(result) == ["pickle-broken-stream"] and not result.complete
+
+
+def test_protocol_2_big_bytes_reaching_a_loader_are_transcoded_and_scanned() -> None:
+    # Protocol 2 writes bytes as _codecs.encode(<latin-1 text>, 'latin1'); above the in-memory cap
+    # the text stays in the file and is transcoded to a temporary file for the nested scan.
+    import _pickle
+
+    inner = pickle.dumps([b"\xe9" * (MAX_INLINE_BYTES + 100), Reduce(os.system, "echo")], protocol=4)
+    result = scan(pickle.dumps(Reduce(_pickle.loads, inner), protocol=2))
+    assert "pickle-nested" in rules(result) and "pickle-nested-opaque" not in rules(result)
+    assert any(f.member and "nested" in f.member and f.rule_id == "pickle-dangerous-global"
+               for f in result.findings)
+
+
+def test_big_plain_pickled_tensor_in_protocol_2_passes() -> None:
+    torch = pytest.importorskip("torch")
+    result = scan(pickle.dumps(torch.zeros(400_000), protocol=2))
+    assert rules(result, Severity.HIGH) == [], [(f.rule_id, f.message) for f in result.findings]

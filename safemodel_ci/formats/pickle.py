@@ -228,6 +228,39 @@ class _FastReader(SourceReader):
         return super().read(n)
 
 
+class _Latin1OfUtf8:
+    """The bytes ``_codecs.encode(text, 'latin1')`` makes of a large BINUNICODE string, produced on
+    demand into an unlinked temporary file (streamed: memory stays bounded)."""
+
+    def __init__(self, source: ByteSource, offset: int, length: int) -> None:
+        self.source = source
+        self.offset = offset
+        self.length = length
+        self.size = length  # an upper bound, for messages
+
+    def materialize(self) -> ByteSource:
+        import os
+        import tempfile
+
+        from ..source import FileSource
+
+        decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+        fd, path = tempfile.mkstemp(prefix="safemodel-nested-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                pos, end = self.offset, self.offset + self.length
+                while pos < end:
+                    chunk = self.source.read_at(pos, min(1 << 20, end - pos))
+                    if not chunk:
+                        break
+                    pos += len(chunk)
+                    out.write(decoder.decode(chunk, final=pos >= end).encode("latin-1"))
+            source = FileSource(path, name="<nested bytes>")
+        finally:
+            os.unlink(path)  # the open descriptor keeps the data until the source is closed
+        return source
+
+
 class _Broken(Exception):
     """The stream cannot be parsed further at ``offset``. ``reported``: a nested VM said so already."""
 
@@ -556,9 +589,19 @@ class _PickleVM:
     def _codecs_encode(self, argv: Sequence[Any]) -> Any:
         text = argv[0] if argv else None
         encoding = argv[1] if len(argv) > 1 else "utf-8"
-        if isinstance(text, BigData) or not isinstance(encoding, str):
+        if not isinstance(encoding, str):
             return BigData("bytes", None, None)
         codec = _CODEC_ALIASES.get(encoding.strip().lower().replace(" ", "_"))
+        if isinstance(text, BigData):
+            # A large string still has a known source range: protocol 2 writes big bytes objects as
+            # _codecs.encode(<BINUNICODE of their latin-1 text>, 'latin1').
+            if text.offset is not None and text.kind == "str8" and codec == "latin-1":
+                return BigData("bytes", text.length, text.offset)
+            if text.offset is not None and text.kind == "str" and codec == "utf-8":
+                return BigData("bytes", text.length, text.offset)
+            if text.offset is not None and text.kind == "str" and codec == "latin-1":
+                return BigData("bytes-from-utf8", text.length, text.offset)
+            return BigData("bytes", None, None)
         if codec is None or not isinstance(text, str):
             return BigData("bytes", None, None)
         try:
@@ -578,6 +621,8 @@ class _PickleVM:
             src = BytesSource(bytes(data), name=f"<nested @{pos}>")
         elif isinstance(data, BigData) and data.kind in ("bytes", "bytearray") and data.offset is not None:
             src = self.source.slice(data.offset, data.length or 0)
+        elif isinstance(data, BigData) and data.kind == "bytes-from-utf8" and data.offset is not None:
+            src = _Latin1OfUtf8(self.source, data.offset, data.length or 0)
         if src is None:
             self._anomaly("pickle-nested-opaque", loader.path,
                           f"{loader.path} is called on {describe(data)}, which is computed at load time",
@@ -598,11 +643,20 @@ class _PickleVM:
             if child.depth > ctx.limits.max_depth:
                 child.report("unscanned-limit", f"nesting deeper than {ctx.limits.max_depth} levels; "
                              "nested pickle not scanned")
-            elif kind == "pickle":
-                child.add_format("pickle")
-                scan_pickle_stream(src, child)
             else:
-                ctx.scan(src, member=member)
+                try:
+                    source = src.materialize() if isinstance(src, _Latin1OfUtf8) else src
+                except UnicodeError:  # not latin-1 text: the loader's encode fails, nothing loads
+                    return
+                try:
+                    if kind == "pickle":
+                        child.add_format("pickle")
+                        scan_pickle_stream(source, child)
+                    else:
+                        ctx.scan(source, member=member)
+                finally:
+                    if source is not src:
+                        source.close()
 
         self._pending_nested.append(run)
 
@@ -913,7 +967,7 @@ class _PickleVM:
         @op(b"T")
         def binstring(pos: int) -> None:
             n = struct.unpack("<i", rd(4, pos))[0]
-            data = self._payload(n, pos, "str")
+            data = self._payload(n, pos, "str8")  # raw bytes are the latin-1 encoding of the value
             push(_py2_str(data) if isinstance(data, bytes) else data)
 
         @op(b"U")

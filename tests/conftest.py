@@ -51,6 +51,6 @@ def sarif_schema_path() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never read or write the user's result cache."""
-    monkeypatch.setenv("SAFEMODEL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "safemodel-cache"))
+    """Tests never read or write the user's result cache, nor one another's (results would leak)."""
+    monkeypatch.setenv("SAFEMODEL_CACHE_DIR", str(tmp_path_factory.mktemp("safemodel-cache")))
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -159,7 +159,7 @@ _SAFE_FAMILIES: Tuple[Tuple[str, "re.Pattern[str]", Tuple[str, ...]], ...] = (
     ("sklearn.", re.compile(r"(?:[A-Z][A-Za-z0-9_]*|newObj|__pyx_unpickle_[A-Za-z0-9_]+)\Z"),
      ("sklearn.utils._testing", "sklearn.externals", "sklearn.datasets", "sklearn.utils._show_versions",
       "sklearn.utils.parallel", "sklearn.utils._joblib", "sklearn.utils.fixes", "sklearn.__check_build",
-      "sklearn.experimental", "sklearn.utils._estimator_html_repr")),
+      "sklearn.experimental", "sklearn.utils._estimator_html_repr", "sklearn.utils._mocking")),
     ("xgboost.sklearn.", _CLASS, ()),
     ("lightgbm.sklearn.", re.compile(r"LGBM[A-Za-z0-9_]*\Z"), ()),
 )

@@ -36,8 +36,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-CORPUS_VERSION = "3"
+CORPUS_VERSION = "4"
 TOOLS = ("safemodel", "picklescan", "modelscan", "modelaudit")
+#: What a scanner's exit code says beyond pass/fail, shown in the table.
+EXIT_NOTES = {("modelscan", 3): "nothing scanned: format not supported", ("modelscan", 2): "scan errors",
+              ("picklescan", 2): "scan error", ("modelaudit", 2): "scan errors",
+              ("safemodel", 2): "incomplete scan"}
 #: Environment for every scanner: no telemetry, no network lookups, no progress bars.
 QUIET_ENV = {"PROMPTFOO_DISABLE_TELEMETRY": "1", "NO_ANALYTICS": "1", "DO_NOT_TRACK": "1",
              "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "CI": "1", "TQDM_DISABLE": "1"}
@@ -172,7 +176,8 @@ def build_joblib_1g(path: Path) -> None:
     joblib.dump({"embeddings": np.zeros(1 << 27, dtype="float64"), "vocab": ["a", "b"]}, path)
 
 
-def build_corpus(root: Path, small: int, log: Callable[[str], None]) -> Dict[str, object]:
+def build_corpus(root: Path, small: int, log: Callable[[str], None],
+                 big_files: bool = True) -> Dict[str, object]:
     """The corpus under ``root``, built once: the small part again only when its size changes."""
     stamp = root / "corpus.json"
     meta: Dict[str, object] = {}
@@ -186,7 +191,7 @@ def build_corpus(root: Path, small: int, log: Callable[[str], None]) -> Dict[str
         sample = root / "sample"
         sample.mkdir(parents=True)
         names = sorted(truth)
-        picked = names[:: max(1, len(names) // 100)]
+        picked = names[:: max(1, len(names) // 50)]
         for rel in picked:
             os.link(root / "small" / rel, sample / rel.replace("/", "_"))
         log(f"small corpus: {len(truth)} files ({sum(truth.values())} malicious) in {time.time() - t:.1f}s")
@@ -196,7 +201,7 @@ def build_corpus(root: Path, small: int, log: Callable[[str], None]) -> Dict[str
     big.mkdir(parents=True, exist_ok=True)
     builders = (("checkpoint-2g.pt", build_torch_2g), ("model-10g.safetensors", build_safetensors_10g),
                 ("vectors-1g.joblib", build_joblib_1g))
-    for name, build in builders:
+    for name, build in builders if big_files else ():
         if (big / name).is_file():
             continue
         t = time.time()
@@ -360,6 +365,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "bench/out/tools-venv/bin if present, else PATH)")
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated scanners to run")
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--skip-big", action="store_true", help="only the small corpus (a quick check)")
     ap.add_argument("--install-tools", action="store_true",
                     help="pip install picklescan, modelscan, modelaudit into bench/out/tools-venv first")
     args = ap.parse_args(argv)
@@ -375,12 +381,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tools_bin = args.tools_bin or (venv / "bin" if (venv / "bin").is_dir() else None)
     t0 = time.time()
     if args.build_only:
-        build_corpus(out / "corpus", args.small, log)
+        build_corpus(out / "corpus", args.small, log, big_files=not args.skip_big)
         return 0
     # Built in a child process: a fork of a process that held a 2 GB tensor would report that
     # memory as every scanner's peak RSS (ru_maxrss survives exec).
-    subprocess.run([sys.executable, __file__, "--build-only", "--out", str(out), "--small", str(args.small)],
-                   check=True)
+    subprocess.run([sys.executable, __file__, "--build-only", "--out", str(out), "--small", str(args.small)] +
+                   (["--skip-big"] if args.skip_big else []), check=True)
     meta = json.loads((out / "corpus" / "corpus.json").read_text())
     corpus = out / "corpus"
     truth: Dict[str, bool] = meta["truth"]  # type: ignore[assignment]
@@ -393,9 +399,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     runs: List[Run] = []
     missing: List[str] = []
-    targets = [("small", corpus / "small"), ("2 GB torch", corpus / "big" / "checkpoint-2g.pt"),
-               ("10 GB safetensors", corpus / "big" / "model-10g.safetensors"),
-               ("1 GB joblib", corpus / "big" / "vectors-1g.joblib")]
+    targets = [("small", corpus / "small")]
+    if not args.skip_big:
+        targets += [("2 GB torch", corpus / "big" / "checkpoint-2g.pt"),
+                    ("10 GB safetensors", corpus / "big" / "model-10g.safetensors"),
+                    ("1 GB joblib", corpus / "big" / "vectors-1g.joblib")]
     for tool in args.tools.split(","):
         exe = find_tool(tool, tools_bin)
         if exe is None:
@@ -411,6 +419,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           reports / f"{tool}{suffix}-{label.replace(' ', '_')}.stdout")
             run.tool, run.target = tool + suffix, label
             run.verdicts = verdicts(tool, run, report, target if target.is_dir() else target.parent)
+            run.note = run.note or EXIT_NOTES.get((tool, run.exit_code), "")
+            if run.timed_out:
+                run.note = f"killed after {args.timeout:.0f}s"
             log(f"{run.tool:18} {label:18} {run.wall:7.2f}s {run.max_rss_mb:7.0f} MB "
                 f"exit {run.exit_code}{' TIMEOUT' if run.timed_out else ''}")
             return run
@@ -473,12 +484,13 @@ def render(runs: List[Run], truth: Dict[str, bool], sample_truth: Dict[str, bool
             if r.target != target:
                 continue
             ratio = r.wall / base[target].wall if target in base and base[target].wall else 0
-            read = fmt_bytes(r.rchar) + (f" (report: {fmt_bytes(r.reported_bytes)})"
+            read = (fmt_bytes(r.rchar) if r.rchar >= 65536 else "< 64 KB") + (
+                f" (report: {fmt_bytes(r.reported_bytes)})"
                                          if r.reported_bytes is not None else "")
             lines.append(f"| {target} | {r.tool} | {r.wall:.2f}{'+' if r.timed_out else ''} | {ratio:.1f} | "
                          f"{r.max_rss_mb:.0f} | {read} | {r.exit_code if r.exit_code is not None else '-'} | "
                          f"{r.note} |")
-    lines += ["", "Startup (one tiny pickle) and the 100-file sample:", "",
+    lines += ["", "Startup (one tiny pickle) and the 50-file sample:", "",
               "| scanner | startup s | sample s | sample per-file ms |", "| --- | ---: | ---: | ---: |"]
     for tool in TOOLS:
         b = next((r for r in runs if r.tool == tool and r.target == "baseline"), None)
@@ -496,6 +508,9 @@ def render(runs: List[Run], truth: Dict[str, bool], sample_truth: Dict[str, bool
         t = sample_truth if "sample" in r.note else truth
         a = agreement(t, r.verdicts)
         label = r.tool + (" (sample)" if t is sample_truth else "")
+        sample_run = next((x for x in runs if x.tool == r.tool and x.target == "sample"), None)
+        if t is sample_truth and sample_run is not None and sample_run.timed_out:
+            label += ", killed before the end"
         lines.append(f"| {label} | {len(t)} | {a['tp']} | {a['fn']} | {a['fp']} | {a['tn']} |")
     if missing:
         lines += ["", "Not installed (skipped): " + ", ".join(missing)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -207,3 +207,31 @@ def test_json_that_is_not_an_index_is_not_claimed(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
     result = scan_file(str(tmp_path / "config.json"), ScanOptions())
     assert "safetensors-index" not in result.formats
+
+
+@pytest.fixture()
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A Hub-compatible server on 127.0.0.1 (tests/hub_server.py) for the real huggingface_hub client."""
+    pytest.importorskip("huggingface_hub")
+    from hub_server import fake_hub_env
+
+    yield from fake_hub_env(tmp_path, monkeypatch)
+
+
+def test_index_checks_on_a_hub_repository(hub: Any, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the real huggingface_hub client: shards are opened by range reads beside the index."""
+    from safemodel_ci.cli import main
+
+    write_shard(tmp_path / "s1.safetensors", {"a": 2, "b": 2})
+    index = {"metadata": {"total_size": 16},
+             "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00001-of-00002.safetensors",
+                            "c": "model-00002-of-00002.safetensors"}}
+    sha = hub.add_commit("acme/sharded", {INDEX: json.dumps(index).encode(),
+                                          SHARD1: (tmp_path / "s1.safetensors").read_bytes()})
+    main(["hub", "acme/sharded", "--quiet", "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    files = {f["path"]: f for f in report["files"]}
+    rules = [f["rule_id"] for f in files[f"acme/sharded@{sha}:{INDEX}"]["findings"]]
+    assert rules == ["safetensors-index-shard-missing"]
+    assert files[f"acme/sharded@{sha}:{SHARD1}"]["findings"] == []

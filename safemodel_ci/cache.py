@@ -44,6 +44,8 @@ from .source import ByteSource, FileSource, SourceError
 
 #: Bumped when the entry layout changes; old entries are then misses.
 CACHE_FORMAT = 1
+#: Entries of other tool versions (their own directories) unused for this long are deleted.
+STALE_AFTER_DAYS = 14
 #: A scan that makes more reads than this is not cached (the log would outweigh the benefit).
 MAX_LOGGED_READS = 2_000_000
 #: Environment variables: where the cache lives, and a switch to turn it off everywhere.
@@ -202,8 +204,44 @@ class ResultCache:
         self._made_dirs: set = set()
 
     # -- entries ----------------------------------------------------------------------------
+    def _tool_dir(self) -> str:
+        """Entries live under the tool fingerprint, so that an upgrade leaves a directory to delete."""
+        return os.path.join(self.directory, f"v{CACHE_FORMAT}", tool_fingerprint().replace("/", "_"))
+
     def _entry_path(self, key: str) -> str:
-        return os.path.join(self.directory, f"v{CACHE_FORMAT}", key[:2], key + ".json")
+        return os.path.join(self._tool_dir(), key[:2], key + ".json")
+
+    def prune(self, max_age_days: float = STALE_AFTER_DAYS) -> int:
+        """Delete the entries of other tool versions and formats not used for ``max_age_days``.
+
+        Each process marks its own version's directory as used when it first stores an entry, so
+        two installed versions sharing the cache (the CLI and a pre-commit environment) keep theirs.
+        """
+        import shutil
+        import time
+
+        removed = 0
+        current = self._tool_dir()
+        cutoff = time.time() - max_age_days * 86400
+        candidates = []
+        try:
+            for fmt in os.scandir(self.directory):
+                if not fmt.is_dir(follow_symlinks=False) or not fmt.name.startswith("v"):
+                    continue
+                if fmt.name != f"v{CACHE_FORMAT}":
+                    candidates.append(fmt.path)
+                    continue
+                candidates += [d.path for d in os.scandir(fmt.path) if d.is_dir(follow_symlinks=False)]
+        except OSError:
+            return 0
+        for path in candidates:
+            try:
+                if path != current and os.stat(path).st_mtime < cutoff:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
 
     def _load(self, key: str) -> Optional[Dict[str, Any]]:
         try:
@@ -222,6 +260,8 @@ class ResultCache:
         try:
             directory = os.path.dirname(path)
             if directory not in self._made_dirs:  # one mkdir per directory and process, not per entry
+                if not self._made_dirs:
+                    self._first_store()
                 os.makedirs(directory, exist_ok=True)
                 self._made_dirs.add(directory)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
@@ -239,6 +279,13 @@ class ResultCache:
                     os.unlink(tmp)
                 except OSError:
                     pass
+
+    def _first_store(self) -> None:
+        """Once per process: mark this version's entries as in use, drop stale versions' entries."""
+        tool_dir = self._tool_dir()
+        os.makedirs(tool_dir, exist_ok=True)
+        os.utime(tool_dir)
+        self.prune()
 
     @staticmethod
     def _result(entry: Dict[str, Any], display: str) -> Optional[FileResult]:

@@ -30,7 +30,7 @@ OPTIONS = ScanOptions()
 
 
 def entries(directory: Path) -> List[str]:
-    return sorted(glob.glob(str(directory / "v*" / "*" / "*.json")))
+    return sorted(glob.glob(str(directory / "v*" / "*" / "*" / "*.json")))
 
 
 def read_log(directory: Path) -> List[int]:
@@ -162,6 +162,26 @@ def test_corrupt_entries_are_misses(tmp_path: Path) -> None:
         assert not result.cached, bad
         assert json.loads(Path(entry).read_text()) == data  # rewritten whole
     assert scan_file_cached(str(model), OPTIONS, cache).cached
+
+
+def test_stale_versions_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = big_junk(tmp_path / "m.pt", 1 << 16)
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setattr(cache_mod, "tool_fingerprint", lambda: "0.0.1+old")
+    scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir)))
+    old = cache_dir / "v1" / "0.0.1+old"
+    assert old.is_dir()
+    (cache_dir / "v0").mkdir()  # a former entry layout
+    monkeypatch.setattr(cache_mod, "tool_fingerprint", lambda: "0.0.2+new")
+    scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir)))
+    assert old.is_dir()  # recently used: another installed version may still need it
+    week3 = 21 * 86400
+    for stale in (old, cache_dir / "v0"):
+        os.utime(stale, (os.stat(stale).st_atime - week3, os.stat(stale).st_mtime - week3))
+    assert ResultCache(str(cache_dir)).prune() == 2
+    assert not old.exists() and not (cache_dir / "v0").exists()
+    assert (cache_dir / "v1" / "0.0.2+new").is_dir()
+    assert len(entries(cache_dir)) == 1
 
 
 def test_unwritable_cache_dir_still_scans(tmp_path: Path) -> None:

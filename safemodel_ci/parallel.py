@@ -31,6 +31,9 @@ MIN_FILES_FOR_PROCESSES = 32
 LARGE_FILE = 16 << 20
 #: Most files in one batch (one round trip to a worker).
 MAX_BATCH = 128
+#: multiprocessing start method for workers; None is the platform default (everything sent to a
+#: worker is picklable and every worker function is top-level, so "spawn" works too).
+START_METHOD: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,11 @@ def scan_paths(paths: Iterable[str], plan: ScanPlan, jobs: Optional[int] = None,
     readers()
     pending: Deque[Tuple[List[str], "Future[List[FileResult]]"]] = deque()
     batches = _batches(paths, jobs)
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(plan,)) as pool:
+    import multiprocessing
+
+    context = multiprocessing.get_context(START_METHOD) if START_METHOD else None
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(plan,),
+                             mp_context=context) as pool:
         # A bounded window of batches in flight: memory stays small for any number of files.
         for batch in batches:
             pending.append((batch, pool.submit(_scan_batch, batch)))

@@ -65,6 +65,14 @@ def test_jobs_give_the_same_results_in_the_same_order(tmp_path: Path) -> None:
         assert [r.to_dict() for r in scan(files, jobs)] == [r.to_dict() for r in serial]
 
 
+def test_spawned_workers_give_the_same_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing relies on fork: the plan is pickled, workers import what they need."""
+    files = make_tree(tmp_path, 40)
+    serial = scan(files, 1)
+    monkeypatch.setattr(parallel, "START_METHOD", "spawn")
+    assert [r.to_dict() for r in scan(files, 2)] == [r.to_dict() for r in serial]
+
+
 def test_cli_output_is_byte_identical(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_tree(tmp_path / "tree")
     outputs = {}

@@ -26,6 +26,7 @@ import base64
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import stat
@@ -53,6 +54,8 @@ ENV_DIR = "SAFEMODEL_CACHE_DIR"
 ENV_DISABLE = "SAFEMODEL_NO_CACHE"
 
 _REC = struct.Struct("<QQ")
+#: Third-party libraries some readers parse content with (their installed version is in the key).
+READER_LIBRARIES = ("h5py", "py7zr", "lz4")
 
 
 def default_cache_dir() -> str:
@@ -92,6 +95,21 @@ def tool_fingerprint() -> str:
                 continue
             rel = os.path.relpath(full, package)
             digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    # Readers hand some content to libraries (h5py, py7zr, lz4) and the standard library (tarfile,
+    # lzma, the pickle opcode table): their versions decide results too. Located, not imported.
+    digest.update(sys.version.encode())
+    for module in READER_LIBRARIES:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        origin = getattr(spec, "origin", None)
+        try:
+            st = os.stat(origin) if origin else None
+        except OSError:
+            st = None
+        digest.update(f"{module}\0{origin}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n"
+                      .encode())
     return f"{__version__}+{digest.hexdigest()[:16]}"
 
 

@@ -105,10 +105,10 @@ def tool_fingerprint() -> str:
             spec = None
         origin = getattr(spec, "origin", None)
         try:
-            st = os.stat(origin) if origin else None
+            lib = os.stat(origin) if origin else None
         except OSError:
-            st = None
-        digest.update(f"{module}\0{origin}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n"
+            lib = None
+        digest.update(f"{module}\0{origin}\0{lib.st_size if lib else -1}\0{lib.st_mtime_ns if lib else -1}\n"
                       .encode())
     return f"{__version__}+{digest.hexdigest()[:16]}"
 
@@ -382,6 +382,21 @@ class ResultCache:
         return self._store(key, {"size": size, "result": result.to_dict()})
 
 
+def cached_result(path: str, options: ScanOptions, cache: ResultCache, display_path: Optional[str] = None,
+                  fingerprint: Optional[str] = None) -> Optional[FileResult]:
+    """The cached result for a local file if the bytes its scan read are unchanged; never scans."""
+    shown = display_path or path
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        source = FileSource(path, name=shown)
+    except (OSError, SourceError):
+        return None
+    with source:
+        return cache.lookup_file(source, os.path.abspath(path), shown,
+                                 fingerprint or options_fingerprint(options))
+
+
 def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCache],
                      display_path: Optional[str] = None,
                      fingerprint: Optional[str] = None) -> FileResult:
@@ -435,5 +450,5 @@ def open_cache(enabled: bool = True, directory: Optional[str] = None) -> Optiona
     return ResultCache(directory)
 
 
-__all__ = ["ResultCache", "RecordingSource", "scan_file_cached", "open_cache", "default_cache_dir",
-           "options_fingerprint", "tool_fingerprint", "replay_digest"]
+__all__ = ["ResultCache", "RecordingSource", "scan_file_cached", "cached_result", "open_cache",
+           "default_cache_dir", "options_fingerprint", "tool_fingerprint", "replay_digest"]

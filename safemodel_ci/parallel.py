@@ -15,7 +15,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
 
-from .cache import ResultCache, options_fingerprint, scan_file_cached
+from .cache import ResultCache, cached_result, options_fingerprint, scan_file_cached
 from .config import Config
 from .findings import FileResult, Finding, Severity
 from .formats import readers
@@ -105,6 +105,13 @@ class _Scanner:
         result = scan_file_cached(path, self.plan.options, self.cache, fingerprint=self.fingerprint)
         return apply_ignores(result, path, self.plan.config)
 
+    def cached(self, path: str) -> Optional[FileResult]:
+        """The cached result for ``path`` (ignores applied), or None: nothing is scanned."""
+        if self.cache is None:
+            return None
+        result = cached_result(path, self.plan.options, self.cache, fingerprint=self.fingerprint)
+        return apply_ignores(result, path, self.plan.config) if result is not None else None
+
 
 _worker: Optional[_Scanner] = None
 
@@ -159,24 +166,40 @@ def scan_paths(paths: Iterable[str], plan: ScanPlan, jobs: Optional[int] = None,
     """
     paths = list(paths)
     jobs = default_jobs() if jobs is None else max(1, jobs)
-    jobs = min(jobs, len(paths))
-    if jobs <= 1 or len(paths) < MIN_FILES_FOR_PROCESSES:
-        scanner = _Scanner(plan)
+    scanner = _Scanner(plan)
+    if min(jobs, len(paths)) <= 1 or len(paths) < MIN_FILES_FOR_PROCESSES:
         for path in paths:
             result = scanner.scan(path)
             if on_result is not None:
                 on_result(result)
             yield result
         return
+    # Cache hits cost less than a round trip to a worker: take them here, send only misses out.
+    hits = [scanner.cached(p) for p in paths] if scanner.cache is not None else [None] * len(paths)
+    misses = _scan_in_processes([p for p, hit in zip(paths, hits) if hit is None], plan, jobs)
+    for hit in hits:
+        result = hit if hit is not None else next(misses)
+        if on_result is not None:
+            on_result(result)
+        yield result
+
+
+def _scan_in_processes(paths: List[str], plan: ScanPlan, jobs: int) -> Iterator[FileResult]:
+    """Results for ``paths`` from worker processes, in order (serially when there are few)."""
+    jobs = min(jobs, len(paths))
+    if jobs <= 1 or len(paths) < MIN_FILES_FOR_PROCESSES:
+        scanner = _Scanner(plan)
+        for path in paths:
+            yield scanner.scan(path)
+        return
     # Imported here: a serial scan (one file from pre-commit) should not pay for multiprocessing.
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     # Import every format reader before forking, so that workers start with them loaded.
     readers()
     pending: Deque[Tuple[List[str], "Future[List[FileResult]]"]] = deque()
     batches = _batches(paths, jobs)
-    import multiprocessing
-
     context = multiprocessing.get_context(START_METHOD) if START_METHOD else None
     with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(plan,),
                              mp_context=context) as pool:
@@ -191,10 +214,7 @@ def scan_paths(paths: Iterable[str], plan: ScanPlan, jobs: Optional[int] = None,
                 results = future.result()
             except Exception as exc:  # noqa: BLE001 - BrokenProcessPool and the like
                 results = [_failed(p, exc) for p in batch]
-            for result in results:
-                if on_result is not None:
-                    on_result(result)
-                yield result
+            yield from results
             nxt = next(batches, None)
             if nxt is not None:
                 try:

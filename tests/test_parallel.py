@@ -94,6 +94,19 @@ def test_cached_parallel_run_matches(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert capsys.readouterr().out == reference
 
 
+def test_hits_in_the_parent_misses_in_workers(tmp_path: Path) -> None:
+    files = make_tree(tmp_path / "tree", 60)
+    plan = ScanPlan(cache_dir=str(tmp_path / "cache"))
+    reference = [r.to_dict() for r in scan(files, 1)]
+    assert [r.to_dict() for r in scan(files, 2, plan)] == reference
+    for path in files[::3]:  # a third of the files change: misses, scanned by workers
+        path.write_bytes(path.read_bytes() + b"\0")
+    reference = [r.to_dict() for r in scan(files, 1)]
+    results = scan(files, 2, plan)
+    assert [r.to_dict() for r in results] == reference
+    assert [r.cached for r in results] == [i % 3 != 0 for i in range(len(files))]
+
+
 def test_ignores_apply_in_workers(tmp_path: Path) -> None:
     files = make_tree(tmp_path, 20)
     junk = files[3]  # unrecognized-format, raised to HIGH below so that there is something to ignore

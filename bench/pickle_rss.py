@@ -2,7 +2,7 @@
 
 The stream is written chunk by chunk (concatenated ``pickle.dumps`` of dicts of arrays, protocols 4
 and 5, large and small arrays mixed), so this script never holds it in memory either. The scan runs
-``safemodel scan --format json`` in a child process; its peak RSS comes from
+``safemodel scan --no-cache --format json`` in a child process; its peak RSS comes from
 ``getrusage(RUSAGE_CHILDREN).ru_maxrss``. Target: under 150 MB.
 
     python3 bench/pickle_rss.py [--size-mb 1024] [--keep]
@@ -57,8 +57,8 @@ def main() -> int:
         print(f"wrote {size / 2**20:.0f} MiB in {time.monotonic() - t0:.1f}s: {path}")
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "safemodel_ci", "scan", "-q", "--format", "json", path],
-                              capture_output=True, text=True)
+        argv = [sys.executable, "-m", "safemodel_ci", "scan", "-q", "--no-cache", "--format", "json", path]
+        proc = subprocess.run(argv, capture_output=True, text=True)
         wall = time.monotonic() - t0
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
         report = json.loads(proc.stdout)

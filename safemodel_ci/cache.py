@@ -183,12 +183,20 @@ def replay_digest(source: ByteSource, log: "array[int]") -> Optional[str]:
 
 def _encode_log(log: "array[int]") -> str:
     raw = log.tobytes() if sys.byteorder == "little" else _swapped(log).tobytes()
-    return base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
+    if len(raw) <= 1024:  # a small file's few reads: compressing costs more than it saves
+        return "r:" + base64.b64encode(raw).decode("ascii")
+    return "z:" + base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
 
 
 def _decode_log(text: str) -> "array[int]":
     log = array("Q")
-    log.frombytes(zlib.decompress(base64.b64decode(text)))
+    kind, _, body = text.partition(":")
+    raw = base64.b64decode(body)
+    if kind == "z":
+        raw = zlib.decompress(raw)
+    elif kind != "r":
+        raise ValueError("unknown read-log encoding")
+    log.frombytes(raw)
     return log if sys.byteorder == "little" else _swapped(log)
 
 
@@ -284,7 +292,7 @@ class ResultCache:
                 self._made_dirs.add(directory)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(entry, fh, separators=(",", ":"))
+                fh.write(json.dumps(entry, separators=(",", ":")))  # one write, not json.dump's many
             os.replace(tmp, path)  # atomic: readers see the old entry or the new one, never half
             tmp = None
             self.stores += 1

@@ -228,6 +228,8 @@ class ResultCache:
         self.misses = 0
         self.stores = 0
         self._made_dirs: set = set()
+        #: Set after a failed write (read-only or full disk): this process stops trying to store.
+        self._unwritable = False
 
     # -- entries ----------------------------------------------------------------------------
     def _tool_dir(self) -> str:
@@ -280,6 +282,8 @@ class ResultCache:
         return entry
 
     def _store(self, key: str, entry: Dict[str, Any]) -> bool:
+        if self._unwritable:
+            return False
         path = self._entry_path(key)
         entry = dict(entry, format=CACHE_FORMAT, key=key)
         tmp = None
@@ -298,6 +302,7 @@ class ResultCache:
             self.stores += 1
             return True
         except OSError:
+            self._unwritable = True
             return False
         finally:
             if tmp is not None:

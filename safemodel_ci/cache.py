@@ -412,10 +412,11 @@ def cached_result(path: str, options: ScanOptions, cache: ResultCache, display_p
 
 def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCache],
                      display_path: Optional[str] = None,
-                     fingerprint: Optional[str] = None) -> FileResult:
+                     fingerprint: Optional[str] = None, lookup: bool = True) -> FileResult:
     """Scan one local file, reusing a cached result when the bytes its scan reads are unchanged.
 
     Without a cache (or for anything but a regular file) this is :func:`scanner.scan_file`.
+    ``lookup=False`` skips the look-up (the caller just missed) but still stores the result.
     """
     shown = display_path or path
     if cache is None:
@@ -434,7 +435,7 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
     real = os.path.abspath(path)
     fp = fingerprint or options_fingerprint(options)
     with source:
-        hit = cache.lookup_file(source, real, shown, fp)
+        hit = cache.lookup_file(source, real, shown, fp) if lookup else None
         if hit is not None:
             return hit
         recording = RecordingSource(source)

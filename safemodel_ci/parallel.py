@@ -101,8 +101,9 @@ class _Scanner:
         self.cache = ResultCache(plan.cache_dir) if plan.cache_dir is not None else None
         self.fingerprint = options_fingerprint(plan.options) if self.cache is not None else None
 
-    def scan(self, path: str) -> FileResult:
-        result = scan_file_cached(path, self.plan.options, self.cache, fingerprint=self.fingerprint)
+    def scan(self, path: str, lookup: bool = True) -> FileResult:
+        result = scan_file_cached(path, self.plan.options, self.cache, fingerprint=self.fingerprint,
+                                  lookup=lookup)
         return apply_ignores(result, path, self.plan.config)
 
     def cached(self, path: str) -> Optional[FileResult]:
@@ -123,7 +124,7 @@ def _init_worker(plan: ScanPlan) -> None:
 
 def _scan_batch(paths: List[str]) -> List[FileResult]:
     assert _worker is not None, "worker not initialised"
-    return [_worker.scan(p) for p in paths]
+    return [_worker.scan(p, lookup=False) for p in paths]  # the parent looked them up already
 
 
 def _batches(paths: List[str], jobs: int) -> Iterator[List[str]]:
@@ -185,12 +186,12 @@ def scan_paths(paths: Iterable[str], plan: ScanPlan, jobs: Optional[int] = None,
 
 
 def _scan_in_processes(paths: List[str], plan: ScanPlan, jobs: int) -> Iterator[FileResult]:
-    """Results for ``paths`` from worker processes, in order (serially when there are few)."""
+    """Results for ``paths`` (cache misses) from worker processes, in order; serially when few."""
     jobs = min(jobs, len(paths))
     if jobs <= 1 or len(paths) < MIN_FILES_FOR_PROCESSES:
         scanner = _Scanner(plan)
         for path in paths:
-            yield scanner.scan(path)
+            yield scanner.scan(path, lookup=False)
         return
     # Imported here: a serial scan (one file from pre-commit) should not pay for multiprocessing.
     import multiprocessing

@@ -106,7 +106,7 @@ def hook_env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
     configured = os.environ.get("SAFEMODEL_WHEELHOUSE")
     if configured:
         wheelhouse = Path(configured)
-    elif request.config.cache is not None:
+    elif getattr(request.config, "cache", None) is not None:
         wheelhouse = request.config.cache.mkdir("safemodel-wheelhouse")
     else:
         wheelhouse = base / "wheelhouse"

@@ -41,7 +41,7 @@ from . import __version__
 from .context import ScanContext
 from .findings import FileResult, sort_findings
 from .scanner import ScanOptions, _local_siblings, scan_file, scan_source
-from .source import ByteSource, FileSource, SourceError
+from .source import ByteSource, BytesSource, FileSource, SourceError
 
 #: Bumped when the entry layout changes; old entries are then misses.
 CACHE_FORMAT = 1
@@ -343,15 +343,15 @@ class ResultCache:
             self.misses += 1
             return None
         try:
-            log = _decode_log(entry["reads"])
-        except (KeyError, TypeError, ValueError, zlib.error):
-            self.misses += 1
-            return None
-        try:
-            digest = replay_digest(source, log)
-        except SourceError:
-            digest = None
-        result = self._result(entry, display) if digest == entry.get("digest") else None
+            if "whole_sha256" in entry:  # a small file: its whole content, hashed in one go
+                digest: Optional[str] = hashlib.sha256(source.read_at(0, source.size)).hexdigest()
+                expected = entry["whole_sha256"]
+            else:
+                digest = replay_digest(source, _decode_log(entry["reads"]))
+                expected = entry.get("digest")
+        except (KeyError, TypeError, ValueError, zlib.error, SourceError):
+            digest, expected = None, True
+        result = self._result(entry, display) if digest == expected else None
         if result is None:
             self.misses += 1
             return None
@@ -362,12 +362,18 @@ class ResultCache:
     def store_file(self, recording: RecordingSource, real: str, display: str, fingerprint: str,
                    result: FileResult) -> bool:
         key = self.file_key(real, recording.size, display, fingerprint)
-        return self._store(key, {
-            "size": recording.size,
-            "reads": _encode_log(recording.log),
-            "digest": recording.digest.hexdigest(),
-            "result": result.to_dict(),
-        })
+        entry: Dict[str, Any] = {"size": recording.size, "result": result.to_dict()}
+        whole = recording.inner.read_at(0, recording.size) if recording.size <= REPLAY_WHOLE else None
+        scanned = recording.digest.hexdigest()
+        if whole is not None and replay_digest(BytesSource(whole), recording.log) == scanned:
+            # The file as it is now holds exactly the bytes the scan read (checked, so a file
+            # changed during the scan is not paired with the old result): key it by its whole
+            # content, which a re-run hashes in one call instead of replaying every read.
+            entry["whole_sha256"] = hashlib.sha256(whole).hexdigest()
+        else:
+            entry["reads"] = _encode_log(recording.log)
+            entry["digest"] = scanned
+        return self._store(key, entry)
 
     # -- content-addressed: a whole-file sha256 known without reading (a Hub LFS oid) --------
     def digest_key(self, sha256: str, size: int, display: str, fingerprint: str) -> str:
@@ -452,8 +458,8 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
         scan_source(recording, ctx)
         result = FileResult(path=shown, size=source.size, formats=list(ctx.formats),
                             findings=sort_findings(ctx.findings), bytes_read=source.bytes_read - start)
-    if result.complete and not ctx.used_outside and not siblings_used and not recording.overflow:
-        cache.store_file(recording, real, shown, fp, result)
+        if result.complete and not ctx.used_outside and not siblings_used and not recording.overflow:
+            cache.store_file(recording, real, shown, fp, result)
     return result
 
 

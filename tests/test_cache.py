@@ -262,6 +262,42 @@ def test_sha256_keyed_entries(tmp_path: Path) -> None:
     assert cache.get_by_sha256(digest, 1 << 16, "hf://org/repo@abc/m.pt", other_policy) is None
 
 
+def test_small_files_are_keyed_by_their_whole_content(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"not a model " * 100)
+    cache_dir = tmp_path / "cache"
+    cache = ResultCache(str(cache_dir))
+    scan_file_cached(str(model), OPTIONS, cache)
+    (entry,) = entries(cache_dir)
+    data = json.loads(Path(entry).read_text())
+    assert data["whole_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest() and "reads" not in data
+    assert scan_file_cached(str(model), OPTIONS, cache).cached
+    content = bytearray(model.read_bytes())
+    content[-1] ^= 1
+    model.write_bytes(bytes(content))
+    assert not scan_file_cached(str(model), OPTIONS, cache).cached
+
+
+class _ChangingSource(BytesSource):
+    """Content that changes after the scan (a file rewritten while it was being scanned)."""
+
+    def swap(self, data: bytes) -> None:
+        self._data = memoryview(data)
+
+
+def test_a_file_changed_during_the_scan_is_not_keyed_by_its_new_content(tmp_path: Path) -> None:
+    inner = _ChangingSource(b"A" * 100)
+    rec = cache_mod.RecordingSource(inner)
+    rec.read_at(0, 10)
+    inner.swap(b"B" * 100)  # the scan saw A..., the file now holds B...
+    cache = ResultCache(str(tmp_path / "cache"))
+    result = scan_file(str(big_junk(tmp_path / "x.pt", 100)), OPTIONS)
+    assert cache.store_file(rec, "/x", "x", "fp", result)
+    (entry,) = entries(tmp_path / "cache")
+    data = json.loads(Path(entry).read_text())
+    assert "whole_sha256" not in data and data["digest"] == rec.digest.hexdigest()
+
+
 def test_recording_source_replays(tmp_path: Path) -> None:
     inner = BytesSource(bytes(range(256)) * 10)
     rec = cache_mod.RecordingSource(inner)

@@ -312,8 +312,8 @@ def classify_global(module: str, name: str, extra_allow: AbstractSet[str] = froz
         return GlobalVerdict(None, Severity.INFO, f"{path} is allowed by a module.* configuration entry")
     return GlobalVerdict(
         "pickle-unknown-global", Severity.HIGH,
-        f"{path} is not on the allowlist; if you trust it, add \"{path}\" to allow-globals in "
-        ".safemodel.yaml")
+        f"{path} is not on the allowlist; if you trust it, add `- global: {path}` with a `reason:` "
+        "to allow-globals in .safemodel.yaml")
 
 
 __all__ = ["TABLES_VERSION", "SAFE_GLOBALS", "DANGEROUS_PREFIXES", "NESTED_LOADERS", "classify_global",

@@ -11,9 +11,10 @@ import json
 import os
 import pickle
 import struct
+import tarfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 MALICIOUS = "malicious"
 BENIGN = "benign"
@@ -64,6 +65,109 @@ def _gguf_bytes(template: str) -> bytes:
     return b"GGUF" + struct.pack("<IQQ", 3, 0, 2) + kv
 
 
+# ---- hand-encoded protobuf (what TensorFlow's saved_model.pb and keras_metadata.pb hold) ---------
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _pb_len(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _pb_int(number: int, value: int) -> bytes:
+    return _varint(number << 3) + _varint(value)
+
+
+def _node_def(name: str, op: str, attrs: Dict[str, bytes] = {}) -> bytes:  # noqa: B006 - read only
+    """tensorflow.NodeDef: name=1, op=2, attr=5 (map<string, AttrValue{s=2}>)."""
+    body = _pb_len(1, name.encode()) + _pb_len(2, op.encode())
+    for key, value in attrs.items():
+        body += _pb_len(5, _pb_len(1, key.encode()) + _pb_len(2, _pb_len(2, value)))
+    return body
+
+
+def saved_model_bytes(extra_ops: Tuple[Tuple[str, str], ...] = ()) -> bytes:
+    """saved_model.pb: SavedModel{schema=1, meta_graphs=2{meta_info_def=1{tags=4}, graph_def=2{
+    node=1, library=2{function=1{signature=1{name=1}, node_def=3}}}}}."""
+    graph = b"".join(_pb_len(1, _node_def(n, op)) for n, op in (
+        ("x", "Placeholder"), ("w", "VarHandleOp"), ("saver/SaveV2", "SaveV2"),
+        ("saver/RestoreV2", "RestoreV2")))
+    graph += _pb_len(1, _node_def("call", "StatefulPartitionedCall"))
+    fn_nodes = _pb_len(3, _node_def("matmul", "MatMul")) + _pb_len(3, _node_def("relu", "Relu"))
+    for name, op in extra_ops:
+        fn_nodes += _pb_len(3, _node_def(name, op, {"token": b"pyfunc_0"}))
+    function = _pb_len(1, _pb_len(1, b"__inference_call_42")) + fn_nodes
+    graph += _pb_len(2, _pb_len(1, function))
+    meta_graph = _pb_len(1, _pb_len(4, b"serve")) + _pb_len(2, graph)
+    return _pb_int(1, 1) + _pb_len(2, meta_graph)
+
+
+def keras_metadata_bytes(layer: Dict[str, object]) -> bytes:
+    """keras_metadata.pb: SavedMetadata{nodes=1{node_id=2, node_path=3, identifier=4, metadata=5}}."""
+    root = json.dumps({"name": "sequential", "class_name": "Sequential",
+                       "config": {"name": "sequential", "layers": []}})
+    out = _pb_len(1, _pb_int(2, 0) + _pb_len(3, b"root") + _pb_len(4, b"_tf_keras_sequential")
+                  + _pb_len(5, root.encode()))
+    out += _pb_len(1, _pb_int(2, 1) + _pb_len(3, b"root.layer-0") + _pb_len(4, b"_tf_keras_layer")
+                   + _pb_len(5, json.dumps(layer).encode()))
+    return out
+
+
+def _keras_config(extra_layer: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    layers: List[Dict[str, object]] = [
+        {"module": "keras.layers", "class_name": "InputLayer",
+         "config": {"name": "input", "batch_shape": [None, 4], "dtype": "float32"}},
+        {"module": "keras.layers", "class_name": "Dense",
+         "config": {"name": "d", "units": 2, "activation": "relu"}}]
+    if extra_layer:
+        layers.append(extra_layer)
+    return {"module": "keras", "class_name": "Sequential",
+            "config": {"name": "s", "layers": layers}, "registered_name": None}
+
+
+#: A layer whose class lives in a module outside Keras: loading the model imports that module.
+_FOREIGN_LAYER = {"module": "evil_pkg.layers", "class_name": "Backdoor", "registered_name": "Backdoor",
+                  "config": {"name": "b"}}
+
+
+def _keras_zip(extra_layer: Optional[Dict[str, object]] = None) -> bytes:
+    """A Keras 3 ``.keras`` file: zip of metadata.json, config.json and model.weights.h5."""
+    meta = {"keras_version": "3.3.3", "date_saved": "2024-05-01@00:00:00"}
+    return _zip_bytes([("metadata.json", json.dumps(meta).encode()),
+                       ("config.json", json.dumps(_keras_config(extra_layer)).encode()),
+                       ("model.weights.h5", b"")], zipfile.ZIP_DEFLATED)
+
+
+def _tar_bytes(members: List[Tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000  # fixed: seeds must be byte-identical between runs
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _safetensors_index() -> bytes:
+    return json.dumps({"metadata": {"total_size": 16},
+                       "weight_map": {"w": "model-00001-of-00002.safetensors",
+                                      "b": "model-00002-of-00002.safetensors"}}, indent=2).encode()
+
+
+#: A Git LFS pointer as committed without its object (the content is not there to scan).
+LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\n"
+               b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+               b"size 12345\n")
+
+
 def make_zoo(directory: Path, canary: Path) -> Dict[str, str]:
     """Write the zoo into ``directory``; returns file name -> expected verdict."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -88,6 +192,29 @@ def make_zoo(directory: Path, canary: Path) -> Dict[str, str]:
     put("chat.gguf", _gguf_bytes("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"),
         BENIGN)
     put("ssti.gguf", _gguf_bytes("{{ cycler.__init__.__globals__.os.popen('id').read() }}"), MALICIOUS)
+    put("evil_in_tar.tar", _tar_bytes([("archive/data.pkl", _malicious_pickle(canary, 2)),
+                                       ("archive/version", b"3\n")]), MALICIOUS)
+    put("plain.tar", _tar_bytes([("a/config.txt", b"hello"),
+                                 ("a/data.pkl", pickle.dumps([1, 2], protocol=2))]), BENIGN)
+    put("model.safetensors.index.json", _safetensors_index(), BENIGN)
+    put("chat_template.jinja", b"{% for message in messages %}<|{{ message['role'] }}|>\n"
+                               b"{{ message['content'] }}{% endfor %}{% if add_generation_prompt %}"
+                               b"<|assistant|>\n{% endif %}", BENIGN)
+    put("evil_template.jinja", b"{{ ''.__class__.__mro__[1].__subclasses__() }}"
+                               b"{% for message in messages %}{{ message['content'] }}{% endfor %}",
+        MALICIOUS)
+    template = ("{{ self.__init__.__globals__.__builtins__ }}"
+                "{% for m in messages %}{{ m.content }}{% endfor %}")
+    put("tokenizer_config.json", json.dumps({"bos_token": "<s>", "chat_template": template}).encode(),
+        MALICIOUS)
+    put("config.json", json.dumps(_keras_config()).encode(), BENIGN)
+    put("model.keras", _keras_zip(), BENIGN)
+    put("evil_module.keras", _keras_zip(_FOREIGN_LAYER), MALICIOUS)
+    put("saved_model.pb", saved_model_bytes(), BENIGN)
+    put("evil_saved_model.pb", saved_model_bytes((("cb", "PyFunc"),)), MALICIOUS)
+    put("keras_metadata.pb", keras_metadata_bytes({"name": "dense", "class_name": "Dense",
+                                                   "config": {"name": "dense", "units": 2}}), BENIGN)
+    put("weights.bin", LFS_POINTER, BENIGN)
 
     optional: List[Callable[[], None]] = []
 
@@ -154,6 +281,37 @@ def make_zoo(directory: Path, canary: Path) -> Dict[str, str]:
             f.create_group("model_weights")
         expected["model.h5"] = BENIGN
 
+    def keras_h5_foreign() -> None:
+        import h5py
+
+        with h5py.File(directory / "evil_module.h5", "w") as f:
+            f.attrs["model_config"] = json.dumps(_keras_config(_FOREIGN_LAYER))
+            f.attrs["keras_version"] = "2.15.0"
+            f.attrs["backend"] = "tensorflow"
+            f.create_group("model_weights")
+        expected["evil_module.h5"] = MALICIOUS
+
+    def onnx_files() -> None:
+        import numpy as np
+        from onnx import TensorProto, helper, numpy_helper
+
+        def model(location: Optional[str] = None) -> bytes:
+            w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+            if location is not None:  # weights said to be in an external file
+                w.ClearField("raw_data")
+                w.data_location = TensorProto.EXTERNAL
+                for key, value in (("location", location), ("offset", "0"), ("length", "64")):
+                    w.external_data.add(key=key, value=value)
+            graph = helper.make_graph(
+                [helper.make_node("MatMul", ["X", "W"], ["Y"], name="mm")], "g",
+                [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4])],
+                [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 4])], [w])
+            m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="zoo")
+            return m.SerializeToString()
+
+        put("model.onnx", model(), BENIGN)
+        put("evil_external.onnx", model("../../../../etc/passwd"), MALICIOUS)
+
     def sevenzip() -> None:
         import py7zr
 
@@ -161,7 +319,8 @@ def make_zoo(directory: Path, canary: Path) -> Dict[str, str]:
             z.writestr(_malicious_pickle(canary, 2), "model.pkl")
         expected["evil.7z"] = MALICIOUS
 
-    optional += [numpy_files, torch_files, joblib_files, sklearn_file, keras_h5, sevenzip]
+    optional += [numpy_files, torch_files, joblib_files, sklearn_file, keras_h5, keras_h5_foreign, onnx_files,
+                 sevenzip]
     for make in optional:
         try:
             make()

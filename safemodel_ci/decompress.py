@@ -14,7 +14,7 @@ import lzma
 import os
 import tempfile
 import zlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .context import ScanContext, ScanLimitExceeded
 from .source import ByteSource, SliceSource, SourceError
@@ -97,26 +97,25 @@ class _Stream:
         self.obj = obj
         self.zlib_like = zlib_like
 
-    def feed(self, data: bytes) -> "list[bytes]":
-        """Decompress ``data``; output comes in pieces of at most CHUNK bytes (bounded memory)."""
-        out = []
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Decompress ``data``; output comes in pieces of at most CHUNK bytes, one at a time.
+
+        A generator, so that the caller's limits apply after each piece: a few KiB of bz2 or xz
+        input can expand to gigabytes, which must never be collected in memory first.
+        """
         if self.zlib_like:
-            piece = self.obj.decompress(data, CHUNK)
-            out.append(piece)
+            yield self.obj.decompress(data, CHUNK)
             while self.obj.unconsumed_tail and not self.obj.eof:
                 piece = self.obj.decompress(self.obj.unconsumed_tail, CHUNK)
                 if not piece:
                     break
-                out.append(piece)
+                yield piece
         else:
             if self.obj.eof:
-                return out
-            piece = self.obj.decompress(data, CHUNK)
-            out.append(piece)
+                return
+            yield self.obj.decompress(data, CHUNK)
             while not self.obj.eof and not self.obj.needs_input:
-                piece = self.obj.decompress(b"", CHUNK)
-                out.append(piece)
-        return out
+                yield self.obj.decompress(b"", CHUNK)
 
     @property
     def eof(self) -> bool:

@@ -1,0 +1,40 @@
+"""Regressions for bugs the hardening work (limit tests, fuzzing) found in the readers and helpers."""
+
+from __future__ import annotations
+
+import bz2
+import struct
+import tracemalloc
+
+import pytest
+
+from safemodel_ci.context import Limits, ScanContext, ScanLimitExceeded
+from safemodel_ci.decompress import decompress_to_source
+from safemodel_ci.policy import Policy
+from safemodel_ci.source import BytesSource
+
+
+def _bz2_bomb(size: int) -> bytes:
+    comp = bz2.BZ2Compressor(9)
+    out = [comp.compress(b"\x80\x04\x8e" + struct.pack("<Q", size))]
+    chunk = bytes(1 << 20)
+    for _ in range(size // len(chunk)):
+        out.append(comp.compress(chunk))
+    return b"".join(out) + comp.compress(b".") + comp.flush()
+
+
+def test_decompression_bomb_stops_before_its_output_is_collected() -> None:
+    """A few hundred bytes of bz2 expand to 128 MB in one ``feed``: the decompressor's output used
+    to be gathered in a list before any limit was checked (the whole expansion in memory). Pieces
+    are now checked one by one, so the ratio limit stops it after about 1 MiB."""
+    data = _bz2_bomb(128 << 20)
+    assert len(data) < 4096
+    ctx = ScanContext("bomb.joblib", Policy(), Limits())
+    tracemalloc.start()
+    try:
+        with pytest.raises(ScanLimitExceeded, match="ratio"):
+            decompress_to_source(BytesSource(data), "bz2", ctx, "bomb")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"peak traced memory {peak >> 20} MiB"

@@ -116,8 +116,9 @@ RULES: Tuple[Rule, ...] = (
          "call nothing, and pickle.load ignores them.",
          "Nothing to do if the file comes from a trusted tool; otherwise re-export it."),
     Rule("torch-stack-global", Severity.MEDIUM, "STACK_GLOBAL in a torch archive pickle",
-         "torch.save writes protocol 2 pickles, which import with GLOBAL only, and torch's weights-only "
-         "loader rejects STACK_GLOBAL: the archive's data.pkl was not written by torch.save.",
+         "torch.save writes protocol 2 pickles by default, which import with GLOBAL only, and torch's "
+         "weights-only loader rejects STACK_GLOBAL: the archive's data.pkl was written with a higher "
+         "pickle_protocol or by another tool.",
          _REPORT),
     # ---- containers (zip, torch, numpy, joblib, 7z) ------------------------------------------
     Rule("zip-name-mismatch", Severity.HIGH, "Zip entry named differently in its two headers",

@@ -1049,8 +1049,9 @@ class _PickleVM:
             module = self._pop(pos)
             if self.torch_archive:
                 self._anomaly("torch-stack-global", "STACK_GLOBAL in a torch archive",
-                              "torch.save writes protocol 2 (GLOBAL only) and torch's weights-only loader "
-                              "rejects STACK_GLOBAL: this data.pkl was not written by torch.save",
+                              "torch.save writes protocol 2 (GLOBAL only) by default and torch's "
+                              "weights-only loader rejects STACK_GLOBAL: this data.pkl was written "
+                              "with a higher pickle_protocol or by another tool",
                               pos, "STACK_GLOBAL", key="torch")
             if isinstance(module, str) and isinstance(name, str):
                 push(self._global(module, name, pos, "STACK_GLOBAL"))

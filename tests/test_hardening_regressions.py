@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import struct
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,23 @@ def test_decompression_bomb_stops_before_its_output_is_collected() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 16 << 20, f"peak traced memory {peak >> 20} MiB"
+
+
+def test_hdf5_whose_root_group_cannot_be_opened_is_unscanned_not_a_crash(tmp_path: Path) -> None:
+    """Found by the mutation fuzzer: a Keras .h5 with its first 373 bytes duplicated in front opens,
+    but its root group does not, and h5py raised KeyError (not OSError) from ``File.attrs``: the
+    reader crashed (``scanner-error``). Now a precise ``unscanned-parse-error``."""
+    h5py = pytest.importorskip("h5py")
+    from safemodel_ci.scanner import ScanOptions, scan_file
+
+    path = tmp_path / "model.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = '{"class_name": "Sequential", "config": {"layers": []}}'
+        f.attrs["keras_version"] = "2.15.0"
+        f.create_group("model_weights")
+    data = path.read_bytes()
+    path.write_bytes(data[:373] + data)
+    result = scan_file(str(path), ScanOptions())
+    rules = [f.rule_id for f in result.findings]
+    assert "scanner-error" not in rules
+    assert "unscanned-parse-error" in rules and not result.complete

@@ -76,9 +76,16 @@ class Hdf5Reader(FormatReader):
             ctx.report("unscanned-parse-error", f"HDF5 file could not be opened: {exc}", offset=offset)
             return
         with handle:
-            attrs = handle.attrs
-            found = [k for k in KERAS_ATTRIBUTES if k in attrs]
-            if found or "keras_version" in attrs or "model_weights" in handle:
+            try:
+                attrs = handle.attrs
+                found = [k for k in KERAS_ATTRIBUTES if k in attrs]
+                is_keras = bool(found) or "keras_version" in attrs or "model_weights" in handle
+            except (KeyError, OSError, ValueError, RuntimeError) as exc:
+                # h5py raises KeyError (not OSError) when a damaged root group cannot be opened.
+                ctx.report("unscanned-parse-error", f"HDF5 root group could not be read: {exc}",
+                           offset=offset)
+                return
+            if is_keras:
                 ctx.add_format("keras-h5")
             for key in found:
                 self._scan_attribute(attrs, key, ctx)

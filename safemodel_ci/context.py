@@ -38,6 +38,8 @@ class Limits:
     #: Pickle VM: stack, memo and mark depth.
     max_pickle_stack: int = 1_000_000
     max_pickle_memo: int = 1_000_000
+    #: Seconds a native parser (libhdf5 through h5py) may take in its isolated child process.
+    max_native_parse_seconds: float = 20.0
 
 
 #: Opens a file next to the one being scanned (same directory or repo), by relative path; None if absent.

@@ -26,15 +26,17 @@ options = ScanOptions()
 for p in paths:                      # warm-up: lazy imports of readers happen here
     scan_file(p, options)
 
+# os.fork is not forbidden: the HDF5 reader forks to isolate libhdf5 under a time limit. What a
+# forked child does is watched too: the hook writes to a log file shared across the fork.
 FORBIDDEN = ("exec", "compile", "import", "subprocess.Popen", "os.system", "os.exec", "os.spawn",
-             "os.posix_spawn", "os.fork", "socket.", "ctypes.", "pty.spawn", "webbrowser.open",
+             "os.posix_spawn", "socket.", "ctypes.", "pty.spawn", "webbrowser.open",
              "shutil.", "os.remove", "os.rename", "os.mkdir")
-events = []
+log_fd = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 watching = [True]
 
 def hook(event, args):
     if watching[0] and event.startswith(FORBIDDEN):
-        events.append([event, repr(args)[:200]])
+        os.write(log_fd, (json.dumps([event, repr(args)[:200], os.getpid()]) + "\n").encode())
 
 sys.addaudithook(hook)
 verdicts = {}
@@ -42,7 +44,7 @@ for p in paths:
     r = scan_file(p, options)
     verdicts[p] = [r.complete, [f.rule_id for f in r.findings if f.severity >= 3 and not f.unscanned]]
 watching[0] = False
-print(json.dumps({"events": events, "verdicts": verdicts}))
+print(json.dumps({"verdicts": verdicts}))
 """
 
 
@@ -53,11 +55,13 @@ def test_scanning_every_fixture_executes_nothing(tmp_path: Path) -> None:
     paths = [str(zoo / name) for name in sorted(expected)]
     if (CORPUS / "manifest.json").is_file():
         paths += [str(p) for p in sorted(CORPUS.iterdir()) if p.name not in ("manifest.json",)]
-    proc = subprocess.run([sys.executable, "-c", WATCHER, json.dumps(paths)], capture_output=True,
+    log = tmp_path / "audit-events.jsonl"
+    proc = subprocess.run([sys.executable, "-c", WATCHER, json.dumps(paths), str(log)], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["events"] == [], f"scanning raised audited events: {out['events'][:10]}"
+    events = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    assert events == [], f"scanning raised audited events: {events[:10]}"
     assert not canary.exists(), "a payload ran during the scan"
     # The watched pass saw real work: every malicious zoo file was blocked or left incomplete.
     for name, verdict in expected.items():

@@ -14,7 +14,11 @@ walked with the shared Keras config walk. Weights datasets are plain numbers, ne
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+import os
+import select
+import signal
+import time
+from typing import Any, Dict, Optional
 
 from ..context import ScanContext
 from ..source import ByteSource, SourceIO
@@ -52,6 +56,112 @@ def _attribute_text(value: Any) -> Optional[str]:
     return None
 
 
+def read_keras_attributes(source: ByteSource, max_bytes: int) -> Dict[str, Any]:
+    """Open the file with h5py and take out what Keras would read, as plain data.
+
+    Returns ``{"error": [rule_id, message]}`` or ``{"is_keras": bool, "attributes": {key: text},
+    "problems": [[rule_id, message, key], ...]}``.
+    """
+    import h5py
+
+    try:
+        handle = h5py.File(SourceIO(source), "r")
+    except (OSError, ValueError) as exc:
+        return {"error": ["unscanned-parse-error", f"HDF5 file could not be opened: {exc}"]}
+    out: Dict[str, Any] = {"attributes": {}, "problems": []}
+    with handle:
+        try:
+            attrs = handle.attrs
+            found = [k for k in KERAS_ATTRIBUTES if k in attrs]
+            out["is_keras"] = bool(found) or "keras_version" in attrs or "model_weights" in handle
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:
+            # h5py raises KeyError (not OSError) when a damaged root group cannot be opened.
+            return {"error": ["unscanned-parse-error", f"HDF5 root group could not be read: {exc}"]}
+        for key in found:
+            try:
+                size = attrs.get_id(key).get_storage_size()
+            except (KeyError, OSError, AttributeError):
+                size = 0
+            if size > max_bytes:
+                out["problems"].append(["unscanned-limit", f"attribute {key!r} of {size} bytes exceeds "
+                                        "the in-memory limit", key])
+                continue
+            try:
+                text = _attribute_text(attrs[key])
+            except (OSError, TypeError, ValueError, KeyError) as exc:
+                out["problems"].append(["unscanned-parse-error", f"attribute {key!r} could not be read: {exc}",
+                                        key])
+                continue
+            if text is None:
+                out["problems"].append(["unscanned-parse-error",
+                                        f"attribute {key!r} is not a string; Keras would fail on it", key])
+                continue
+            out["attributes"][key] = text
+    return out
+
+
+def read_isolated(source: ByteSource, max_bytes: int, seconds: float) -> Dict[str, Any]:
+    """:func:`read_keras_attributes` in a forked child with a time limit.
+
+    libhdf5 is native code reading attacker-controlled bytes: the fuzzer found a damaged global heap
+    on which it loops forever holding the GIL, so no thread or signal in this process could stop it.
+    Where ``fork`` is not available the read runs in this process.
+    """
+    if not hasattr(os, "fork"):  # pragma: no cover - Windows
+        return read_keras_attributes(source, max_bytes)
+    import h5py  # noqa: F401 - imported before forking so the child does not pay for it
+
+    before = source.bytes_read
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into the caller's code
+        status = 0
+        try:
+            os.close(rfd)
+            try:
+                result = read_keras_attributes(source, max_bytes)
+            except Exception as exc:  # noqa: BLE001 - reported by the parent
+                result = {"error": ["unscanned-parse-error", f"HDF5 file could not be read: "
+                                                             f"{type(exc).__name__}: {exc}"]}
+            result["bytes_read"] = source.bytes_read - before
+            data = json.dumps(result).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(wfd, view):]
+        except BaseException:  # noqa: BLE001
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    chunks = []
+    deadline = time.monotonic() + seconds
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([rfd], [], [], left)[0]:
+                timed_out = True
+                break
+            chunk = os.read(rfd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(rfd)
+        if timed_out:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    if timed_out:
+        return {"error": ["unscanned-limit", f"the HDF5 library did not finish reading the file within "
+                                             f"{seconds:g} s (a damaged or hostile file); it was stopped"]}
+    try:
+        result = json.loads(b"".join(chunks))
+    except ValueError:
+        return {"error": ["unscanned-parse-error", "the HDF5 library failed while reading the file"]}
+    source.bytes_read += int(result.pop("bytes_read", 0))
+    return result
+
+
 class Hdf5Reader(FormatReader):
     """HDF5 containers; Keras model configs inside them."""
 
@@ -68,51 +178,25 @@ class Hdf5Reader(FormatReader):
             import h5py  # noqa: F401 - optional dependency, only needed for HDF5 files
         except ImportError:
             ctx.report("unscanned-unsupported", "HDF5 file, but h5py is not installed: its Keras config "
-                       "attributes could not be read (pip install 'safemodel-ci[formats]')")
+                       "attributes could not be read (pip install h5py)")
             return
-        try:
-            handle = h5py.File(SourceIO(source), "r")
-        except (OSError, ValueError) as exc:
-            ctx.report("unscanned-parse-error", f"HDF5 file could not be opened: {exc}", offset=offset)
+        result = read_isolated(source, ctx.limits.max_in_memory_bytes, ctx.limits.max_native_parse_seconds)
+        if "error" in result:
+            rule_id, message = result["error"]
+            ctx.report(rule_id, message, offset=offset)
             return
-        with handle:
+        if result.get("is_keras"):
+            ctx.add_format("keras-h5")
+        for rule_id, message, key in result["problems"]:
+            ctx.report(rule_id, message, details={"attribute": key})
+        for key in KERAS_ATTRIBUTES:
+            text = result["attributes"].get(key)
+            if text is None:
+                continue
             try:
-                attrs = handle.attrs
-                found = [k for k in KERAS_ATTRIBUTES if k in attrs]
-                is_keras = bool(found) or "keras_version" in attrs or "model_weights" in handle
-            except (KeyError, OSError, ValueError, RuntimeError) as exc:
-                # h5py raises KeyError (not OSError) when a damaged root group cannot be opened.
-                ctx.report("unscanned-parse-error", f"HDF5 root group could not be read: {exc}",
-                           offset=offset)
-                return
-            if is_keras:
-                ctx.add_format("keras-h5")
-            for key in found:
-                self._scan_attribute(attrs, key, ctx)
-
-    def _scan_attribute(self, attrs: Any, key: str, ctx: ScanContext) -> None:
-        try:
-            size = attrs.get_id(key).get_storage_size()
-        except (KeyError, OSError, AttributeError):
-            size = 0
-        if size > ctx.limits.max_in_memory_bytes:
-            ctx.report("unscanned-limit", f"attribute {key!r} of {size} bytes exceeds the in-memory limit",
-                       details={"attribute": key, "limit": "max_in_memory_bytes"})
-            return
-        try:
-            text = _attribute_text(attrs[key])
-        except (OSError, TypeError, ValueError) as exc:
-            ctx.report("unscanned-parse-error", f"attribute {key!r} could not be read: {exc}",
-                       details={"attribute": key})
-            return
-        if text is None:
-            ctx.report("unscanned-parse-error", f"attribute {key!r} is not a string; Keras would fail on it",
-                       details={"attribute": key})
-            return
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            ctx.report("unscanned-parse-error", f"attribute {key!r} is not JSON: {exc}",
-                       details={"attribute": key})
-            return
-        walk_keras_config(doc, ctx, root=key)
+                doc = json.loads(text)
+            except ValueError as exc:
+                ctx.report("unscanned-parse-error", f"attribute {key!r} is not JSON: {exc}",
+                           details={"attribute": key})
+                continue
+            walk_keras_config(doc, ctx, root=key)

@@ -89,8 +89,8 @@ def read_keras_attributes(source: ByteSource, max_bytes: int) -> Dict[str, Any]:
             try:
                 text = _attribute_text(attrs[key])
             except (OSError, TypeError, ValueError, KeyError) as exc:
-                out["problems"].append(["unscanned-parse-error", f"attribute {key!r} could not be read: {exc}",
-                                        key])
+                out["problems"].append(["unscanned-parse-error",
+                                        f"attribute {key!r} could not be read: {exc}", key])
                 continue
             if text is None:
                 out["problems"].append(["unscanned-parse-error",

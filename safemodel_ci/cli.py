@@ -239,7 +239,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
         print("| --- | --- | --- | --- |")
         for r in RULES:
             sev = "unscanned (exit 2)" if r.unscanned else r.severity.name
-            print(f"| `{r.id}` | {sev} | {r.title}: {r.description} | {r.remedy} |")
+            cells = [f"`{r.id}`", sev, f"{r.title}: {r.description}", r.remedy]
+            print("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     else:
         for r in RULES:
             sev = "UNSCANNED" if r.unscanned else r.severity.name

@@ -40,11 +40,10 @@ FIXED_CANARY = Path("/nonexistent/safemodel-fuzz-canary")
 #: container's structure makes the payload unreachable to every loader (zip readers need a valid
 #: end record and directory), so only crashes and time are checked for them.
 APPENDED_PAYLOAD = frozenset({"evil_tail.safetensors"})
-#: Seeds whose reader can hang inside a C library on some mutations, where Python cannot interrupt
-#: it (no deadline check runs, the GIL is held): h5py/libhdf5 loops forever reading a string
-#: attribute from some damaged global heaps (``test_hardening_regressions``
-#: ``test_hdf5_damaged_global_heap_does_not_hang``, xfail). Until the HDF5 reader isolates h5py in a
-#: child process with a time limit, these seeds get the truncation test only (no hang seen there).
+#: Seeds whose reader can loop inside a C library on some mutations: libhdf5 never returns from some
+#: damaged global heaps. The HDF5 reader now stops h5py's forked child after
+#: ``Limits.max_native_parse_seconds`` (an ``unscanned-limit``, ``test_hardening_regressions``), but
+#: that is longer than this test's 2 s per scan, so these seeds get the truncation test only.
 HANGS_IN_C = frozenset({"model.h5", "evil_module.h5"})
 
 

@@ -9,6 +9,7 @@ served is counted per file, so tests can assert how much a scan fetched.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -126,6 +127,10 @@ class FakeHub:
         self.requests: List[Tuple[str, str, Dict[str, str]]] = []
         self.valid_token: Optional[str] = None
         self._lock = threading.Lock()
+        #: requests being answered; served_bytes waits for none, since a handler counts its bytes
+        #: after its last write, which the client may have read before the handler thread counts it.
+        self._active = 0
+        self._idle = threading.Condition(self._lock)
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -150,8 +155,20 @@ class FakeHub:
             repo.refs[ref] = sha
         return sha
 
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        with self._lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._idle.notify_all()
+
     def served_bytes(self, repo_id: str, path: Optional[str] = None) -> int:
         with self._lock:
+            self._idle.wait_for(lambda: self._active == 0, timeout=10)
             return sum(n for (r, p), n in self.served.items() if r == repo_id and (path is None or p == path))
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -239,12 +256,14 @@ class _HubHandler(BaseHTTPRequestHandler):
 
     # -- verbs ----------------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        self._record()
-        self._dispatch(head=False)
+        with self.fake.answering():
+            self._record()
+            self._dispatch(head=False)
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self._record()
-        self._dispatch(head=True)
+        with self.fake.answering():
+            self._record()
+            self._dispatch(head=True)
 
     def do_POST(self) -> None:  # noqa: N802
         self._record()

@@ -356,7 +356,6 @@ class _PickleVM:
         self.out_of_ops = False
         self.broken: Optional[_Broken] = None
         self._pending_nested: List[Callable[[], None]] = []
-        self.dispatch: Dict[int, Callable[[int], None]] = self._build_dispatch()
 
     # -- reading -------------------------------------------------------------------------------
     def _read(self, n: int, pos: int) -> bytes:
@@ -771,29 +770,39 @@ class _PickleVM:
         result = PickleStreamResult(start=self.start, end=None, complete=False)
         reader = self.reader
         read = reader.read
-        dispatch = self.dispatch
+        dispatch = _DISPATCH
         max_ops = self.max_ops if self.max_ops is not None else -1
+        ctx = self.ctx
         try:
             while True:
                 pos = reader._pos  # tell(), without the call: this loop runs once per opcode
                 self.ops += 1
-                if not self.ops & 0xFFF and self.ctx is not None:
-                    self.ctx.check_deadline()
+                if not self.ops & 0xFFF and ctx is not None:
+                    ctx.check_deadline()
                 if self.ops == max_ops:
                     self.out_of_ops = True
                     raise _Broken(pos, f"stopped after {max_ops} opcodes (detection budget)")
-                b = read(1)
-                if not b:
-                    raise _Broken(pos, "stream ends before STOP" if pos > self.start else "empty stream")
-                handler = dispatch.get(b[0])
+                # The opcode byte straight from the reader's buffer when it is there (the common
+                # case); the buffer never extends past the reader's end.
+                rel = pos - reader._buf_start
+                buf = reader._buf
+                if 0 <= rel < len(buf):
+                    code = buf[rel]
+                    reader._pos = pos + 1
+                else:
+                    b = read(1)
+                    if not b:
+                        raise _Broken(pos, "stream ends before STOP" if pos > self.start else "empty stream")
+                    code = b[0]
+                handler = dispatch.get(code)
                 if handler is None:
-                    raise _Broken(pos, f"invalid opcode 0x{b[0]:02x}")
+                    raise _Broken(pos, f"invalid opcode 0x{code:02x}")
                 if self._just_imported:
                     self._just_imported = False
-                    if b[0] in _AFTER_IMPORT:
+                    if code in _AFTER_IMPORT:
                         self.import_evidence = True
                 try:
-                    handler(pos)
+                    handler(self, pos)
                 except _Stop:
                     result.end = self.reader.tell()
                     result.complete = True
@@ -839,212 +848,212 @@ class _PickleVM:
             run()
 
     # -- opcodes -----------------------------------------------------------------------------------
-    def _build_dispatch(self) -> Dict[int, Callable[[int], None]]:
-        d: Dict[int, Callable[[int], None]] = {}
-        push = self._push
-        rd = self._read
+    @staticmethod
+    def _build_dispatch() -> Dict[int, Callable[["_PickleVM", int], None]]:
+        """The opcode table, built once for the class: handlers take the VM as ``self``."""
+        d: Dict[int, Callable[["_PickleVM", int], None]] = {}
 
-        def op(code: bytes) -> Callable[[Callable[[int], None]], Callable[[int], None]]:
-            def deco(fn: Callable[[int], None]) -> Callable[[int], None]:
+        def op(code: bytes) -> Callable[[Callable[..., None]], Callable[..., None]]:
+            def deco(fn: Callable[..., None]) -> Callable[..., None]:
                 d[code[0]] = fn
                 return fn
             return deco
 
         @op(b"(")
-        def mark(pos: int) -> None:
+        def mark(self: _PickleVM, pos: int) -> None:
             if len(self.metastack) >= self.max_stack:
                 raise _Broken(pos, "too many MARKs (limit)")
             self.metastack.append(self.stack)
             self.stack = []
 
         @op(b".")
-        def stop(pos: int) -> None:
+        def stop(self: _PickleVM, pos: int) -> None:
             self._top(pos)
             raise _Stop
 
         @op(b"0")
-        def pop(pos: int) -> None:
+        def pop(self: _PickleVM, pos: int) -> None:
             if self.stack:
                 self.stack.pop()
             else:
                 self._pop_mark(pos)  # POP on an empty frame discards the mark (pickle.py and _pickle)
 
         @op(b"1")
-        def pop_mark(pos: int) -> None:
+        def pop_mark(self: _PickleVM, pos: int) -> None:
             self._pop_mark(pos)
 
         @op(b"2")
-        def dup(pos: int) -> None:
-            push(self._top(pos))
+        def dup(self: _PickleVM, pos: int) -> None:
+            self._push(self._top(pos))
 
         @op(b"F")
-        def float_(pos: int) -> None:
-            push(float(self._line(pos, 4096)))
+        def float_(self: _PickleVM, pos: int) -> None:
+            self._push(float(self._line(pos, 4096)))
 
         @op(b"I")
-        def int_(pos: int) -> None:
+        def int_(self: _PickleVM, pos: int) -> None:
             line = self._line(pos)
             if line == b"00":
-                push(False)
+                self._push(False)
             elif line == b"01":
-                push(True)
+                self._push(True)
             else:
-                push(_parse_int(line))
+                self._push(_parse_int(line))
 
         @op(b"L")
-        def long_(pos: int) -> None:
+        def long_(self: _PickleVM, pos: int) -> None:
             line = self._line(pos)
             if line.endswith(b"L"):
                 line = line[:-1]
-            push(_parse_int(line))
+            self._push(_parse_int(line))
 
         @op(b"J")
-        def binint(pos: int) -> None:
-            push(struct.unpack("<i", rd(4, pos))[0])
+        def binint(self: _PickleVM, pos: int) -> None:
+            self._push(struct.unpack("<i", self._read(4, pos))[0])
 
         @op(b"K")
-        def binint1(pos: int) -> None:
-            push(rd(1, pos)[0])
+        def binint1(self: _PickleVM, pos: int) -> None:
+            self._push(self._read(1, pos)[0])
 
         @op(b"M")
-        def binint2(pos: int) -> None:
-            push(struct.unpack("<H", rd(2, pos))[0])
+        def binint2(self: _PickleVM, pos: int) -> None:
+            self._push(struct.unpack("<H", self._read(2, pos))[0])
 
         @op(b"\x8a")
-        def long1(pos: int) -> None:
-            n = rd(1, pos)[0]
-            push(int.from_bytes(rd(n, pos), "little", signed=True))
+        def long1(self: _PickleVM, pos: int) -> None:
+            n = self._read(1, pos)[0]
+            self._push(int.from_bytes(self._read(n, pos), "little", signed=True))
 
         @op(b"\x8b")
-        def long4(pos: int) -> None:
-            n = struct.unpack("<i", rd(4, pos))[0]
+        def long4(self: _PickleVM, pos: int) -> None:
+            n = struct.unpack("<i", self._read(4, pos))[0]
             if n < 0:
                 raise _Broken(pos, "LONG4 with a negative byte count")
             data = self._payload(n, pos, "bytes")
-            push(int.from_bytes(data, "little", signed=True) if isinstance(data, bytes) and n <= 4096
+            self._push(int.from_bytes(data, "little", signed=True) if isinstance(data, bytes) and n <= 4096
                  else Opaque("a huge integer"))
 
         @op(b"N")
-        def none(pos: int) -> None:
-            push(None)
+        def none(self: _PickleVM, pos: int) -> None:
+            self._push(None)
 
         @op(b"\x88")
-        def newtrue(pos: int) -> None:
-            push(True)
+        def newtrue(self: _PickleVM, pos: int) -> None:
+            self._push(True)
 
         @op(b"\x89")
-        def newfalse(pos: int) -> None:
-            push(False)
+        def newfalse(self: _PickleVM, pos: int) -> None:
+            self._push(False)
 
         @op(b"P")
-        def persid(pos: int) -> None:
+        def persid(self: _PickleVM, pos: int) -> None:
             pid = self._line(pos).decode("ascii")
             self.persistent_ids.append(pid)
-            push(Opaque("a persistent object"))
+            self._push(Opaque("a persistent object"))
 
         @op(b"Q")
-        def binpersid(pos: int) -> None:
+        def binpersid(self: _PickleVM, pos: int) -> None:
             pid = self._pop(pos)
             self.persistent_ids.append(_maybe_literal(pid, keep_globals=True))
-            push(Opaque("a persistent object"))
+            self._push(Opaque("a persistent object"))
 
         @op(b"R")
-        def reduce(pos: int) -> None:
+        def reduce(self: _PickleVM, pos: int) -> None:
             args = self._pop(pos)
             func = self._top(pos)
             self.stack[-1] = self._call(func, args, "REDUCE", pos)
 
         @op(b"S")
-        def string(pos: int) -> None:
+        def string(self: _PickleVM, pos: int) -> None:
             content, length = self._long_line(pos)
             if content is None:
-                push(BigData("str", length, None))
+                self._push(BigData("str", length, None))
                 return
             if len(content) < 2 or content[0] != content[-1] or content[:1] not in (b"'", b'"'):
                 raise _Broken(pos, "the STRING opcode argument must be quoted")
-            push(_py2_str(codecs.escape_decode(content[1:-1])[0]))
+            self._push(_py2_str(codecs.escape_decode(content[1:-1])[0]))
 
         @op(b"T")
-        def binstring(pos: int) -> None:
-            n = struct.unpack("<i", rd(4, pos))[0]
+        def binstring(self: _PickleVM, pos: int) -> None:
+            n = struct.unpack("<i", self._read(4, pos))[0]
             data = self._payload(n, pos, "str8")  # raw bytes are the latin-1 encoding of the value
-            push(_py2_str(data) if isinstance(data, bytes) else data)
+            self._push(_py2_str(data) if isinstance(data, bytes) else data)
 
         @op(b"U")
-        def short_binstring(pos: int) -> None:
-            push(_py2_str(rd(rd(1, pos)[0], pos)))
+        def short_binstring(self: _PickleVM, pos: int) -> None:
+            self._push(_py2_str(self._read(self._read(1, pos)[0], pos)))
 
         @op(b"V")
-        def unicode_(pos: int) -> None:
+        def unicode_(self: _PickleVM, pos: int) -> None:
             content, length = self._long_line(pos)
-            push(BigData("str", length, None) if content is None else str(content, "raw-unicode-escape"))
+            self._push(BigData("str", length, None) if content is None else str(content, "raw-unicode-escape"))
 
-        def text(n: int, pos: int) -> Any:
+        def text(self: _PickleVM, n: int, pos: int) -> Any:
             data = self._payload(n, pos, "str")
             if isinstance(data, bytes):
                 return str(data, "utf-8", "surrogatepass")
             return data
 
         @op(b"X")
-        def binunicode(pos: int) -> None:
-            push(text(struct.unpack("<I", rd(4, pos))[0], pos))
+        def binunicode(self: _PickleVM, pos: int) -> None:
+            self._push(text(self, struct.unpack("<I", self._read(4, pos))[0], pos))
 
         @op(b"\x8d")
-        def binunicode8(pos: int) -> None:
-            push(text(struct.unpack("<Q", rd(8, pos))[0], pos))
+        def binunicode8(self: _PickleVM, pos: int) -> None:
+            self._push(text(self, struct.unpack("<Q", self._read(8, pos))[0], pos))
 
         @op(b"\x8c")
-        def short_binunicode(pos: int) -> None:
-            push(text(rd(1, pos)[0], pos))
+        def short_binunicode(self: _PickleVM, pos: int) -> None:
+            self._push(text(self, self._read(1, pos)[0], pos))
 
         @op(b"B")
-        def binbytes(pos: int) -> None:
-            push(self._payload(struct.unpack("<I", rd(4, pos))[0], pos, "bytes"))
+        def binbytes(self: _PickleVM, pos: int) -> None:
+            self._push(self._payload(struct.unpack("<I", self._read(4, pos))[0], pos, "bytes"))
 
         @op(b"C")
-        def short_binbytes(pos: int) -> None:
-            push(rd(rd(1, pos)[0], pos))
+        def short_binbytes(self: _PickleVM, pos: int) -> None:
+            self._push(self._read(self._read(1, pos)[0], pos))
 
         @op(b"\x8e")
-        def binbytes8(pos: int) -> None:
-            push(self._payload(struct.unpack("<Q", rd(8, pos))[0], pos, "bytes"))
+        def binbytes8(self: _PickleVM, pos: int) -> None:
+            self._push(self._payload(struct.unpack("<Q", self._read(8, pos))[0], pos, "bytes"))
 
         @op(b"\x96")
-        def bytearray8(pos: int) -> None:
-            data = self._payload(struct.unpack("<Q", rd(8, pos))[0], pos, "bytearray")
-            push(bytearray(data) if isinstance(data, bytes) else data)
+        def bytearray8(self: _PickleVM, pos: int) -> None:
+            data = self._payload(struct.unpack("<Q", self._read(8, pos))[0], pos, "bytearray")
+            self._push(bytearray(data) if isinstance(data, bytes) else data)
 
         @op(b"\x97")
-        def next_buffer(pos: int) -> None:
-            push(Opaque("an out-of-band buffer"))
+        def next_buffer(self: _PickleVM, pos: int) -> None:
+            self._push(Opaque("an out-of-band buffer"))
 
         @op(b"\x98")
-        def readonly_buffer(pos: int) -> None:
+        def readonly_buffer(self: _PickleVM, pos: int) -> None:
             self._top(pos)
 
         @op(b"a")
-        def append(pos: int) -> None:
+        def append(self: _PickleVM, pos: int) -> None:
             value = self._pop(pos)
             self._append(self._top(pos), [value], pos, "APPEND")
 
         @op(b"e")
-        def appends(pos: int) -> None:
+        def appends(self: _PickleVM, pos: int) -> None:
             items = self._pop_mark(pos)
             self._append(self._top(pos), items, pos, "APPENDS")
 
         @op(b"b")
-        def build(pos: int) -> None:
+        def build(self: _PickleVM, pos: int) -> None:
             state = self._pop(pos)
             self._build(self._top(pos), state, pos)
 
         @op(b"c")
-        def global_(pos: int) -> None:
+        def global_(self: _PickleVM, pos: int) -> None:
             module = self._line(pos, 4096).decode("utf-8")
             name = self._line(pos, 4096).decode("utf-8")
-            push(self._global(module, name, pos, "GLOBAL"))
+            self._push(self._global(module, name, pos, "GLOBAL"))
 
         @op(b"\x93")
-        def stack_global(pos: int) -> None:
+        def stack_global(self: _PickleVM, pos: int) -> None:
             name = self._pop(pos)
             module = self._pop(pos)
             if self.torch_archive:
@@ -1054,123 +1063,123 @@ class _PickleVM:
                               "with a higher pickle_protocol or by another tool",
                               pos, "STACK_GLOBAL", key="torch")
             if isinstance(module, str) and isinstance(name, str):
-                push(self._global(module, name, pos, "STACK_GLOBAL"))
+                self._push(self._global(module, name, pos, "STACK_GLOBAL"))
             else:
-                push(self._unresolved(module, name, pos, "STACK_GLOBAL"))
+                self._push(self._unresolved(module, name, pos, "STACK_GLOBAL"))
 
         @op(b"i")
-        def inst(pos: int) -> None:
+        def inst(self: _PickleVM, pos: int) -> None:
             module = self._line(pos, 4096).decode("ascii")
             name = self._line(pos, 4096).decode("ascii")
             klass = self._global(module, name, pos, "INST")
             args = self._pop_mark(pos)
-            push(self._call(klass, tuple(args), "INST", pos))
+            self._push(self._call(klass, tuple(args), "INST", pos))
 
         @op(b"o")
-        def obj(pos: int) -> None:
+        def obj(self: _PickleVM, pos: int) -> None:
             args = self._pop_mark(pos)
             if not args:
                 raise _Broken(pos, "OBJ without a class")
             cls = args.pop(0)
-            push(self._call(cls, tuple(args), "OBJ", pos))
+            self._push(self._call(cls, tuple(args), "OBJ", pos))
 
         @op(b"\x81")
-        def newobj(pos: int) -> None:
+        def newobj(self: _PickleVM, pos: int) -> None:
             args = self._pop(pos)
             cls = self._pop(pos)
-            push(self._call(cls, args, "NEWOBJ", pos))
+            self._push(self._call(cls, args, "NEWOBJ", pos))
 
         @op(b"\x92")
-        def newobj_ex(pos: int) -> None:
+        def newobj_ex(self: _PickleVM, pos: int) -> None:
             kwargs = self._pop(pos)
             args = self._pop(pos)
             cls = self._pop(pos)
-            push(self._call(cls, args, "NEWOBJ_EX", pos, kwargs))
+            self._push(self._call(cls, args, "NEWOBJ_EX", pos, kwargs))
 
-        def ext(code: int, pos: int) -> None:
+        def ext(self: _PickleVM, code: int, pos: int) -> None:
             rec = self._anomaly("pickle-ext-code", f"extension code {code}",
                                 "EXT opcodes import whatever the loading process registered in copyreg's "
                                 "extension registry under this code", pos, "EXT", key=str(code))
-            push(Opaque(f"the object registered under extension code {code}", rec))
+            self._push(Opaque(f"the object registered under extension code {code}", rec))
 
         @op(b"\x82")
-        def ext1(pos: int) -> None:
-            ext(rd(1, pos)[0], pos)
+        def ext1(self: _PickleVM, pos: int) -> None:
+            ext(self, self._read(1, pos)[0], pos)
 
         @op(b"\x83")
-        def ext2(pos: int) -> None:
-            ext(struct.unpack("<H", rd(2, pos))[0], pos)
+        def ext2(self: _PickleVM, pos: int) -> None:
+            ext(self, struct.unpack("<H", self._read(2, pos))[0], pos)
 
         @op(b"\x84")
-        def ext4(pos: int) -> None:
-            ext(struct.unpack("<i", rd(4, pos))[0], pos)
+        def ext4(self: _PickleVM, pos: int) -> None:
+            ext(self, struct.unpack("<i", self._read(4, pos))[0], pos)
 
         @op(b"d")
-        def dict_(pos: int) -> None:
+        def dict_(self: _PickleVM, pos: int) -> None:
             items = self._pop_mark(pos)
             if len(items) % 2:
                 raise _Broken(pos, "DICT with an odd number of items")
             dct = PDict()
             self._setitems(dct, items, pos, "DICT")
-            push(dct)
+            self._push(dct)
 
         @op(b"}")
-        def empty_dict(pos: int) -> None:
-            push(PDict())
+        def empty_dict(self: _PickleVM, pos: int) -> None:
+            self._push(PDict())
 
         @op(b"s")
-        def setitem(pos: int) -> None:
+        def setitem(self: _PickleVM, pos: int) -> None:
             value = self._pop(pos)
             key = self._pop(pos)
             self._setitems(self._top(pos), [key, value], pos, "SETITEM")
 
         @op(b"u")
-        def setitems(pos: int) -> None:
+        def setitems(self: _PickleVM, pos: int) -> None:
             items = self._pop_mark(pos)
             self._setitems(self._top(pos), items, pos, "SETITEMS")
 
         @op(b"l")
-        def list_(pos: int) -> None:
+        def list_(self: _PickleVM, pos: int) -> None:
             items = self._pop_mark(pos)
             lst = PList()
             self._append(lst, items, pos, "LIST")
-            push(lst)
+            self._push(lst)
 
         @op(b"]")
-        def empty_list(pos: int) -> None:
-            push(PList())
+        def empty_list(self: _PickleVM, pos: int) -> None:
+            self._push(PList())
 
         @op(b"t")
-        def tuple_(pos: int) -> None:
-            push(tuple(self._pop_mark(pos)))
+        def tuple_(self: _PickleVM, pos: int) -> None:
+            self._push(tuple(self._pop_mark(pos)))
 
         @op(b")")
-        def empty_tuple(pos: int) -> None:
-            push(())
+        def empty_tuple(self: _PickleVM, pos: int) -> None:
+            self._push(())
 
         @op(b"\x85")
-        def tuple1(pos: int) -> None:
-            push((self._pop(pos),))
+        def tuple1(self: _PickleVM, pos: int) -> None:
+            self._push((self._pop(pos),))
 
         @op(b"\x86")
-        def tuple2(pos: int) -> None:
+        def tuple2(self: _PickleVM, pos: int) -> None:
             b = self._pop(pos)
             a = self._pop(pos)
-            push((a, b))
+            self._push((a, b))
 
         @op(b"\x87")
-        def tuple3(pos: int) -> None:
+        def tuple3(self: _PickleVM, pos: int) -> None:
             c = self._pop(pos)
             b = self._pop(pos)
             a = self._pop(pos)
-            push((a, b, c))
+            self._push((a, b, c))
 
         @op(b"\x8f")
-        def empty_set(pos: int) -> None:
-            push(PSet())
+        def empty_set(self: _PickleVM, pos: int) -> None:
+            self._push(PSet())
 
         @op(b"\x90")
-        def additems(pos: int) -> None:
+        def additems(self: _PickleVM, pos: int) -> None:
             items = self._pop_mark(pos)
             target = self._top(pos)
             if isinstance(target, PSet) and not target.frozen:
@@ -1182,55 +1191,55 @@ class _PickleVM:
                 self._mutating_call(target, items, pos, "ADDITEMS")
 
         @op(b"\x91")
-        def frozenset_(pos: int) -> None:
+        def frozenset_(self: _PickleVM, pos: int) -> None:
             items = self._pop_mark(pos)
             kept = self._keep(len(items))
             fs = PSet(items if kept else (), frozen=True)
             fs.dropped = 0 if kept else len(items)
-            push(fs)
+            self._push(fs)
 
         @op(b"g")
-        def get(pos: int) -> None:
+        def get(self: _PickleVM, pos: int) -> None:
             self._memo_get(int(self._line(pos, 64)), pos)
 
         @op(b"h")
-        def binget(pos: int) -> None:
-            self._memo_get(rd(1, pos)[0], pos)
+        def binget(self: _PickleVM, pos: int) -> None:
+            self._memo_get(self._read(1, pos)[0], pos)
 
         @op(b"j")
-        def long_binget(pos: int) -> None:
-            self._memo_get(struct.unpack("<I", rd(4, pos))[0], pos)
+        def long_binget(self: _PickleVM, pos: int) -> None:
+            self._memo_get(struct.unpack("<I", self._read(4, pos))[0], pos)
 
         @op(b"p")
-        def put(pos: int) -> None:
+        def put(self: _PickleVM, pos: int) -> None:
             self._memo_put(int(self._line(pos, 64)), pos)
 
         @op(b"q")
-        def binput(pos: int) -> None:
-            self._memo_put(rd(1, pos)[0], pos)
+        def binput(self: _PickleVM, pos: int) -> None:
+            self._memo_put(self._read(1, pos)[0], pos)
 
         @op(b"r")
-        def long_binput(pos: int) -> None:
-            self._memo_put(struct.unpack("<I", rd(4, pos))[0], pos)
+        def long_binput(self: _PickleVM, pos: int) -> None:
+            self._memo_put(struct.unpack("<I", self._read(4, pos))[0], pos)
 
         @op(b"\x94")
-        def memoize(pos: int) -> None:
+        def memoize(self: _PickleVM, pos: int) -> None:
             self._memo_put(len(self.memo), pos)
 
         @op(b"G")
-        def binfloat(pos: int) -> None:
-            push(struct.unpack(">d", rd(8, pos))[0])
+        def binfloat(self: _PickleVM, pos: int) -> None:
+            self._push(struct.unpack(">d", self._read(8, pos))[0])
 
         @op(b"\x80")
-        def proto(pos: int) -> None:
-            p = rd(1, pos)[0]
+        def proto(self: _PickleVM, pos: int) -> None:
+            p = self._read(1, pos)[0]
             if p > 5:
                 raise _Broken(pos, f"unsupported pickle protocol {p}")
             self.proto = p
 
         @op(b"\x95")
-        def frame(pos: int) -> None:
-            size = struct.unpack("<Q", rd(8, pos))[0]
+        def frame(self: _PickleVM, pos: int) -> None:
+            size = struct.unpack("<Q", self._read(8, pos))[0]
             if size > self.reader.remaining():
                 raise _Broken(pos, f"FRAME of {size} bytes runs past the end of the data")
 
@@ -1241,6 +1250,9 @@ _CALL_KINDS = frozenset({"REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"
 #: Opcodes a pickler writes right after an import: MARK, memo PUTs, EMPTY_TUPLE.
 _AFTER_IMPORT = frozenset(b"(pqr\x94)")
 _IDENTIFIER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+_DISPATCH = _PickleVM._build_dispatch()
 
 
 def _parse_int(line: bytes) -> Any:

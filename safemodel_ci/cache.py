@@ -375,6 +375,16 @@ class ResultCache:
             entry["digest"] = scanned
         return self._store(key, entry)
 
+    def store_snapshot(self, source: FileSource, real: str, display: str, fingerprint: str,
+                       result: FileResult) -> bool:
+        """Store the result of a small file whose scan read only :meth:`FileSource.snapshot`."""
+        whole = source.snapshot()
+        if whole is None:
+            return False
+        key = self.file_key(real, source.size, display, fingerprint)
+        return self._store(key, {"size": source.size, "result": result.to_dict(),
+                                 "whole_sha256": hashlib.sha256(whole).hexdigest()})
+
     # -- content-addressed: a whole-file sha256 known without reading (a Hub LFS oid) --------
     def digest_key(self, sha256: str, size: int, display: str, fingerprint: str) -> str:
         text = json.dumps(["sha256", fingerprint, sha256.lower(), size, display])
@@ -444,7 +454,10 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
         hit = cache.lookup_file(source, real, shown, fp) if lookup else None
         if hit is not None:
             return hit
-        recording = RecordingSource(source)
+        # A small file is read once, whole, and every read served from that copy: its hash is the
+        # key, and logging each read (to replay it later) would cost more than the scan.
+        small = source.snapshot() is not None
+        recording: ByteSource = source if small else RecordingSource(source)
         start = source.bytes_read
         siblings_used = []
         open_sibling = _local_siblings(path)
@@ -458,8 +471,11 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
         scan_source(recording, ctx)
         result = FileResult(path=shown, size=source.size, formats=list(ctx.formats),
                             findings=sort_findings(ctx.findings), bytes_read=source.bytes_read - start)
-        if result.complete and not ctx.used_outside and not siblings_used and not recording.overflow:
-            cache.store_file(recording, real, shown, fp, result)
+        if result.complete and not ctx.used_outside and not siblings_used:
+            if small:
+                cache.store_snapshot(source, real, shown, fp, result)
+            elif isinstance(recording, RecordingSource) and not recording.overflow:
+                cache.store_file(recording, real, shown, fp, result)
     return result
 
 

@@ -75,7 +75,13 @@ class ByteSource(ABC):
 
 
 class FileSource(ByteSource):
-    """A local file, read with ``pread`` so that memory stays bounded whatever its size."""
+    """A local file, read with ``pread`` so that memory stays bounded whatever its size.
+
+    A file of at most :attr:`SLURP_SIZE` bytes is read whole on the first read and served from
+    memory: readers ask for a few bytes at a time, and on small files the system calls dominate.
+    """
+
+    SLURP_SIZE = 256 << 10
 
     def __init__(self, path: "os.PathLike[str] | str", name: Optional[str] = None) -> None:
         super().__init__()
@@ -86,6 +92,7 @@ class FileSource(ByteSource):
             self._size = os.fstat(self._fd).st_size
         except OSError as exc:
             raise SourceError(f"{self.name}: {exc.strerror or exc}") from exc
+        self._whole: Optional[bytes] = None
 
     @property
     def size(self) -> int:
@@ -94,6 +101,25 @@ class FileSource(ByteSource):
     def _read(self, offset: int, n: int) -> bytes:
         if self._fd is None:
             raise SourceError(f"{self.name}: read after close")
+        if self._size <= self.SLURP_SIZE:
+            if self._whole is None:
+                self._whole = self._pread(0, self._size)
+            return self._whole[offset:offset + n]
+        return self._pread(offset, n)
+
+    def snapshot(self) -> Optional[bytes]:
+        """The whole content every read of a small file was served from (None for a big file).
+
+        Whatever a reader saw of a small file came from this one read, so its hash identifies the
+        content a scan looked at even if the file changes on disk meanwhile.
+        """
+        if self._size > self.SLURP_SIZE:
+            return None
+        if self._whole is None:
+            self._read(0, 0)
+        return self._whole
+
+    def _pread(self, offset: int, n: int) -> bytes:
         chunks = []
         while n > 0:
             try:
@@ -112,6 +138,7 @@ class FileSource(ByteSource):
         return b"".join(chunks)
 
     def close(self) -> None:
+        self._whole = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

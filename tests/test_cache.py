@@ -353,3 +353,17 @@ def test_cached_malicious_result_keeps_its_findings(tmp_path: Path) -> None:
     assert any(f.severity is Severity.CRITICAL for f in first.findings)
     second = scan_file_cached(str(bad), OPTIONS, cache)
     assert second.cached and second.findings == first.findings
+
+
+def test_a_small_file_rewritten_during_the_scan_is_keyed_by_what_the_scan_read(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"A" * 100)
+    cache = ResultCache(str(tmp_path / "cache"))
+    result = scan_file(str(model), OPTIONS)
+    with FileSource(str(model)) as source:
+        assert source.read_at(0, 10) == b"A" * 10  # the first read takes the whole small file
+        model.write_bytes(b"B" * 100)
+        assert source.read_at(90, 10) == b"A" * 10  # later reads come from that copy
+        assert cache.store_snapshot(source, str(model), str(model), "fp", result)
+    (entry,) = entries(tmp_path / "cache")
+    assert json.loads(Path(entry).read_text())["whole_sha256"] == hashlib.sha256(b"A" * 100).hexdigest()

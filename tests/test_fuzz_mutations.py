@@ -2,7 +2,7 @@
 
 Mutations: bit flips, truncation, length-like fields forced to extremes, duplicated and reordered
 chunks. Properties: no reader crashes (a ``scanner-error`` finding means a reader raised something
-it did not turn into a precise finding), no scan of these (< 1 MB) files takes over 2 s, and a
+it did not turn into a precise finding), no scan of these (< 1 MB) files takes over 2 s of CPU time, and a
 mutated malicious file whose payload bytes are still present is never reported clean.
 
 Runs are derandomized (the seed is fixed, so a failure reproduces exactly); raise
@@ -15,7 +15,6 @@ import io
 import os
 import pickle
 import pickletools
-import time
 import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -158,13 +157,20 @@ def _payload_unreachable(mutated: bytes, result_formats: List[str]) -> bool:
     return bool(carriers) and all(_pickle_load_stops_before_payload(m) for m in carriers)
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children (the HDF5 reader's fork): the 2 s
+    property is about work done, which a busy CI machine must not turn into a false failure."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _check(name: str, original: bytes, verdict: str, mutated: bytes) -> None:
-    start = time.monotonic()
+    start = _cpu_seconds()
     result = scan_byte_source(BytesSource(mutated, name=name), name, OPTIONS)
-    elapsed = time.monotonic() - start
+    elapsed = _cpu_seconds() - start
     crashes = [f for f in result.findings if f.rule_id == "scanner-error"]
     assert not crashes, f"{name}: reader crashed on a mutation: {crashes[0].message}"
-    assert elapsed < 2.0, f"{name}: scan of a {len(mutated)}-byte mutation took {elapsed:.2f}s"
+    assert elapsed < 2.0, f"{name}: scan of a {len(mutated)}-byte mutation took {elapsed:.2f}s of CPU time"
     if verdict == MALICIOUS and name not in APPENDED_PAYLOAD and any(m in original for m in PAYLOAD_MARKERS):
         unreachable = _payload_unreachable(mutated, result.formats)
         if any(m in mutated for m in PAYLOAD_MARKERS) and not unreachable:

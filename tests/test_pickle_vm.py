@@ -20,7 +20,6 @@ from safemodel_ci.formats.pickle import (
     _DISPATCH,
     MAX_INLINE_BYTES,
     PickleStreamResult,
-    _PickleVM,
     looks_like_pickle,
     scan_pickle_at,
     scan_pickle_stream,

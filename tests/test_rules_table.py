@@ -22,4 +22,5 @@ def test_readme_rules_table_is_generated_from_the_rules(capsys) -> None:  # type
     generated = capsys.readouterr().out
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     shown = readme.split("<!-- rules:start -->\n", 1)[1].split("<!-- rules:end -->", 1)[0]
-    assert shown == generated, "README rules table is stale: regenerate with `safemodel rules --format markdown`"
+    assert shown == generated, \
+        "README rules table is stale: regenerate with `safemodel rules --format markdown`"

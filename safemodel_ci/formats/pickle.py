@@ -986,7 +986,8 @@ class _PickleVM:
         @op(b"V")
         def unicode_(self: _PickleVM, pos: int) -> None:
             content, length = self._long_line(pos)
-            self._push(BigData("str", length, None) if content is None else str(content, "raw-unicode-escape"))
+            self._push(BigData("str", length, None) if content is None
+                       else str(content, "raw-unicode-escape"))
 
         def text(self: _PickleVM, n: int, pos: int) -> Any:
             data = self._payload(n, pos, "str")

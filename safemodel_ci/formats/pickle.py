@@ -24,7 +24,7 @@ import pickletools  # opcode table only; nothing is ever loaded
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
@@ -132,13 +132,26 @@ class PList(list):  # type: ignore[type-arg]
 
 
 class PDict(Sym):
-    """A dict built by the stream, as key/value pairs (keys may be symbolic)."""
+    """A dict built by the stream, as key/value pairs (keys may be symbolic).
 
-    __slots__ = ("pairs", "dropped")
+    The pair list is made on the first item: a stream of a million empty dicts (memoized, so the
+    memo holds them all) then costs one small object each, not an object and an empty list.
+    """
+
+    __slots__ = ("_pairs", "dropped")
 
     def __init__(self) -> None:
-        self.pairs: List[Tuple[Any, Any]] = []
+        self._pairs: Optional[List[Tuple[Any, Any]]] = None
         self.dropped = 0
+
+    @property
+    def pairs(self) -> Sequence[Tuple[Any, Any]]:
+        return self._pairs if self._pairs is not None else ()
+
+    def add_pairs(self, pairs: Iterable[Tuple[Any, Any]]) -> None:
+        if self._pairs is None:
+            self._pairs = []
+        self._pairs.extend(pairs)
 
 
 class PSet(Sym):
@@ -404,9 +417,10 @@ class _PickleVM:
 
     # -- stack ---------------------------------------------------------------------------------
     def _push(self, value: Any) -> None:
-        if len(self.stack) >= self.max_stack:
+        stack = self.stack
+        if len(stack) >= self.max_stack:
             raise _Broken(self.reader.tell(), f"stack deeper than {self.max_stack} entries (limit)")
-        self.stack.append(value)
+        stack.append(value)
 
     def _pop(self, pos: int) -> Any:
         if not self.stack:
@@ -688,7 +702,7 @@ class _PickleVM:
             raise _Broken(pos, f"{kind} with an odd number of items")
         if isinstance(target, PDict):
             if self._keep(len(pairs) // 2):
-                target.pairs.extend(zip(pairs[0::2], pairs[1::2]))
+                target.add_pairs(zip(pairs[0::2], pairs[1::2]))
             else:
                 target.dropped += len(pairs) // 2
             return
@@ -770,16 +784,17 @@ class _PickleVM:
         result = PickleStreamResult(start=self.start, end=None, complete=False)
         reader = self.reader
         read = reader.read
-        dispatch = _DISPATCH
+        table = _TABLE
         max_ops = self.max_ops if self.max_ops is not None else -1
         ctx = self.ctx
+        ops = self.ops
         try:
             while True:
                 pos = reader._pos  # tell(), without the call: this loop runs once per opcode
-                self.ops += 1
-                if not self.ops & 0xFFF and ctx is not None:
+                ops += 1
+                if not ops & 0xFFF and ctx is not None:
                     ctx.check_deadline()
-                if self.ops == max_ops:
+                if ops == max_ops:
                     self.out_of_ops = True
                     raise _Broken(pos, f"stopped after {max_ops} opcodes (detection budget)")
                 # The opcode byte straight from the reader's buffer when it is there (the common
@@ -794,7 +809,7 @@ class _PickleVM:
                     if not b:
                         raise _Broken(pos, "stream ends before STOP" if pos > self.start else "empty stream")
                     code = b[0]
-                handler = dispatch.get(code)
+                handler = table[code]
                 if handler is None:
                     raise _Broken(pos, f"invalid opcode 0x{code:02x}")
                 if self._just_imported:
@@ -816,6 +831,8 @@ class _PickleVM:
             self.broken = exc
         else:
             self.broken = None
+        finally:
+            self.ops = ops
         result.persistent_ids = self.persistent_ids
         result.globals = self.globals
         result.findings = len(self.records) + self.dropped_records
@@ -1225,7 +1242,14 @@ class _PickleVM:
 
         @op(b"\x94")
         def memoize(self: _PickleVM, pos: int) -> None:
-            self._memo_put(len(self.memo), pos)
+            memo = self.memo
+            index = len(memo)  # may already be taken (PUT to any index): pickle then overwrites it
+            if index >= self.max_memo and index not in memo:
+                raise _Broken(pos, f"memo larger than {self.max_memo} entries (limit)")
+            stack = self.stack
+            if not stack:
+                raise _Broken(pos, "stack underflow")
+            memo[index] = stack[-1]
 
         @op(b"G")
         def binfloat(self: _PickleVM, pos: int) -> None:
@@ -1254,6 +1278,8 @@ _IDENTIFIER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]
 
 
 _DISPATCH = _PickleVM._build_dispatch()
+#: The same table as a 256-entry list (None: not an opcode): indexing beats dict.get in the loop.
+_TABLE: List[Optional[Callable[[_PickleVM, int], None]]] = [_DISPATCH.get(i) for i in range(256)]
 
 
 def _parse_int(line: bytes) -> Any:

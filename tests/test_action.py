@@ -272,6 +272,9 @@ def test_action_yml_is_a_composite_action_with_inputs_only_in_env() -> None:
         assert spec.get("description")
     steps = action["runs"]["steps"]
     assert sum(1 for s in steps if "uses" in s) == 1
+    for step in steps:  # a tag can be moved to other code; a commit sha cannot
+        if "uses" in step:
+            assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
     for step in steps:
         if "run" in step:
             assert step["shell"] == "bash"

@@ -83,3 +83,13 @@ def test_hdf5_damaged_global_heap_does_not_hang(tmp_path: Path) -> None:
         pytest.fail("the scan of a 6.8 kB damaged HDF5 file did not finish in 120 s")
     assert proc.returncode == 2, proc.stdout
     assert "unscanned-limit" in proc.stdout and "HDF5 library did not finish" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("data", [b"ZF1", b"ZF0x1f", b"ZF" + b"0" * 18])
+def test_joblib_zf_header_cut_short_is_not_a_detection_crash(data: bytes) -> None:
+    """A legacy joblib ``ZF`` header cut short (found by atheris: ``ZF1``) made the detector slice
+    from past the end of the file ("negative slice"): a scanner-error for a 3-byte file."""
+    from safemodel_ci.scanner import ScanOptions, scan_byte_source
+
+    result = scan_byte_source(BytesSource(data, name="x.pkl"), "x.pkl", ScanOptions())
+    assert "scanner-error" not in [f.rule_id for f in result.findings], result.findings

@@ -47,6 +47,8 @@ def _zf_data_start(head: bytes) -> Optional[int]:
     # joblib skips one more byte when it is a space (older writers padded one further).
     if head[start:start + 1] == b" ":
         start += 1
+    if start > len(head):  # cut short inside the header (the head holds 4 KiB of any longer file)
+        return None
     return start
 
 

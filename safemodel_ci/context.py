@@ -35,6 +35,10 @@ class Limits:
     max_seconds_per_file: float = 300.0
     #: Size of a single in-memory buffer (a JSON config, a protobuf, a header) a reader may hold.
     max_in_memory_bytes: int = 256 << 20
+    #: Size of a JSON document parsed into objects (a safetensors header, a shard index, a Keras,
+    #: tokenizer or SavedModel metadata config). Parsing costs about ten bytes of memory per byte;
+    #: real headers and configs stay far below (a 100,000-tensor safetensors header is ~10 MB).
+    max_json_bytes: int = 16 << 20
     #: Pickle VM: stack, memo and mark depth.
     max_pickle_stack: int = 1_000_000
     max_pickle_memo: int = 1_000_000
@@ -78,6 +82,19 @@ class ScanContext:
         self._state = _state or _FileState(path, deadline=time.monotonic() + limits.max_seconds_per_file)
 
     # -- reporting -------------------------------------------------------------------------
+    def json_too_large(self, size: int, what: str, offset: Optional[int] = None) -> bool:
+        """True (and an ``unscanned-limit`` finding) when a JSON document of ``size`` bytes is over
+        :attr:`Limits.max_json_bytes`: it is not parsed, and the file is not reported clean."""
+        limit = self.limits.max_json_bytes
+        if size <= limit:
+            return False
+        self.report("unscanned-limit",
+                    f"{what} of {size:,} bytes was not parsed: over the limit of {limit:,} bytes for JSON "
+                    "documents (parsing takes about ten bytes of memory per byte); raise limits.max-json-bytes "
+                    "in the config to check it", offset=offset,
+                    details={"limit": "max_json_bytes", "size": size, "max_json_bytes": limit})
+        return True
+
     def report(self, rule_id: str, message: str, *, offset: Optional[int] = None,
                severity: Optional[Severity] = None, details: Optional[Mapping[str, Any]] = None,
                remedy: Optional[str] = None) -> Finding:

@@ -373,6 +373,51 @@ def test_safetensors_header_over_in_memory_limit(tmp_path: Path) -> None:
     assert_limit(run, contains="in-memory limit")
 
 
+def _many_tensors_safetensors(path: Path, min_header_bytes: int) -> int:
+    """A valid safetensors file whose header lists enough 4-byte tensors to reach the size."""
+    entry = '"model.layers.{i}.mlp.experts.weight":{{"dtype":"F32","shape":[1],"data_offsets":[{a},{b}]}}'
+    parts, size, i = [], 2, 0
+    while size < min_header_bytes:
+        part = entry.format(i=i, a=4 * i, b=4 * i + 4)
+        parts.append(part)
+        size += len(part) + 1
+        i += 1
+    header = ("{" + ",".join(parts) + "}").encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4 * i))
+    return len(header)
+
+
+def test_safetensors_header_over_the_json_limit(tmp_path: Path) -> None:
+    """A real 17 MB header (about 190,000 tensors, valid by the spec) is not parsed by default:
+    parsing it would take about 200 MB; the file is reported unscanned, never clean."""
+    path = tmp_path / "many.safetensors"
+    n = _many_tensors_safetensors(path, 17 << 20)
+    assert n > Limits().max_json_bytes
+    run = run_scan("safetensors-json-limit", [path], tmp_path)
+    assert_limit(run, contains="max-json-bytes")
+
+
+def test_json_limit_is_configurable(tmp_path: Path) -> None:
+    path = tmp_path / "some.safetensors"
+    n = _many_tensors_safetensors(path, 100_000)
+    config = tmp_path / "cfg"
+    config.mkdir()
+    below = run_scan("json-limit-below", [path], config, config=f"limits:\n  max-json-bytes: {n - 1}\n")
+    assert_limit(below, contains="max-json-bytes")
+    above = run_scan("json-limit-above", [path], config, config=f"limits:\n  max-json-bytes: {n}\n")
+    assert_bounded(above)
+    assert above.exit_code == EXIT_OK, above.rules
+
+
+def test_keras_config_over_the_json_limit(tmp_path: Path) -> None:
+    layers = [{"class_name": "Dense", "config": {"name": f"d{i}", "units": 1}} for i in range(2000)]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"class_name": "Sequential", "config": {"layers": layers}}))
+    run = run_scan("keras-json-limit", [path], tmp_path, config="limits:\n  max-json-bytes: 4096\n")
+    assert_limit(run, contains="JSON config")
+
+
 def _gguf_string(text: str) -> bytes:
     return struct.pack("<Q", len(text)) + text.encode()
 

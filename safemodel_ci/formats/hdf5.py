@@ -193,6 +193,8 @@ class Hdf5Reader(FormatReader):
             text = result["attributes"].get(key)
             if text is None:
                 continue
+            if ctx.json_too_large(len(text), f"attribute {key!r}", offset=offset):
+                continue
             try:
                 doc = json.loads(text)
             except ValueError as exc:

@@ -497,6 +497,8 @@ class JsonConfigReader(FormatReader):
             ctx.report("unscanned-limit", f"JSON document of {source.size} bytes exceeds the in-memory limit "
                        f"of {ctx.limits.max_in_memory_bytes} bytes", details={"limit": "max_in_memory_bytes"})
             return
+        if ctx.json_too_large(source.size, "JSON config"):
+            return
         try:
             doc = parse_json_text(source.read_exact(0, source.size))
         except (ValueError, UnicodeDecodeError) as exc:

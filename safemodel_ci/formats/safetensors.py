@@ -209,6 +209,8 @@ def _read_header(source: ByteSource, ctx: ScanContext, report: _Reporter) -> Opt
         ctx.report("unscanned-limit", f"safetensors header of {n} bytes exceeds the in-memory limit of "
                                       f"{ctx.limits.max_in_memory_bytes} bytes", offset=8)
         return None
+    if ctx.json_too_large(n, "safetensors header", offset=8):
+        return None
     try:
         text = source.read_exact(8, n).decode("utf-8")  # the bytes are not kept: memory
     except UnicodeDecodeError as exc:

@@ -61,6 +61,8 @@ class SafetensorsIndexReader(FormatReader):
         if source.size > ctx.limits.max_in_memory_bytes:
             ctx.report("unscanned-limit", f"index of {source.size} bytes exceeds the in-memory limit")
             return
+        if ctx.json_too_large(source.size, "shard index"):
+            return
         raw = source.read_exact(0, source.size)
         try:
             doc = parse_json_strict(raw.decode("utf-8"))

@@ -312,6 +312,8 @@ class KerasMetadataReader(FormatReader):
                             ctx.report("unscanned-limit", f"metadata of node {path!r} exceeds the in-memory "
                                        "limit", offset=g.start)
                             continue
+                        if ctx.json_too_large(g.length, f"metadata of node {path!r}", offset=g.start):
+                            continue
                         metadata, at = node.bytes_of(g, g.length), g.start
                 if metadata is None:
                     continue

@@ -1177,20 +1177,24 @@ class _PickleVM:
 
         @op(b"\x85")
         def tuple1(self: _PickleVM, pos: int) -> None:
-            self._push((self._pop(pos),))
+            stack = self.stack  # in place, as pickle.py does: the depth does not change
+            if not stack:
+                raise _Broken(pos, "stack underflow")
+            stack[-1] = (stack[-1],)
 
         @op(b"\x86")
         def tuple2(self: _PickleVM, pos: int) -> None:
-            b = self._pop(pos)
-            a = self._pop(pos)
-            self._push((a, b))
+            stack = self.stack
+            if len(stack) < 2:
+                raise _Broken(pos, "stack underflow")
+            stack[-2:] = [(stack[-2], stack[-1])]
 
         @op(b"\x87")
         def tuple3(self: _PickleVM, pos: int) -> None:
-            c = self._pop(pos)
-            b = self._pop(pos)
-            a = self._pop(pos)
-            self._push((a, b, c))
+            stack = self.stack
+            if len(stack) < 3:
+                raise _Broken(pos, "stack underflow")
+            stack[-3:] = [(stack[-3], stack[-2], stack[-1])]
 
         @op(b"\x8f")
         def empty_set(self: _PickleVM, pos: int) -> None:

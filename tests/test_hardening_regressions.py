@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import bz2
+import os
 import struct
 import tracemalloc
 from pathlib import Path
@@ -93,3 +95,24 @@ def test_joblib_zf_header_cut_short_is_not_a_detection_crash(data: bytes) -> Non
 
     result = scan_byte_source(BytesSource(data, name="x.pkl"), "x.pkl", ScanOptions())
     assert "scanner-error" not in [f.rule_id for f in result.findings], result.findings
+
+
+#: 288 bytes of bz2 found by atheris: they expand past the 1000:1 ratio into a pickle of 843,000
+#: one-byte TUPLE1 opcodes (the decompressed part is scanned before the limit stops it).
+_BZ2_TUPLE_STORM = base64.b64decode(
+    "QlpoMzFBWSZTWS6nueUAAHV/4v/QbExQYQBE6BkQgL//3gAO5BBiogBAALAAutBqBT1NMmmg0DIyA0BkAND0mTTIRTRMTTaa"
+    "GpowTIxDENAMjI9RkGI0kyIyA0ZGmmgDTRo0A00AGg8A9PRSQA/Ff9ksEZklHYwSTTLUal4lLJJBGchFNInCZgmqAAAAbV2+"
+    "47jefkX2XBmtA4LkKknuQ0WdxXlHTyckkZVJZQ9rUtsDCMZiiAgpLFiaSOxbUgMXwCJCtZADl5Y6UtmXPGySAFj1wCyOkd9I"
+    "DQ8Vzwow3mXhBDUgSRm2AAAAAAAAB9BwT/khJTGygbmDBJSSzUYG5aLiPzf3JWXnYoQ+upYx+dOGYgFIN/F3JFOFCQLqe55Q"
+)
+
+
+def test_bz2_joblib_of_one_byte_opcodes_stays_under_two_seconds_of_cpu() -> None:
+    from safemodel_ci.scanner import ScanOptions, scan_byte_source
+
+    start = os.times()
+    result = scan_byte_source(BytesSource(_BZ2_TUPLE_STORM, name="x.joblib"), "x.joblib", ScanOptions())
+    end = os.times()
+    rules = {f.rule_id for f in result.findings}
+    assert "unscanned-limit" in rules and "scanner-error" not in rules, rules
+    assert (end.user + end.system) - (start.user + start.system) < 2.0

@@ -89,9 +89,9 @@ class ScanContext:
         if size <= limit:
             return False
         self.report("unscanned-limit",
-                    f"{what} of {size:,} bytes was not parsed: over the limit of {limit:,} bytes for JSON "
-                    "documents (parsing takes about ten bytes of memory per byte); raise limits.max-json-bytes "
-                    "in the config to check it", offset=offset,
+                    f"{what} of {size:,} bytes was not parsed: over the limit of {limit:,} bytes for "
+                    "JSON documents (parsing takes about ten bytes of memory per byte); raise "
+                    "limits.max-json-bytes in the config to check it", offset=offset,
                     details={"limit": "max_json_bytes", "size": size, "max_json_bytes": limit})
         return True
 

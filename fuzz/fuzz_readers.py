@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from cputime import cpu_seconds  # noqa: E402
+
 from safemodel_ci.context import ScanContext  # noqa: E402
 from safemodel_ci.formats import readers  # noqa: E402
 from safemodel_ci.scanner import ScanOptions, scan_byte_source  # noqa: E402
@@ -33,17 +35,8 @@ class ReaderCrash(Exception):
     pass
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and of the children it waited for (the HDF5 reader's fork).
-
-    The time limit is on CPU time, not wall time: a fuzzer run at low priority beside other work,
-    or paused, would otherwise report slow inputs that are not slow.
-    """
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def one_input(data: bytes, reader_name: str = "", max_seconds: float = 2.0) -> None:
+def one_input(data: bytes, reader_name: str = "", max_seconds: float = 2.0, retime: bool = False) -> None:
+    """Scan one input; ``retime``: the code is instrumented, so a slow input is timed again plain."""
     source = BytesSource(data, name="fuzz")
     start = cpu_seconds()
     if reader_name:
@@ -58,16 +51,11 @@ def one_input(data: bytes, reader_name: str = "", max_seconds: float = 2.0) -> N
             if f.rule_id == "scanner-error":
                 raise ReaderCrash(f.message)
     elapsed = cpu_seconds() - start
-    if elapsed > max_seconds and _INSTRUMENTED:
-        # Instrumented code runs several times slower: time the input again in a plain interpreter.
+    if elapsed > max_seconds and retime:
         elapsed = _plain_cpu_seconds(data, reader_name)
     if elapsed > max_seconds:
         raise ReaderCrash(f"scan of {len(data)} bytes took {elapsed:.2f} s of CPU time "
                           f"(limit {max_seconds:g} s)")
-
-
-#: Set once atheris instruments the package (then slow inputs are re-timed uninstrumented).
-_INSTRUMENTED = False
 
 
 def _plain_cpu_seconds(data: bytes, reader_name: str) -> float:
@@ -145,9 +133,7 @@ def main() -> None:
         atheris.instrument_all()
     else:
         instrument_package(atheris)
-    global _INSTRUMENTED
-    _INSTRUMENTED = True
-    atheris.Setup(argv, lambda data: one_input(data, args.reader, args.max_seconds))
+    atheris.Setup(argv, lambda data: one_input(data, args.reader, args.max_seconds, retime=True))
     atheris.Fuzz()
 
 

@@ -456,8 +456,7 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
             return hit
         # A small file is read once, whole, and every read served from that copy: its hash is the
         # key, and logging each read (to replay it later) would cost more than the scan.
-        small = source.snapshot() is not None
-        recording: ByteSource = source if small else RecordingSource(source)
+        recording = None if source.snapshot() is not None else RecordingSource(source)
         start = source.bytes_read
         siblings_used = []
         open_sibling = _local_siblings(path)
@@ -468,13 +467,13 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
 
         ctx = _TrackingContext(shown, options.policy, options.limits, siblings=tracked_sibling)
         ctx._state.real_path = path
-        scan_source(recording, ctx)
+        scan_source(source if recording is None else recording, ctx)
         result = FileResult(path=shown, size=source.size, formats=list(ctx.formats),
                             findings=sort_findings(ctx.findings), bytes_read=source.bytes_read - start)
         if result.complete and not ctx.used_outside and not siblings_used:
-            if small:
+            if recording is None:
                 cache.store_snapshot(source, real, shown, fp, result)
-            elif isinstance(recording, RecordingSource) and not recording.overflow:
+            elif not recording.overflow:
                 cache.store_file(recording, real, shown, fp, result)
     return result
 

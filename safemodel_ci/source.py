@@ -102,10 +102,13 @@ class FileSource(ByteSource):
         if self._fd is None:
             raise SourceError(f"{self.name}: read after close")
         if self._size <= self.SLURP_SIZE:
-            if self._whole is None:
-                self._whole = self._pread(0, self._size)
-            return self._whole[offset:offset + n]
+            return self._slurp()[offset:offset + n]
         return self._pread(offset, n)
+
+    def _slurp(self) -> bytes:
+        if self._whole is None:
+            self._whole = self._pread(0, self._size)
+        return self._whole
 
     def snapshot(self) -> Optional[bytes]:
         """The whole content every read of a small file was served from (None for a big file).
@@ -115,9 +118,9 @@ class FileSource(ByteSource):
         """
         if self._size > self.SLURP_SIZE:
             return None
-        if self._whole is None:
-            self._read(0, 0)
-        return self._whole
+        if self._fd is None and self._whole is None:
+            raise SourceError(f"{self.name}: read after close")
+        return self._slurp()
 
     def _pread(self, offset: int, n: int) -> bytes:
         chunks = []

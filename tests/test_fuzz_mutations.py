@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import pytest
+from cputime import cpu_seconds
 from fixture_factory import MALICIOUS, make_zoo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -157,17 +158,10 @@ def _payload_unreachable(mutated: bytes, result_formats: List[str]) -> bool:
     return bool(carriers) and all(_pickle_load_stops_before_payload(m) for m in carriers)
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and its waited-for children (the HDF5 reader's fork): the 2 s
-    property is about work done, which a busy CI machine must not turn into a false failure."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
 def _check(name: str, original: bytes, verdict: str, mutated: bytes) -> None:
-    start = _cpu_seconds()
+    start = cpu_seconds()  # CPU time: a loaded CI machine cannot fail the 2 s property
     result = scan_byte_source(BytesSource(mutated, name=name), name, OPTIONS)
-    elapsed = _cpu_seconds() - start
+    elapsed = cpu_seconds() - start
     crashes = [f for f in result.findings if f.rule_id == "scanner-error"]
     assert not crashes, f"{name}: reader crashed on a mutation: {crashes[0].message}"
     assert elapsed < 2.0, f"{name}: scan of a {len(mutated)}-byte mutation took {elapsed:.2f}s of CPU time"

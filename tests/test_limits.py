@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import pytest
+from cputime import children_cpu_seconds
 
 from safemodel_ci.context import Limits
 from safemodel_ci.findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_OK
@@ -77,11 +78,6 @@ class Run:
         return "\n".join(f["message"] for f in self.findings if f["rule_id"] == rule_id)
 
 
-def _children_cpu() -> float:
-    t = os.times()
-    return t.children_user + t.children_system
-
-
 def run_scan(case: str, paths: Sequence[Path], tmp_path: Path, extra: Sequence[str] = (),
              config: Optional[str] = None) -> Run:
     """Scan ``paths`` in a child process; its exit code, JSON report, peak RSS (MB) and seconds."""
@@ -98,13 +94,13 @@ def run_scan(case: str, paths: Sequence[Path], tmp_path: Path, extra: Sequence[s
     hwm_path = tmp_path / f"{case}.hwm"
     env = {**os.environ, "SAFEMODEL_HWM_FILE": str(hwm_path), "SAFEMODEL_NO_CACHE": "1"}
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        start = _children_cpu()
+        start = children_cpu_seconds()
         try:  # a hang must not hang the suite
             proc = subprocess.run(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=tmp_path,
                                   env=env, timeout=MAX_SECONDS * 3)
         except subprocess.TimeoutExpired:
             pytest.fail(f"{case}: scan still running after {MAX_SECONDS * 3:.0f}s")
-        seconds = _children_cpu() - start
+        seconds = children_cpu_seconds() - start
     text = out_path.read_text()
     report = json.loads(text) if text.strip() else {}
     peak = int(hwm_path.read_text()) / 1024 if hwm_path.exists() else float("inf")

@@ -441,11 +441,15 @@ class _PickleVM:
         return items
 
     def _memo_put(self, index: int, pos: int) -> None:
+        memo = self.memo  # locals: MEMOIZE runs this once per memoized object
         if index < 0:
             raise _Broken(pos, "negative memo index")
-        if index not in self.memo and len(self.memo) >= self.max_memo:
+        if len(memo) >= self.max_memo and index not in memo:
             raise _Broken(pos, f"memo larger than {self.max_memo} entries (limit)")
-        self.memo[index] = self._top(pos)
+        stack = self.stack
+        if not stack:
+            raise _Broken(pos, "stack underflow")
+        memo[index] = stack[-1]
 
     def _memo_get(self, index: int, pos: int) -> None:
         if index not in self.memo:
@@ -956,7 +960,7 @@ class _PickleVM:
                 raise _Broken(pos, "LONG4 with a negative byte count")
             data = self._payload(n, pos, "bytes")
             self._push(int.from_bytes(data, "little", signed=True) if isinstance(data, bytes) and n <= 4096
-                 else Opaque("a huge integer"))
+                       else Opaque("a huge integer"))
 
         @op(b"N")
         def none(self: _PickleVM, pos: int) -> None:
@@ -1254,14 +1258,8 @@ class _PickleVM:
 
         @op(b"\x94")
         def memoize(self: _PickleVM, pos: int) -> None:
-            memo = self.memo
-            index = len(memo)  # may already be taken (PUT to any index): pickle then overwrites it
-            if index >= self.max_memo and index not in memo:
-                raise _Broken(pos, f"memo larger than {self.max_memo} entries (limit)")
-            stack = self.stack
-            if not stack:
-                raise _Broken(pos, "stack underflow")
-            memo[index] = stack[-1]
+            # len(memo) may already be taken (PUT to any index): pickle then overwrites it.
+            self._memo_put(len(self.memo), pos)
 
         @op(b"G")
         def binfloat(self: _PickleVM, pos: int) -> None:

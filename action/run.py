@@ -337,4 +337,6 @@ def run(env: Mapping[str, str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from safemodel_ci import exit_process
+
+    exit_process(main())

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
+from safemodel_ci import exit_process
 from safemodel_ci.cache import cache_disabled_by_env, default_cache_dir
 from safemodel_ci.config import ConfigError, load_config
 from safemodel_ci.findings import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, FileResult, ScanReport, Severity
@@ -139,5 +140,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return report.exit_code
 
 
+def run() -> None:
+    """Console entry point (``safemodel-pre-commit``): :func:`main`, then exit with its code."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

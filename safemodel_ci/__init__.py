@@ -1,3 +1,17 @@
 """safemodel-ci: find model files that would run code when loaded, without ever loading them."""
 
+import gc
+from typing import NoReturn
+
 __version__ = "0.1.0"
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a command-line process with ``code``.
+
+    The interpreter's last garbage collection walks every object still alive (thousands of scan
+    results), only to free memory the process is about to give back: they are frozen out of it,
+    about 30 ms of a 0.2 s run. Everything else at exit (flushing output, atexit handlers) runs.
+    """
+    gc.freeze()
+    raise SystemExit(code)

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from . import __version__
+from . import __version__, exit_process
 from .findings import EXIT_USAGE, FileResult, Finding, ScanReport, Severity
 from .output import FORMATS, writer
 from .rules import RULES_BY_ID
@@ -262,3 +262,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("safemodel: interrupted", file=sys.stderr)
         return 130
+
+
+def run() -> None:
+    """Console entry point (``safemodel``): :func:`main`, then exit with its code."""
+    exit_process(main())

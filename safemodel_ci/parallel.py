@@ -9,6 +9,7 @@ big files go alone so that one worker is not left with all of them.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from collections import Counter, deque
@@ -204,11 +205,25 @@ def _scan_in_processes(paths: List[str], plan: ScanPlan, jobs: int) -> Iterator[
     context = multiprocessing.get_context(START_METHOD) if START_METHOD else None
     with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(plan,),
                              mp_context=context) as pool:
+
+        def submit(batch: List[str]) -> "Future[List[FileResult]]":
+            try:
+                return pool.submit(_scan_batch, batch)
+            except RuntimeError as exc:  # the pool broke (a worker died): the rest fail closed
+                return _failed_future([_failed(p, exc) for p in batch])
+
         # A bounded window of batches in flight: memory stays small for any number of files.
-        for batch in batches:
-            pending.append((batch, pool.submit(_scan_batch, batch)))
-            if len(pending) >= jobs * 4:
-                break
+        # The workers are forked at the first submit. Objects frozen then are never visited by the
+        # workers' garbage collector, so their pages stay shared instead of being copied (the
+        # pattern the gc module documents for fork); this process unfreezes its own at once.
+        gc.freeze()
+        try:
+            for batch in batches:
+                pending.append((batch, submit(batch)))
+                if len(pending) >= jobs * 4:
+                    break
+        finally:
+            gc.unfreeze()
         while pending:
             batch, future = pending.popleft()
             try:
@@ -218,10 +233,7 @@ def _scan_in_processes(paths: List[str], plan: ScanPlan, jobs: int) -> Iterator[
             yield from results
             nxt = next(batches, None)
             if nxt is not None:
-                try:
-                    pending.append((nxt, pool.submit(_scan_batch, nxt)))
-                except RuntimeError as exc:  # the pool broke: the rest fail closed
-                    pending.append((nxt, _failed_future([_failed(p, exc) for p in nxt])))
+                pending.append((nxt, submit(nxt)))
 
 
 def _failed_future(results: List[FileResult]) -> "Future[List[FileResult]]":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import pickle
@@ -63,6 +64,15 @@ def test_jobs_give_the_same_results_in_the_same_order(tmp_path: Path) -> None:
     assert [r.path for r in serial] == [str(p) for p in files]
     for jobs in (2, 3):
         assert [r.to_dict() for r in scan(files, jobs)] == [r.to_dict() for r in serial]
+
+
+def test_objects_are_frozen_only_while_workers_fork(tmp_path: Path) -> None:
+    """Workers start with the parent's objects frozen (their pages stay shared); the parent's own
+    collector is left as it was, or cyclic garbage alive at the fork would never be freed."""
+    files = make_tree(tmp_path, 40)
+    before = gc.get_freeze_count()
+    assert len(scan(files, 2)) == len(files)
+    assert gc.get_freeze_count() == before
 
 
 def test_spawned_workers_give_the_same_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

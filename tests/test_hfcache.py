@@ -146,3 +146,50 @@ def test_a_blob_link_naming_other_content_is_reported_even_when_the_content_was_
                if g["rule_id"] == "cache-blob-mismatch"]
     assert flagged == [f"acme/other@{sha}:model.safetensors"]
     assert report["extra"]["cache"]["blobs_scanned"] == 4  # the linked content was scanned only once
+
+
+def _cache_summary(report: dict) -> dict:
+    return report["extra"]["cache"]
+
+
+def test_a_second_scan_takes_results_from_the_result_cache_until_a_blob_changes(
+        filled_cache: Tuple[Path, str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    cache, old, new = filled_cache
+    code, first = run_json(["cache", "--cache-dir", str(cache)], capsys)
+    assert code == EXIT_OK and _cache_summary(first)["blobs_from_cache"] == 0
+    code, second = run_json(["cache", "--cache-dir", str(cache)], capsys)
+    assert code == EXIT_OK and _cache_summary(second)["blobs_from_cache"] == 4
+    assert [(f["path"], f["findings"]) for f in second["files"]] == \
+        [(f["path"], f["findings"]) for f in first["files"]]
+    assert "4 results from the result cache" in second["extra"]["notes"][0]
+
+    # A blob rewritten in place (same name) is new content: scanned again, never the old verdict.
+    config = Path(os.path.realpath(cache / "models--acme--cached" / "snapshots" / new / "config.json"))
+    config.write_bytes(pickle.dumps(_SystemPayload("echo pwned"), protocol=2))
+    code, third = run_json(["cache", "--cache-dir", str(cache)], capsys)
+    assert code == EXIT_FINDINGS and _cache_summary(third)["blobs_from_cache"] == 3
+    rules = {g["rule_id"] for f in third["files"] if f["path"] == f"acme/cached@{new}:config.json"
+             for g in f["findings"]}
+    assert {"pickle-dangerous-global", "cache-blob-mismatch"} <= rules
+
+    code, uncached = run_json(["cache", "--cache-dir", str(cache), "--no-cache"], capsys)
+    assert code == EXIT_FINDINGS and _cache_summary(uncached)["blobs_from_cache"] == 0
+    assert [(f["path"], f["findings"]) for f in uncached["files"]] == \
+        [(f["path"], f["findings"]) for f in third["files"]]
+
+
+def test_a_big_lfs_blob_is_hashed_once_per_run_and_its_result_cached(
+        hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = safetensors_bytes({"w": ("F32", [100_000], 400_000)})  # over the 256 KiB read-whole size
+    sha = hub.add_commit("acme/big", {"model.safetensors": weights})
+    cache = tmp_path / "cache"
+    [path] = download(hub, cache, "acme/big", ["model.safetensors"], "main")
+    assert len(Path(os.path.realpath(path)).name) == 64  # LFS: named by its sha256
+    for from_cache in (0, 1):
+        code, report = run_json(["cache", "--cache-dir", str(cache)], capsys)
+        assert code == EXIT_OK, report
+        summary = _cache_summary(report)
+        assert summary["blobs_from_cache"] == from_cache
+        assert summary["bytes_hashed"] == len(weights)  # the name check and the cache key share one hash
+        assert report["files"][0]["path"] == f"acme/big@{sha}:model.safetensors"
+        assert report["files"][0]["formats"] == ["safetensors"]

@@ -17,7 +17,7 @@ import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ..context import SiblingOpener
 from ..findings import EXIT_USAGE, FileResult, Finding, ScanReport, sort_findings
@@ -25,6 +25,9 @@ from ..rules import rule
 from ..scanner import ScanOptions, scan_byte_source
 from ..source import ByteSource, FileSource, SourceError
 from .hub import display_repo, format_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..cache import ResultCache
 
 #: Bytes hashed per read: memory stays bounded whatever the blob size.
 HASH_CHUNK = 1 << 20
@@ -78,13 +81,16 @@ class CacheScan:
     errors: List[Tuple[str, str]] = field(default_factory=list)
     repos: int = 0
     revisions: int = 0
+    #: Distinct blobs whose content was checked (scanned now, or a result-cache hit).
     blobs_scanned: int = 0
+    #: Of those, the ones whose result came from the result cache (same content, same name).
+    blobs_from_cache: int = 0
     bytes_hashed: int = 0
 
     def summary(self) -> Dict[str, Any]:
         return {"cache_dir": self.cache_dir, "repos": self.repos, "revisions": self.revisions,
                 "files": len(self.files), "blobs_scanned": self.blobs_scanned,
-                "bytes_hashed": self.bytes_hashed}
+                "blobs_from_cache": self.blobs_from_cache, "bytes_hashed": self.bytes_hashed}
 
 
 def _snapshot_siblings(snapshot: Path, file_path: Path) -> SiblingOpener:
@@ -117,8 +123,13 @@ def _mismatch_finding(display: str, mismatch: Tuple[str, str, str], blob: str) -
 
 
 def scan_cache(cache_dir: Optional[str], options: ScanOptions,
-               on_file: Optional[Callable[[CacheScan], None]] = None) -> CacheScan:
-    """Scan every repo and revision of the cache at ``cache_dir`` (default: huggingface_hub's)."""
+               on_file: Optional[Callable[[CacheScan], None]] = None,
+               result_cache: "Optional[ResultCache]" = None) -> CacheScan:
+    """Scan every repo and revision of the cache at ``cache_dir`` (default: huggingface_hub's).
+
+    With ``result_cache``, a blob's result is taken from it when the same content (by sha256) was
+    scanned under the same name before, and stored after a scan (see :func:`_scan_blob`).
+    """
     from huggingface_hub import scan_cache_dir
 
     info = scan_cache_dir(cache_dir)  # CacheNotFound / ValueError go to the caller
@@ -142,8 +153,10 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
                 first = scanned.get(real)
                 if first is None:
                     result.blobs_scanned += 1
-                    first = _scan_blob(real, display, snapshot, Path(cached.file_path), options)
+                    first = _scan_blob(real, display, snapshot, Path(cached.file_path), options,
+                                       result_cache, digests, result)
                     scanned[real] = first
+                    result.blobs_from_cache += first.cached
                     file_result = FileResult(path=display, size=first.size, formats=list(first.formats),
                                              findings=list(first.findings), bytes_read=first.bytes_read)
                 else:
@@ -161,7 +174,16 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
     return result
 
 
-def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options: ScanOptions) -> FileResult:
+def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options: ScanOptions,
+               cache: "Optional[ResultCache]" = None,
+               digests: Optional[Dict[Tuple[str, str], str]] = None,
+               scan: Optional[CacheScan] = None) -> FileResult:
+    """Scan one blob, or take its result from ``cache`` when its content was scanned before.
+
+    The cache key is the sha256 of the content: for a small blob, of the one read every reader
+    is served from; for a bigger blob named by its sha256 (an LFS file), the streamed hash that
+    the name check needs anyway (stored in ``digests`` for it). Other blobs are scanned each time.
+    """
     try:
         source = FileSource(real, name=display)
     except SourceError as exc:
@@ -169,8 +191,50 @@ def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options
         return FileResult(path=display, findings=[Finding(r.id, r.severity, display, f"could not open: {exc}",
                                                           r.remedy, unscanned=True)])
     with source:
-        return scan_byte_source(source, display, options, siblings=_snapshot_siblings(snapshot, file_path),
-                                real_path=None)
+        content_sha256 = None
+        stamp = None
+        if cache is not None:
+            try:
+                whole = source.snapshot()
+                if whole is not None:
+                    content_sha256 = hashlib.sha256(whole).hexdigest()
+                    if digests is not None:  # the name check of a small LFS blob: no second read
+                        digests[(real, "sha256")] = content_sha256
+                        if scan is not None and expected_digest(os.path.basename(real)) == "sha256":
+                            scan.bytes_hashed += source.size
+                elif expected_digest(os.path.basename(real)) == "sha256" and digests is not None:
+                    stamp = _stamp(real)
+                    content_sha256 = digests[(real, "sha256")] = file_digest(real, "sha256")
+                    if scan is not None:
+                        scan.bytes_hashed += source.size
+            except (OSError, SourceError):
+                content_sha256 = None
+        if content_sha256 is not None and cache is not None:
+            hit = cache.get_by_sha256(content_sha256, source.size, display, options)
+            if hit is not None:
+                return hit
+        opened: List[str] = []
+        open_sibling = _snapshot_siblings(snapshot, file_path)
+
+        def tracked_sibling(relative: str) -> Optional[ByteSource]:
+            opened.append(relative)
+            return open_sibling(relative)
+
+        result = scan_byte_source(source, display, options, siblings=tracked_sibling, real_path=None)
+        # Stored only when it depends on this content alone (no shard of an index was opened) and,
+        # for a blob hashed apart from the scan's reads, the file did not change in between.
+        if content_sha256 is not None and cache is not None and not opened and \
+                (stamp is None or stamp == _stamp(real)):
+            cache.put_by_sha256(content_sha256, source.size, display, options, result)
+        return result
+
+
+def _stamp(path: str) -> Optional[Tuple[int, int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _hash_check(real: str, name: str, display: str, options: ScanOptions,
@@ -205,8 +269,16 @@ def scan_cache_command(args: argparse.Namespace) -> int:
         print(f"\rcache: {len(scan.files)} files, {scan.blobs_scanned} blobs scanned, "
               f"{format_bytes(scan.bytes_hashed)} hashed", end="", file=sys.stderr, flush=True)
 
+    directory = cli.cache_dir(args)
+    if directory is not None:
+        from ..cache import ResultCache
+
+        result_cache: "Optional[ResultCache]" = ResultCache(directory)
+    else:
+        result_cache = None
     try:
-        scan = scan_cache(args.cache_dir, cli.scan_options(args), on_file=on_file if progress else None)
+        scan = scan_cache(args.cache_dir, cli.scan_options(args), on_file=on_file if progress else None,
+                          result_cache=result_cache)
     except (CacheNotFound, ValueError) as exc:
         print(f"safemodel: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -216,5 +288,7 @@ def scan_cache_command(args: argparse.Namespace) -> int:
     report.extra = {"cache": scan.summary(),
                     "notes": [f"cache {scan.cache_dir}: {scan.repos} repos, {scan.revisions} revisions, "
                               f"{len(scan.files)} files, {scan.blobs_scanned} blobs scanned and hashed "
-                              f"({format_bytes(scan.bytes_hashed)})"]}
+                              f"({format_bytes(scan.bytes_hashed)})" +
+                              (f", {scan.blobs_from_cache} results from the result cache"
+                               if scan.blobs_from_cache else "")]}
     return cli.emit(report, args)

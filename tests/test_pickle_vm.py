@@ -535,3 +535,11 @@ def test_big_plain_pickled_tensor_in_protocol_2_passes() -> None:
     torch = pytest.importorskip("torch")
     result = scan(pickle.dumps(torch.zeros(400_000), protocol=2))
     assert rules(result, Severity.HIGH) == [], [(f.rule_id, f.message) for f in result.findings]
+
+
+def test_the_vm_has_a_handler_for_every_pickle_opcode() -> None:
+    import pickletools
+
+    from safemodel_ci.formats.pickle import _OPCODES
+
+    assert _OPCODES == {op.code.encode("latin-1")[0] for op in pickletools.opcodes}

@@ -10,14 +10,13 @@ them is scanned.
 
 from __future__ import annotations
 
-import tarfile
-
 from ..context import ScanContext
 from ..source import ByteSource, SliceSource, SourceIO
 from .interface import FormatReader
 
 BLOCK = 512
 _TORCH_TAR_MEMBERS = {"sys_info", "pickle", "storages", "tensors"}
+_HIGH_BYTES = bytes(range(128, 256))
 
 
 def header_checksum_ok(block: bytes) -> bool:
@@ -31,8 +30,10 @@ def header_checksum_ok(block: bytes) -> bool:
         return False
     body = block[:148] + b" " * 8 + block[156:BLOCK]
     unsigned = sum(body)
-    signed = sum(b - 256 if b > 127 else b for b in body)
-    return stated in (unsigned, signed)
+    if stated == unsigned:
+        return True
+    high = len(body) - len(body.translate(None, _HIGH_BYTES))  # bytes over 127, signed negative
+    return stated == unsigned - 256 * high
 
 
 class TarReader(FormatReader):
@@ -44,6 +45,8 @@ class TarReader(FormatReader):
         return header_checksum_ok(head[:BLOCK])
 
     def scan(self, source: ByteSource, ctx: ScanContext) -> None:
+        import tarfile  # only when a tar is found: most scans never need it
+
         try:
             archive = tarfile.open(fileobj=SourceIO(source), mode="r:")  # noqa: SIM115 - closed below
         except tarfile.TarError as exc:

@@ -98,6 +98,11 @@ class ZipDirectory:
     problems: List[Tuple[str, int]] = field(default_factory=list)
 
 
+#: A central directory record's fixed part: signature, versions made by / needed, flags, method,
+#: time, date, crc, sizes, name / extra / comment lengths, disk, attributes, local header offset.
+_CENTRAL = struct.Struct("<4s6H3I5HII")
+
+
 def _u16(b: bytes, o: int) -> int:
     return int(struct.unpack_from("<H", b, o)[0])
 
@@ -243,20 +248,19 @@ def read_central_directory(source: ByteSource, directory: ZipDirectory, max_byte
             pos = 0
         if pos + CENTRAL_SIZE > len(data) or data[pos:pos + 4] != CENTRAL_SIG:
             break
-        nlen, elen, clen = _u16(data, pos + 28), _u16(data, pos + 30), _u16(data, pos + 32)
+        (_, _, _, flags, method, _, _, crc, csize, usize, nlen, elen, clen, _, _, _, lho) = \
+            _CENTRAL.unpack_from(data, pos)
         if pos + CENTRAL_SIZE + nlen + elen + clen > len(data):
             data = data[pos:] + source.read_at(base + len(data), CENTRAL_SIZE + nlen + elen + clen + window)
             base += pos
             pos = 0
-        (flags, method, crc, csize, usize, lho) = (
-            _u16(data, pos + 8), _u16(data, pos + 10), _u32(data, pos + 16), _u32(data, pos + 20),
-            _u32(data, pos + 24), _u32(data, pos + 42))
         raw_name = data[pos + CENTRAL_SIZE:pos + CENTRAL_SIZE + nlen]
-        extra = data[pos + CENTRAL_SIZE + nlen:pos + CENTRAL_SIZE + nlen + elen]
         if len(raw_name) != nlen:
             directory.problems.append(("central directory record is truncated", base + pos))
             break
-        usize, csize, lho = _zip64_extra(extra, usize, csize, lho)
+        if 0xFFFFFFFF in (usize, csize, lho):  # only then can the zip64 extra field change them
+            extra = data[pos + CENTRAL_SIZE + nlen:pos + CENTRAL_SIZE + nlen + elen]
+            usize, csize, lho = _zip64_extra(extra, usize, csize, lho)
         directory.entries.append(CentralEntry(
             index=index, raw_name=raw_name, name=_decode_name(raw_name, flags), flags=flags,
             method=method, crc=crc, csize=csize, usize=usize, local_offset=lho + directory.base,

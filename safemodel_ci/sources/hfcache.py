@@ -175,15 +175,10 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
 
 
 def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options: ScanOptions,
-               cache: "Optional[ResultCache]" = None,
-               digests: Optional[Dict[Tuple[str, str], str]] = None,
-               scan: Optional[CacheScan] = None) -> FileResult:
-    """Scan one blob, or take its result from ``cache`` when its content was scanned before.
-
-    The cache key is the sha256 of the content: for a small blob, of the one read every reader
-    is served from; for a bigger blob named by its sha256 (an LFS file), the streamed hash that
-    the name check needs anyway (stored in ``digests`` for it). Other blobs are scanned each time.
-    """
+               cache: "Optional[ResultCache]", digests: Dict[Tuple[str, str], str],
+               tally: CacheScan) -> FileResult:
+    """Scan one blob, or take its result from ``cache`` when the same content was scanned before
+    under the same name (see :func:`_content_key`)."""
     try:
         source = FileSource(real, name=display)
     except SourceError as exc:
@@ -191,26 +186,9 @@ def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options
         return FileResult(path=display, findings=[Finding(r.id, r.severity, display, f"could not open: {exc}",
                                                           r.remedy, unscanned=True)])
     with source:
-        content_sha256 = None
-        stamp = None
-        if cache is not None:
-            try:
-                whole = source.snapshot()
-                if whole is not None:
-                    content_sha256 = hashlib.sha256(whole).hexdigest()
-                    if digests is not None:  # the name check of a small LFS blob: no second read
-                        digests[(real, "sha256")] = content_sha256
-                        if scan is not None and expected_digest(os.path.basename(real)) == "sha256":
-                            scan.bytes_hashed += source.size
-                elif expected_digest(os.path.basename(real)) == "sha256" and digests is not None:
-                    stamp = _stamp(real)
-                    content_sha256 = digests[(real, "sha256")] = file_digest(real, "sha256")
-                    if scan is not None:
-                        scan.bytes_hashed += source.size
-            except (OSError, SourceError):
-                content_sha256 = None
-        if content_sha256 is not None and cache is not None:
-            hit = cache.get_by_sha256(content_sha256, source.size, display, options)
+        key = _content_key(source, real, digests, tally) if cache is not None else None
+        if cache is not None and key is not None:
+            hit = cache.get_by_sha256(key[0], source.size, display, options)
             if hit is not None:
                 return hit
         opened: List[str] = []
@@ -223,10 +201,40 @@ def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options
         result = scan_byte_source(source, display, options, siblings=tracked_sibling, real_path=None)
         # Stored only when it depends on this content alone (no shard of an index was opened) and,
         # for a blob hashed apart from the scan's reads, the file did not change in between.
-        if content_sha256 is not None and cache is not None and not opened and \
-                (stamp is None or stamp == _stamp(real)):
-            cache.put_by_sha256(content_sha256, source.size, display, options, result)
+        if cache is not None and key is not None and not opened:
+            digest, stamp = key
+            if stamp is None or stamp == _stamp(real):
+                cache.put_by_sha256(digest, source.size, display, options, result)
         return result
+
+
+def _content_key(source: FileSource, real: str, digests: Dict[Tuple[str, str], str],
+                 tally: CacheScan) -> Optional[Tuple[str, Optional[Tuple[int, int, int]]]]:
+    """The sha256 of a blob's content as its result-cache key, when it is cheap to have, and the
+    file's stamp when that hash was taken apart from the scan's reads (else None).
+
+    A small blob is hashed from the one read every reader is then served from. A bigger blob only
+    when it is named by its sha256 (an LFS file): the name check needs that hash anyway, and gets
+    this one. Other big blobs have no key (hashing them would read them whole for a cache).
+    """
+    named_by_sha256 = expected_digest(os.path.basename(real)) == "sha256"
+    try:
+        whole = source.snapshot()
+        if whole is not None:
+            digest, stamp = hashlib.sha256(whole).hexdigest(), None
+        elif named_by_sha256:
+            stamp = _stamp(real)
+            if stamp is None:
+                return None
+            digest = file_digest(real, "sha256")
+        else:
+            return None
+    except (OSError, SourceError):
+        return None
+    if named_by_sha256:
+        digests[(real, "sha256")] = digest
+        tally.bytes_hashed += source.size
+    return digest, stamp
 
 
 def _stamp(path: str) -> Optional[Tuple[int, int, int]]:

@@ -193,3 +193,21 @@ def test_a_big_lfs_blob_is_hashed_once_per_run_and_its_result_cached(
         assert summary["bytes_hashed"] == len(weights)  # the name check and the cache key share one hash
         assert report["files"][0]["path"] == f"acme/big@{sha}:model.safetensors"
         assert report["files"][0]["formats"] == ["safetensors"]
+
+
+def test_a_big_blob_changed_while_it_was_scanned_is_not_cached(
+        hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from itertools import count
+
+    from safemodel_ci.sources import hfcache
+
+    weights = safetensors_bytes({"w": ("F32", [100_000], 400_000)})
+    hub.add_commit("acme/moving", {"model.safetensors": weights})
+    cache = tmp_path / "cache"
+    download(hub, cache, "acme/moving", ["model.safetensors"], "main")
+    ticks = count()
+    monkeypatch.setattr(hfcache, "_stamp", lambda path: (0, 0, next(ticks)))  # differs at each look
+    for _ in range(2):
+        code, report = run_json(["cache", "--cache-dir", str(cache)], capsys)
+        assert code == EXIT_OK and _cache_summary(report)["blobs_from_cache"] == 0

@@ -40,9 +40,11 @@ class ByteSource(ABC):
         """Up to ``n`` bytes at ``offset``; fewer only where the source ends."""
         if offset < 0 or n < 0:
             raise ValueError("negative offset or length")
-        if offset >= self.size or n == 0:
+        size = self.size  # a property: read once (this runs for every read of every reader)
+        if offset >= size or n == 0:
             return b""
-        n = min(n, self.size - offset)
+        if n > size - offset:
+            n = size - offset
         data = self._read(offset, n)
         self.bytes_read += len(data)
         return data

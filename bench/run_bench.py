@@ -221,6 +221,8 @@ class Run:
     tool: str
     target: str
     wall: float = 0.0
+    #: User + system CPU seconds of the process and the children it reaped.
+    cpu: float = 0.0
     max_rss_mb: float = 0.0
     rchar: int = 0
     exit_code: Optional[int] = None
@@ -263,6 +265,7 @@ def measure(cmd: Sequence[str], timeout: float, env: Dict[str, str], stdout_path
     run.rchar = _rchar() - before
     run.exit_code = proc.returncode
     run.max_rss_mb = usage.ru_maxrss / 1024.0
+    run.cpu = usage.ru_utime + usage.ru_stime
     run.output = stdout_path.read_text(errors="replace")
     run.stderr_tail = Path(str(stdout_path) + ".err").read_text(errors="replace")[-2000:]
     return run
@@ -507,9 +510,9 @@ def render(runs: List[Run], truth: Dict[str, bool], sample_truth: Dict[str, bool
              "a 10 GB sparse safetensors file, a 1 GB joblib file. One process per run; "
              f"{os.cpu_count()} CPUs.", ""]
     base = {r.target: r for r in runs if r.tool == "safemodel"}
-    lines.append("| target | scanner | wall s | best s | x safemodel | peak RSS MB | bytes read | exit | "
-                 "note |")
-    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    lines.append("| target | scanner | wall s | best s | x safemodel | CPU s | peak RSS MB | bytes read | "
+                 "exit | note |")
+    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for target in ("small", "2 GB torch", "10 GB safetensors", "1 GB joblib"):
         for r in runs:
             if r.target != target:
@@ -520,7 +523,7 @@ def render(runs: List[Run], truth: Dict[str, bool], sample_truth: Dict[str, bool
                                          if r.reported_bytes is not None else "")
             best = f"{min(r.walls):.2f}" if len(r.walls) > 1 else ""
             lines.append(f"| {target} | {r.tool} | {r.wall:.2f}{'+' if r.timed_out else ''} | {best} | "
-                         f"{ratio:.1f} | "
+                         f"{ratio:.1f} | {r.cpu:.2f} | "
                          f"{r.max_rss_mb:.0f} | {read} | {r.exit_code if r.exit_code is not None else '-'} | "
                          f"{r.note} |")
     small_runs = [r for r in runs if r.target == "small" and len(r.walls) > 1]

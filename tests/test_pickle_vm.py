@@ -10,7 +10,7 @@ import pickletools
 import struct
 import zipfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -543,3 +543,35 @@ def test_the_vm_has_a_handler_for_every_pickle_opcode() -> None:
     from safemodel_ci.formats.pickle import _OPCODES
 
     assert _OPCODES == {op.code.encode("latin-1")[0] for op in pickletools.opcodes}
+
+
+def test_tiny_contents_are_detected_once_and_the_same_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detection of contents up to TINY_CONTENT bytes is remembered by content (a torch archive's
+    "version" and "byteorder" members recur in every checkpoint); longer ones are always detected."""
+    from safemodel_ci import scanner
+    from safemodel_ci.source import BytesSource
+
+    monkeypatch.setattr(scanner, "_tiny_detected", {})
+    samples = [b"N.", b"3\n", b"little", b"\x80\x02N.", b"PK\x05\x06" + bytes(18),
+               b"cos\nsystem\n(S'id'\ntR."]
+
+    def names(data: bytes) -> List[str]:
+        source = BytesSource(data)
+        found = [r.name for r in scanner.detect(source)]
+        reads[data] = source.bytes_read
+        return found
+
+    reads: Dict[bytes, int] = {}
+    first = {x: names(x) for x in samples}
+    first_reads = dict(reads)
+    assert first == {b"N.": ["pickle"], b"3\n": [], b"little": [], b"\x80\x02N.": ["pickle"],
+                     b"PK\x05\x06" + bytes(18): ["zip"], b"cos\nsystem\n(S'id'\ntR.": ["pickle"]}
+    real_readers = scanner.readers
+    monkeypatch.setattr(scanner, "readers", lambda: pytest.fail("tiny content detected twice"))
+    assert {x: names(x) for x in samples} == first
+    assert reads == first_reads  # bytes counted as if the detectors had read them again
+    longer = b"N." + b" " * scanner.TINY_CONTENT
+    with pytest.raises(pytest.fail.Exception):
+        names(longer)
+    monkeypatch.setattr(scanner, "readers", real_readers)
+    assert names(longer) == ["pickle"]

@@ -523,7 +523,7 @@ def render(runs: List[Run], truth: Dict[str, bool], sample_truth: Dict[str, bool
                                          if r.reported_bytes is not None else "")
             best = f"{min(r.walls):.2f}" if len(r.walls) > 1 else ""
             lines.append(f"| {target} | {r.tool} | {r.wall:.2f}{'+' if r.timed_out else ''} | {best} | "
-                         f"{ratio:.1f} | {r.cpu:.2f} | "
+                         f"{ratio:.1f} | {f'{r.cpu:.2f}' if r.cpu else '-'} | "
                          f"{r.max_rss_mb:.0f} | {read} | {r.exit_code if r.exit_code is not None else '-'} | "
                          f"{r.note} |")
     small_runs = [r for r in runs if r.target == "small" and len(r.walls) > 1]

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import zlib
 from array import array
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from . import __version__
 from .context import ScanContext
@@ -230,14 +230,19 @@ class ResultCache:
         self._made_dirs: set = set()
         #: Set after a failed write (read-only or full disk): this process stops trying to store.
         self._unwritable = False
+        self._tool_dir_for: Tuple[Optional[str], str] = (None, "")
 
     # -- entries ----------------------------------------------------------------------------
     def _tool_dir(self) -> str:
         """Entries live under the tool fingerprint, so that an upgrade leaves a directory to delete."""
-        return os.path.join(self.directory, f"v{CACHE_FORMAT}", tool_fingerprint().replace("/", "_"))
+        fingerprint = tool_fingerprint()
+        if self._tool_dir_for[0] != fingerprint:  # joined once per fingerprint, not once per look-up
+            self._tool_dir_for = (fingerprint, os.path.join(self.directory, f"v{CACHE_FORMAT}",
+                                                            fingerprint.replace("/", "_")))
+        return self._tool_dir_for[1]
 
     def _entry_path(self, key: str) -> str:
-        return os.path.join(self._tool_dir(), key[:2], key + ".json")
+        return f"{self._tool_dir()}{os.sep}{key[:2]}{os.sep}{key}.json"
 
     def prune(self, max_age_days: float = STALE_AFTER_DAYS) -> int:
         """Delete the entries of other tool versions and formats not used for ``max_age_days``.
@@ -273,8 +278,17 @@ class ResultCache:
 
     def _load(self, key: str) -> Optional[Dict[str, Any]]:
         try:
-            with open(self._entry_path(key), "rb") as fh:
-                entry = json.loads(fh.read())
+            fd = os.open(self._entry_path(key), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:  # os.read, not open(): a look-up runs once per file, a buffered file object costs more
+                chunks = []
+                while True:
+                    chunk = os.read(fd, 1 << 16)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            finally:
+                os.close(fd)
+            entry = json.loads(b"".join(chunks))
         except (OSError, ValueError):
             return None
         if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or entry.get("key") != key:

@@ -35,10 +35,10 @@ import sys
 import tempfile
 import zlib
 from array import array
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
-from .context import ScanContext
+from .context import ScanContext, SiblingOpener
 from .findings import FileResult, sort_findings
 from .scanner import ScanOptions, _local_siblings, scan_file, scan_source
 from .source import ByteSource, BytesSource, FileSource, SourceError
@@ -277,18 +277,9 @@ class ResultCache:
         return removed
 
     def _load(self, key: str) -> Optional[Dict[str, Any]]:
-        try:
-            fd = os.open(self._entry_path(key), os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            try:  # os.read, not open(): a look-up runs once per file, a buffered file object costs more
-                chunks = []
-                while True:
-                    chunk = os.read(fd, 1 << 16)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-            finally:
-                os.close(fd)
-            entry = json.loads(b"".join(chunks))
+        try:  # FileSource: unbuffered reads, cheaper than open() once per looked-up file
+            with FileSource(self._entry_path(key)) as fh:
+                entry = json.loads(fh.read_at(0, fh.size))
         except (OSError, ValueError):
             return None
         if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or entry.get("key") != key:
@@ -425,6 +416,18 @@ class ResultCache:
         return self._store(key, {"size": size, "result": result.to_dict()})
 
 
+def tracking_siblings(open_sibling: SiblingOpener) -> Tuple[SiblingOpener, List[str]]:
+    """``open_sibling`` plus the list of what it is asked for: a result that opened other files
+    (shards of an index) depends on more than its own content and is not cached."""
+    opened: List[str] = []
+
+    def tracked(relative: str) -> Optional[ByteSource]:
+        opened.append(relative)
+        return open_sibling(relative)
+
+    return tracked, opened
+
+
 def cached_result(path: str, options: ScanOptions, cache: ResultCache, display_path: Optional[str] = None,
                   fingerprint: Optional[str] = None) -> Optional[FileResult]:
     """The cached result for a local file if the bytes its scan read are unchanged; never scans."""
@@ -472,13 +475,7 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
         # key, and logging each read (to replay it later) would cost more than the scan.
         recording = None if source.snapshot() is not None else RecordingSource(source)
         start = source.bytes_read
-        siblings_used = []
-        open_sibling = _local_siblings(path)
-
-        def tracked_sibling(relative: str) -> Optional[ByteSource]:
-            siblings_used.append(relative)
-            return open_sibling(relative)
-
+        tracked_sibling, siblings_used = tracking_siblings(_local_siblings(path))
         ctx = _TrackingContext(shown, options.policy, options.limits, siblings=tracked_sibling)
         ctx._state.real_path = path
         scan_source(source if recording is None else recording, ctx)
@@ -492,12 +489,5 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
     return result
 
 
-def open_cache(enabled: bool = True, directory: Optional[str] = None) -> Optional[ResultCache]:
-    """The cache to use, or None when disabled (``--no-cache`` or ``SAFEMODEL_NO_CACHE=1``)."""
-    if not enabled or cache_disabled_by_env():
-        return None
-    return ResultCache(directory)
-
-
-__all__ = ["ResultCache", "RecordingSource", "scan_file_cached", "cached_result", "open_cache",
+__all__ = ["ResultCache", "RecordingSource", "scan_file_cached", "cached_result", "tracking_siblings",
            "default_cache_dir", "options_fingerprint", "tool_fingerprint", "replay_digest"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from . import __version__, exit_process
 from .findings import EXIT_USAGE, FileResult, Finding, ScanReport, Severity
@@ -14,6 +14,9 @@ from .rules import RULES_BY_ID
 from .config import Config, ConfigError, load_config
 from .scanner import ScanOptions
 from .sources.paths import iter_paths
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .cache import ResultCache
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -163,6 +166,16 @@ def cache_dir(args: argparse.Namespace) -> Optional[str]:
     if getattr(args, "no_cache", False) or cache_disabled_by_env():
         return None
     return default_cache_dir()
+
+
+def result_cache(args: argparse.Namespace) -> "Optional[ResultCache]":
+    """The result cache a command uses, or None (``--no-cache``, ``SAFEMODEL_NO_CACHE=1``)."""
+    directory = cache_dir(args)
+    if directory is None:
+        return None
+    from .cache import ResultCache
+
+    return ResultCache(directory)
 
 
 def show_progress(args: argparse.Namespace) -> bool:

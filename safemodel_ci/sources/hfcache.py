@@ -17,17 +17,15 @@ import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ..cache import ResultCache, tracking_siblings
 from ..context import SiblingOpener
 from ..findings import EXIT_USAGE, FileResult, Finding, ScanReport, sort_findings
 from ..rules import rule
 from ..scanner import ScanOptions, scan_byte_source
 from ..source import ByteSource, FileSource, SourceError
 from .hub import display_repo, format_bytes
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..cache import ResultCache
 
 #: Bytes hashed per read: memory stays bounded whatever the blob size.
 HASH_CHUNK = 1 << 20
@@ -124,7 +122,7 @@ def _mismatch_finding(display: str, mismatch: Tuple[str, str, str], blob: str) -
 
 def scan_cache(cache_dir: Optional[str], options: ScanOptions,
                on_file: Optional[Callable[[CacheScan], None]] = None,
-               result_cache: "Optional[ResultCache]" = None) -> CacheScan:
+               result_cache: Optional[ResultCache] = None) -> CacheScan:
     """Scan every repo and revision of the cache at ``cache_dir`` (default: huggingface_hub's).
 
     With ``result_cache``, a blob's result is taken from it when the same content (by sha256) was
@@ -175,7 +173,7 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
 
 
 def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options: ScanOptions,
-               cache: "Optional[ResultCache]", digests: Dict[Tuple[str, str], str],
+               cache: Optional[ResultCache], digests: Dict[Tuple[str, str], str],
                tally: CacheScan) -> FileResult:
     """Scan one blob, or take its result from ``cache`` when the same content was scanned before
     under the same name (see :func:`_content_key`)."""
@@ -191,13 +189,7 @@ def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options
             hit = cache.get_by_sha256(key[0], source.size, display, options)
             if hit is not None:
                 return hit
-        opened: List[str] = []
-        open_sibling = _snapshot_siblings(snapshot, file_path)
-
-        def tracked_sibling(relative: str) -> Optional[ByteSource]:
-            opened.append(relative)
-            return open_sibling(relative)
-
+        tracked_sibling, opened = tracking_siblings(_snapshot_siblings(snapshot, file_path))
         result = scan_byte_source(source, display, options, siblings=tracked_sibling, real_path=None)
         # Stored only when it depends on this content alone (no shard of an index was opened) and,
         # for a blob hashed apart from the scan's reads, the file did not change in between.
@@ -277,16 +269,9 @@ def scan_cache_command(args: argparse.Namespace) -> int:
         print(f"\rcache: {len(scan.files)} files, {scan.blobs_scanned} blobs scanned, "
               f"{format_bytes(scan.bytes_hashed)} hashed", end="", file=sys.stderr, flush=True)
 
-    directory = cli.cache_dir(args)
-    if directory is not None:
-        from ..cache import ResultCache
-
-        result_cache: "Optional[ResultCache]" = ResultCache(directory)
-    else:
-        result_cache = None
     try:
         scan = scan_cache(args.cache_dir, cli.scan_options(args), on_file=on_file if progress else None,
-                          result_cache=result_cache)
+                          result_cache=cli.result_cache(args))
     except (CacheNotFound, ValueError) as exc:
         print(f"safemodel: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -557,12 +557,8 @@ def scan_hub_command(args: argparse.Namespace) -> int:
         print(f"\r{scan.label}: {done}/{total} files scanned, {fetched} fetched", end="", file=sys.stderr,
               flush=True)
 
-    from ..cache import open_cache
-
-    directory = cli.cache_dir(args)
-    result_cache = open_cache(True, directory) if directory is not None else None
     scanner = HubRepoScanner(config, cli.scan_options(args), on_progress=on_progress if progress else None,
-                             result_cache=result_cache)
+                             result_cache=cli.result_cache(args))
     scans = []
     for target in args.repo_ids:
         repo_id, revision = parse_repo_target(target, args.revision)

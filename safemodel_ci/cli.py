@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from . import __version__, exit_process
-from .findings import EXIT_USAGE, FileResult, Finding, ScanReport, Severity
+from .findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_USAGE, FileResult, Finding, ScanReport, Severity
 from .output import FORMATS, writer
 from .rules import RULES_BY_ID
 from .config import Config, ConfigError, load_config
@@ -116,6 +116,31 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cache to scan (default: HF_HUB_CACHE, or HF_HOME/hub)")
     add_output_options(cache)
     cache.set_defaults(func=cmd_cache)
+
+    convert = sub.add_parser(
+        "convert", help="convert PyTorch pickle checkpoints that scan clean to safetensors",
+        description="Scan each checkpoint, then convert the ones with no finding at or above --fail-on "
+                    "to safetensors. Tensors are copied from the checkpoint's storages by a strict "
+                    "reader that imports and calls nothing; the written files are validated and "
+                    "compared tensor by tensor. Takes torch.save files (zip or legacy format) and "
+                    "pytorch_model.bin.index.json shard indexes.",
+        epilog=CONVERT_EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    convert.add_argument("paths", nargs="+", metavar="PATH",
+                         help="checkpoints (.bin, .pt, .pth, .ckpt) or a *.bin.index.json shard index")
+    convert.add_argument("--output-dir", "-o", metavar="DIR",
+                         help="where to write (default: beside each input)")
+    convert.add_argument("--key", metavar="KEY",
+                         help="convert the dict at this key of a training checkpoint (e.g. state_dict; "
+                              "dotted for nested keys)")
+    convert.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                         help="split the output above this size, as transformers does (default: 5GB)")
+    convert.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
+                         help="refuse files with findings at or above this severity (default: from the "
+                              "config, else high)")
+    convert.add_argument("--config", metavar="FILE", help="config file (default: .safemodel.yaml found "
+                                                          "from the working directory)")
+    convert.add_argument("--no-cache", action="store_true", help="do not use the result cache")
+    convert.set_defaults(func=cmd_convert)
 
     rules = sub.add_parser("rules", help="list every rule id with its severity and meaning")
     rules.add_argument("--format", choices=("text", "markdown"), default="text")
@@ -242,6 +267,68 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from .sources.hfcache import scan_cache_command
 
     return scan_cache_command(args)
+
+
+CONVERT_EXIT_CODES_HELP = """exit codes:
+  0  every file was converted and verified
+  1  a file was refused: its scan found something at or above --fail-on (nothing written for it)
+  2  a file scanned clean but could not be converted (not a torch.save checkpoint, no tensors, a
+     storage type safetensors has no dtype for, ...)
+  3  usage or configuration error
+"""
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from . import convert as conv
+    from .scanner import scan_file
+
+    try:
+        max_shard = conv.parse_size(args.max_shard_size)
+    except ValueError as exc:
+        print(f"safemodel convert: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    threshold = fail_on(args)
+    options = scan_options(args)
+    worst = 0
+    for path in args.paths:
+        if not os.path.isfile(path):
+            print(f"safemodel convert: {path}: not a file", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            inputs = conv.shard_files(path) if path.endswith(".index.json") else [path]
+        except conv.ConvertError as exc:
+            print(f"{path}: not converted: {exc}")
+            worst = max(worst, EXIT_INCOMPLETE)
+            continue
+        refused = False
+        for item in inputs:
+            result = scan_file(item, options)
+            bad = [f for f in result.findings if f.unscanned or f.severity >= threshold]
+            for f in bad:
+                where = f"{f.path}:{f.member}" if f.member else f.path
+                print(f"{where}: {f.severity.name} {f.rule_id} {f.message}")
+            refused = refused or bool(bad)
+        if refused:
+            print(f"{path}: not converted: the scan found what is listed above (at or above "
+                  f"{threshold.name.lower()}); the file was not loaded")
+            worst = max(worst, EXIT_FINDINGS)
+            continue
+        out_dir = args.output_dir or os.path.dirname(os.path.abspath(path))
+        try:
+            if path.endswith(".index.json"):
+                done = conv.convert_sharded(path, out_dir, key=args.key)
+            else:
+                done = [conv.convert_checkpoint(path, out_dir, key=args.key, max_shard_size=max_shard)]
+        except (conv.ConvertError, OSError) as exc:
+            print(f"{path}: not converted: {exc}")
+            worst = max(worst, EXIT_INCOMPLETE)
+            continue
+        for c in done:
+            for line in c.skipped:
+                print(f"{c.source}: left out: {line}")
+            aliases = f", {len(c.aliases)} aliases kept once" if c.aliases else ""
+            print(f"{c.source}: converted {c.tensors} tensors{aliases} -> {', '.join(c.outputs)}")
+    return worst
 
 
 def cmd_rules(args: argparse.Namespace) -> int:

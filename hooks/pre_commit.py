@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 from safemodel_ci import exit_process
 from safemodel_ci.cache import cache_disabled_by_env, default_cache_dir
 from safemodel_ci.config import ConfigError, load_config
+from safemodel_ci.convert import convert_command
 from safemodel_ci.findings import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, FileResult, ScanReport, Severity
 from safemodel_ci.output.text import finding_line, summary_line
 from safemodel_ci.parallel import ScanPlan, scan_paths
@@ -113,6 +114,11 @@ def render(report: ScanReport) -> str:
         lines.append("")
         lines.append("What to do:")
         lines.extend(f"  - {r}" for r in remedies)
+        for result in report.files:
+            command = convert_command(result, report.fail_on)
+            if command:
+                lines.append(f"  - {result.path} holds tensors that can be taken out without loading it: "
+                             f"{command}")
         if report.exit_code == EXIT_FINDINGS:
             lines.append("  - To accept one exact file you trust, add {sha256: <sha256sum of it>, "
                          "reason: why} under ignore in .safemodel.yaml (a changed file is scanned again).")

@@ -26,7 +26,10 @@ import re
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from .findings import FileResult, Severity
 
 #: torch storage class name -> (safetensors dtype, bytes per element)
 STORAGE_DTYPES: Dict[str, Tuple[str, int]] = {
@@ -754,3 +757,29 @@ def convert_sharded(index_path: str, out_dir: str, key: Optional[str] = None) ->
         fh.write("\n")
     results[-1].outputs.append(target)
     return results
+
+
+#: Formats ``safemodel convert`` reads.
+CONVERTIBLE_FORMATS = frozenset({"torch-zip", "torch-legacy-records"})
+
+
+def convert_command(result: "FileResult", fail_on: "Severity") -> Optional[str]:
+    """The ``safemodel convert`` line to show for a blocked torch checkpoint whose tensors can be
+    taken out safely: every blocking finding is about objects the converter records and never
+    makes (an unknown class, say), none means loading runs code, and the file was scanned fully."""
+    import shlex
+
+    from .rules import RULES_BY_ID
+
+    if not CONVERTIBLE_FORMATS & set(result.formats) or "torchscript" in result.formats:
+        return None
+    blocking = [f for f in result.findings if f.severity >= fail_on and not f.unscanned]
+    if not blocking or not result.complete:
+        return None
+    rules = [RULES_BY_ID.get(f.rule_id) for f in blocking]
+    if any(r is None or r.code_execution or not r.id.startswith(("pickle-", "torch-")) for r in rules):
+        return None
+    worst = max(f.severity for f in result.findings if not f.unscanned)
+    above = min((s for s in type(worst) if s > worst), default=None)
+    option = f"--fail-on {above.name.lower()} " if above is not None else ""
+    return f"safemodel convert {option}{shlex.quote(result.path)}"

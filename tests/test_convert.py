@@ -230,3 +230,32 @@ def _run_watched(argv: List[str], tmp_path: Path) -> Dict[str, object]:
     proc = subprocess.run([sys.executable, "-c", WATCHED, json.dumps(argv)], capture_output=True, text=True,
                           timeout=300, cwd=str(tmp_path))
     return json.loads(proc.stderr.strip().splitlines()[-1])
+
+
+def test_blocked_checkpoint_gets_the_convert_command_where_users_look(tmp_path: Path) -> None:
+    """The hook's "What to do" and the Action's job summary show the command for a checkpoint
+    blocked by an object the converter never makes; not for one whose loading runs code."""
+    from safemodel_ci.hooks.pre_commit import render
+    from safemodel_ci.findings import ScanReport
+    from safemodel_ci.output.job_summary import render_job_summary
+    from safemodel_ci.scanner import ScanOptions, scan_file
+
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "trainer_config.py").write_text("class Config:\n    pass\n")
+    sys.path.insert(0, str(mods))
+    try:
+        import trainer_config  # type: ignore[import-not-found]
+
+        torch.save({"state_dict": {"w": torch.ones(2)}, "config": trainer_config.Config()}, tmp_path / "a.pt")
+    finally:
+        sys.path.remove(str(mods))
+        sys.modules.pop("trainer_config", None)
+    torch.save({"w": torch.ones(2), "hook": _SystemPayload("true")}, tmp_path / "evil.pt")
+    results = [scan_file(str(tmp_path / n), ScanOptions()) for n in ("a.pt", "evil.pt")]
+    report = ScanReport(results)
+    expected = f"safemodel convert --fail-on critical {tmp_path / 'a.pt'}"
+    for text in (render(report), render_job_summary(report)):
+        assert expected in text
+        assert "convert --fail-on critical " + str(tmp_path / "evil.pt") not in text
+        assert "convert " + str(tmp_path / "evil.pt") not in text

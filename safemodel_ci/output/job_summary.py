@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import List, Optional
 
+from ..convert import convert_command
 from ..findings import Finding, ScanReport, Severity
 from ..rules import RULES_BY_ID
 from .github import LFS_ADVICE, LFS_RULE, finding_level
@@ -92,6 +93,10 @@ def render_job_summary(report: ScanReport, limit: int = SUMMARY_LIMIT, title: st
             rule = RULES_BY_ID.get(rid)
             if rule is not None:
                 tail.append(f"- `{rid}` ({md_text(rule.title)}): {md_text(rule.remedy)}")
+    commands = [c for c in (convert_command(r, fail_on) for r in report.files) if c]
+    if commands:
+        tail += ["", "Convertible to safetensors without loading (`safemodel convert` copies the tensors "
+                     "and never makes the objects the findings name):", "", "```sh", *commands, "```"]
     tail += ["", "_Rule reference: `safemodel rules`. Full details: the SARIF report (code scanning) "
                  "and `safemodel scan --format json`._", ""]
 

@@ -99,8 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "the tree at that sha is listed and every file is read with HTTP range requests. "
                     "Token from HF_TOKEN or the saved login, endpoint from HF_ENDPOINT.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    hub.add_argument("repo_ids", nargs="+", metavar="REPO_ID",
+    hub.add_argument("repo_ids", nargs="*", metavar="REPO_ID",
                      help="repos to scan, e.g. org/name, or org/name@REVISION for one repo's revision")
+    hub.add_argument("--repos-file", metavar="FILE",
+                     help="more repos, one org/name[@REVISION] a line (# comments; - reads standard input)")
+    hub.add_argument("--shard", metavar="K/N",
+                     help="scan only shard K of N of the repos (stable: a repo's shard depends on its "
+                          "name alone); run N jobs, then 'safemodel merge' their JSON reports")
     hub.add_argument("--revision", help="branch, tag or commit to scan (default: the main branch)")
     hub.add_argument("--repo-type", choices=("model", "dataset", "space"), default="model",
                      help="repository type (default: model)")
@@ -141,6 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "from the working directory)")
     convert.add_argument("--no-cache", action="store_true", help="do not use the result cache")
     convert.set_defaults(func=cmd_convert)
+
+    merge = sub.add_parser(
+        "merge", help="combine JSON reports (e.g. of 'hub --shard K/N' jobs) into one report",
+        description="Combine JSON reports into one JSON, SARIF, Markdown or text report whose exit code "
+                    "follows the usual rules. When the reports come from 'hub --shard K/N', a missing or "
+                    "repeated shard is reported (exit 2 at least): a shard job that died never looks clean.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    merge.add_argument("reports", nargs="+", metavar="REPORT.json", help="JSON reports of safemodel-ci")
+    merge.add_argument("--format", "-f", choices=FORMATS + ("markdown",), default="text",
+                       help="output format (default: text; markdown is the Action's job summary)")
+    merge.add_argument("--output", "-o", metavar="FILE", help="write the report here instead of stdout")
+    merge.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
+                       help="lowest severity that fails (default: the strictest of the reports')")
+    merge.add_argument("--repo-root", metavar="DIR", help=argparse.SUPPRESS)
+    merge.add_argument("--quiet", "-q", action="store_true", help=argparse.SUPPRESS)
+    merge.set_defaults(func=cmd_merge)
 
     rules = sub.add_parser("rules", help="list every rule id with its severity and meaning")
     rules.add_argument("--format", choices=("text", "markdown"), default="text")
@@ -258,6 +279,22 @@ def skipped_result(path: str, reason: str) -> FileResult:
 
 
 def cmd_hub(args: argparse.Namespace) -> int:
+    from .fanout import FanoutError, load_targets, parse_shard, select_shard
+
+    try:
+        targets = list(args.repo_ids) + (load_targets(args.repos_file) if args.repos_file else [])
+        if not targets:
+            print("safemodel hub: name at least one repo, or --repos-file", file=sys.stderr)
+            return EXIT_USAGE
+        if args.shard:
+            k, n = parse_shard(args.shard)
+            args.repo_ids = select_shard(targets, k, n)
+            args.shard_label = f"{k}/{n}"
+        else:
+            args.repo_ids = targets
+    except FanoutError as exc:
+        print(f"safemodel hub: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     from .sources.hub import scan_hub_command  # imports huggingface_hub only when asked
 
     return scan_hub_command(args)
@@ -329,6 +366,33 @@ def cmd_convert(args: argparse.Namespace) -> int:
             aliases = f", {len(c.aliases)} aliases kept once" if c.aliases else ""
             print(f"{c.source}: converted {c.tensors} tensors{aliases} -> {', '.join(c.outputs)}")
     return worst
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .fanout import FanoutError, merge_reports
+
+    try:
+        report = merge_reports(args.reports, fail_on=args.fail_on)
+    except FanoutError as exc:
+        print(f"safemodel merge: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.format == "markdown":
+        from .output.job_summary import render_job_summary
+
+        text = render_job_summary(report)
+        if args.output:
+            return _write_text(args.output, text, report.exit_code)
+        sys.stdout.write(text)
+        return report.exit_code
+    return emit(report, args)
+
+
+def _write_text(path: str, text: str, code: int) -> int:
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        print(f"safemodel: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return code
 
 
 def cmd_rules(args: argparse.Namespace) -> int:

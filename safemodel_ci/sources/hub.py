@@ -566,4 +566,7 @@ def scan_hub_command(args: argparse.Namespace) -> int:
         if progress:
             print(file=sys.stderr)
         scans.append(scan)
-    return cli.emit(build_report(scans, cli.fail_on(args)), args)
+    report = build_report(scans, cli.fail_on(args))
+    if getattr(args, "shard_label", None):
+        report.extra["shard"] = args.shard_label  # lets 'safemodel merge' notice a missing shard
+    return cli.emit(report, args)

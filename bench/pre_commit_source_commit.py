@@ -71,12 +71,13 @@ def source_files(repo: Path, n: int) -> List[str]:
         kind = i % 10
         body = "\n".join(" ".join(rng.choice(words) for _ in range(8)) for _ in range(rng.randint(15, 80)))
         if kind < 6:
-            name, text = f"src/pkg{i % 20}/mod{i}.py", f"import os\nfrom typing import List\n\n\nclass C{i}:\n" \
-                                                        f'    """{body}"""\n'
+            name = f"src/pkg{i % 20}/mod{i}.py"
+            text = f'import os\nfrom typing import List\n\n\nclass C{i}:\n    """{body}"""\n'
         elif kind == 6:
             name, text = f"docs/page{i}.md", f"# Page {i}\n\n{body}\n"
         elif kind == 7:
-            name, text = f"configs/c{i}.json", '{"name": "c%d", "text": "%s"}\n' % (i, body.replace("\n", " "))
+            name = f"configs/c{i}.json"
+            text = '{"name": "c%d", "text": "%s"}\n' % (i, body.replace("\n", " "))
         elif kind == 8:
             name, text = f"configs/c{i}.yaml", f"name: c{i}\nlayers: 4\ntext: >\n  {body[:500]}\n"
         else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Sequence
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from .context import ScanContext, ScanLimitExceeded
 from .findings import Severity
@@ -79,6 +79,38 @@ def _bindings() -> Dict[str, LoaderBinding]:
 #: Suffix -> binding, for every loader-binding name.
 BINDINGS: Dict[str, LoaderBinding] = _bindings()
 
+#: Other kinds of file that carry a loader-binding suffix, by their first bytes: IDL save files
+#: (``scipy.io.readsav``; plain and compressed) and SPSS data files are ``.sav`` too.
+OTHER_SIGNATURES: Dict[str, Tuple[Tuple[bytes, str], ...]] = {
+    ".sav": ((b"SR\x00\x04", "an IDL save file"), (b"SR\x00\x06", "an IDL save file"),
+             (b"$FL2", "an SPSS data file"), (b"$FL3", "an SPSS data file")),
+}
+
+
+def other_use(suffix: str, source: ByteSource) -> Optional[str]:
+    """What else a file with this suffix is, when its content says so; None otherwise.
+
+    Such a file is not a disguised model: content decides for it, as for an ambiguous name. A
+    ``.pth`` that is UTF-8 text (and no pickle, which was ruled out before) is a Python path
+    configuration file, which ``site`` reads from site-packages.
+    """
+    head = source.read_at(0, min(4096, source.size))
+    for signature, what in OTHER_SIGNATURES.get(suffix, ()):
+        if head.startswith(signature):
+            return what
+    if suffix == ".pth" and head and not head.translate(None, _TEXT_BYTES):
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 3:  # not just a character cut at the end of the head
+                return None
+        return "a Python path configuration file (site)"
+    return None
+
+
+#: Printable text, tab, CR and LF.
+_TEXT_BYTES = bytes(sorted({9, 10, 13} | set(range(0x20, 0x7F)) | set(range(0x80, 0x100))))
+
 
 def binding_for_name(name: str) -> Optional[LoaderBinding]:
     """The loader a file name binds, or None when the name is ambiguous or not a model name."""
@@ -121,6 +153,8 @@ def _check(source: ByteSource, ctx: ScanContext, detected: Sequence[str]) -> boo
         return False
     if binding.accepts.intersection(detected) or ALWAYS_ACCEPTED.intersection(detected):
         return True
+    if not detected and other_use(binding.suffix, source) is not None:
+        return False  # an IDL .sav, a site .pth: content decides, as for an ambiguous name
     reason = ""
     if binding.accepts == frozenset({"safetensors"}):
         # The reference's own rule for why it refuses (header length 0, not JSON, a JSON array ...).
@@ -172,5 +206,5 @@ def _first_bytes(source: ByteSource, n: int = 16) -> str:
     return data.hex(" ") if data else "(empty file)"
 
 
-__all__ = ["ALWAYS_ACCEPTED", "BINDINGS", "LFS_OBJECT_MEMBER", "LoaderBinding", "PICKLE_LOADER_FORMATS",
-           "binding_for", "binding_for_name", "check_binding"]
+__all__ = ["ALWAYS_ACCEPTED", "BINDINGS", "LFS_OBJECT_MEMBER", "LoaderBinding", "OTHER_SIGNATURES",
+           "PICKLE_LOADER_FORMATS", "binding_for", "binding_for_name", "check_binding", "other_use"]

@@ -170,7 +170,9 @@ def _other_format(path: Path) -> None:
 
 
 REFUSED_CONTENT = [("text", _junk_text), ("random", _random), ("empty", _empty), ("other", _other_format)]
-REFUSED = [(suffix, label, make) for suffix in sorted(BINDINGS) for label, make in REFUSED_CONTENT]
+# Text named .pth is a site-packages path file (tested below), not a disguised checkpoint.
+REFUSED = [(suffix, label, make) for suffix in sorted(BINDINGS) for label, make in REFUSED_CONTENT
+           if (suffix, label) != (".pth", "text")]
 
 
 @pytest.mark.parametrize("suffix,label,make", REFUSED, ids=[f"{s}-{lbl}" for s, lbl, _ in REFUSED])
@@ -300,3 +302,29 @@ def test_text_of_a_mismatch_says_what_and_where(tmp_path: Path, capsys: pytest.C
     assert cli_main(["scan", "--no-cache", "-q", str(path)]) == EXIT_FINDINGS
     out = capsys.readouterr().out
     assert "HIGH name-format-mismatch named .gguf" in out and "content read as zip" in out
+
+
+def test_other_kinds_of_file_with_the_same_suffix_are_not_disguises(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # site-packages path configuration files are .pth too (this one is setuptools').
+    site_pth = tmp_path / "distutils-precedence.pth"
+    site_pth.write_text("import os; var = 'SETUPTOOLS_USE_DISTUTILS'; "
+                        "enabled = os.environ.get(var, 'local') == 'local'\n/opt/lib/extra\n")
+    code, result = scan_json(site_pth, capsys)
+    assert code == EXIT_OK and rules_of(result) == ["unrecognized-format"]
+    # IDL save files (scipy.io.readsav) and SPSS files are .sav too; a real one from scipy if present.
+    scipy_io = pytest.importorskip("scipy.io")
+    idl = Path(scipy_io.__file__).parent / "tests" / "data" / "scalar_float32.sav"
+    if not idl.is_file():
+        pytest.skip("scipy's IDL test data is not installed")
+    assert scipy_io.readsav(str(idl))  # it is what scipy reads
+    code, result = scan_json(idl, capsys)
+    assert code == EXIT_OK and rules_of(result) == ["unrecognized-format"]
+    spss = tmp_path / "survey.sav"
+    spss.write_bytes(b"$FL2@(#) SPSS DATA FILE MS Windows 22.0.0.0" + bytes(200))
+    code, result = scan_json(spss, capsys)
+    assert code == EXIT_OK
+    # The same bytes under a pickle name without another use are refused.
+    (tmp_path / "survey.pkl").write_bytes(spss.read_bytes())
+    code, result = scan_json(tmp_path / "survey.pkl", capsys)
+    assert code == EXIT_FINDINGS and "name-format-mismatch" in rules_of(result)

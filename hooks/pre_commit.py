@@ -60,17 +60,14 @@ def content_reason(path: str) -> Optional[str]:
         return "binary"
     if head.startswith(LFS_POINTER_START):
         return "lfs-pointer"
-    from safemodel_ci.formats.pickle import _OPCODES, looks_like_pickle
-
-    if head[0] not in _OPCODES:
-        return None
-    from safemodel_ci.source import FileSource, SourceError
-
     try:
+        from safemodel_ci.formats.pickle import _OPCODES, looks_like_pickle
+        from safemodel_ci.source import FileSource
+
+        if head[0] not in _OPCODES:
+            return None
         with FileSource(path) as source:
             return "pickle" if looks_like_pickle(source, 0) else None
-    except (SourceError, OSError):
-        return "unreadable"
     except Exception:  # noqa: BLE001 - a sniffer failure must not pass the file over: scan it
         return "sniff-error"
 

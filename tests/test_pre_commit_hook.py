@@ -286,3 +286,14 @@ def test_saved_model_at_the_repo_root_is_shown_without_dot_prefix(
     (in_repo / "assets" / "extra.data").write_bytes(MALICIOUS)
     assert main(["saved_model.pb"]) == 1
     assert capsys.readouterr().out.startswith("assets/extra.data: CRITICAL pickle-dangerous-global")
+
+
+def test_a_sniffer_failure_selects_the_file(in_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safemodel_ci.formats.pickle as pickle_reader
+
+    def broken(*args: object, **kwargs: object) -> bool:
+        raise RuntimeError("sniffer bug")
+
+    (in_repo / "notes").write_text("import os\n")
+    monkeypatch.setattr(pickle_reader, "looks_like_pickle", broken)
+    assert select_files(["notes"]) == ["notes"]  # scanned, never passed over

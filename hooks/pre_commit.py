@@ -9,23 +9,75 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import List, Optional, Sequence
 
 from safemodel_ci import exit_process
-from safemodel_ci.cache import cache_disabled_by_env, default_cache_dir
-from safemodel_ci.config import ConfigError, load_config
-from safemodel_ci.convert import convert_command
 from safemodel_ci.findings import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, FileResult, ScanReport, Severity
-from safemodel_ci.output.text import finding_line, summary_line
-from safemodel_ci.parallel import ScanPlan, scan_paths
-from safemodel_ci.scanner import ScanOptions
-from safemodel_ci.sources.paths import iter_paths
+
+# The scanner, config and cache modules are imported only once a staged file is selected: a commit
+# of source files then costs a start-up and one small read per file (see the README's numbers).
 
 PROG = "safemodel-pre-commit"
 
 #: A TensorFlow SavedModel is a directory; this file names it (pre-commit only passes files).
 SAVED_MODEL_PB = "saved_model.pb"
+
+#: Names scanned whatever their content: model files (plain or compressed), shard indexes,
+#: tokenizer configs and chat templates. (The hooks receive every staged file; this is the filter the
+#: manifest's ``files`` pattern used to be.)
+MODEL_NAME_RE = re.compile(r"""(?ix)(
+    \.(pickle|pkl|pt|pth|bin|ckpt|joblib|npy|npz|h5|hdf5|keras|safetensors|gguf|onnx|pb|msgpack
+       |dill|sav|model|pt2|ptl|mar|pdparams|nemo|llamafile|tflite|tar|7z|zip)
+      (\.(gz|bz2|xz|lzma|lz4|z))?
+    |(^|/)(tokenizer_config\.json|chat_template\.(jinja|json))
+    |\.index\.json
+)$""")
+
+#: Bytes read from a file with another name to decide whether it is scanned (as identify does).
+SNIFF_BYTES = 1024
+#: Bytes of text as identify (pre-commit's ``types: [text]``) counts them; any other byte is binary.
+_TEXT_BYTES = bytes(sorted({7, 8, 9, 10, 11, 12, 13, 27} | set(range(0x20, 0x100)) - {0x7F}))
+LFS_POINTER_START = b"version https://git-lfs.github.com/spec/"
+
+
+def content_reason(path: str) -> Optional[str]:
+    """Why a file whose name is not a model name is scanned anyway, or None when it is not.
+
+    Binary content (a model renamed ``weights.dat``: every binary model format has such bytes in its
+    first kilobyte), a Git LFS pointer (its object may be a model), or text that is a pickle (protocol
+    0 is printable: identify calls it text). An unreadable file is scanned, so the scan reports it.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError:
+        return "unreadable"
+    if not head:
+        return None
+    if head.translate(None, _TEXT_BYTES):
+        return "binary"
+    if head.startswith(LFS_POINTER_START):
+        return "lfs-pointer"
+    try:
+        from safemodel_ci.formats.pickle import _OPCODES, looks_like_pickle
+        from safemodel_ci.source import FileSource
+
+        if head[0] not in _OPCODES:
+            return None
+        with FileSource(path) as source:
+            return "pickle" if looks_like_pickle(source, 0) else None
+    except Exception:  # noqa: BLE001 - a sniffer failure must not pass the file over: scan it
+        return "sniff-error"
+
+
+def select_files(filenames: Sequence[str], every_file: bool = False) -> List[str]:
+    """The staged files to scan: model names, then anything whose content may be a model."""
+    if every_file:
+        return list(filenames)
+    return [name for name in filenames
+            if MODEL_NAME_RE.search(name.replace("\\", "/")) or content_reason(name) is not None]
 
 
 def _fail_on(text: str) -> Severity:
@@ -59,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "[tool.safemodel], found from the repository root)")
     parser.add_argument("--no-cache", action="store_true",
                         help="do not read or write the result cache (also: SAFEMODEL_NO_CACHE=1)")
+    parser.add_argument("--every-file", action="store_true",
+                        help="scan every file passed by content, whatever its name or first bytes "
+                             "(the safemodel-scan-all hook); default: files named like models, and "
+                             "others whose first bytes are binary, a pickle or a Git LFS pointer")
     return parser
 
 
@@ -68,6 +124,8 @@ def scan_targets(filenames: Sequence[str]) -> List[str]:
     A ``saved_model.pb`` stands for its whole SavedModel directory (variables, assets, Keras
     metadata); files inside such a directory are then covered by the directory walk.
     """
+    from safemodel_ci.sources.paths import iter_paths
+
     saved_model_dirs: List[str] = []
     for name in filenames:
         if os.path.basename(name) == SAVED_MODEL_PB:
@@ -99,6 +157,9 @@ def _shown(result: FileResult) -> bool:
 
 def render(report: ScanReport) -> str:
     """``path: SEVERITY rule-id message`` per finding, what to do, and the verdict line."""
+    from safemodel_ci.convert import convert_command
+    from safemodel_ci.output.text import finding_line, summary_line
+
     lines: List[str] = []
     remedies: List[str] = []
     for result in report.files:
@@ -130,6 +191,14 @@ def render(report: ScanReport) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``safemodel-scan`` hook; returns the scan's exit code (0, 1, 2; 3 usage)."""
     args = build_parser().parse_args(argv)
+    selected = select_files(args.filenames, args.every_file)
+    if not selected:
+        return EXIT_OK  # nothing staged is, or may be, a model
+    from safemodel_ci.cache import cache_disabled_by_env, default_cache_dir
+    from safemodel_ci.config import ConfigError, load_config
+    from safemodel_ci.parallel import ScanPlan, scan_paths
+    from safemodel_ci.scanner import ScanOptions
+
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -139,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     use_cache = not args.no_cache and not cache_disabled_by_env()
     plan = ScanPlan(options=ScanOptions(policy=config.policy(), limits=config.limits), config=config,
                     cache_dir=default_cache_dir() if use_cache else None)
-    targets = [p for p in scan_targets(args.filenames) if not config.is_excluded(p)]
+    targets = [p for p in scan_targets(selected) if not config.is_excluded(p)]
     # pre-commit already runs batches of files in parallel processes: scan each batch in-process.
     report = ScanReport(list(scan_paths(targets, plan, jobs=1)), fail_on=fail_on)
     sys.stdout.write(render(report))

@@ -46,6 +46,23 @@ def _severity(text: str) -> Severity:
     return sev
 
 
+def _any_severity(text: str) -> Severity:
+    try:
+        return Severity.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def shown_report(report: ScanReport, args: argparse.Namespace) -> ScanReport:
+    """The report as it is written: ``--min-severity``, else INFO left out of text unless ``--show-info``.
+    The exit code and verdict are the run's either way (see :meth:`ScanReport.filtered`)."""
+    minimum = getattr(args, "min_severity", None)
+    text = getattr(args, "format", "text") == "text"
+    if minimum is None and text and not getattr(args, "show_info", False):
+        minimum = Severity.LOW
+    return report.filtered(minimum) if minimum is not None and minimum > Severity.INFO else report
+
+
 def add_output_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that produces a report."""
     p.add_argument("--format", "-f", choices=FORMATS, default="text",
@@ -54,6 +71,12 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
                    help="write the report to FILE instead of standard output")
     p.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
                    help="lowest severity that fails the run: low, medium, high (default), critical")
+    p.add_argument("--min-severity", type=_any_severity, default=None, metavar="SEVERITY",
+                   help="list only findings at or above SEVERITY (info, low, medium, high, critical), in "
+                        "every format; findings that decide the exit code are always listed. Default: "
+                        "text lists LOW and above, json/sarif/github list every finding")
+    p.add_argument("--show-info", "-v", action="store_true",
+                   help="text: list INFO findings too (files that are not models, notices)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress messages on standard error")
     p.add_argument("--repo-root", metavar="DIR",
                    help="repository root that SARIF and GitHub file locations are relative to (default: "
@@ -231,6 +254,7 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 def emit(report: ScanReport, args: argparse.Namespace) -> int:
     """Write the report where asked and return the exit code."""
+    report = shown_report(report, args)
     text = writer(args.format, repo_root=getattr(args, "repo_root", None)).render(report)
     if args.output:
         try:
@@ -261,7 +285,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     progress = show_progress(args)
     results: List[FileResult] = []
     skipped: List[Tuple[str, str]] = []
-    paths = [p for p in iter_paths(args.paths, args.follow_symlinks, skipped) if not cfg.is_excluded(p)]
+    walked = list(iter_paths(args.paths, args.follow_symlinks, skipped))
+    paths = [p for p in walked if not cfg.is_excluded(p)]
+    excluded = len(walked) - len(paths)
     for result in scan_paths(paths, plan, jobs=args.jobs):
         results.append(result)
         if progress:
@@ -269,7 +295,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if progress:
         print(file=sys.stderr)
     results.extend(skipped_result(path, reason) for path, reason in skipped)
-    return emit(ScanReport(results, fail_on=fail_on(args)), args)
+    return emit(ScanReport(results, fail_on=fail_on(args), excluded=excluded), args)
 
 
 def skipped_result(path: str, reason: str) -> FileResult:

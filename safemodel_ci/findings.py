@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 #: Exit codes shared by every entry point (CLI, pre-commit hook, GitHub Action, Hub commands).
@@ -131,6 +131,32 @@ class ScanReport:
     #: Problems that concern a whole target rather than one file (a Hub repo that cannot be listed).
     errors: List[Tuple[str, str]] = field(default_factory=list)
     extra: Dict[str, Any] = field(default_factory=dict)
+    #: Paths left out without being read because the config excludes them (counted as skipped).
+    excluded: int = 0
+    #: On a copy made by :meth:`filtered`: findings left out of the output, by severity name.
+    hidden: Dict[str, int] = field(default_factory=dict)
+    #: On a copy made by :meth:`filtered`: the report of the whole run (counts, kinds of files).
+    whole: Optional["ScanReport"] = field(default=None, repr=False)
+
+    def filtered(self, min_severity: Severity) -> "ScanReport":
+        """A copy that lists only findings at or above ``min_severity`` (``--min-severity``, and the
+        text report's default of LOW), for output only.
+
+        A finding that decides the exit code (blocking, or unscanned) is always kept, so the copy's
+        verdict and exit code are the run's; :meth:`counts` still covers every finding.
+        """
+        hidden: Dict[str, int] = {}
+        files: List[FileResult] = []
+        for result in self.files:
+            kept: List[Finding] = []
+            for f in result.findings:
+                if f.severity >= min_severity or f.unscanned or f.severity >= self.fail_on:
+                    kept.append(f)
+                else:
+                    hidden[f.severity.name] = hidden.get(f.severity.name, 0) + 1
+            files.append(result if len(kept) == len(result.findings) else replace(result, findings=kept))
+        return ScanReport(files, self.fail_on, list(self.errors), dict(self.extra), excluded=self.excluded,
+                          hidden=hidden, whole=self.whole or self)
 
     @property
     def findings(self) -> List[Finding]:
@@ -153,6 +179,9 @@ class ScanReport:
         return EXIT_OK
 
     def counts(self) -> Dict[str, int]:
+        """Findings by severity name (unscanned ones apart), of the whole run even on a filtered copy."""
+        if self.whole is not None:
+            return self.whole.counts()
         out = {s.name: 0 for s in sorted(Severity, reverse=True)}
         for f in self.findings:
             if not f.unscanned:

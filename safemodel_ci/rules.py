@@ -57,8 +57,16 @@ RULES: Tuple[Rule, ...] = (
          "The scanner failed on this content; it is not reported clean.",
          "Report the file to the safemodel-ci maintainers; do not load it meanwhile.", unscanned=True),
     Rule("unrecognized-format", Severity.INFO, "Not a recognised model format",
-         "The file is named like a model file but its content matches no known model format.",
+         "The file is named like a model file with an ambiguous name (.bin, .model, "
+         ".pb, .zip, .tar, .msgpack ...) but its content matches no known model format.",
          "Nothing to do if the file is not a model."),
+    Rule("name-format-mismatch", Severity.HIGH, "Content is not what the file name says",
+         "The name binds a loader (.safetensors, .gguf, .onnx, .keras, .h5/.hdf5, .npy/.npz, or a "
+         "pickle loader's .pkl/.pickle/.pt/.pth/.ckpt/.joblib/.dill/.sav) and that loader would refuse "
+         "the content, or read something other than what the name says: the file is corrupt or "
+         "disguised. Content the loader does read is scanned as that format instead.",
+         "Find out where the file came from; replace it with a genuine file of the format its name "
+         "says, or rename it to what it really is. Do not load it meanwhile."),
     Rule("skipped-not-regular", Severity.INFO, "Not a regular file",
          "A fifo, device, socket or a symlink that is not followed was passed over; nothing was read.",
          "Scan the link target itself if it is a model, or pass --follow-symlinks."),

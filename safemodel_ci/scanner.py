@@ -12,6 +12,7 @@ from .context import Limits, ScanContext, ScanLimitExceeded, SiblingOpener
 from .findings import FileResult, Severity, sort_findings
 from .formats import readers
 from .formats.interface import FormatReader
+from .loader_names import check_binding
 from .policy import Policy
 from .source import ByteSource, FileSource, SourceError
 
@@ -109,7 +110,9 @@ def scan_source(source: ByteSource, ctx: ScanContext) -> None:
             ctx.report("polyglot", "content is valid as " + " and as ".join(names) +
                        ": different loaders would read different things; every reading was scanned",
                        offset=0, details={"formats": names})
-    if not found and ctx.member is None:
+    # A name that binds a loader (model.safetensors, x.pkl) is checked against what that loader reads.
+    bound = check_binding(source, ctx, [r.name for r in found])
+    if not found and ctx.member is None and not bound:
         ext = os.path.splitext(ctx.path)[1].lower()
         if ext in MODEL_EXTENSIONS:
             ctx.report("unrecognized-format",

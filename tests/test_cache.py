@@ -48,7 +48,7 @@ def big_junk(path: Path, size: int = 4 << 20) -> Path:
 
 
 def test_hit_on_unchanged_file(tmp_path: Path) -> None:
-    model = big_junk(tmp_path / "m.pt")
+    model = big_junk(tmp_path / "m.bin")
     cache = ResultCache(str(tmp_path / "cache"))
     first = scan_file_cached(str(model), OPTIONS, cache)
     assert not first.cached and len(entries(tmp_path / "cache")) == 1
@@ -65,7 +65,7 @@ def test_hit_on_unchanged_file(tmp_path: Path) -> None:
 
 
 def test_change_inside_the_read_ranges_is_a_miss_outside_is_a_hit(tmp_path: Path) -> None:
-    model = big_junk(tmp_path / "m.pt")
+    model = big_junk(tmp_path / "m.bin")
     cache_dir = tmp_path / "cache"
     cache = ResultCache(str(cache_dir))
     scan_file_cached(str(model), OPTIONS, cache)
@@ -95,7 +95,7 @@ def test_change_inside_the_read_ranges_is_a_miss_outside_is_a_hit(tmp_path: Path
 
 
 def test_tool_version_change_invalidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = big_junk(tmp_path / "m.pt")
+    model = big_junk(tmp_path / "m.bin")
     cache = ResultCache(str(tmp_path / "cache"))
     scan_file_cached(str(model), OPTIONS, cache)
     assert scan_file_cached(str(model), OPTIONS, cache).cached
@@ -127,7 +127,7 @@ def test_code_change_invalidates(tmp_path: Path) -> None:
     ScanOptions(limits=dataclasses.replace(Limits(), max_depth=2)),
 ])
 def test_policy_or_limits_change_invalidates(tmp_path: Path, changed: ScanOptions) -> None:
-    model = big_junk(tmp_path / "m.pt")
+    model = big_junk(tmp_path / "m.bin")
     cache = ResultCache(str(tmp_path / "cache"))
     scan_file_cached(str(model), OPTIONS, cache)
     result = scan_file_cached(str(model), changed, cache)
@@ -139,16 +139,16 @@ def test_policy_or_limits_change_invalidates(tmp_path: Path, changed: ScanOption
 
 
 def test_displayed_path_is_part_of_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = big_junk(tmp_path / "m.pt")
+    model = big_junk(tmp_path / "m.bin")
     cache = ResultCache(str(tmp_path / "cache"))
     scan_file_cached(str(model), OPTIONS, cache)
     monkeypatch.chdir(tmp_path)
-    result = scan_file_cached("m.pt", OPTIONS, cache)
-    assert not result.cached and result.path == "m.pt" and result.findings[0].path == "m.pt"
+    result = scan_file_cached("m.bin", OPTIONS, cache)
+    assert not result.cached and result.path == "m.bin" and result.findings[0].path == "m.bin"
 
 
 def test_corrupt_entries_are_misses(tmp_path: Path) -> None:
-    model = big_junk(tmp_path / "m.pt")
+    model = big_junk(tmp_path / "m.bin")
     cache_dir = tmp_path / "cache"
     cache = ResultCache(str(cache_dir))
     scan_file_cached(str(model), OPTIONS, cache)
@@ -165,7 +165,7 @@ def test_corrupt_entries_are_misses(tmp_path: Path) -> None:
 
 
 def test_stale_versions_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = big_junk(tmp_path / "m.pt", 1 << 16)
+    model = big_junk(tmp_path / "m.bin", 1 << 16)
     cache_dir = tmp_path / "cache"
     monkeypatch.setattr(cache_mod, "tool_fingerprint", lambda: "0.0.1+old")
     scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir)))
@@ -185,7 +185,7 @@ def test_stale_versions_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_unwritable_cache_dir_still_scans(tmp_path: Path) -> None:
-    model = big_junk(tmp_path / "m.pt")
+    model = big_junk(tmp_path / "m.bin")
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache directory should be")
     cache = ResultCache(str(blocker))
@@ -233,7 +233,7 @@ def _hammer(args: "tuple[str, str, int]") -> List[bool]:
 
 
 def test_concurrent_writers(tmp_path: Path) -> None:
-    models = [str(big_junk(tmp_path / f"m{i}.pt", 1 << 20)) for i in range(3)]
+    models = [str(big_junk(tmp_path / f"m{i}.bin", 1 << 20)) for i in range(3)]
     cache_dir = str(tmp_path / "cache")
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
@@ -249,7 +249,7 @@ def test_concurrent_writers(tmp_path: Path) -> None:
 
 
 def test_sha256_keyed_entries(tmp_path: Path) -> None:
-    model = big_junk(tmp_path / "m.pt", 1 << 16)
+    model = big_junk(tmp_path / "m.bin", 1 << 16)
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     cache = ResultCache(str(tmp_path / "cache"))
     result = scan_file(str(model), OPTIONS, "hf://org/repo@abc/m.pt")
@@ -291,7 +291,7 @@ def test_a_file_changed_during_the_scan_is_not_keyed_by_its_new_content(tmp_path
     rec.read_at(0, 10)
     inner.swap(b"B" * 100)  # the scan saw A..., the file now holds B...
     cache = ResultCache(str(tmp_path / "cache"))
-    result = scan_file(str(big_junk(tmp_path / "x.pt", 100)), OPTIONS)
+    result = scan_file(str(big_junk(tmp_path / "x.bin", 100)), OPTIONS)
     assert cache.store_file(rec, "/x", "x", "fp", result)
     (entry,) = entries(tmp_path / "cache")
     data = json.loads(Path(entry).read_text())
@@ -317,7 +317,7 @@ def test_cli_uses_the_cache_by_default(tmp_path: Path, capsys: pytest.CaptureFix
     cache_dir = tmp_path / "cache"
     monkeypatch.setenv("SAFEMODEL_CACHE_DIR", str(cache_dir))
     (tmp_path / "models").mkdir()
-    model = big_junk(tmp_path / "models" / "m.pt")
+    model = big_junk(tmp_path / "models" / "m.bin")
     assert cli.main(["scan", "--no-cache", "-f", "json", str(model)]) == 0
     uncached = capsys.readouterr().out
     assert entries(cache_dir) == []

@@ -306,7 +306,7 @@ def run_cli(args: List[str], capsys: pytest.CaptureFixture[str]) -> "tuple[int, 
 
 
 def junk(path: Path, data: bytes = b"not a model at all") -> Path:
-    """A .pt file whose content is no model: a predictable INFO unrecognized-format finding."""
+    """A .bin file (an ambiguous name) whose content is no model: an INFO unrecognized-format finding."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
@@ -315,7 +315,7 @@ def junk(path: Path, data: bytes = b"not a model at all") -> Path:
 def test_cli_invalid_config_exits_3_with_the_location(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write(tmp_path / "bad.yaml", "fail-on: high\nseverity-overrides:\n  pickle-dangerous-global: low\n")
-    model = junk(tmp_path / "m.pt")
+    model = junk(tmp_path / "m.bin")
     code, out, err = run_cli(["scan", "--config", str(cfg), str(model)], capsys)
     assert code == 3 and out == ""
     assert f"{cfg}:3: severity-overrides.pickle-dangerous-global:" in err and "cannot be lowered" in err
@@ -326,29 +326,29 @@ def test_cli_discovers_config_from_the_working_directory(tmp_path: Path, monkeyp
     (tmp_path / ".git").mkdir()
     write(tmp_path / ".safemodel.yaml", "severity-overrides:\n  unrecognized-format: medium\n"
                                         "fail-on: medium\n")
-    junk(tmp_path / "m.pt")
+    junk(tmp_path / "m.bin")
     monkeypatch.chdir(tmp_path / ".git")  # any directory inside the repository
-    code, out, _ = run_cli(["scan", "--no-cache", str(tmp_path / "m.pt")], capsys)
+    code, out, _ = run_cli(["scan", "--no-cache", str(tmp_path / "m.bin")], capsys)
     assert code == 1 and "MEDIUM unrecognized-format" in out
     # --fail-on on the command line wins over the config.
-    code, _, _ = run_cli(["scan", "--no-cache", "--fail-on", "high", str(tmp_path / "m.pt")], capsys)
+    code, _, _ = run_cli(["scan", "--no-cache", "--fail-on", "high", str(tmp_path / "m.bin")], capsys)
     assert code == 0
 
 
 def test_cli_exclude(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = write(tmp_path / ".safemodel.yaml", "exclude:\n  - models/fixtures/**\n  - '*.tmp.pt'\n")
+    cfg = write(tmp_path / ".safemodel.yaml", "exclude:\n  - models/fixtures/**\n  - '*.tmp.bin'\n")
     models = tmp_path / "models"
-    junk(models / "fixtures" / "a.pt")
-    junk(models / "x.tmp.pt")
-    junk(models / "kept.pt")
+    junk(models / "fixtures" / "a.bin")
+    junk(models / "x.tmp.bin")
+    junk(models / "kept.bin")
     code, out, _ = run_cli(["scan", "--config", str(cfg), "-f", "json", str(models),
-                            str(models / "x.tmp.pt")], capsys)
+                            str(models / "x.tmp.bin")], capsys)
     assert code == 0
-    assert [f["path"] for f in json.loads(out)["files"]] == [str(models / "kept.pt")]
+    assert [f["path"] for f in json.loads(out)["files"]] == [str(models / "kept.bin")]
 
 
 def test_cli_sha256_pinned_ignore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    model = junk(tmp_path / "m.pt")
+    model = junk(tmp_path / "m.bin")
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     base = "severity-overrides:\n  unrecognized-format: high\n"
     cfg = write(tmp_path / ".safemodel.yaml", base)
@@ -370,9 +370,9 @@ def test_cli_sha256_pinned_ignore(tmp_path: Path, capsys: pytest.CaptureFixture[
 
     # A pin restricted to another path does not apply here.
     junk(model)
-    write(cfg, base + f"ignore:\n  - sha256: {digest}\n    reason: x\n    path: other/m.pt\n")
+    write(cfg, base + f"ignore:\n  - sha256: {digest}\n    reason: x\n    path: other/m.bin\n")
     assert run_cli(args, capsys)[0] == 1
-    write(cfg, base + f"ignore:\n  - sha256: {digest}\n    reason: x\n    path: ./m.pt\n")
+    write(cfg, base + f"ignore:\n  - sha256: {digest}\n    reason: x\n    path: ./m.bin\n")
     assert run_cli(args, capsys)[0] == 0
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import CORPUS
 from safemodel_ci.cli import main
+from safemodel_ci.loader_names import binding_for_name
 
 
 def _manifest() -> dict:
@@ -26,6 +27,11 @@ def test_corpus_file_gets_its_manifest_verdict(corpus_dir: Path, name: str, expe
         assert code == 1, found
     elif expected == "benign":
         assert code == 0, found
+    elif binding_for_name(name) is not None:
+        # Not a model, but named for a loader that would read it (bad_pytorch.pt is a PNG header):
+        # the file is not what its name says (issue 18), which blocks.
+        assert expected == "not-a-model"
+        assert code == 1 and ("name-format-mismatch", "HIGH", None) in found, found
     else:
         assert expected == "not-a-model"
         assert code != 1, found

@@ -45,7 +45,7 @@ def make_tree(root: Path, n: int = 60) -> List[Path]:
                 zf.writestr("data.pkl", pickle.dumps([i]))
                 zf.writestr("notes.txt", "hello")
         elif kind == 3:
-            path = sub / f"junk{i}.pt"
+            path = sub / f"junk{i}.bin"
             path.write_bytes(b"not a model " * 5 + bytes(i))
         else:
             path = sub / f"empty{i}.bin"

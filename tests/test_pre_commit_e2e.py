@@ -235,3 +235,35 @@ def test_lfs_tracked_malicious_file_blocks(repo: Path, hook_env: Dict[str, str])
     proc = _run_hook(repo, hook_env, "evil.pkl")
     assert proc.returncode == 1, proc.stdout
     assert "evil.pkl" in proc.stdout and "pickle-dangerous-global" in proc.stdout
+
+
+def test_commit_of_renamed_pickles_is_blocked(repo: Path, hook_env: Dict[str, str]) -> None:
+    """No model name: the binary pickle and the printable (protocol 0) one are found by content."""
+    (repo / "weights.dat").write_bytes(MALICIOUS_PICKLE)
+    (repo / "model_weights").write_bytes(pickle.dumps({"hook": _SystemPayload()}, protocol=0))
+    (repo / "train.py").write_text("import torch\n")
+    proc = _commit(repo, hook_env, "weights.dat", "model_weights", "train.py")
+    assert proc.returncode != 0, proc.stdout
+    assert "weights.dat: CRITICAL pickle-dangerous-global" in proc.stdout
+    assert "model_weights: CRITICAL pickle-dangerous-global" in proc.stdout
+    assert "(no files to check)" not in proc.stdout
+    assert not _committed(repo, hook_env, "weights.dat") and not _committed(repo, hook_env, "model_weights")
+    # Source files alone pass.
+    _run(["git", "reset", "-q"], repo, hook_env, check=True)
+    assert _commit(repo, hook_env, "train.py").returncode == 0
+
+
+def test_scan_all_hook_scans_text_files_by_content(tmp_path: Path, hook_env: Dict[str, str]) -> None:
+    path = tmp_path / "project"
+    _init_repo(path, hook_env, hook_id="safemodel-scan-all")
+    _run([sys.executable, "-m", "pre_commit", "install"], path, hook_env, check=True)
+    _commit(path, hook_env, ".pre-commit-config.yaml", check=True)
+    # A Keras model config saved under a text name: printable, no pickle, only a by-content scan sees it.
+    (path / "arch.cfg").write_text(
+        '{"module": "keras", "class_name": "Sequential", "registered_name": null, "config": {"name": "s", '
+        '"layers": [{"module": "evil_pkg.layers", "class_name": "Backdoor", "registered_name": "Backdoor", '
+        '"config": {"name": "b"}}]}}')
+    proc = _commit(path, hook_env, "arch.cfg")
+    assert proc.returncode != 0, proc.stdout
+    assert "arch.cfg: HIGH keras-unsafe-module" in proc.stdout
+    assert not _committed(path, hook_env, "arch.cfg")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from safemodel_ci.hooks.pre_commit import main, scan_targets
+from safemodel_ci.hooks.pre_commit import MODEL_NAME_RE, main, scan_targets, select_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,23 +151,63 @@ def test_lfs_pointer_is_resolved_from_the_repos_object_store(
     assert re.search(r"^model\.bin.*: CRITICAL pickle-dangerous-global", capsys.readouterr().out, re.M)
 
 
-def test_manifest_matches_every_model_name_case_insensitively() -> None:
+def test_manifest_hooks_receive_every_file_and_select_by_name_or_content() -> None:
     hooks = yaml.safe_load((REPO_ROOT / ".pre-commit-hooks.yaml").read_text())
     ids = {h["id"]: h for h in hooks}
-    assert set(ids) == {"safemodel-scan", "safemodel-scan-strict"}
+    assert set(ids) == {"safemodel-scan", "safemodel-scan-strict", "safemodel-scan-all"}
     assert ids["safemodel-scan-strict"]["args"] == ["--fail-on", "medium"]
+    assert ids["safemodel-scan-all"]["entry"] == "safemodel-pre-commit --every-file"
     for hook in hooks:
-        assert hook["entry"] == "safemodel-pre-commit" and hook["language"] == "python"
+        assert hook["entry"].split()[0] == "safemodel-pre-commit" and hook["language"] == "python"
         assert "require_serial" not in hook
-        files = re.compile(hook["files"])
-        for name in ["m.pkl", "m.PICKLE", "a/m.pt", "m.pth", "pytorch_model.bin", "m.ckpt", "m.joblib",
-                     "m.joblib.gz", "x.npy", "x.npz", "m.h5", "m.hdf5", "m.keras", "m.safetensors",
-                     "m.gguf", "m.onnx", "export/saved_model.pb", "flax_model.msgpack", "m.dill",
-                     "m.sav", "tokenizer.model", "m.pt2", "m.ptl", "m.tar", "m.7z", "m.zip",
-                     "model.safetensors.index.json", "sub/tokenizer_config.json", "chat_template.jinja"]:
-            assert files.search(name), name
-        for name in ["README.md", "config.json", "train.py", "my_tokenizer_config.json", "m.binx"]:
-            assert not files.search(name), name
+        # pre-commit ANDs files with types: any filter here would hide renamed models.
+        assert not {"files", "types", "types_or"} & set(hook), hook["id"]
+    for name in ["m.pkl", "m.PICKLE", "a/m.pt", "m.pth", "pytorch_model.bin", "m.ckpt", "m.joblib",
+                 "m.joblib.gz", "x.npy", "x.npz", "m.h5", "m.hdf5", "m.keras", "m.safetensors",
+                 "m.gguf", "m.onnx", "export/saved_model.pb", "flax_model.msgpack", "m.dill",
+                 "m.sav", "tokenizer.model", "m.pt2", "m.ptl", "m.tar", "m.7z", "m.zip",
+                 "model.safetensors.index.json", "sub/tokenizer_config.json", "chat_template.jinja"]:
+        assert MODEL_NAME_RE.search(name), name
+    for name in ["README.md", "config.json", "train.py", "my_tokenizer_config.json", "m.binx"]:
+        assert not MODEL_NAME_RE.search(name), name
+
+
+def test_files_with_other_names_are_selected_by_their_first_bytes(in_repo: Path) -> None:
+    torch = pytest.importorskip("torch")
+    files = {
+        "weights.dat": MALICIOUS,  # protocol 2: binary
+        "model_weights": pickle.dumps({"w": [1, 2]}, protocol=0),  # protocol 0: printable text
+        "ckpt_blob": b"",
+        "pointer.txt": _lfs_pointer(MALICIOUS),
+        "image.png": bytes(range(256)),
+        "train.py": b"import os\nclass Model:\n    pass\n",
+        "index.html": b"<html>\n</html>\n",
+        "notes.txt": b"(a note in parentheses)\n",
+        "config.json": b'{"hidden_size": 4}\n',
+        "c_like.txt": b"cos\nsystem\n",  # a GLOBAL opcode line pair and no more: not a pickle
+    }
+    for name, data in files.items():
+        (in_repo / name).write_bytes(data)
+    torch.save({"w": torch.ones(2)}, str(in_repo / "renamed_checkpoint"))
+    names = sorted([*files, "renamed_checkpoint"])
+    assert select_files(names) == ["image.png", "model_weights", "pointer.txt", "renamed_checkpoint",
+                                   "weights.dat"]
+    assert select_files(names, every_file=True) == names
+
+
+def test_renamed_pickles_block_and_source_files_pass(in_repo: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    (in_repo / "weights.dat").write_bytes(MALICIOUS)
+    (in_repo / "model_weights").write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    (in_repo / "train.py").write_text("import os\n")
+    assert main(["train.py"]) == 0 and capsys.readouterr().out == ""
+    assert main(["train.py", "weights.dat", "model_weights"]) == 1
+    out = capsys.readouterr().out
+    assert "weights.dat: CRITICAL pickle-dangerous-global" in out
+    assert "model_weights: CRITICAL pickle-dangerous-global" in out
+    assert "train.py" not in out
+    # Every file by content: a text file is scanned too (and, being no model, passes quietly).
+    assert main(["--every-file", "train.py"]) == 0 and capsys.readouterr().out == ""
 
 
 def test_manifest_is_valid_for_pre_commit() -> None:
@@ -246,3 +286,14 @@ def test_saved_model_at_the_repo_root_is_shown_without_dot_prefix(
     (in_repo / "assets" / "extra.data").write_bytes(MALICIOUS)
     assert main(["saved_model.pb"]) == 1
     assert capsys.readouterr().out.startswith("assets/extra.data: CRITICAL pickle-dangerous-global")
+
+
+def test_a_sniffer_failure_selects_the_file(in_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safemodel_ci.formats.pickle as pickle_reader
+
+    def broken(*args: object, **kwargs: object) -> bool:
+        raise RuntimeError("sniffer bug")
+
+    (in_repo / "notes").write_text("import os\n")
+    monkeypatch.setattr(pickle_reader, "looks_like_pickle", broken)
+    assert select_files(["notes"]) == ["notes"]  # scanned, never passed over

@@ -139,10 +139,12 @@ class SafetensorsIndexReader(FormatReader):
             try:
                 head = source.head(4096)
                 if not claims_safetensors(source, head):
-                    if shard.endswith(".safetensors"):
+                    # A shard named .safetensors, or any shard of a safetensors index, is opened
+                    # with safe_open (transformers): content it refuses blocks.
+                    if shard.endswith(".safetensors") or ctx.basename.endswith(".safetensors.index.json"):
                         ctx.report("safetensors-index-shard-invalid",
-                                   f"shard {shard!r} is named .safetensors but its content is not a "
-                                   "safetensors file", details={"shard": shard})
+                                   f"shard {shard!r} is named by a safetensors index or named .safetensors "
+                                   "but its content is not a safetensors file", details={"shard": shard})
                     continue  # a pickle shard (pytorch_model-*.bin): its tensors cannot be listed cheaply
                 scratch = ScanContext(ctx.path, ctx.policy, ctx.limits, member=shard)
                 header = read_safetensors_header(source, scratch)

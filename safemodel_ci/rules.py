@@ -153,11 +153,21 @@ RULES: Tuple[Rule, ...] = (
          "torch.save writes one top-level folder; torch reads the folder of the first entry. Every "
          "folder was scanned.",
          _REPORT),
-    Rule("torch-script-code", Severity.HIGH, "TorchScript archive carries code",
+    Rule("torch-script-code", Severity.LOW, "TorchScript archive carries code",
          "The archive holds TorchScript code (code/, constants.pkl or bytecode.pkl) that torch.jit.load "
-         "compiles and runs; torch.load before 2.6 handed such archives to it even with weights_only.",
-         "Ship plain weights (safetensors, or torch.save of a state_dict); load TorchScript only from "
-         "authors you trust."),
+         "compiles and runs (torch.load hands such archives to it). Every op the code calls was judged "
+         "against the compute ops of torch's registry; problems are reported as torchscript-* findings.",
+         "Nothing to do when no other finding is reported; plain weights (safetensors) carry no code."),
+    Rule("torchscript-dangerous-op", Severity.CRITICAL, "TorchScript code reads or writes files or loads code",
+         "The archive's TorchScript code calls an op that touches files (aten::save, aten::from_file), "
+         "reaches other processes (RPC, process groups), loads a native library, or uses a torch.classes "
+         "class no torch library defines. torch.jit.load compiles the code and running the model runs it.",
+         _REPORT, code_execution=True),
+    Rule("torchscript-unknown-op", Severity.HIGH, "TorchScript code uses an op outside the compute allowlist",
+         "The archive's TorchScript code calls an op of a namespace other than aten/prim/quantized/"
+         "prepacked (it needs a native op library), an op the torch registry does not hold, or a name "
+         "this scanner cannot resolve as TorchScript does.",
+         "Check which library provides the op and that you trust it; re-export the model with stock ops."),
     Rule("torch-unaccounted-bytes", Severity.MEDIUM, "Legacy torch file has bytes outside its layout",
          "Bytes of a legacy torch.save file belong to none of its five pickles and raw storages. They "
          "were searched for pickle streams, which were scanned.",

@@ -145,8 +145,8 @@ def classify_op(ns: str, name: str) -> Verdict:
             return Verdict(Severity.HIGH, t.not_compute_ops[qual])
         return Verdict(Severity.HIGH, f"not an operator of torch {t.torch_version}'s {ns} namespace (a newer "
                                       "torch's op, or one a native extension registers)")
-    return Verdict(Severity.HIGH, f"namespace {ns!r} is not part of torch's compute ops: running the code needs "
-                                  "the native op library that registers it")
+    return Verdict(Severity.HIGH, f"namespace {ns!r} is not part of torch's compute ops: running the code "
+                                  "needs the native op library that registers it")
 
 
 def classify_class(qual: str) -> Verdict:
@@ -176,17 +176,19 @@ def jit_global_verdict(module: str, name: str) -> Optional[GlobalVerdict]:
     ``torch.jit._pickle`` list builders are implemented inside the unpickler. None: judge as usual.
     """
     if module == "torch.jit._pickle" and name in JIT_PICKLE_HELPERS:
-        return GlobalVerdict(None, Severity.INFO, f"{module}.{name} is a list builder of torch.jit's unpickler")
+        return GlobalVerdict(None, Severity.INFO,
+                             f"{module}.{name} is a list builder of torch.jit's unpickler")
     if module == "__torch__.torch.classes" or module.startswith("__torch__.torch.classes."):
         qual = f"{module}.{name}"[len("__torch__.torch.classes."):]
         v = classify_class(qual)
         if v.severity is None:
-            return GlobalVerdict(None, Severity.INFO, f"torch.classes.{qual} holds packed weights of a compute op")
+            return GlobalVerdict(None, Severity.INFO,
+                                 f"torch.classes.{qual} holds packed weights of a compute op")
         rule_id = "pickle-dangerous-global" if v.severity >= Severity.CRITICAL else "pickle-unknown-global"
         return GlobalVerdict(rule_id, v.severity, f"torch.classes.{qual}: {v.reason}")
     if module == "__torch__" or module.startswith("__torch__."):
-        return GlobalVerdict(None, Severity.INFO, f"{module}.{name} is a TorchScript class of the archive; its "
-                                                  "code is judged with the archive's code")
+        return GlobalVerdict(None, Severity.INFO, f"{module}.{name} is a TorchScript class of the archive; "
+                                                  "its code is judged with the archive's code")
     return None
 
 
@@ -216,7 +218,8 @@ def script_roots(entries: List["CentralEntry"], torch_roots: List[str]) -> List[
     return [r for r in torch_roots if f"{r}/constants.pkl" in names]
 
 
-def root_contexts(entries: List["CentralEntry"], torch_roots: List[str], ctx: ScanContext) -> Dict[str, ScanContext]:
+def root_contexts(entries: List["CentralEntry"], torch_roots: List[str],
+                  ctx: ScanContext) -> Dict[str, ScanContext]:
     """A context per TorchScript root whose pickle scans use :func:`jit_policy`."""
     roots = script_roots(entries, torch_roots)
     if not roots:
@@ -410,8 +413,8 @@ def scan_torchscript(reader: "ZipReader", source: "ByteSource", ctx: ScanContext
     """Judge the code of every torch root that carries TorchScript code; report per root."""
     for root in torch_roots:
         code = [e for e in entries if e.name.startswith(root + "/code/") and e.name.endswith(".py")]
-        marked = [e.name for e in entries
-                  if e.name.startswith(root + "/code/") or e.name in (root + "/constants.pkl", root + "/bytecode.pkl")]
+        marked = [e.name for e in entries if e.name.startswith(root + "/code/")
+                  or e.name in (root + "/constants.pkl", root + "/bytecode.pkl")]
         if not marked:
             continue
         ctx.add_format("torchscript")

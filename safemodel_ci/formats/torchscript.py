@@ -84,35 +84,32 @@ class OpTables:
     result_fields: FrozenSet[str]
     compute_classes: Dict[str, FrozenSet[str]]
     other_classes: FrozenSet[str]
-
-    @property
-    def method_names(self) -> FrozenSet[str]:
-        """Names a value may be followed by: aten/prim ops (called as methods), properties, fields."""
-        return _method_names(self)
+    #: Names a value may be followed by: aten/prim ops (called as methods), properties, result
+    #: fields of named tuples, methods of the compute custom classes.
+    method_names: FrozenSet[str]
 
 
 @lru_cache(maxsize=1)
 def tables() -> OpTables:
     """The op tables, read once from the committed JSON."""
     raw = json.loads(DATA_FILE.read_text(encoding="utf-8"))
+    ops = {ns: frozenset(names) for ns, names in raw["ops"].items()}
+    classes = {k: frozenset(v) for k, v in raw["compute_classes"].items()}
+    fields = frozenset(raw["result_fields"])
+    methods: Set[str] = set(ops.get("aten", ())) | set(ops.get("prim", ())) | PROPERTIES | fields
+    for names in classes.values():
+        methods |= names
     return OpTables(
         torch_version=raw["torch_version"],
-        ops={ns: frozenset(names) for ns, names in raw["ops"].items()},
+        ops=ops,
         dangerous_ops=dict(raw["dangerous_ops"]),
         not_compute_ops=dict(raw["not_compute_ops"]),
         dangerous_namespaces=dict(raw["dangerous_namespaces"]),
-        result_fields=frozenset(raw["result_fields"]),
-        compute_classes={k: frozenset(v) for k, v in raw["compute_classes"].items()},
+        result_fields=fields,
+        compute_classes=classes,
         other_classes=frozenset(raw["other_classes"]),
+        method_names=frozenset(methods),
     )
-
-
-@lru_cache(maxsize=1)
-def _method_names(t: OpTables) -> FrozenSet[str]:
-    names: Set[str] = set(t.ops.get("aten", ())) | set(t.ops.get("prim", ())) | PROPERTIES | t.result_fields
-    for methods in t.compute_classes.values():
-        names |= methods
-    return frozenset(names)
 
 
 # ---- verdicts -----------------------------------------------------------------------------------

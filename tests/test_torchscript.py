@@ -226,6 +226,21 @@ def test_op_taken_as_a_value_is_judged(archives: Dict[str, Path], tmp_path: Path
     assert "aten::save" in [f.details["op"] for f in find(result, "torchscript-dangerous-op")]
 
 
+@pytest.mark.parametrize("lines, op", [
+    ("t = torch\n    t.save(x0, \"/tmp/p\")", "aten::save"),
+    ("o = ops\n    o.aten.from_file(\"/etc/passwd\")", "aten::from_file"),
+    ("getattr(torch, \"save\")(x0, \"/tmp/p\")", "aten::save"),
+    ("c = __torch__.torch.classes\n    h = c.evil.Shell()", "torch.classes.evil.Shell"),
+])
+def test_aliased_modules_and_getattr(archives: Dict[str, Path], tmp_path: Path, lines: str, op: str) -> None:
+    """A local may hold torch, ops or a class namespace, and getattr with a constant is an attribute."""
+    path = edit_code(archives["conv_script"], tmp_path / "alias.pt", "    x0 = torch.relu(",
+                     f"    {lines}\n    x0 = torch.relu(")
+    code, result = scan(path)
+    assert code == 1
+    assert op in [f.details["op"] for f in find(result, "torchscript-dangerous-op")]
+
+
 def test_unknown_custom_class_and_library_loading(archives: Dict[str, Path], tmp_path: Path) -> None:
     path = edit_code(archives["conv_script"], tmp_path / "cls.pt", "    x0 = torch.relu(",
                      "    h = __torch__.torch.classes.evil.Shell()\n    ops.load_library(\"/tmp/x.so\")\n"

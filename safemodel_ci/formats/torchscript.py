@@ -68,6 +68,8 @@ JIT_PICKLE_HELPERS = frozenset({"build_intlist", "build_tensorlist", "build_doub
                                 "build_tensor_from_id", "restore_type_tag"})
 #: Loading a native library from TorchScript (``torch.ops.load_library`` in Python terms).
 LIBRARY_LOADERS = frozenset({"load_library"})
+#: Names whose attribute chains resolve to ops, custom classes or constants.
+_MODULE_ROOTS = frozenset({"torch", "ops", "__torch__", "CONSTANTS"})
 #: At most this many op names are listed in a notice's details.
 MAX_LISTED = 200
 
@@ -274,7 +276,15 @@ def declared_names(files: List[CodeFile]) -> Set[str]:
                     elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
                         names.add(stmt.target.id)
                     elif isinstance(stmt, ast.Assign):
-                        names.update(t.id for t in stmt.targets if isinstance(t, ast.Name))
+                        for t in stmt.targets:
+                            if isinstance(t, ast.Name):
+                                names.add(t.id)
+                            # __annotations__["0"] = ...: an attribute whose name is no identifier
+                            # (ModuleList items), reached with getattr(self, "0").
+                            elif (isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name)
+                                  and t.value.id == "__annotations__" and isinstance(t.slice, ast.Constant)
+                                  and isinstance(t.slice.value, str)):
+                                names.add(t.slice.value)
     return names
 
 
@@ -296,6 +306,9 @@ class _Judge(ast.NodeVisitor):
         self.declared = declared
         self.t = tables()
         self.bound: Set[str] = set()
+        #: Names bound to a module-like chain (``t = torch``, ``c = __torch__.torch.classes``):
+        #: TorchScript lets a local hold a builtin module, namespace or function.
+        self.aliases: Dict[str, List[Tuple[str, List[str]]]] = {}
 
     def run(self) -> None:
         tree = self.out.tree
@@ -307,6 +320,13 @@ class _Judge(ast.NodeVisitor):
                 self.bound.add(node.arg)
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 self.bound.add(node.name)
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+                root, parts = _chain(node.value)
+                if isinstance(root, ast.Name) and root.id in _MODULE_ROOTS:
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    for t in targets:
+                        if isinstance(t, ast.Name):
+                            self.aliases.setdefault(t.id, []).append((root.id, parts))
         self.visit(tree)
 
     def _op(self, ns: str, name: str, node: ast.AST) -> None:
@@ -331,8 +351,12 @@ class _Judge(ast.NodeVisitor):
             for name in parts:
                 self._member(name, node)
 
-    def _rooted(self, base: str, parts: List[str], node: ast.AST) -> None:
-        if base in self.bound and base not in ("torch", "ops", "__torch__", "CONSTANTS"):
+    def _rooted(self, base: str, parts: List[str], node: ast.AST, depth: int = 0) -> None:
+        if base in self.aliases and base not in _MODULE_ROOTS and parts and depth < 8:
+            for alias_base, alias_parts in self.aliases[base]:  # every value the name may hold
+                self._rooted(alias_base, alias_parts + parts, node, depth + 1)
+            return
+        if base in self.bound and base not in _MODULE_ROOTS:
             for name in parts:
                 self._member(name, node)
             return
@@ -387,6 +411,15 @@ class _Judge(ast.NodeVisitor):
             getattr(node, "lineno", 0)))
 
     def visit_Call(self, node: ast.Call) -> None:
+        if isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2:
+            # getattr(torch, "save") is resolved at compile time, exactly like torch.save.
+            root, parts = _chain(node.args[0])
+            key = node.args[1]
+            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                if isinstance(root, ast.Name):
+                    self._rooted(root.id, parts + [key.value], node)
+                else:
+                    self._member(key.value, node)
         if isinstance(node.func, ast.Name):
             name = node.func.id
             if name in BUILTINS or name in IMPORTER_NAMES:

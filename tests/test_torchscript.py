@@ -94,6 +94,39 @@ class Quantizable(torch.nn.Module):
         return self.lstm(self.fc(x))[0]
 
 
+class VadStyle(torch.nn.Module):
+    """Shaped like silero-vad's scripted model: STFT front end, conv encoder, LSTM cell with state
+    kept on the module, a sample-rate check that raises, and an exported reset method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Conv1d(65, 32, 3, padding=1), torch.nn.ReLU(),
+                                           torch.nn.Conv1d(32, 16, 3, padding=1), torch.nn.ReLU())
+        self.cell = torch.nn.LSTMCell(16, 16)
+        self.head = torch.nn.Conv1d(16, 1, 1)
+        self.register_buffer("window", torch.hann_window(128))
+        self._h = torch.zeros(1, 16)
+        self._c = torch.zeros(1, 16)
+        self._last_sr = 0
+
+    @torch.jit.export
+    def reset_states(self, batch_size: int = 1) -> None:
+        self._h = torch.zeros(batch_size, 16)
+        self._c = torch.zeros(batch_size, 16)
+        self._last_sr = 0
+
+    def forward(self, x: torch.Tensor, sr: int) -> torch.Tensor:
+        if sr not in [8000, 16000]:
+            raise ValueError(f"Supported sampling rates: [8000, 16000] (or multiply of 16000), got {sr}")
+        if sr != self._last_sr:
+            self.reset_states(x.shape[0])
+        spec = torch.stft(x, 128, hop_length=64, window=self.window, return_complex=True).abs()
+        feats = self.encoder(spec).mean(-1)
+        self._h, self._c = self.cell(feats, (self._h, self._c))
+        self._last_sr = sr
+        return torch.sigmoid(self.head(self._h.unsqueeze(-1))).squeeze(-1)
+
+
 class SavesToDisk(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         torch.save(x, "/tmp/safemodel-torchscript-canary.pt")
@@ -118,6 +151,7 @@ BENIGN: Dict[str, Callable[[], torch.nn.Module]] = {
     "conv_trace": lambda: torch.jit.trace(ConvNet().eval(), torch.randn(1, 1, 8, 8)),
     "recurrent_script": lambda: torch.jit.script(Recurrent()),
     "encoder_script": lambda: torch.jit.script(Encoder().eval()),
+    "vad_style_script": lambda: torch.jit.script(VadStyle()),
     "quantized_script": lambda: torch.jit.script(_quantized()),
     "quantized_trace": lambda: torch.jit.trace(_quantized(), torch.randn(3, 2, 8)),
 }

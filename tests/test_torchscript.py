@@ -401,3 +401,37 @@ def test_silero_vad_passes() -> None:
     code, result = scan(path)
     assert code == 0, [f.to_dict() for f in result.findings]
     assert find(result, "torch-script-code")[0].details["op_count"] > 20
+
+
+class Tiny(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) + 1
+
+
+@pytest.fixture(scope="module")
+def lite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("lite") / "tiny.ptl"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the lite interpreter is deprecated, its files still load
+        torch.jit.script(Tiny())._save_for_lite_interpreter(str(path))
+    return path
+
+
+def test_mobile_bytecode_passes(lite: Path) -> None:
+    code, result = scan(lite)
+    assert code == 0, [f.to_dict() for f in result.findings]
+    assert "aten::relu" in find(result, "torch-script-code")[0].details["ops"]
+
+
+@pytest.mark.parametrize("new, rule_id", [(b"aten::save", "torchscript-dangerous-op"),
+                                          (b"evil::relu", "torchscript-unknown-op")])
+def test_mobile_bytecode_operators_are_judged(lite: Path, tmp_path: Path, new: bytes, rule_id: str) -> None:
+    """The lite interpreter runs the operator table of bytecode.pkl whatever code/ says."""
+    def edit(name: str, data: bytes) -> bytes:
+        # Same length, so the pickle's length prefix still holds: only the operator table changes.
+        return data.replace(b"aten::relu", new) if name.endswith("/bytecode.pkl") else data
+
+    code, result = scan(rewrite(lite, tmp_path / "edited.ptl", edit))
+    assert code == 1
+    hits = find(result, rule_id)
+    assert [h.details["op"] for h in hits] == [new.decode()] and hits[0].member.endswith("bytecode.pkl")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -430,6 +431,43 @@ class _Judge(ast.NodeVisitor):
         self.generic_visit(node)
 
 
+_OP_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)::([A-Za-z_][A-Za-z0-9_]*)\Z")
+_CLASS_PREFIX = "__torch__.torch.classes."
+
+
+def judge_bytecode(data: bytes, member: str) -> CodeFile:
+    """The operators a mobile ``bytecode.pkl`` lists (the lite interpreter runs them without code/).
+
+    The pickle is only tokenized (``pickletools.genops``: opcodes and their arguments, nothing is
+    built or imported); every string shaped ``ns::op`` is an operator name and every
+    ``__torch__.torch.classes.*`` string a custom class, judged like the same names in code.
+    """
+    import pickletools
+
+    out = CodeFile(member)
+    try:
+        for opcode, arg, pos in pickletools.genops(data):
+            if not isinstance(arg, str):
+                continue
+            m = _OP_NAME.match(arg)
+            if m:
+                qual = f"{m.group(1)}::{m.group(2)}"
+                out.ops[qual] = out.ops.get(qual, 0) + 1
+                v = classify_op(m.group(1), m.group(2))
+                if v.severity is not None:
+                    out.problems.append(Use(qual, v, pos or 0))
+            elif arg.startswith(_CLASS_PREFIX):
+                qual = ".".join(arg[len(_CLASS_PREFIX):].split(".")[:2])
+                v = classify_class(qual)
+                if v.severity is not None:
+                    out.problems.append(Use(f"torch.classes.{qual}", v, pos or 0))
+            if opcode.name == "STOP":
+                break
+    except (ValueError, EOFError) as exc:
+        out.error = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 def judge_code(files: List[CodeFile]) -> None:
     """Judge every parsed file (declared names of all files first: classes refer across files)."""
     declared = declared_names(files)
@@ -458,6 +496,14 @@ def scan_torchscript(reader: "ZipReader", source: "ByteSource", ctx: ScanContext
                 continue
             files.append(parse_code(data, entry.name))
         judge_code(files)
+        for entry in entries:
+            if entry.name == root + "/bytecode.pkl":  # a mobile (lite interpreter) module
+                data = read_member(reader, source, entry, ctx)
+                if data is None:
+                    unread.append(entry.name)
+                else:
+                    files.append(judge_bytecode(data, entry.name))
+                break
         _report(ctx, root, files, unread, marked)
 
 
@@ -466,8 +512,9 @@ def _report(ctx: ScanContext, root: str, files: List[CodeFile], unread: List[str
     for f in files:
         mctx = ctx.child(f.member)
         if f.error is not None:
-            mctx.report("unscanned-parse-error",
-                        f"TorchScript code does not parse as Python ({f.error}); its ops could not be judged")
+            what = "mobile bytecode does not tokenize as a pickle" if f.member.endswith(".pkl") else \
+                "TorchScript code does not parse as Python"
+            mctx.report("unscanned-parse-error", f"{what} ({f.error}); its ops could not be judged")
             continue
         for use in f.problems:
             key = (f.member, use.what)
@@ -478,9 +525,10 @@ def _report(ctx: ScanContext, root: str, files: List[CodeFile], unread: List[str
         sev = use.verdict.severity
         assert sev is not None
         rule_id = "torchscript-dangerous-op" if sev >= Severity.CRITICAL else "torchscript-unknown-op"
+        at = "offset" if member.endswith(".pkl") else "line"
         ctx.child(member).report(
-            rule_id, f"TorchScript code uses {what} (line {', '.join(lines[:10])}): {use.verdict.reason}",
-            severity=sev, details={"op": what, "lines": [int(x) for x in lines[:50]]})
+            rule_id, f"TorchScript code uses {what} ({at} {', '.join(lines[:10])}): {use.verdict.reason}",
+            severity=sev, details={"op": what, at + "s": [int(x) for x in lines[:50]]})
     for name in unread:
         ctx.child(name).report("unscanned-parse-error", "TorchScript code member could not be read "
                                "(compression or damage); its ops could not be judged")

@@ -69,9 +69,14 @@ def _messages() -> Dict[str, Any]:
     # saver.proto: filename_tensor_name=1, save_tensor_name=2, restore_op_name=3.
     msg("SaverDef", [("filename_tensor_name", 1, s, opt, None), ("save_tensor_name", 2, s, opt, None),
                      ("restore_op_name", 3, s, opt, None)])
+    # meta_graph.proto: CollectionDef node_list=1 (NodeList value=1).
+    msg("NodeList", [("value", 1, s, rep, None)])
+    msg("CollectionDef", [("node_list", 1, m_, opt, ".tfsub.NodeList")])
     msg("MetaGraphDef", [("meta_info_def", 1, m_, opt, ".tfsub.MetaInfoDef"),
                          ("graph_def", 2, m_, opt, ".tfsub.GraphDef"),
-                         ("saver_def", 3, m_, opt, ".tfsub.SaverDef")])
+                         ("saver_def", 3, m_, opt, ".tfsub.SaverDef"),
+                         ("collection_def", 4, m_, rep, ".tfsub.MetaGraphDef.CollectionDefEntry")],
+        [map_entry("CollectionDefEntry", ".tfsub.CollectionDef")])
     msg("SavedModel", [("saved_model_schema_version", 1, i64, opt, None),
                        ("meta_graphs", 2, m_, rep, ".tfsub.MetaGraphDef")])
     msg("SavedObject", [("node_id", 2, _T.TYPE_INT32, opt, None), ("node_path", 3, s, opt, None),
@@ -169,7 +174,8 @@ def _saved_model(extra_fn_ops=(), extra_graph_ops=(), func_ref: str = "", saver:
     return sm.SerializeToString()
 
 
-def _tf1_saved_model(restore_from: str = "save/Const", const: str = "model") -> bytes:
+def _tf1_saved_model(restore_from: str = "save/Const", const: str = "model", main_op_runs: str = "",
+                     restore_runs: str = "") -> bytes:
     """A TF1 SavedModel (tf.compat.v1.saved_model.Builder): the saver's ops sit in the save/ scope."""
     sm = MSG["SavedModel"](saved_model_schema_version=1)
     mg = sm.meta_graphs.add()
@@ -192,6 +198,10 @@ def _tf1_saved_model(restore_from: str = "save/Const", const: str = "model") -> 
           "save/MergeV2Checkpoints/checkpoint_prefixes", "save/Const")
     _node(nodes, "save/leak", "Const", value=["../../../etc/cron.d/x"])
     _node(nodes, "save/RestoreV2", "RestoreV2", restore_from, "save/RestoreV2/tensor_names")
+    _node(nodes, "save/restore_all", "NoOp", "^save/RestoreV2",
+          *([f"^{restore_runs}"] if restore_runs else []))
+    _node(nodes, "main_op", "NoOp", *([f"^{main_op_runs}"] if main_op_runs else []))
+    mg.collection_def["saved_model_main_op"].node_list.value.append("main_op")
     mg.saver_def.filename_tensor_name = "save/Const:0"
     mg.saver_def.save_tensor_name = "save/Identity:0"
     mg.saver_def.restore_op_name = "save/restore_all"
@@ -428,3 +438,27 @@ def test_tf_tables_are_generated_from_the_registry() -> None:
     assert not ({"ReadFile", "WriteFile", "DebugIdentityV2", "PyFunc", "SaveV2"} & t.allowed)
     assert {"SaveV2", "RestoreV2", "MergeV2Checkpoints"} <= t.checkpoint
     assert not (t.allowed & set(t.critical))
+
+
+def test_tf1_saver_run_by_the_main_op_is_high(tmp_path: Path) -> None:
+    """TF1's filename is a PlaceholderWithDefault: run unfed by the main op, SaveV2 writes files."""
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_tf1_saved_model(main_op_runs="save/MergeV2Checkpoints"))
+    hits = _rules(p)["tf-checkpoint-op-misplaced"]
+    assert {h.details["op"] for h in hits} == {"SaveV2", "MergeV2Checkpoints"}
+    assert all("init/main op" in h.message for h in hits)
+
+
+def test_tf1_restore_that_writes_is_high(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_tf1_saved_model(restore_runs="save/SaveV2"))
+    hits = _rules(p)["tf-checkpoint-op-misplaced"]
+    assert [h.details["op"] for h in hits] == ["SaveV2"] and "restored" in hits[0].message
+
+
+def test_tf1_filename_default_outside_the_folder_is_high(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_tf1_saved_model(const="/etc/cron.d/model"))
+    hits = _rules(p)["tf-checkpoint-op-misplaced"]
+    assert {h.details["op"] for h in hits} == {"SaveV2", "MergeV2Checkpoints", "RestoreV2"}
+    assert "/etc/cron.d/model" in hits[0].message

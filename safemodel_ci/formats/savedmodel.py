@@ -63,6 +63,11 @@ def tf_tables() -> TFOpTables:
 #: Ops a checkpoint filename may flow through inside the saver (string joins, shard names, selects).
 FILENAME_PASS_THROUGH = frozenset({"StringJoin", "ShardedFilename", "ShardedFilespec", "Identity", "Select",
                                    "SelectV2", "Pack"})
+#: Checkpoint ops that write files.
+CHECKPOINT_WRITERS = frozenset({"SaveV2", "Save", "SaveSlices", "MergeV2Checkpoints"})
+#: Collections (CollectionDef.node_list) and signatures whose nodes the loader runs after restoring.
+INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op", "main_op", "init_op", "table_initializer")
+INIT_SIGNATURE = "__saved_model_init_op"
 #: Which inputs of a checkpoint op name files.
 FILENAME_INPUTS = {"MergeV2Checkpoints": (0, 1)}
 #: Node inputs and string constants are kept for these ops only (what filename tracing needs).
@@ -102,6 +107,8 @@ class SaverInfo:
     filename: str
     save: str
     restore: str
+    #: Nodes the loader runs after restoring: main/init ops (collections, the init-op signature).
+    init_ops: Tuple[str, ...] = ()
 
 
 def _is_savedmodel(source: ByteSource, head: bytes) -> bool:
@@ -150,6 +157,8 @@ class GraphWalk:
         self.scopes: Dict[Optional[str], Dict[str, NodeInfo]] = {None: {}}
         #: Input argument names of each function, in order.
         self.args: Dict[str, List[str]] = {}
+        #: Every top-level node's inputs (node names, control inputs included).
+        self.graph_inputs: Dict[str, List[str]] = {}
 
     def graph(self, g: ProtoView) -> None:
         for f in g.fields():
@@ -211,6 +220,8 @@ class GraphWalk:
         if info is not None:
             info.inputs = [i for i in inputs if not i.startswith("^")]  # control inputs carry no data
             self.scopes.setdefault(function, {})[name] = info
+        if function is None:  # what a top-level node runs first, control dependencies included
+            self.graph_inputs[name] = [_node_name(i) for i in inputs]
         self.uses.append(OpUse(op, name, function, node.start, stream))
 
     @staticmethod
@@ -295,6 +306,20 @@ class SaverCheck:
                 self.functions[fn] = sorted(node for _, node in sites)
         filename = _node_name(saver.filename)
         self.scope = filename.rsplit("/", 1)[0] + "/" if "/" in filename else ""
+        self.run_by_init = self._reachable(saver.init_ops)
+        self.run_by_restore = self._reachable((saver.restore,))
+
+    def _reachable(self, starts: Tuple[str, ...]) -> Set[str]:
+        """Top-level nodes that running ``starts`` runs (their inputs, transitively)."""
+        seen: Set[str] = set()
+        todo = [_node_name(n) for n in starts if n]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            todo.extend(self.walk.graph_inputs.get(name, ()))
+        return seen
 
     def judge(self, use: OpUse) -> Optional[str]:
         """None when ``use`` is the saver's own checkpoint op; otherwise why it is not."""
@@ -305,6 +330,11 @@ class SaverCheck:
                     "(init, main or signature code runs it)")
         if use.function is None and not (self.scope and use.node.startswith(self.scope)):
             return "the node is outside the saver's name scope (init, main or signature code runs it)"
+        runners = self.functions.get(use.function, []) if use.function is not None else [use.node]
+        if any(r in self.run_by_init for r in runners):
+            return "the loader's init/main op runs it after the restore"
+        if use.op in CHECKPOINT_WRITERS and any(r in self.run_by_restore for r in runners):
+            return "it writes a checkpoint while the model is being restored"
         node = self.walk.scopes.get(use.function, {}).get(use.node)
         if node is None:
             return "the node could not be traced"
@@ -330,7 +360,12 @@ class SaverCheck:
         if function is not None and name in self.walk.args.get(function, ()):
             return self._arg_is_filename(function, name), []
         if function is None and name == _node_name(self.saver.filename):
-            return True, []
+            node = self.walk.scopes.get(None, {}).get(name)
+            bad: List[str] = []
+            if node is not None and node.op == "PlaceholderWithDefault" and node.inputs:
+                # The default is the file name whenever the op runs unfed (TF1 savers).
+                bad = self._trace(None, node.inputs[0], depth + 1, seen)[1]
+            return True, bad
         node = self.walk.scopes.get(function, {}).get(name)
         if node is None:
             return False, []
@@ -401,6 +436,26 @@ def report_ops(walk: "GraphWalk", ctx: ScanContext, saver: Optional[SaverInfo] =
                    "subgraph, on the saver's filename", details={"op": op, "count": len(places)})
 
 
+def _init_ops(meta: ProtoView) -> Tuple[str, ...]:
+    """Nodes the loader runs after the restore: ``collection_def`` (4) node lists (CollectionDef
+    node_list=1, NodeList value=1) and the ``__saved_model_init_op`` signature's outputs
+    (``signature_def`` 5: SignatureDef outputs=2, TensorInfo name=1)."""
+    out: List[str] = []
+    for key, coll in _map_entries(meta, 4):
+        if key in INIT_COLLECTIONS:
+            for f in coll.fields():
+                if f.number == 1 and f.wire_type == LEN:
+                    nodes = coll.sub(f)
+                    out.extend(nodes.text_of(g, 4096) for g in nodes.fields()
+                               if g.number == 1 and g.wire_type == LEN)
+    for key, sig in _map_entries(meta, 5):
+        if key == INIT_SIGNATURE:
+            for _, info in _map_entries(sig, 2):
+                out.extend(info.text_of(g, 4096) for g in info.fields()
+                           if g.number == 1 and g.wire_type == LEN)
+    return tuple(out)
+
+
 def _saver(meta: ProtoView) -> Optional[SaverInfo]:
     """``MetaGraphDef.saver_def`` (3): filename_tensor_name=1, save_tensor_name=2, restore_op_name=3."""
     for f in meta.fields():
@@ -409,7 +464,7 @@ def _saver(meta: ProtoView) -> Optional[SaverInfo]:
             values = {g.number: sd.text_of(g, 4096) for g in sd.fields() if g.number in (1, 2, 3)
                       and g.wire_type == LEN}
             if values.get(1):
-                return SaverInfo(values[1], values.get(2, ""), values.get(3, ""))
+                return SaverInfo(values[1], values.get(2, ""), values.get(3, ""), _init_ops(meta))
     return None
 
 

@@ -446,9 +446,10 @@ def judge_bytecode(data: bytes, member: str) -> CodeFile:
 
     out = CodeFile(member)
     try:
-        for opcode, arg, pos in pickletools.genops(data):
+        for _, arg, pos in pickletools.genops(data):  # stops after STOP
             if not isinstance(arg, str):
                 continue
+            arg = arg.replace(" ", ".")  # GLOBAL's "module name" argument
             m = _OP_NAME.match(arg)
             if m:
                 qual = f"{m.group(1)}::{m.group(2)}"
@@ -461,8 +462,6 @@ def judge_bytecode(data: bytes, member: str) -> CodeFile:
                 v = classify_class(qual)
                 if v.severity is not None:
                     out.problems.append(Use(f"torch.classes.{qual}", v, pos or 0))
-            if opcode.name == "STOP":
-                break
     except (ValueError, EOFError) as exc:
         out.error = f"{type(exc).__name__}: {exc}"
     return out

@@ -135,6 +135,12 @@ class ScanContext:
         return ScanContext(self.path, self.policy, self.limits, member=full, depth=self.depth + 1,
                            siblings=None, _state=self._state)
 
+    def with_policy(self, policy: "Policy") -> "ScanContext":
+        """The same place and findings, judged with another policy (TorchScript pickles: torch.jit's
+        unpickler resolves globals differently from Python's)."""
+        return ScanContext(self.path, policy, self.limits, member=self.member, depth=self.depth,
+                           siblings=self.siblings, _state=self._state)
+
     def isolated(self) -> "ScanContext":
         """A context at the same place whose findings and formats are kept apart (a trial reading
         of bytes that may not be what they look like). The time and decompression budgets stay

@@ -85,9 +85,11 @@ def _pb_int(number: int, value: int) -> bytes:
     return _varint(number << 3) + _varint(value)
 
 
-def _node_def(name: str, op: str, attrs: Dict[str, bytes] = {}) -> bytes:  # noqa: B006 - read only
-    """tensorflow.NodeDef: name=1, op=2, attr=5 (map<string, AttrValue{s=2}>)."""
+def _node_def(name: str, op: str, attrs: Dict[str, bytes] = {},  # noqa: B006 - read only
+              inputs: Tuple[str, ...] = ()) -> bytes:
+    """tensorflow.NodeDef: name=1, op=2, input=3, attr=5 (map<string, AttrValue{s=2}>)."""
     body = _pb_len(1, name.encode()) + _pb_len(2, op.encode())
+    body += b"".join(_pb_len(3, i.encode()) for i in inputs)
     for key, value in attrs.items():
         body += _pb_len(5, _pb_len(1, key.encode()) + _pb_len(2, _pb_len(2, value)))
     return body
@@ -95,17 +97,20 @@ def _node_def(name: str, op: str, attrs: Dict[str, bytes] = {}) -> bytes:  # noq
 
 def saved_model_bytes(extra_ops: Tuple[Tuple[str, str], ...] = ()) -> bytes:
     """saved_model.pb: SavedModel{schema=1, meta_graphs=2{meta_info_def=1{tags=4}, graph_def=2{
-    node=1, library=2{function=1{signature=1{name=1}, node_def=3}}}}}."""
-    graph = b"".join(_pb_len(1, _node_def(n, op)) for n, op in (
-        ("x", "Placeholder"), ("w", "VarHandleOp"), ("saver/SaveV2", "SaveV2"),
-        ("saver/RestoreV2", "RestoreV2")))
+    node=1, library=2{function=1{signature=1{name=1}, node_def=3}}}, saver_def=3}}. The checkpoint
+    ops sit in the saver's save/ scope and read its filename placeholder, as a TF1 Builder writes."""
+    graph = b"".join(_pb_len(1, _node_def(n, op, inputs=i)) for n, op, i in (
+        ("x", "Placeholder", ()), ("w", "VarHandleOp", ()), ("save/Const", "PlaceholderWithDefault", ()),
+        ("save/SaveV2", "SaveV2", ("save/Const", "save/SaveV2/tensor_names")),
+        ("save/RestoreV2", "RestoreV2", ("save/Const", "save/RestoreV2/tensor_names"))))
     graph += _pb_len(1, _node_def("call", "StatefulPartitionedCall"))
     fn_nodes = _pb_len(3, _node_def("matmul", "MatMul")) + _pb_len(3, _node_def("relu", "Relu"))
     for name, op in extra_ops:
         fn_nodes += _pb_len(3, _node_def(name, op, {"token": b"pyfunc_0"}))
     function = _pb_len(1, _pb_len(1, b"__inference_call_42")) + fn_nodes
     graph += _pb_len(2, _pb_len(1, function))
-    meta_graph = _pb_len(1, _pb_len(4, b"serve")) + _pb_len(2, graph)
+    saver = _pb_len(1, b"save/Const:0") + _pb_len(2, b"save/Identity:0") + _pb_len(3, b"save/restore_all")
+    meta_graph = _pb_len(1, _pb_len(4, b"serve")) + _pb_len(2, graph) + _pb_len(3, saver)
     return _pb_int(1, 1) + _pb_len(2, meta_graph)
 
 

@@ -50,20 +50,33 @@ def _messages() -> Dict[str, Any]:
     msg("NameAttrList", [("name", 1, s, opt, None), ("attr", 2, m_, rep, ".tfsub.NameAttrList.AttrEntry")],
         [map_entry("AttrEntry", ".tfsub.AttrValue")])
     msg("ListValue", [("s", 2, b, rep, None), ("func", 9, m_, rep, ".tfsub.NameAttrList")])
+    # TensorProto: dtype=1 (DT_STRING=7), string_val=8 (tensor.proto).
+    msg("TensorProto", [("dtype", 1, _T.TYPE_INT32, opt, None), ("string_val", 8, b, rep, None)])
     msg("AttrValue", [("list", 1, m_, opt, ".tfsub.ListValue"), ("s", 2, b, opt, None),
-                      ("i", 3, i64, opt, None), ("func", 10, m_, opt, ".tfsub.NameAttrList")])
+                      ("i", 3, i64, opt, None), ("tensor", 8, m_, opt, ".tfsub.TensorProto"),
+                      ("func", 10, m_, opt, ".tfsub.NameAttrList")])
     msg("NodeDef", [("name", 1, s, opt, None), ("op", 2, s, opt, None), ("input", 3, s, rep, None),
                     ("attr", 5, m_, rep, ".tfsub.NodeDef.AttrEntry")],
         [map_entry("AttrEntry", ".tfsub.AttrValue")])
-    msg("OpDef", [("name", 1, s, opt, None)])
+    msg("ArgDef", [("name", 1, s, opt, None)])
+    msg("OpDef", [("name", 1, s, opt, None), ("input_arg", 2, m_, rep, ".tfsub.ArgDef")])
     msg("FunctionDef", [("signature", 1, m_, opt, ".tfsub.OpDef"),
                         ("node_def", 3, m_, rep, ".tfsub.NodeDef")])
     msg("FunctionDefLibrary", [("function", 1, m_, rep, ".tfsub.FunctionDef")])
     msg("GraphDef", [("node", 1, m_, rep, ".tfsub.NodeDef"),
                      ("library", 2, m_, opt, ".tfsub.FunctionDefLibrary")])
     msg("MetaInfoDef", [("meta_graph_version", 1, s, opt, None), ("tags", 4, s, rep, None)])
+    # saver.proto: filename_tensor_name=1, save_tensor_name=2, restore_op_name=3.
+    msg("SaverDef", [("filename_tensor_name", 1, s, opt, None), ("save_tensor_name", 2, s, opt, None),
+                     ("restore_op_name", 3, s, opt, None)])
+    # meta_graph.proto: CollectionDef node_list=1 (NodeList value=1).
+    msg("NodeList", [("value", 1, s, rep, None)])
+    msg("CollectionDef", [("node_list", 1, m_, opt, ".tfsub.NodeList")])
     msg("MetaGraphDef", [("meta_info_def", 1, m_, opt, ".tfsub.MetaInfoDef"),
-                         ("graph_def", 2, m_, opt, ".tfsub.GraphDef")])
+                         ("graph_def", 2, m_, opt, ".tfsub.GraphDef"),
+                         ("saver_def", 3, m_, opt, ".tfsub.SaverDef"),
+                         ("collection_def", 4, m_, rep, ".tfsub.MetaGraphDef.CollectionDefEntry")],
+        [map_entry("CollectionDefEntry", ".tfsub.CollectionDef")])
     msg("SavedModel", [("saved_model_schema_version", 1, i64, opt, None),
                        ("meta_graphs", 2, m_, rep, ".tfsub.MetaGraphDef")])
     msg("SavedObject", [("node_id", 2, _T.TYPE_INT32, opt, None), ("node_path", 3, s, opt, None),
@@ -78,38 +91,120 @@ def _messages() -> Dict[str, Any]:
 MSG = _messages()
 
 
-def _node(graph_or_fn: Any, name: str, op: str, **attrs: Any) -> Any:
+def _node(graph_or_fn: Any, name: str, op: str, *inputs: str, **attrs: Any) -> Any:
     node = graph_or_fn.add(name=name, op=op)
+    node.input.extend(inputs)
     for key, value in attrs.items():
         if isinstance(value, str):
             node.attr[key].s = value.encode()
         elif isinstance(value, dict):  # a func attr
             node.attr[key].func.name = value["func"]
+        elif isinstance(value, list):  # a DT_STRING constant
+            node.attr[key].tensor.dtype = 7
+            node.attr[key].tensor.string_val.extend(v.encode() for v in value)
     return node
 
 
-def _saved_model(extra_fn_ops=(), extra_graph_ops=(), func_ref: str = "") -> bytes:
+def _function(g: Any, name: str, args: tuple = ()) -> Any:
+    fn = g.library.function.add()
+    fn.signature.name = name
+    for a in args:
+        fn.signature.input_arg.add(name=a)
+    return fn
+
+
+def _saver_functions(g: Any, save_prefix: str = "file_prefix", suffix: str = "_temp/part") -> None:
+    """The save and restore functions tf.saved_model.save writes (node names and inputs as TF 2.21
+    writes them: ``__inference__traced_save_N`` joins the prefix with a temp suffix and shards it)."""
+    save = _function(g, "__inference__traced_save_133", ("file_prefix", "read_variable", "savev2_const"))
+    nodes = save.node_def
+    _node(nodes, "StaticRegexFullMatch", "StaticRegexFullMatch", "file_prefix")
+    _node(nodes, "Const", "Const", value=[".part"])
+    _node(nodes, "Const_1", "Const", value=[suffix])
+    _node(nodes, "Select", "Select", "StaticRegexFullMatch:output:0", "Const:output:0", "Const_1:output:0")
+    _node(nodes, "StringJoin", "StringJoin", save_prefix, "Select:output:0")
+    _node(nodes, "num_shards", "Const")
+    _node(nodes, "ShardedFilename/shard", "Const")
+    _node(nodes, "ShardedFilename", "ShardedFilename", "StringJoin:output:0",
+          "ShardedFilename/shard:output:0", "num_shards:output:0")
+    _node(nodes, "SaveV2/tensor_names", "Const", value=["w/.ATTRIBUTES/VARIABLE_VALUE"])
+    _node(nodes, "SaveV2", "SaveV2", "ShardedFilename:filename:0", "SaveV2/tensor_names:output:0")
+    _node(nodes, "MergeV2Checkpoints/checkpoint_prefixes", "Pack", "ShardedFilename:filename:0", "^SaveV2")
+    _node(nodes, "MergeV2Checkpoints", "MergeV2Checkpoints",
+          "MergeV2Checkpoints/checkpoint_prefixes:output:0", "file_prefix")
+    restore = _function(g, "__inference__traced_restore_145", ("file_prefix", "assignvariableop_variable"))
+    _node(restore.node_def, "RestoreV2/tensor_names", "Const", value=["w/.ATTRIBUTES/VARIABLE_VALUE"])
+    _node(restore.node_def, "RestoreV2", "RestoreV2", "file_prefix", "RestoreV2/tensor_names:output:0")
+    _node(restore.node_def, "AssignVariableOp", "AssignVariableOp", "assignvariableop_variable",
+          "RestoreV2:tensors:0")
+
+
+def _saved_model(extra_fn_ops=(), extra_graph_ops=(), func_ref: str = "", saver: bool = True,
+                 **saver_kwargs: str) -> bytes:
+    """A TF2 SavedModel shaped as tf.saved_model.save writes it: a serving signature calling a
+    library function, and the saver (filename placeholder, save / restore call nodes, functions)."""
     sm = MSG["SavedModel"](saved_model_schema_version=1)
     mg = sm.meta_graphs.add()
     mg.meta_info_def.tags.append("serve")
     g = mg.graph_def
     _node(g.node, "x", "Placeholder")
     _node(g.node, "w", "VarHandleOp")
-    _node(g.node, "call", "StatefulPartitionedCall", f={"func": "__inference_call_42"})
-    _node(g.node, "saver/SaveV2", "SaveV2")
-    _node(g.node, "saver/RestoreV2", "RestoreV2")
-    _node(g.node, "saver/Merge", "MergeV2Checkpoints")
+    _node(g.node, "call", "StatefulPartitionedCall", "x", "w", f={"func": "__inference_call_42"})
+    if saver:
+        _node(g.node, "saver_filename", "Placeholder")
+        _node(g.node, "StatefulPartitionedCall_1", "StatefulPartitionedCall", "saver_filename", "w",
+              f={"func": "__inference__traced_save_133"})
+        _node(g.node, "StatefulPartitionedCall_2", "StatefulPartitionedCall", "saver_filename", "w",
+              f={"func": "__inference__traced_restore_145"})
+        mg.saver_def.filename_tensor_name = "saver_filename:0"
+        mg.saver_def.save_tensor_name = "StatefulPartitionedCall_1:0"
+        mg.saver_def.restore_op_name = "StatefulPartitionedCall_2"
+        _saver_functions(g, **saver_kwargs)
     for name, op, attrs in extra_graph_ops:
         _node(g.node, name, op, **attrs)
-    fn = g.library.function.add()
-    fn.signature.name = "__inference_call_42"
-    _node(fn.node_def, "matmul", "MatMul")
-    _node(fn.node_def, "relu", "Relu")
+    fn = _function(g, "__inference_call_42", ("x", "w"))
+    _node(fn.node_def, "read", "ReadVariableOp", "w")
+    _node(fn.node_def, "matmul", "MatMul", "x", "read:value:0")
+    _node(fn.node_def, "relu", "Relu", "matmul:product:0")
     for name, op, attrs in extra_fn_ops:
         _node(fn.node_def, name, op, **attrs)
     if func_ref:
         n = _node(fn.node_def, "mapper", "MapDataset")
         n.attr["f"].list.func.add(name=func_ref)
+    return sm.SerializeToString()
+
+
+def _tf1_saved_model(restore_from: str = "save/Const", const: str = "model", main_op_runs: str = "",
+                     restore_runs: str = "") -> bytes:
+    """A TF1 SavedModel (tf.compat.v1.saved_model.Builder): the saver's ops sit in the save/ scope."""
+    sm = MSG["SavedModel"](saved_model_schema_version=1)
+    mg = sm.meta_graphs.add()
+    mg.meta_info_def.tags.append("serve")
+    nodes = mg.graph_def.node
+    _node(nodes, "x", "Placeholder")
+    _node(nodes, "w", "VarHandleOp")
+    _node(nodes, "y", "MatMul", "x", "w/Read/ReadVariableOp")
+    _node(nodes, "save/filename/input", "Const", value=[const])
+    _node(nodes, "save/Const", "PlaceholderWithDefault", "save/filename/input")
+    _node(nodes, "save/Const_1", "Const", value=[".part"])
+    _node(nodes, "save/Const_2", "Const", value=["_temp/part"])
+    _node(nodes, "save/Select", "Select", "save/StaticRegexFullMatch", "save/Const_1", "save/Const_2")
+    _node(nodes, "save/StringJoin", "StringJoin", "save/Const", "save/Select")
+    _node(nodes, "save/ShardedFilename", "ShardedFilename", "save/StringJoin", "save/ShardedFilename/shard")
+    _node(nodes, "save/SaveV2", "SaveV2", "save/ShardedFilename", "save/SaveV2/tensor_names")
+    _node(nodes, "save/MergeV2Checkpoints/checkpoint_prefixes", "Pack", "save/ShardedFilename",
+          "^save/SaveV2")
+    _node(nodes, "save/MergeV2Checkpoints", "MergeV2Checkpoints",
+          "save/MergeV2Checkpoints/checkpoint_prefixes", "save/Const")
+    _node(nodes, "save/leak", "Const", value=["../../../etc/cron.d/x"])
+    _node(nodes, "save/RestoreV2", "RestoreV2", restore_from, "save/RestoreV2/tensor_names")
+    _node(nodes, "save/restore_all", "NoOp", "^save/RestoreV2",
+          *([f"^{restore_runs}"] if restore_runs else []))
+    _node(nodes, "main_op", "NoOp", *([f"^{main_op_runs}"] if main_op_runs else []))
+    mg.collection_def["saved_model_main_op"].node_list.value.append("main_op")
+    mg.saver_def.filename_tensor_name = "save/Const:0"
+    mg.saver_def.save_tensor_name = "save/Identity:0"
+    mg.saver_def.restore_op_name = "save/restore_all"
     return sm.SerializeToString()
 
 
@@ -240,3 +335,130 @@ def test_savedmodel_directory(tmp_path: Path) -> None:
     assert results["fingerprint.pb"].formats == []
     blocking = {name for name, r in results.items() if r.blocking(Severity.HIGH)}
     assert blocking == {"saved_model.pb"}
+
+
+# ---- allowlist and the saver's checkpoint ops ------------------------------------------------------
+
+def _rules(path: Path) -> Dict[str, list]:
+    out: Dict[str, list] = {}
+    for f in _scan(path).findings:
+        out.setdefault(f.rule_id, []).append(f)
+    return out
+
+
+def test_tf1_saver_scope_passes(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_tf1_saved_model())
+    result = _scan(p)
+    assert not result.blocking(Severity.LOW), [f.to_dict() for f in result.findings]
+    ops = {f.details["op"] for f in result.findings if f.rule_id == "tf-checkpoint-op"}
+    assert ops == {"SaveV2", "RestoreV2", "MergeV2Checkpoints"}
+
+
+def test_tf1_restore_from_a_constant_is_high(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_tf1_saved_model(restore_from="save/leak"))
+    hits = _rules(p)["tf-checkpoint-op-misplaced"]
+    assert [h.details["op"] for h in hits] == ["RestoreV2"] and hits[0].severity == Severity.HIGH
+    assert "../../../etc/cron.d/x" in hits[0].message
+
+
+@pytest.mark.parametrize("suffix", ["/etc/cron.d/job", "../../outside", "gs://bucket/ckpt", "C:\\\\x"])
+def test_saver_with_bad_constant_prefix_is_high(tmp_path: Path, suffix: str) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model(suffix=suffix))
+    hits = _rules(p)["tf-checkpoint-op-misplaced"]
+    assert {h.details["op"] for h in hits} == {"SaveV2", "MergeV2Checkpoints"}
+    assert all(h.details["function"] == "__inference__traced_save_133" for h in hits)
+
+
+def test_saver_writing_a_constant_instead_of_its_placeholder_is_high(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model(save_prefix="Const_1:output:0"))
+    hits = _rules(p)["tf-checkpoint-op-misplaced"]
+    # The shards are written and merged under the constant name; the final merge still targets the
+    # placeholder (input 1), but its input 0 lists the constant-named shards.
+    assert {h.details["op"] for h in hits} == {"SaveV2", "MergeV2Checkpoints"}
+    assert "does not come from the saver's filename placeholder" in hits[0].message
+
+
+def test_checkpoint_op_in_signature_function_is_high(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model(extra_fn_ops=[("dump", "SaveV2", {})]))
+    hits = _rules(p)["tf-checkpoint-op-misplaced"]
+    assert [(h.details["op"], h.details["function"]) for h in hits] == [("SaveV2", "__inference_call_42")]
+
+
+def test_saver_function_called_from_init_code_is_high(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model(extra_graph_ops=[
+        ("init", "StatefulPartitionedCall", {"f": {"func": "__inference__traced_save_133"}})]))
+    hits = _rules(p)["tf-checkpoint-op-misplaced"]
+    assert {h.details["op"] for h in hits} == {"SaveV2", "MergeV2Checkpoints"}
+
+
+def test_checkpoint_ops_without_a_saver_are_high(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model(saver=False, extra_graph_ops=[("restore", "RestoreV2", {})]))
+    hits = _rules(p)["tf-checkpoint-op-misplaced"]
+    assert [h.details["op"] for h in hits] == ["RestoreV2"] and "no saver" in hits[0].message
+
+
+@pytest.mark.parametrize("op", ["DebugIdentity", "DebugIdentityV2", "DebugNumericSummaryV2", "EagerPyFunc",
+                                "ReadFile", "CollectiveReduceV2", "RemoteCall"])
+def test_file_network_and_python_ops_are_critical(tmp_path: Path, op: str) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model(extra_fn_ops=[("x", op, {"debug_urls": "file:///tmp/dump"})]))
+    hits = _rules(p)["tf-dangerous-op"]
+    assert [h.details["op"] for h in hits] == [op] and hits[0].severity == Severity.CRITICAL
+
+
+@pytest.mark.parametrize("op", ["SentencepieceOp", "XlaCustomCall", "WriteScalarSummary", "Send"])
+def test_ops_outside_the_allowlist_are_high(tmp_path: Path, op: str) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model(extra_fn_ops=[("x", op, {}), ("y", op, {})]))
+    result = _scan(p)
+    hits = [f for f in result.findings if f.rule_id == "tf-unknown-op"]
+    assert len(hits) == 1 and hits[0].details["op"] == op and "2 uses" in hits[0].message
+    assert result.blocking(Severity.HIGH)
+
+
+def test_node_calling_a_library_function_by_op_name_passes(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_saved_model(extra_graph_ops=[("direct", "__inference_call_42", {})]))
+    assert not _scan(p).blocking(Severity.LOW)
+
+
+def test_tf_tables_are_generated_from_the_registry() -> None:
+    from safemodel_ci.formats.savedmodel import tf_tables
+
+    t = tf_tables()
+    assert len(t.allowed) > 1500
+    assert {"MatMul", "Conv2D", "StatefulPartitionedCall", "VarHandleOp", "StringJoin"} <= t.allowed
+    assert not ({"ReadFile", "WriteFile", "DebugIdentityV2", "PyFunc", "SaveV2"} & t.allowed)
+    assert {"SaveV2", "RestoreV2", "MergeV2Checkpoints"} <= t.checkpoint
+    assert not (t.allowed & set(t.critical))
+
+
+def test_tf1_saver_run_by_the_main_op_is_high(tmp_path: Path) -> None:
+    """TF1's filename is a PlaceholderWithDefault: run unfed by the main op, SaveV2 writes files."""
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_tf1_saved_model(main_op_runs="save/MergeV2Checkpoints"))
+    hits = _rules(p)["tf-checkpoint-op-misplaced"]
+    assert {h.details["op"] for h in hits} == {"SaveV2", "MergeV2Checkpoints"}
+    assert all("init/main op" in h.message for h in hits)
+
+
+def test_tf1_restore_that_writes_is_high(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_tf1_saved_model(restore_runs="save/SaveV2"))
+    hits = _rules(p)["tf-checkpoint-op-misplaced"]
+    assert [h.details["op"] for h in hits] == ["SaveV2"] and "restored" in hits[0].message
+
+
+def test_tf1_filename_default_outside_the_folder_is_high(tmp_path: Path) -> None:
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(_tf1_saved_model(const="/etc/cron.d/model"))
+    hits = _rules(p)["tf-checkpoint-op-misplaced"]
+    assert {h.details["op"] for h in hits} == {"SaveV2", "MergeV2Checkpoints", "RestoreV2"}
+    assert "/etc/cron.d/model" in hits[0].message

@@ -13,60 +13,68 @@ The protobuf is decoded directly (no TensorFlow). Field numbers, from TensorFlow
 - AttrValue: list=1 (ListValue, func=9), s=2, func=10 (NameAttrList: name=1, attr=2)
 
 Every op of the graph and of every library function is collected, and ``NameAttrList.name`` values
-too (attr_value.proto: a func attr may name a primitive op, not only a library function). File,
-Python-callback and network ops are reported with op, node and function; the checkpoint ops that
-every SavedModel's own saver uses are listed at INFO and never block.
+too (attr_value.proto: a func attr may name a primitive op, not only a library function). They are
+judged allowlist first against ``safemodel_ci/data/tf_ops.json`` (generated from TensorFlow's op
+registry by ``tools/gen_tf_ops.py``): pure compute ops pass, file, Python-callback and network ops
+are CRITICAL, anything else is HIGH. Checkpoint ops (SaveV2, RestoreV2, MergeV2Checkpoints ...) pass
+only inside the saver's own subgraph (``MetaGraphDef.saver_def``: the functions its save and
+restore nodes call, or its name scope in a TF1 graph) and only on a filename that comes from the
+saver's filename placeholder; anywhere else, or with a constant absolute, ``..`` or URL prefix,
+they are HIGH.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Iterator, List, Optional, Set, Tuple
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 from ..context import ScanContext
+from ..findings import Severity
 from ..protobuf import LEN, VARINT, ProtobufError, ProtoView, looks_like_message, looks_like_truncated_message
 from ..source import ByteSource
 from .interface import FormatReader
 from .keras_config import walk_keras_config
 
-#: Ops that touch the file system, run Python, or reach the network when the graph runs.
-DANGEROUS_OPS = {
-    # files
-    "ReadFile": "reads a file", "WriteFile": "writes a file", "MatchingFiles": "lists files",
-    "ImmutableConst": "memory-maps a file", "InitializeTableFromTextFile": "reads a file",
-    "InitializeTableFromTextFileV2": "reads a file", "LoadAndRemapMatrix": "reads a checkpoint file",
-    "GenerateVocabRemapping": "reads vocabulary files", "DecodeProtoV2": "may read a descriptor file",
-    "CreateSummaryFileWriter": "writes files", "CreateSummaryDbWriter": "writes a database file",
-    "WholeFileReader": "reads files", "WholeFileReaderV2": "reads files",
-    "TextLineReader": "reads files", "TextLineReaderV2": "reads files",
-    "FixedLengthRecordReader": "reads files", "FixedLengthRecordReaderV2": "reads files",
-    "TFRecordReader": "reads files", "TFRecordReaderV2": "reads files", "LMDBReader": "reads files",
-    # datasets that read or write files
-    "TextLineDataset": "reads files", "TFRecordDataset": "reads files", "TFRecordDatasetV2": "reads files",
-    "FixedLengthRecordDataset": "reads files", "FixedLengthRecordDatasetV2": "reads files",
-    "CSVDataset": "reads files", "CSVDatasetV2": "reads files", "ExperimentalCSVDataset": "reads files",
-    "LMDBDataset": "reads files", "ExperimentalLMDBDataset": "reads files",
-    "SqlDataset": "opens a database", "ExperimentalSqlDataset": "opens a database",
-    "MatchingFilesDataset": "lists files", "ExperimentalMatchingFilesDataset": "lists files",
-    "SnapshotDataset": "reads and writes files", "SnapshotDatasetV2": "reads and writes files",
-    "SaveDataset": "writes files", "SaveDatasetV2": "writes files", "LoadDataset": "reads files",
-    "DatasetToTFRecord": "writes a file", "ExperimentalDatasetToTFRecord": "writes a file",
-    "CacheDataset": "may write cache files", "CacheDatasetV2": "may write cache files",
-    # Python callbacks
-    "PyFunc": "calls Python", "PyFuncStateless": "calls Python", "EagerPyFunc": "calls Python",
-    # network
-    "DataServiceDataset": "connects to a data service",
-    "DataServiceDatasetV2": "connects to a data service",
-    "DataServiceDatasetV3": "connects to a data service",
-    "DataServiceDatasetV4": "connects to a data service",
-    "RegisterDataset": "connects to a data service", "RegisterDatasetV2": "connects to a data service",
-    "Rpc": "makes RPC calls", "TryRpc": "makes RPC calls", "RpcClient": "makes RPC calls",
-    "RpcCall": "makes RPC calls", "RpcServer": "opens an RPC server", "RpcServerStart": "opens an RPC server",
-}
-#: The saver's own ops: every SavedModel has them. Listed, never blocking.
-CHECKPOINT_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "Save", "SaveSlices", "Restore",
-                            "RestoreSlice", "ShardedFilename", "ShardedFilespec"})
+DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "tf_ops.json"
+
+
+@dataclass(frozen=True)
+class TFOpTables:
+    """The generated allowlist of compute ops, the CRITICAL ops and the checkpoint ops."""
+
+    tensorflow_version: str
+    allowed: FrozenSet[str]
+    critical: Dict[str, str]
+    checkpoint: FrozenSet[str]
+
+
+@lru_cache(maxsize=1)
+def tf_tables() -> TFOpTables:
+    """The op tables, read once from the committed JSON."""
+    raw = json.loads(DATA_FILE.read_text(encoding="utf-8"))
+    return TFOpTables(raw["tensorflow_version"], frozenset(raw["allowed"]), dict(raw["critical"]),
+                      frozenset(raw["checkpoint"]))
+
+
+#: Ops a checkpoint filename may flow through inside the saver (string joins, shard names, selects).
+FILENAME_PASS_THROUGH = frozenset({"StringJoin", "ShardedFilename", "ShardedFilespec", "Identity", "Select",
+                                   "SelectV2", "Pack"})
+#: Checkpoint ops that write files.
+CHECKPOINT_WRITERS = frozenset({"SaveV2", "Save", "SaveSlices", "MergeV2Checkpoints"})
+#: Collections (CollectionDef.node_list) and signatures whose nodes the loader runs after restoring.
+INIT_COLLECTIONS = ("saved_model_main_op", "legacy_init_op", "main_op", "init_op", "table_initializer")
+INIT_SIGNATURE = "__saved_model_init_op"
+#: Which inputs of a checkpoint op name files.
+FILENAME_INPUTS = {"MergeV2Checkpoints": (0, 1)}
+#: Node inputs and string constants are kept for these ops only (what filename tracing needs).
+_KEEP_INPUTS = FILENAME_PASS_THROUGH | {"Const", "Placeholder", "PlaceholderWithDefault",
+                                        "StatefulPartitionedCall", "PartitionedCall", "SaveV2", "RestoreV2",
+                                        "MergeV2Checkpoints", "Save", "SaveSlices", "Restore", "RestoreSlice"}
+_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
 #: Riegeli/records files start with these 64 bytes: a chunked SavedModel (``saved_model.cpb``).
 RIEGELI_SIGNATURE = bytes.fromhex(
     "83af70d10d884a3f0000000000000000400000000000000091bac23c9287e1a9"
@@ -81,6 +89,26 @@ class OpUse:
     function: Optional[str]
     offset: int
     output_stream: Optional[str] = None
+
+
+@dataclass
+class NodeInfo:
+    """What filename tracing needs of a node: its op, data inputs and string constants."""
+
+    op: str
+    inputs: List[str] = field(default_factory=list)
+    strings: List[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SaverInfo:
+    """``MetaGraphDef.saver_def``: the filename placeholder and the save / restore nodes."""
+
+    filename: str
+    save: str
+    restore: str
+    #: Nodes the loader runs after restoring: main/init ops (collections, the init-op signature).
+    init_ops: Tuple[str, ...] = ()
 
 
 def _is_savedmodel(source: ByteSource, head: bytes) -> bool:
@@ -125,6 +153,12 @@ class GraphWalk:
         self.func_refs: List[OpUse] = []
         self.library: Set[str] = set()
         self.nodes = 0
+        #: Nodes by name, per scope (None: the graph, else a function name); see _KEEP_INPUTS.
+        self.scopes: Dict[Optional[str], Dict[str, NodeInfo]] = {None: {}}
+        #: Input argument names of each function, in order.
+        self.args: Dict[str, List[str]] = {}
+        #: Every top-level node's inputs (node names, control inputs included).
+        self.graph_inputs: Dict[str, List[str]] = {}
 
     def graph(self, g: ProtoView) -> None:
         for f in g.fields():
@@ -141,16 +175,23 @@ class GraphWalk:
     def function(self, fn: ProtoView) -> None:
         name = None
         nodes = []
+        args: List[str] = []
         for f in fn.fields():
             if f.number == 1 and f.wire_type == LEN:
                 sig = fn.sub(f)
                 for g in sig.fields():
                     if g.number == 1 and g.wire_type == LEN:
                         name = sig.text_of(g, 4096)
+                    elif g.number == 2 and g.wire_type == LEN:  # OpDef.input_arg (ArgDef name=1)
+                        arg = sig.sub(g)
+                        args.extend(arg.text_of(h, 4096) for h in arg.fields()
+                                    if h.number == 1 and h.wire_type == LEN)
             elif f.number == 3 and f.wire_type == LEN:
                 nodes.append(fn.sub(f))
         if name:
             self.library.add(name)
+            self.args[name] = args
+            self.scopes.setdefault(name, {})
         for node in nodes:
             self.node(node, name or "<unnamed function>")
         for key, value in _map_entries(fn, 5):  # the function's own attrs may name functions too
@@ -161,16 +202,44 @@ class GraphWalk:
         if self.nodes % 4096 == 0:
             self.ctx.check_deadline()
         name, op, stream = "", "", None
+        inputs: List[str] = []
         for f in node.fields():
             if f.number == 1 and f.wire_type == LEN:
                 name = node.text_of(f, 4096)
             elif f.number == 2 and f.wire_type == LEN:
                 op = node.text_of(f, 4096)
+            elif f.number == 3 and f.wire_type == LEN and len(inputs) < 4096:
+                inputs.append(node.text_of(f, 4096))
+        info = NodeInfo(op) if op in _KEEP_INPUTS else None
         for key, value in _map_entries(node, 5):
             if key == "output_stream":
                 stream = self._attr_string(value)
+            elif key == "value" and op == "Const" and info is not None:
+                info.strings = self._string_constants(value)
             self.attr(value, name, function, 0)
+        if info is not None:
+            info.inputs = [i for i in inputs if not i.startswith("^")]  # control inputs carry no data
+            self.scopes.setdefault(function, {})[name] = info
+        if function is None:  # what a top-level node runs first, control dependencies included
+            self.graph_inputs[name] = [_node_name(i) for i in inputs]
         self.uses.append(OpUse(op, name, function, node.start, stream))
+
+    @staticmethod
+    def _string_constants(value: ProtoView) -> List[str]:
+        """``AttrValue.tensor`` (8) -> ``TensorProto.string_val`` (8), when the tensor is DT_STRING (7)."""
+        out: List[str] = []
+        for f in value.fields():
+            if f.number == 8 and f.wire_type == LEN:
+                tensor = value.sub(f)
+                strings, dtype = [], 0
+                for g in tensor.fields():
+                    if g.number == 1 and g.wire_type == VARINT:
+                        dtype = g.value or 0
+                    elif g.number == 8 and g.wire_type == LEN and len(strings) < 64:
+                        strings.append(tensor.bytes_of(g, 4096).decode("latin-1"))
+                if dtype == 7:
+                    out.extend(strings)
+        return out
 
     @staticmethod
     def _attr_string(value: ProtoView) -> Optional[str]:
@@ -203,28 +272,200 @@ class GraphWalk:
         return self.uses + [u for u in self.func_refs if u.op not in self.library]
 
 
-def report_ops(uses: List[OpUse], ctx: ScanContext) -> None:
-    """Report the dangerous and checkpoint ops among ``uses``."""
+def _node_name(tensor: str) -> str:
+    """``node:0`` / ``node:output:0`` / ``^node`` -> ``node``."""
+    return tensor.lstrip("^").split(":", 1)[0]
+
+
+def _bad_prefix(value: str) -> bool:
+    """A constant that makes a checkpoint path absolute, climb out of its folder, or a URL."""
+    parts = re.split(r"[\\/]", value)
+    return (value.startswith(("/", "\\", "~")) or bool(_DRIVE.match(value)) or ".." in parts
+            or "://" in value)
+
+
+class SaverCheck:
+    """Decides whether a checkpoint op is the saver's own, on the saver's filename."""
+
+    def __init__(self, walk: "GraphWalk", saver: Optional[SaverInfo]) -> None:
+        self.walk = walk
+        self.saver = saver
+        self.functions: Dict[str, List[str]] = {}  # saver function -> names of its (top-level) callers
+        self.scope = ""
+        if saver is None:
+            return
+        callers = {_node_name(saver.save), _node_name(saver.restore)}
+        called: Dict[str, Set[Tuple[Optional[str], str]]] = {}
+        for ref in walk.func_refs:
+            called.setdefault(ref.op, set()).add((ref.function, ref.node))
+        for use in walk.uses:  # a node whose op is a library function calls it too
+            if use.op in walk.library:
+                called.setdefault(use.op, set()).add((use.function, use.node))
+        for fn, sites in called.items():
+            if sites and all(f is None and node in callers for f, node in sites):
+                self.functions[fn] = sorted(node for _, node in sites)
+        filename = _node_name(saver.filename)
+        self.scope = filename.rsplit("/", 1)[0] + "/" if "/" in filename else ""
+        self.run_by_init = self._reachable(saver.init_ops)
+        self.run_by_restore = self._reachable((saver.restore,))
+
+    def _reachable(self, starts: Tuple[str, ...]) -> Set[str]:
+        """Top-level nodes that running ``starts`` runs (their inputs, transitively)."""
+        seen: Set[str] = set()
+        todo = [_node_name(n) for n in starts if n]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            todo.extend(self.walk.graph_inputs.get(name, ()))
+        return seen
+
+    def judge(self, use: OpUse) -> Optional[str]:
+        """None when ``use`` is the saver's own checkpoint op; otherwise why it is not."""
+        if self.saver is None:
+            return "the meta graph declares no saver (saver_def), so no checkpoint op is the saver's"
+        if use.function is not None and use.function not in self.functions:
+            return (f"function {use.function!r} is not one only the saver's save/restore nodes call "
+                    "(init, main or signature code runs it)")
+        if use.function is None and not (self.scope and use.node.startswith(self.scope)):
+            return "the node is outside the saver's name scope (init, main or signature code runs it)"
+        runners = self.functions.get(use.function, []) if use.function is not None else [use.node]
+        if any(r in self.run_by_init for r in runners):
+            return "the loader's init/main op runs it after the restore"
+        if use.op in CHECKPOINT_WRITERS and any(r in self.run_by_restore for r in runners):
+            return "it writes a checkpoint while the model is being restored"
+        node = self.walk.scopes.get(use.function, {}).get(use.node)
+        if node is None:
+            return "the node could not be traced"
+        for index in FILENAME_INPUTS.get(use.op, (0,)):
+            if index >= len(node.inputs):
+                return f"input {index} (the file name) is missing"
+            ok, bad = self._trace(use.function, node.inputs[index], 0, set())
+            if bad:
+                return f"its file name is built from the constant {bad[0]!r} (absolute, '..' or a URL)"
+            if not ok:
+                return (f"its file name ({node.inputs[index]!r}) does not come from the saver's filename "
+                        f"placeholder {_node_name(self.saver.filename)!r}")
+        return None
+
+    def _trace(self, function: Optional[str], tensor: str, depth: int,
+               seen: Set[str]) -> Tuple[bool, List[str]]:
+        """(reaches the saver's filename placeholder, bad constants on the way)."""
+        assert self.saver is not None
+        name = _node_name(tensor)
+        if depth > 32 or name in seen:
+            return False, []
+        seen.add(name)
+        if function is not None and name in self.walk.args.get(function, ()):
+            return self._arg_is_filename(function, name), []
+        if function is None and name == _node_name(self.saver.filename):
+            node = self.walk.scopes.get(None, {}).get(name)
+            bad: List[str] = []
+            if node is not None and node.op == "PlaceholderWithDefault" and node.inputs:
+                # The default is the file name whenever the op runs unfed (TF1 savers).
+                bad = self._trace(None, node.inputs[0], depth + 1, seen)[1]
+            return True, bad
+        node = self.walk.scopes.get(function, {}).get(name)
+        if node is None:
+            return False, []
+        if node.op == "Const":
+            return False, [s for s in node.strings if _bad_prefix(s)]
+        if node.op not in FILENAME_PASS_THROUGH:
+            return False, []
+        reached, bad = False, []
+        for inp in node.inputs:
+            ok, b = self._trace(function, inp, depth + 1, seen)
+            reached = reached or ok
+            bad.extend(b)
+        return reached, bad
+
+    def _arg_is_filename(self, function: str, arg: str) -> bool:
+        """The argument is fed the saver's filename by every node that calls the function."""
+        assert self.saver is not None
+        index = self.walk.args[function].index(arg)
+        callers = self.functions.get(function, [])
+        graph = self.walk.scopes.get(None, {})
+        return bool(callers) and all(
+            c in graph and index < len(graph[c].inputs)
+            and _node_name(graph[c].inputs[index]) == _node_name(self.saver.filename) for c in callers)
+
+
+def report_ops(walk: "GraphWalk", ctx: ScanContext, saver: Optional[SaverInfo] = None) -> None:
+    """Judge every op of one meta graph: allowlist, CRITICAL ops, checkpoint ops of the saver."""
+    tables = tf_tables()
+    check = SaverCheck(walk, saver)
     reported = 0
     checkpoint: dict = {}
-    for use in uses:
+    unknown: Dict[str, List[OpUse]] = {}
+
+    def emit(rule_id: str, message: str, use: OpUse, severity: Optional[Severity] = None) -> None:
+        nonlocal reported
+        reported += 1
+        if reported <= MAX_REPORTED_OPS:
+            ctx.report(rule_id, message, offset=use.offset, severity=severity,
+                       details={"op": use.op, "node": use.node, "function": use.function})
+
+    for use in walk.all_ops():
         where = f"node {use.node!r}" + (f" of function {use.function!r}" if use.function else " of the graph")
-        what = DANGEROUS_OPS.get(use.op)
+        if use.op in walk.library:
+            continue  # a node whose op is a library function: a call, the function is judged
         if use.op == "PrintV2" and use.output_stream and use.output_stream.startswith("file://"):
-            what = f"prints to the file {use.output_stream[7:]!r}"
-        if what is not None:
-            reported += 1
-            if reported <= MAX_REPORTED_OPS:
-                ctx.report("tf-dangerous-op", f"op {use.op} ({what}) in {where}", offset=use.offset,
-                           details={"op": use.op, "node": use.node, "function": use.function})
-        elif use.op in CHECKPOINT_OPS:
-            checkpoint.setdefault(use.op, []).append(where)
+            emit("tf-dangerous-op", f"op PrintV2 (prints to the file {use.output_stream[7:]!r}) in {where}",
+                 use)
+        elif use.op in tables.critical:
+            emit("tf-dangerous-op", f"op {use.op} ({tables.critical[use.op]}) in {where}", use)
+        elif use.op in tables.checkpoint:
+            why = check.judge(use)
+            if why is None:
+                checkpoint.setdefault(use.op, []).append(where)
+            else:
+                emit("tf-checkpoint-op-misplaced", f"op {use.op} in {where} is not the saver's: {why}", use)
+        elif use.op not in tables.allowed:
+            unknown.setdefault(use.op, []).append(use)
+    for op, uses in sorted(unknown.items()):
+        places = ", ".join(f"{u.node!r}" + (f" of {u.function!r}" if u.function else "") for u in uses[:3])
+        emit("tf-unknown-op", f"op {op} ({len(uses)} uses: {places}) is not one of TensorFlow "
+             f"{tables.tensorflow_version}'s compute ops: a custom op needs a native library, another op "
+             "may touch files or the network", uses[0])
     if reported > MAX_REPORTED_OPS:
-        ctx.report("tf-dangerous-op", f"{reported - MAX_REPORTED_OPS} more dangerous op uses not listed",
+        ctx.report("tf-unknown-op", f"{reported - MAX_REPORTED_OPS} more op findings not listed",
                    details={"more": reported - MAX_REPORTED_OPS})
     for op, places in sorted(checkpoint.items()):
-        ctx.report("tf-checkpoint-op", f"op {op} ({len(places)} uses, e.g. {places[0]})",
-                   details={"op": op, "count": len(places)})
+        ctx.report("tf-checkpoint-op", f"op {op} ({len(places)} uses, e.g. {places[0]}) in the saver's own "
+                   "subgraph, on the saver's filename", details={"op": op, "count": len(places)})
+
+
+def _init_ops(meta: ProtoView) -> Tuple[str, ...]:
+    """Nodes the loader runs after the restore: ``collection_def`` (4) node lists (CollectionDef
+    node_list=1, NodeList value=1) and the ``__saved_model_init_op`` signature's outputs
+    (``signature_def`` 5: SignatureDef outputs=2, TensorInfo name=1)."""
+    out: List[str] = []
+    for key, coll in _map_entries(meta, 4):
+        if key in INIT_COLLECTIONS:
+            for f in coll.fields():
+                if f.number == 1 and f.wire_type == LEN:
+                    nodes = coll.sub(f)
+                    out.extend(nodes.text_of(g, 4096) for g in nodes.fields()
+                               if g.number == 1 and g.wire_type == LEN)
+    for key, sig in _map_entries(meta, 5):
+        if key == INIT_SIGNATURE:
+            for _, info in _map_entries(sig, 2):
+                out.extend(info.text_of(g, 4096) for g in info.fields()
+                           if g.number == 1 and g.wire_type == LEN)
+    return tuple(out)
+
+
+def _saver(meta: ProtoView) -> Optional[SaverInfo]:
+    """``MetaGraphDef.saver_def`` (3): filename_tensor_name=1, save_tensor_name=2, restore_op_name=3."""
+    for f in meta.fields():
+        if f.number == 3 and f.wire_type == LEN:
+            sd = meta.sub(f)
+            values = {g.number: sd.text_of(g, 4096) for g in sd.fields() if g.number in (1, 2, 3)
+                      and g.wire_type == LEN}
+            if values.get(1):
+                return SaverInfo(values[1], values.get(2, ""), values.get(3, ""), _init_ops(meta))
+    return None
 
 
 class SavedModelReader(FormatReader):
@@ -238,19 +479,20 @@ class SavedModelReader(FormatReader):
     def scan(self, source: ByteSource, ctx: ScanContext) -> None:
         view = ProtoView(source)
         walk = GraphWalk(ctx)
+        saver: Optional[SaverInfo] = None
         try:
             for f in view.fields():
                 if f.number != 2 or f.wire_type != LEN:
                     continue
                 meta = view.sub(f)
+                walk, saver = GraphWalk(ctx), _saver(meta)  # each meta graph has its own saver
                 for g in meta.fields():
                     if g.number == 2 and g.wire_type == LEN:
                         walk.graph(meta.sub(g))
+                report_ops(walk, ctx, saver)
         except ProtobufError as exc:
-            report_ops(walk.all_ops(), ctx)
+            report_ops(walk, ctx, saver)
             ctx.report("protobuf-malformed", f"SavedModel does not decode: {exc}", offset=exc.offset)
-            return
-        report_ops(walk.all_ops(), ctx)
 
 
 class ChunkedSavedModelReader(FormatReader):

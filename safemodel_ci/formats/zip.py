@@ -351,6 +351,10 @@ class ZipReader(FormatReader):
 
         torch_roots = self._torch_roots(entries, ctx)
         self._report_structure(source, ctx, directory, entries, torch_roots)
+        from .torchscript import root_contexts, scan_torchscript
+
+        # Pickles of a TorchScript root are read by torch.jit's unpickler: judged as it resolves them.
+        script_ctx = root_contexts(entries, torch_roots, ctx)
 
         counts: Dict[bytes, int] = {}
         spans: List[Tuple[int, int, CentralEntry]] = []
@@ -358,7 +362,8 @@ class ZipReader(FormatReader):
             ctx.check_deadline()
             counts[entry.raw_name] = counts.get(entry.raw_name, 0) + 1
             label = entry.name if counts[entry.raw_name] == 1 else f"{entry.name}#{counts[entry.raw_name]}"
-            end = self._scan_entry(source, ctx, entry, label, torch_roots)
+            ectx = script_ctx.get(entry.name.split("/", 1)[0], ctx) if script_ctx else ctx
+            end = self._scan_entry(source, ectx, entry, label, torch_roots)
             if end is not None:
                 spans.append((entry.local_offset, end, entry))
 
@@ -370,6 +375,7 @@ class ZipReader(FormatReader):
                        f"every copy was scanned (the later ones as {name}#2 ...)",
                        details={"name": name, "count": count})
         self._scan_gaps(source, ctx, directory, spans)
+        scan_torchscript(self, source, ctx, entries, torch_roots)
 
     # -- structure -------------------------------------------------------------------------
     def _torch_roots(self, entries: List[CentralEntry], ctx: ScanContext) -> List[str]:
@@ -397,14 +403,6 @@ class ZipReader(FormatReader):
                        f"torch archive with {len(roots)} top-level folders ({', '.join(roots[:5])}): torch "
                        f"reads the folder of the first entry ({roots[0]!r}); every folder was scanned",
                        details={"roots": roots[:20]})
-        code = [e.name for e in entries for r in torch_roots
-                if e.name.startswith(r + "/code/") or e.name in (r + "/constants.pkl", r + "/bytecode.pkl")]
-        if code:
-            ctx.add_format("torchscript")
-            ctx.report("torch-script-code",
-                       f"TorchScript archive: {len(code)} code/constants members (e.g. {code[0]}); "
-                       "torch.jit.load runs its code, and torch.load before 2.6 passed such archives to it",
-                       details={"members": code[:20]})
 
     def _scan_prefix(self, source: ByteSource, ctx: ScanContext, length: int) -> None:
         """Scan bytes before the archive unless another reader already reads the file from offset 0."""

@@ -18,17 +18,29 @@ without reading the file.
 
 Entries are JSON files written atomically (temporary file + ``os.replace``), so concurrent runs
 never see half an entry; an unreadable or corrupt entry is a miss, never an error.
+
+Trust: the cache decides verdicts, so whoever can write an entry could make a malicious file pass.
+Every entry is authenticated with an HMAC-SHA256 whose key lives in the cache directory's own key
+file (created with mode 0600); an entry without a valid MAC is a miss. Like ssh with its files, a
+cache directory or key file owned by another user, or writable by group or others, is refused: the
+run goes on without a cache and says why. Entries are opened without following links and without
+blocking (a FIFO planted at an entry path is refused, not waited on), and read with a size bound.
+A replayed read log must cover the head of the file: an entry that checks no bytes of a non-empty
+file is refused.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import functools
 import hashlib
+import hmac
 import importlib.util
 import json
 import os
+import secrets
 import stat
 import struct
 import sys
@@ -53,6 +65,15 @@ MAX_LOGGED_READS = 2_000_000
 ENV_DIR = "SAFEMODEL_CACHE_DIR"
 ENV_DISABLE = "SAFEMODEL_NO_CACHE"
 
+#: The HMAC key file in the cache directory (32 random bytes, mode 0600).
+KEY_FILE = "hmac-key"
+KEY_BYTES = 32
+#: Largest entry read (a log of MAX_LOGGED_READS reads is 32 MB before base64).
+MAX_ENTRY_BYTES = 64 << 20
+#: Every entry file starts with this, then the 64 hex digits of the MAC of the rest, then '",'.
+_MAC_PREFIX = b'{"mac":"'
+_MAC_END = len(_MAC_PREFIX) + 64 + 2
+
 _REC = struct.Struct("<QQ")
 #: Third-party libraries some readers parse content with (their installed version is in the key).
 READER_LIBRARIES = ("h5py", "py7zr", "lz4")
@@ -72,6 +93,117 @@ def default_cache_dir() -> str:
 
 def cache_disabled_by_env() -> bool:
     return os.environ.get(ENV_DISABLE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class UntrustedCache(Exception):
+    """The cache directory or its key file may be written by someone else: the cache is not used."""
+
+
+def _owner_problem(st: os.stat_result, what: str, private: bool) -> Optional[str]:
+    """Why a file with this stat may not be trusted (ssh's rule), or None.
+
+    ``private``: group and others may not even read it (the key file).
+    """
+    euid = os.geteuid() if hasattr(os, "geteuid") else None
+    if euid is not None and st.st_uid != euid:
+        return f"{what} is owned by uid {st.st_uid}, not by this user (uid {euid})"
+    mask = 0o077 if private else 0o022
+    if stat.S_IMODE(st.st_mode) & mask:
+        kind = "readable or writable" if private else "writable"
+        return f"{what} is {kind} by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def check_cache_dir(directory: str) -> Optional[str]:
+    """Why the cache directory may not be trusted, or None (also None when it does not exist yet)."""
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot stat {directory}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is not a directory"
+    problem = _owner_problem(st, f"cache directory {directory}", private=False)
+    if problem is not None:
+        return problem
+    key = os.path.join(directory, KEY_FILE)
+    try:
+        kst = os.lstat(key)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot stat {key}: {exc.strerror or exc}"
+    if not stat.S_ISREG(kst.st_mode):
+        return f"key file {key} is not a regular file"
+    return _owner_problem(kst, f"key file {key}", private=True)
+
+
+def _read_bounded(path: str, limit: int) -> bytes:
+    """A regular file's bytes, opened without following a link or blocking (a FIFO is refused at
+    once), at most ``limit`` bytes (more is an error)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, "too large")
+        chunks = []
+        left = limit + 1
+        while left > 0:
+            data = os.read(fd, min(left, 1 << 20))
+            if not data:
+                break
+            chunks.append(data)
+            left -= len(data)
+        raw = b"".join(chunks)
+        if len(raw) > limit:
+            raise OSError(errno.EFBIG, "too large")
+        return raw
+    finally:
+        os.close(fd)
+
+
+def load_key(directory: str, create: bool) -> bytes:
+    """The cache directory's HMAC key, checked as ssh checks its files; made (mode 0600) if absent
+    and ``create``. Raises :class:`UntrustedCache` (with the reason) or FileNotFoundError."""
+    problem = check_cache_dir(directory)
+    if problem is not None:
+        raise UntrustedCache(problem)
+    path = os.path.join(directory, KEY_FILE)
+    for _ in range(3):
+        try:
+            raw = _read_bounded(path, KEY_BYTES)
+        except FileNotFoundError:
+            if not create:
+                raise
+            _create_key(directory, path)
+            continue
+        except OSError as exc:
+            raise UntrustedCache(f"key file {path}: {exc.strerror or exc}") from None
+        problem = check_cache_dir(directory)  # the file just read (not a link) passes the owner rule
+        if problem is not None:
+            raise UntrustedCache(problem)
+        if len(raw) != KEY_BYTES:
+            raise UntrustedCache(f"key file {path} does not hold {KEY_BYTES} bytes")
+        return raw
+    raise UntrustedCache(f"key file {path} could not be created")
+
+
+def _create_key(directory: str, path: str) -> None:
+    """Write a new random key: a private temporary file, then ``link`` (fails if another process won)."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-key-", dir=directory)  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(KEY_BYTES))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
 
 
 @functools.lru_cache(maxsize=1)
@@ -231,6 +363,26 @@ class ResultCache:
         #: Set after a failed write (read-only or full disk): this process stops trying to store.
         self._unwritable = False
         self._tool_dir_for: Tuple[Optional[str], str] = (None, "")
+        self._key: Optional[bytes] = None
+        #: Why this cache is not used (its directory or key file is not trusted), or None.
+        self.problem: Optional[str] = check_cache_dir(self.directory)
+
+    def _mac_key(self, create: bool) -> Optional[bytes]:
+        """The HMAC key (made when ``create``); None when the cache is refused or has no key yet."""
+        if self._key is not None or self.problem is not None:
+            return self._key
+        try:
+            if create:
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self._key = load_key(self.directory, create)
+        except FileNotFoundError:
+            return None
+        except UntrustedCache as exc:
+            self.problem = str(exc)
+            print(f"safemodel: warning: result cache not used: {self.problem}", file=sys.stderr)
+        except OSError:
+            self._unwritable = True
+        return self._key
 
     # -- entries ----------------------------------------------------------------------------
     def _tool_dir(self) -> str:
@@ -277,9 +429,18 @@ class ResultCache:
         return removed
 
     def _load(self, key: str) -> Optional[Dict[str, Any]]:
-        try:  # FileSource: unbuffered reads, cheaper than open() once per looked-up file
-            with FileSource(self._entry_path(key)) as fh:
-                entry = json.loads(fh.read_at(0, fh.size))
+        mac_key = self._mac_key(create=False)
+        if mac_key is None:
+            return None
+        try:
+            raw = _read_bounded(self._entry_path(key), MAX_ENTRY_BYTES)
+            if not raw.startswith(_MAC_PREFIX) or raw[_MAC_END - 2:_MAC_END] != b'",':
+                return None
+            body = b"{" + raw[_MAC_END:]
+            expected = hmac.new(mac_key, body, hashlib.sha256).hexdigest().encode()
+            if not hmac.compare_digest(expected, raw[len(_MAC_PREFIX):_MAC_END - 2]):
+                return None  # not written by a holder of this cache's key
+            entry = json.loads(raw)
         except (OSError, ValueError):
             return None
         if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or entry.get("key") != key:
@@ -289,19 +450,24 @@ class ResultCache:
     def _store(self, key: str, entry: Dict[str, Any]) -> bool:
         if self._unwritable:
             return False
+        mac_key = self._mac_key(create=True)
+        if mac_key is None:
+            return False
         path = self._entry_path(key)
         entry = dict(entry, format=CACHE_FORMAT, key=key)
+        body = json.dumps(entry, separators=(",", ":")).encode()  # one write, not json.dump's many
+        mac = hmac.new(mac_key, body, hashlib.sha256).hexdigest().encode()
         tmp = None
         try:
             directory = os.path.dirname(path)
             if directory not in self._made_dirs:  # one mkdir per directory and process, not per entry
                 if not self._made_dirs:
                     self._first_store()
-                os.makedirs(directory, exist_ok=True)
+                os.makedirs(directory, mode=0o700, exist_ok=True)
                 self._made_dirs.add(directory)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry, separators=(",", ":")))  # one write, not json.dump's many
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(_MAC_PREFIX + mac + b'",' + body[1:])
             os.replace(tmp, path)  # atomic: readers see the old entry or the new one, never half
             tmp = None
             self.stores += 1
@@ -319,7 +485,7 @@ class ResultCache:
     def _first_store(self) -> None:
         """Once per process: mark this version's entries as in use, drop stale versions' entries."""
         tool_dir = self._tool_dir()
-        os.makedirs(tool_dir, exist_ok=True)
+        os.makedirs(tool_dir, mode=0o700, exist_ok=True)
         os.utime(tool_dir)
         self.prune()
 
@@ -352,7 +518,12 @@ class ResultCache:
                 digest: Optional[str] = hashlib.sha256(source.read_at(0, source.size)).hexdigest()
                 expected = entry["whole_sha256"]
             else:
-                digest = replay_digest(source, _decode_log(entry["reads"]))
+                log = _decode_log(entry["reads"])
+                # The log must check the head of a non-empty file (every scan reads it first): a log
+                # that checks nothing would match any content of this size.
+                if source.size and (len(log) < 2 or log[0] != 0 or log[1] == 0):
+                    raise ValueError("read log covers no content")
+                digest = replay_digest(source, log)
                 expected = entry.get("digest")
         except (KeyError, TypeError, ValueError, zlib.error, SourceError):
             digest, expected = None, True

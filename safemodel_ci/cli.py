@@ -160,12 +160,22 @@ def fail_on(args: argparse.Namespace) -> Severity:
 
 
 def cache_dir(args: argparse.Namespace) -> Optional[str]:
-    """The result cache directory, or None with ``--no-cache`` / ``SAFEMODEL_NO_CACHE=1``."""
-    from .cache import cache_disabled_by_env, default_cache_dir
+    """The result cache directory, or None with ``--no-cache`` / ``SAFEMODEL_NO_CACHE=1``, or when
+    the directory may be written by someone else (a warning says so; the scan runs uncached)."""
+    from .cache import cache_disabled_by_env, check_cache_dir, default_cache_dir
 
     if getattr(args, "no_cache", False) or cache_disabled_by_env():
         return None
-    return default_cache_dir()
+    known = getattr(args, "_cache_dir", False)
+    if known is not False:
+        return known
+    directory: Optional[str] = default_cache_dir()
+    problem = check_cache_dir(directory)
+    if problem is not None:
+        print(f"safemodel: warning: result cache not used: {problem}", file=sys.stderr)
+        directory = None
+    args._cache_dir = directory
+    return directory
 
 
 def result_cache(args: argparse.Namespace) -> "Optional[ResultCache]":

@@ -139,15 +139,28 @@ def check_cache_dir(directory: str) -> Optional[str]:
     return _owner_problem(kst, f"key file {key}", private=True)
 
 
+def _read_nonblocking_fd(path: str, follow: bool = True) -> int:
+    """A descriptor for a regular file, opened without blocking (a FIFO or device put at the path
+    is refused at once, not waited on); ``follow=False`` refuses a symlink too."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _read_bounded(path: str, limit: int) -> bytes:
     """A regular file's bytes, opened without following a link or blocking (a FIFO is refused at
     once), at most ``limit`` bytes (more is an error)."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
+    fd = _read_nonblocking_fd(path, follow=False)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
         if st.st_size > limit:
             raise OSError(errno.EFBIG, "too large")
         chunks = []
@@ -506,8 +519,11 @@ class ResultCache:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def lookup_file(self, source: ByteSource, real: str, display: str,
-                    fingerprint: str) -> Optional[FileResult]:
-        """The stored result for this file if the bytes its scan read are unchanged."""
+                    fingerprint: str, judged: Optional[List[Judged]] = None) -> Optional[FileResult]:
+        """The stored result for this file if the bytes its scan read are unchanged.
+
+        On a hit, what the check hashed is appended to ``judged`` (when given)."""
+        evidence = Judged()
         key = self.file_key(real, source.size, display, fingerprint)
         entry = self._load(key)
         if entry is None or entry.get("size") != source.size:
@@ -517,6 +533,7 @@ class ResultCache:
             if "whole_sha256" in entry:  # a small file: its whole content, hashed in one go
                 digest: Optional[str] = hashlib.sha256(source.read_at(0, source.size)).hexdigest()
                 expected = entry["whole_sha256"]
+                evidence.sha256 = digest
             else:
                 log = _decode_log(entry["reads"])
                 # The log must check the head of a non-empty file (every scan reads it first): a log
@@ -525,6 +542,7 @@ class ResultCache:
                     raise ValueError("read log covers no content")
                 digest = replay_digest(source, log)
                 expected = entry.get("digest")
+                evidence.log, evidence.digest = log, digest
         except (KeyError, TypeError, ValueError, zlib.error, SourceError):
             digest, expected = None, True
         result = self._result(entry, display) if digest == expected else None
@@ -533,6 +551,8 @@ class ResultCache:
             return None
         # bytes_read stays what the scan read, so that a cached report is identical to a fresh one.
         self.hits += 1
+        if judged is not None:
+            judged.append(evidence)
         return result
 
     def store_file(self, recording: RecordingSource, real: str, display: str, fingerprint: str,
@@ -587,6 +607,17 @@ class ResultCache:
         return self._store(key, {"size": size, "result": result.to_dict()})
 
 
+@dataclasses.dataclass
+class Judged:
+    """What a result was judged on, so that an ``ignore`` entry can be matched against exactly those
+    bytes (never a second read made after the scan): the whole content's sha256 when the scan was
+    served from one read of the whole file, else the scan's read log and the digest of its bytes."""
+
+    sha256: Optional[str] = None
+    log: Optional["array[int]"] = None
+    digest: Optional[str] = None
+
+
 def tracking_siblings(open_sibling: SiblingOpener) -> Tuple[SiblingOpener, List[str]]:
     """``open_sibling`` plus the list of what it is asked for: a result that opened other files
     (shards of an index) depends on more than its own content and is not cached."""
@@ -600,7 +631,8 @@ def tracking_siblings(open_sibling: SiblingOpener) -> Tuple[SiblingOpener, List[
 
 
 def cached_result(path: str, options: ScanOptions, cache: ResultCache, display_path: Optional[str] = None,
-                  fingerprint: Optional[str] = None) -> Optional[FileResult]:
+                  fingerprint: Optional[str] = None,
+                  judged: Optional[List[Judged]] = None) -> Optional[FileResult]:
     """The cached result for a local file if the bytes its scan read are unchanged; never scans."""
     shown = display_path or path
     try:
@@ -611,19 +643,22 @@ def cached_result(path: str, options: ScanOptions, cache: ResultCache, display_p
         return None
     with source:
         return cache.lookup_file(source, os.path.abspath(path), shown,
-                                 fingerprint or options_fingerprint(options))
+                                 fingerprint or options_fingerprint(options), judged)
 
 
 def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCache],
                      display_path: Optional[str] = None,
-                     fingerprint: Optional[str] = None, lookup: bool = True) -> FileResult:
+                     fingerprint: Optional[str] = None, lookup: bool = True,
+                     judged: Optional[List[Judged]] = None) -> FileResult:
     """Scan one local file, reusing a cached result when the bytes its scan reads are unchanged.
 
     Without a cache (or for anything but a regular file) this is :func:`scanner.scan_file`.
     ``lookup=False`` skips the look-up (the caller just missed) but still stores the result.
+    With ``judged`` (a list), what the result was judged on is appended to it (see :class:`Judged`);
+    nothing is appended when that is not known (not a regular file, too many reads to log).
     """
     shown = display_path or path
-    if cache is None:
+    if cache is None and judged is None:
         return scan_file(path, options, shown)
     try:
         st = os.stat(path)
@@ -637,9 +672,9 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
         return scan_file(path, options, shown)
     # The content is checked by replaying the reads, so the key needs no symlink resolution.
     real = os.path.abspath(path)
-    fp = fingerprint or options_fingerprint(options)
+    fp = (fingerprint or options_fingerprint(options)) if cache is not None else ""
     with source:
-        hit = cache.lookup_file(source, real, shown, fp) if lookup else None
+        hit = cache.lookup_file(source, real, shown, fp, judged) if cache is not None and lookup else None
         if hit is not None:
             return hit
         # A small file is read once, whole, and every read served from that copy: its hash is the
@@ -652,7 +687,12 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
         scan_source(source if recording is None else recording, ctx)
         result = FileResult(path=shown, size=source.size, formats=list(ctx.formats),
                             findings=sort_findings(ctx.findings), bytes_read=source.bytes_read - start)
-        if result.complete and not ctx.used_outside and not siblings_used:
+        if judged is not None:
+            if recording is None:
+                judged.append(Judged(sha256=hashlib.sha256(source.snapshot() or b"").hexdigest()))
+            elif not recording.overflow:
+                judged.append(Judged(log=recording.log, digest=recording.digest.hexdigest()))
+        if cache is not None and result.complete and not ctx.used_outside and not siblings_used:
             if recording is None:
                 cache.store_snapshot(source, real, shown, fp, result)
             elif not recording.overflow:
@@ -660,5 +700,5 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
     return result
 
 
-__all__ = ["ResultCache", "RecordingSource", "scan_file_cached", "cached_result", "tracking_siblings",
+__all__ = ["Judged", "ResultCache", "RecordingSource", "scan_file_cached", "cached_result", "tracking_siblings",
            "default_cache_dir", "options_fingerprint", "tool_fingerprint", "replay_digest"]

@@ -165,3 +165,45 @@ def test_default_jobs_is_the_cpu_count() -> None:
     with pytest.raises(SystemExit) as info:
         cli.build_parser().parse_args(["scan", "--jobs", "0", "x"])
     assert info.value.code == 3
+
+
+# ---- issue 17 item 6: an ignore applies only to the content that was scanned ------------------
+
+@pytest.mark.parametrize("padding", [0, 600_000], ids=["small-snapshot", "large-read-log"])
+@pytest.mark.parametrize("cached", [False, True], ids=["no-cache", "cache"])
+def test_ignore_is_matched_against_the_bytes_the_scan_judged(padding: int, cached: bool, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file swapped for a reviewed (ignored) one right after its scan keeps the scan's findings."""
+    reviewed = tmp_path / "reviewed.bin"
+    reviewed.write_bytes(b"a reviewed benign file " * 10 + b"\0" * padding)
+    target = tmp_path / "model.pkl"
+    buf = io.BytesIO()
+    pickle.dump([b"\0" * padding, _Payload()], buf, protocol=4)
+    evil = buf.getvalue()
+    target.write_bytes(evil)
+    config = Config(root=str(tmp_path), ignores=(
+        IgnoredFile(parallel.file_sha256(str(reviewed)), "reviewed", origin="cfg:1"),))
+    plan = ScanPlan(options=ScanOptions(policy=config.policy()), config=config,
+                    cache_dir=str(tmp_path / "cache") if cached else None)
+    real_scan = parallel.scan_file_cached
+
+    def scan_then_swap(path: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real_scan(path, *args, **kwargs)
+        target.write_bytes(reviewed.read_bytes())  # the swap an attacker races in
+        return result
+
+    monkeypatch.setattr(parallel, "scan_file_cached", scan_then_swap)
+    (result,) = scan([target], 1, plan)
+    assert "pickle-dangerous-global" in [f.rule_id for f in result.findings]
+    assert "ignored-by-config" not in [f.rule_id for f in result.findings]
+    # Unswapped, the ignore pins the reviewed content as before (through the same judged bytes).
+    monkeypatch.setattr(parallel, "scan_file_cached", real_scan)
+    (again,) = scan([target], 1, plan)  # now holds the reviewed bytes, scanned as such
+    assert not [f for f in again.findings if f.severity > Severity.INFO]
+    target.write_bytes(evil)
+    pinned = Config(root=str(tmp_path), ignores=(
+        IgnoredFile(parallel.file_sha256(str(target)), "reviewed", origin="cfg:1"),))
+    plan2 = ScanPlan(options=ScanOptions(policy=pinned.policy()), config=pinned, cache_dir=plan.cache_dir)
+    for _ in range(2):  # fresh scan, then (with a cache) a hit
+        (ok,) = scan([target], 1, plan2)
+        assert [f.rule_id for f in ok.findings] == ["ignored-by-config"]

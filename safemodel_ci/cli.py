@@ -225,7 +225,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     progress = show_progress(args)
     results: List[FileResult] = []
     skipped: List[Tuple[str, str]] = []
-    paths = [p for p in iter_paths(args.paths, args.follow_symlinks, skipped) if not cfg.is_excluded(p)]
+    unscanned: List[Tuple[str, str, str]] = []
+    paths = [p for p in iter_paths(args.paths, args.follow_symlinks, skipped, unscanned)
+             if not cfg.is_excluded(p)]
     for result in scan_paths(paths, plan, jobs=args.jobs):
         results.append(result)
         if progress:
@@ -233,13 +235,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if progress:
         print(file=sys.stderr)
     results.extend(skipped_result(path, reason) for path, reason in skipped)
+    results.extend(skipped_result(path, reason, rule_id) for rule_id, path, reason in unscanned
+                   if not cfg.is_excluded(path))
     return emit(ScanReport(results, fail_on=fail_on(args)), args)
 
 
-def skipped_result(path: str, reason: str) -> FileResult:
-    """A notice for a path the walk passed over (a symlink out of the tree), so nothing is silent."""
-    rule = RULES_BY_ID["skipped-not-regular"]
-    return FileResult(path=path, findings=[Finding(rule.id, rule.severity, path, reason, rule.remedy)])
+def skipped_result(path: str, reason: str, rule_id: str = "skipped-not-regular") -> FileResult:
+    """A finding for a path the walk passed over (a notice for a link to a directory scanned
+    anyway; unscanned for a directory link leaving the scanned paths or an unlistable directory)."""
+    rule = RULES_BY_ID[rule_id]
+    return FileResult(path=path, findings=[Finding(rule.id, rule.severity, path, reason, rule.remedy,
+                                                   unscanned=rule.unscanned)])
 
 
 def cmd_hub(args: argparse.Namespace) -> int:

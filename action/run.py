@@ -34,7 +34,7 @@ from safemodel_ci.output.job_summary import SUMMARY_LIMIT, md_text, render_job_s
 from safemodel_ci.output.text import summary_line
 
 PREFIX = "SAFEMODEL_ACTION_"
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u0085\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u0085\u2028\u2029\ud800-\udfff]")
 
 
 class UsageError(Exception):
@@ -181,6 +181,7 @@ def merge(reports: Sequence[ScanReport], fail_on: Severity) -> ScanReport:
 def inert(text: str) -> str:
     """Control characters shown as ``\\xNN`` so one log line stays one line."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\x{ord(m.group()) - 0xdc00:02x}" if 0xdc80 <= ord(m.group()) <= 0xdcff
                         else f"\\u{ord(m.group()):04x}", text.replace("\r\n", "\n"))
 
 

@@ -195,7 +195,10 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 def emit(report: ScanReport, args: argparse.Namespace) -> int:
     """Write the report where asked and return the exit code."""
-    text = writer(args.format, repo_root=getattr(args, "repo_root", None)).render(report)
+    from .output.interface import escape_surrogates
+
+    # A non-UTF-8 file name is shown as \xNN (the JSON report keeps it as a \udcNN escape).
+    text = escape_surrogates(writer(args.format, repo_root=getattr(args, "repo_root", None)).render(report))
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as fh:

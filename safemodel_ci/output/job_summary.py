@@ -16,6 +16,7 @@ from typing import List, Optional
 from ..findings import Finding, ScanReport, Severity
 from ..rules import RULES_BY_ID
 from .github import LFS_ADVICE, LFS_RULE, finding_level
+from .interface import escape_surrogates
 
 #: GitHub's limit for one step's summary.
 SUMMARY_LIMIT = 1024 * 1024
@@ -31,6 +32,7 @@ def md_text(value: str, limit: Optional[int] = None) -> str:
     """Untrusted text as inert Markdown (see the module docstring); cut to ``limit`` characters."""
     if limit is not None and len(value) > limit:
         value = value[:limit] + "…"
+    value = escape_surrogates(value)  # a non-UTF-8 file name: \xNN, never a write error
     value = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
                          else f"\\u{ord(m.group()):04x}", value)
     value = _PUNCT.sub(r"\\\1", value)

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import __version__
 from ..findings import Finding, ScanReport, Severity
 from ..rules import RULES, RULES_BY_ID, Rule
-from .interface import ReportWriter
+from .interface import ReportWriter, escape_surrogates
 from .repo_paths import file_uri, find_repo_root, hub_repo_url, hub_url, is_remote, path_to_uri, repo_relative
 
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -109,7 +109,8 @@ class SarifWriter(ReportWriter):
 
     def render(self, report: ScanReport) -> str:
         # Compact: indenting forces json's pure-Python encoder (5x slower on 25,000 results).
-        return json.dumps(self.sarif(report), ensure_ascii=False, separators=(",", ":")) + "\n"
+        text = json.dumps(self.sarif(report), ensure_ascii=False, separators=(",", ":")) + "\n"
+        return escape_surrogates(text, in_json=True)  # a non-UTF-8 file name, shown as \xNN
 
     def sarif(self, report: ScanReport) -> Dict[str, Any]:
         """The SARIF log as a dict."""

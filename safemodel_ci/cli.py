@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, exit_process
 from .findings import EXIT_USAGE, FileResult, Finding, ScanReport, Severity
@@ -229,8 +229,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
     results: List[FileResult] = []
     skipped: List[Tuple[str, str]] = []
     unscanned: List[Tuple[str, str, str]] = []
-    paths = [p for p in iter_paths(args.paths, args.follow_symlinks, skipped, unscanned)
-             if not cfg.is_excluded(p)]
+    paths: List[str] = []
+    excluded: List[Dict[str, str]] = []
+    for p in iter_paths(args.paths, args.follow_symlinks, skipped, unscanned):
+        pattern = cfg.excluding_pattern(p)
+        if pattern is None:
+            paths.append(p)
+        else:
+            excluded.append({"path": p, "pattern": pattern})
     for result in scan_paths(paths, plan, jobs=args.jobs):
         results.append(result)
         if progress:
@@ -240,7 +246,22 @@ def cmd_scan(args: argparse.Namespace) -> int:
     results.extend(skipped_result(path, reason) for path, reason in skipped)
     results.extend(skipped_result(path, reason, rule_id) for rule_id, path, reason in unscanned
                    if not cfg.is_excluded(path))
-    return emit(ScanReport(results, fail_on=fail_on(args)), args)
+    report = ScanReport(results, fail_on=fail_on(args))
+    config_extra(report, cfg, excluded)
+    return emit(report, args)
+
+
+def config_extra(report: ScanReport, cfg: Config, excluded: List[Dict[str, str]]) -> None:
+    """Say in the report what the config left out: every excluded file (JSON ``extra``, SARIF run
+    properties, the job summary) and a one-line note (text), so an exclusion is never silent."""
+    if not excluded:
+        return
+    report.extra["excluded_by_config"] = [dict(e, config=cfg.path or "") for e in excluded]
+    patterns = sorted({e["pattern"] for e in excluded})
+    notes = list(report.extra.get("notes", ()))
+    notes.append(f"{len(excluded)} file{'s' if len(excluded) != 1 else ''} not scanned: excluded by "
+                 f"{cfg.path} ({', '.join(patterns)})")
+    report.extra["notes"] = notes
 
 
 def skipped_result(path: str, reason: str, rule_id: str = "skipped-not-regular") -> FileResult:
@@ -280,12 +301,16 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, config: Optional[Config] = None) -> int:
+    """Run a command line. ``config``: the config to use instead of ``--config`` or the look-up (the
+    GitHub Action passes the base branch's config of a pull request)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if config is not None:
+        args._config = config
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -117,10 +117,17 @@ class Config:
 
     def is_excluded(self, path: str) -> bool:
         """True when an ``exclude`` pattern matches the path (or one of its parent directories)."""
+        return self.excluding_pattern(path) is not None
+
+    def excluding_pattern(self, path: str) -> Optional[str]:
+        """The first ``exclude`` pattern matching the path (or a parent directory), or None."""
         if not self.excludes:
-            return False
+            return None
         rel = self.relative(path)
-        return any(_compiled_glob(p)(rel, path) for p in self.excludes)
+        for p in self.excludes:
+            if _compiled_glob(p)(rel, path):
+                return p
+        return None
 
     def ignore_for(self, path: str, sha256: str) -> Optional[IgnoredFile]:
         """The ``ignore`` entry accepting this exact content at this path, if any."""

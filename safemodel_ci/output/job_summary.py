@@ -78,6 +78,15 @@ def render_job_summary(report: ScanReport, limit: int = SUMMARY_LIMIT, title: st
     if lfs:
         head += [f"> **Git LFS content missing ({len(lfs)} file{'s' if len(lfs) != 1 else ''}).** "
                  + LFS_ADVICE, ""]  # our own text: its code spans stay code spans
+    for note in report.extra.get("config_notes", ()):
+        head += [f"> **Config:** {md_text(str(note), MAX_CELL)}", ""]
+    excluded = list(report.extra.get("excluded_by_config", ()))
+    if excluded:
+        shown = ", ".join(md_text(str(e.get("path")), 200) + f" ({md_text(str(e.get('pattern')), 100)})"
+                          for e in excluded[:50])
+        more = f", and {len(excluded) - 50} more (see the JSON report)" if len(excluded) > 50 else ""
+        head += [f"**Excluded by the config ({len(excluded)} file{'s' if len(excluded) != 1 else ''}, not "
+                 f"scanned):** {shown}{more}", ""]
     if report.errors:
         head.append("**Not scanned:**")
         head += [f"- {md_text(t, 300)}: {md_text(m, MAX_CELL)}" for t, m in report.errors]

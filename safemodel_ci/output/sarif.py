@@ -144,6 +144,14 @@ class SarifWriter(ReportWriter):
             {"level": "error", "message": {"text": f"{target}: {message}"}}
             for target, message in report.errors
         ]
+        # What the config changed (issue 17): a pull request's config change, every excluded file.
+        for note in report.extra.get("config_notes", ()):
+            notifications.append({"level": "warning", "message": {"text": str(note)}})
+        excluded = list(report.extra.get("excluded_by_config", ()))
+        if excluded:
+            notifications.append({"level": "note", "message": {
+                "text": f"{len(excluded)} file(s) not scanned: excluded by the config (listed in the run's "
+                        "properties, excludedByConfig)"}})
         if omitted:
             notifications.append({"level": "warning", "message": {
                 "text": f"{omitted} lower-ranked results were left out to stay within GitHub's limit of "
@@ -171,6 +179,9 @@ class SarifWriter(ReportWriter):
                 "originalUriBaseIds": {SRCROOT: {"uri": file_uri(root, directory=True)}},
                 "invocations": [invocation],
                 "results": results,
+                **({"properties": {"excludedByConfig": [
+                    {"path": str(e.get("path")), "pattern": str(e.get("pattern"))} for e in excluded[:MAX_RESULTS]
+                ]}} if excluded else {}),
             }],
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
@@ -211,7 +212,13 @@ def emit(report: ScanReport, args: argparse.Namespace) -> int:
             from .output.text import summary_line
             print(summary_line(report), file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        try:
+            if sys.stdout is None:  # started with standard output closed (>&-)
+                raise OSError(errno.EBADF, "standard output is closed")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except (OSError, ValueError) as exc:  # ValueError: a closed file object
+            return stdout_failed(exc)
     return report.exit_code
 
 
@@ -311,6 +318,7 @@ def main(argv: Optional[Sequence[str]] = None, config: Optional[Config] = None) 
         return EXIT_USAGE
     if config is not None:
         args._config = config
+    previous = _catch_sigterm()
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -319,6 +327,57 @@ def main(argv: Optional[Sequence[str]] = None, config: Optional[Config] = None) 
     except KeyboardInterrupt:
         print("safemodel: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("safemodel: terminated", file=sys.stderr)
+        return 143
+    except BrokenPipeError as exc:  # a write to standard output outside emit (safemodel rules | head)
+        return stdout_failed(exc)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind (worker processes are terminated on the way), exit 143."""
+
+
+def _catch_sigterm() -> "Optional[object]":
+    """Turn SIGTERM into :class:`Terminated` in the main thread; returns the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        return None
+
+
+def stdout_failed(exc: BaseException) -> int:
+    """Standard output is closed, a closed pipe or a full disk: one line on stderr, exit 3.
+
+    Standard output is pointed at /dev/null afterwards, so the interpreter's last flush of what is
+    still buffered does not fail again with a traceback.
+    """
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    try:
+        print(f"safemodel: cannot write the report to standard output: {reason}", file=sys.stderr)
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return EXIT_USAGE
 
 
 def run() -> None:

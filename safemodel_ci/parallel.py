@@ -192,6 +192,11 @@ _worker: Optional[_Scanner] = None
 
 def _init_worker(plan: ScanPlan) -> None:
     global _worker
+    import signal
+
+    # A forked worker inherits the parent's SIGTERM handler (which raises to unwind the parent):
+    # here SIGTERM must simply end the process.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _worker = _Scanner(plan)
 
 
@@ -288,24 +293,49 @@ def _scan_in_processes(paths: List[str], plan: ScanPlan, jobs: int) -> Iterator[
         # The workers are forked at the first submit. Objects frozen then are never visited by the
         # workers' garbage collector, so their pages stay shared instead of being copied (the
         # pattern the gc module documents for fork); this process unfreezes its own at once.
-        gc.freeze()
         try:
-            for batch in batches:
-                pending.append((batch, submit(batch)))
-                if len(pending) >= jobs * 4:
-                    break
-        finally:
-            gc.unfreeze()
-        while pending:
-            batch, future = pending.popleft()
+            gc.freeze()
             try:
-                results = future.result()
-            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool and the like
-                results = [_failed(p, exc) for p in batch]
-            yield from results
-            nxt = next(batches, None)
-            if nxt is not None:
-                pending.append((nxt, submit(nxt)))
+                for batch in batches:
+                    pending.append((batch, submit(batch)))
+                    if len(pending) >= jobs * 4:
+                        break
+            finally:
+                gc.unfreeze()
+            while pending:
+                batch, future = pending.popleft()
+                try:
+                    results = future.result()
+                except Exception as exc:  # noqa: BLE001 - BrokenProcessPool and the like
+                    results = [_failed(p, exc) for p in batch]
+                yield from results
+                nxt = next(batches, None)
+                if nxt is not None:
+                    pending.append((nxt, submit(nxt)))
+        except BaseException:
+            # Terminated, interrupted, or the consumer went away: the workers stop now, not after
+            # their current batch (the pool's exit would wait for them).
+            _terminate_workers(pool)
+            raise
+
+
+def _terminate_workers(pool: "object") -> None:
+    """SIGTERM every worker process of a ``ProcessPoolExecutor`` and drop its queued work."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        try:
+            process.terminate()
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        pool.shutdown(wait=False, cancel_futures=True)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - best effort while unwinding
+        pass
+    for process in processes:
+        try:
+            process.join(5)
+        except (OSError, ValueError, AssertionError, AttributeError):
+            pass
 
 
 def _failed_future(results: List[FileResult]) -> "Future[List[FileResult]]":

@@ -207,3 +207,62 @@ def test_ignore_is_matched_against_the_bytes_the_scan_judged(padding: int, cache
     for _ in range(2):  # fresh scan, then (with a cache) a hit
         (ok,) = scan([target], 1, plan2)
         assert [f.rule_id for f in ok.findings] == ["ignored-by-config"]
+
+
+# ---- issue 17 item 7: SIGTERM to the parent ends the workers too ------------------------------------
+
+def _children(pid: int) -> List[int]:
+    out: List[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                out += [int(c) for c in fh.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads child processes from /proc (Linux)")
+def test_sigterm_to_the_parent_terminates_the_workers(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # 40 links to one 14 MB pickle of strings (about 1.5 s of CPU each to scan): batches of three
+    # keep a worker busy for seconds, so a worker left behind is still there when looked for.
+    first = tmp_path / "m0.pkl"
+    first.write_bytes(pickle.dumps([str(i) for i in range(900_000)], protocol=2))
+    for i in range(1, 40):
+        os.link(first, tmp_path / f"m{i}.pkl")
+    proc = subprocess.Popen([sys.executable, "-m", "safemodel_ci", "scan", "--no-cache", "--jobs", "2",
+                             "--quiet", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        workers: List[int] = []
+        while time.monotonic() < deadline and len(workers) < 2:
+            time.sleep(0.1)
+            workers = [c for c in _children(proc.pid) if _alive(c)]
+        assert len(workers) >= 2, "the workers never started"
+        time.sleep(0.5)  # the workers are in their first batch
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        time.sleep(1.0)
+        left = [w for w in workers if _alive(w)]
+        assert left == [], f"workers still running after the parent ended: {left}"
+        assert code == 143, proc.stderr.read().decode()[-2000:] if proc.stderr else code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for worker in workers if "workers" in locals() else []:  # left behind by a failing run
+            if _alive(worker):
+                os.kill(worker, signal.SIGKILL)

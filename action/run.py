@@ -265,15 +265,16 @@ def choose_config(env: Mapping[str, str], inputs: ActionInputs, workspace: str) 
     if head_path and os.path.isfile(head_path):
         with open(head_path, "rb") as fh:
             head_bytes = fh.read()
-    changed = (head_rel, head_bytes) != (base_rel, base_bytes) and not (head_bytes is None and base_bytes is None)
+    neither = head_bytes is None and base_bytes is None
+    changed = not neither and (head_rel, head_bytes) != (base_rel, base_bytes)
     shown = head_rel or base_rel or "the config"
     if inputs.config_from_head and same_repo:
         if changed:
             message = (f"This pull request changes the config ({shown}); config-from-head is on and the pull "
                        "request comes from this repository, so its own config was used.")
             choice.notes.append(message)
-            choice.commands.append(workflow_command("warning", {"title": "safemodel: config changed by the "
-                                                                          "pull request", "file": shown}, message))
+            title = "safemodel: config changed by the pull request"
+            choice.commands.append(workflow_command("warning", {"title": title, "file": shown}, message))
         return choice
     label = f"{base_rel} at base {base[:12]}" if base_rel else None
     if base_bytes is None:
@@ -285,13 +286,13 @@ def choose_config(env: Mapping[str, str], inputs: ActionInputs, workspace: str) 
             raise UsageError(f"the base branch's config is invalid: {exc}") from None
         choice.config = loaded if loaded is not None else Config()
     if inputs.config_from_head and not same_repo:
-        choice.notes.append("config-from-head is ignored for a pull request from another repository (a fork): "
-                            "the base branch's config was used.")
+        choice.notes.append("config-from-head is ignored for a pull request from another repository "
+                            "(a fork): the base branch's config was used.")
     if changed:
         what = "adds" if base_bytes is None else "removes" if head_bytes is None else "changes"
         message = (f"This pull request {what} the config ({shown}). The scan used the base branch's "
-                   f"config ({label or 'none: defaults'}), not the pull request's: a config change takes effect "
-                   "once it is merged.")
+                   f"config ({label or 'none: defaults'}), not the pull request's: a config change takes "
+                   "effect once it is merged.")
         choice.notes.append(message)
         choice.commands.append(workflow_command("warning", {"title": "safemodel: config changed by the pull "
                                                                       "request", "file": shown}, message))

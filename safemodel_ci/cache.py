@@ -700,5 +700,6 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
     return result
 
 
-__all__ = ["Judged", "ResultCache", "RecordingSource", "scan_file_cached", "cached_result", "tracking_siblings",
+__all__ = ["Judged", "ResultCache",
+           "RecordingSource", "scan_file_cached", "cached_result", "tracking_siblings",
            "default_cache_dir", "options_fingerprint", "tool_fingerprint", "replay_digest"]

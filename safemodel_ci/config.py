@@ -151,8 +151,7 @@ def find_config(start: Optional[str] = None) -> Optional[str]:
     is not below home; ``--config`` names any other file. Two configs in one directory is an error:
     which one wins would be a guess.
     """
-    directory = os.path.abspath(start or os.getcwd())
-    for directory in _search_dirs(directory):
+    for directory in _search_dirs(os.path.abspath(start or os.getcwd())):
         found = [os.path.join(directory, n) for n in CONFIG_FILENAMES
                  if os.path.isfile(os.path.join(directory, n))]
         pyproject = os.path.join(directory, PYPROJECT)

@@ -130,7 +130,8 @@ def judged_sha256(path: str, judged: Judged) -> Optional[str]:
     return digest.hexdigest() if replay.hexdigest() == judged.digest else None
 
 
-def apply_ignores(result: FileResult, path: str, config: Config, judged: Optional[Judged] = None) -> FileResult:
+def apply_ignores(result: FileResult, path: str, config: Config,
+                  judged: Optional[Judged] = None) -> FileResult:
     """Replace the findings of a file pinned by an ``ignore`` entry with one ``ignored-by-config``.
 
     Only files with something to suppress are hashed, so clean files cost nothing here. The hash

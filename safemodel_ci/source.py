@@ -101,7 +101,8 @@ class FileSource(ByteSource):
         if not stat.S_ISREG(st.st_mode):
             os.close(self._fd)
             self._fd = None
-            raise SourceError(f"{self.name}: not a regular file (fifo, device, socket or directory); not read")
+            raise SourceError(f"{self.name}: not a regular file (fifo, device, socket or directory); "
+                              "not read")
         self._size = st.st_size
         self._whole: Optional[bytes] = None
 

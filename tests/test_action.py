@@ -571,15 +571,19 @@ def _evil_sha() -> str:
 def test_pull_request_config_change_does_not_turn_its_scan_green(head_config: str, tmp_path: Path,
                                                                   sarif_schema_path: Path) -> None:
     repo = make_repo(tmp_path / "ws", {"README.md": b"x\n"},
-                     {"models/evil.pkl": EVIL, ".safemodel.yaml": head_config.format(sha=_evil_sha()).encode()})
+                     {"models/evil.pkl": EVIL,
+                      ".safemodel.yaml": head_config.format(sha=_evil_sha()).encode()})
     run = run_action(repo.path, {}, "pull_request", repo.pull_request(), tmp_path / "run")
     assert run.returncode == 1, run.stdout
     assert "models/evil.pkl" in {a.properties.get("file") for a in run.annotations if a.name == "error"}
-    warning = [a for a in run.annotations if a.name == "warning" and "config" in a.properties.get("title", "")]
-    assert warning and "base branch" in warning[0].data and warning[0].properties.get("file") == ".safemodel.yaml"
+    warning = [a for a in run.annotations
+               if a.name == "warning" and "config" in a.properties.get("title", "")]
+    assert warning and "base branch" in warning[0].data
+    assert warning[0].properties.get("file") == ".safemodel.yaml"
     assert "**Config:**" in run.summary and "base branch" in run.summary
     sarif = json.loads((repo.path / "safemodel.sarif").read_text(encoding="utf-8"))
-    notes = [n["message"]["text"] for n in sarif["runs"][0]["invocations"][0].get("toolExecutionNotifications", [])]
+    invocation = sarif["runs"][0]["invocations"][0]
+    notes = [n["message"]["text"] for n in invocation.get("toolExecutionNotifications", [])]
     assert any("base branch" in n for n in notes)
     validate_sarif(repo.path / "safemodel.sarif", sarif_schema_path)
     # The same change on a push to the branch (not a pull request) is the repository's own config.
@@ -590,7 +594,8 @@ def test_pull_request_config_change_does_not_turn_its_scan_green(head_config: st
 def test_base_config_applies_and_its_exclusions_are_listed(tmp_path: Path, sarif_schema_path: Path) -> None:
     """The base excludes legacy/**; the pull request deletes the config and the exclusion still holds
     (a deletion takes effect once merged), and every excluded file is listed."""
-    repo = make_repo(tmp_path / "ws", {"legacy/old_evil.pkl": EVIL, ".safemodel.yaml": b'exclude: ["legacy/**"]\n'},
+    base = {"legacy/old_evil.pkl": EVIL, ".safemodel.yaml": b'exclude: ["legacy/**"]\n'}
+    repo = make_repo(tmp_path / "ws", base,
                      {"models/new_evil.pkl": EVIL}, removed=(".safemodel.yaml",))
     run = run_action(repo.path, {}, "pull_request", repo.pull_request(), tmp_path / "run")
     assert run.returncode == 1
@@ -612,7 +617,8 @@ def test_config_from_head_is_for_same_repository_pull_requests_only(tmp_path: Pa
     assert "its own config was used" in same.stdout
     fork = repo.pull_request()
     fork["pull_request"]["head"]["repo"] = {"full_name": "mallory/models"}
-    forked = run_action(repo.path, {"config-from-head": "true"}, "pull_request_target", fork, tmp_path / "fork")
+    forked = run_action(repo.path, {"config-from-head": "true"}, "pull_request_target", fork,
+                        tmp_path / "fork")
     assert forked.returncode == 1, forked.stdout
     assert "fork" in forked.summary
 

@@ -420,7 +420,8 @@ def test_hostile_yaml_is_refused_with_bounded_work(text: str, expected: str, tmp
     cfg = write(tmp_path / ".safemodel.yaml", text)
     model = tmp_path / "m.pkl"
     model.write_bytes(EVIL_PICKLE)
-    proc = _cli_in_child(tmp_path, ["scan", "--no-cache", "-j", "1", "--config", str(cfg), str(model)], tmp_path)
+    args = ["scan", "--no-cache", "-j", "1", "--config", str(cfg), str(model)]
+    proc = _cli_in_child(tmp_path, args, tmp_path)
     assert proc.returncode == 3, (proc.returncode, proc.stderr[-500:])
     assert "invalid config" in proc.stderr and expected in proc.stderr
 
@@ -430,7 +431,8 @@ def test_a_few_aliases_are_still_fine(tmp_path: Path) -> None:
     assert cfg.excludes == ("*.tmp",)
 
 
-def test_outside_a_repository_the_lookup_stays_below_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_outside_a_repository_the_lookup_stays_below_home(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A config planted above the working directory outside home (/tmp) must not apply."""
     home = tmp_path / "home"
     planted = tmp_path / "shared"  # e.g. /tmp: anyone can write a config there

@@ -220,7 +220,8 @@ class _Hung(BaseException):
     """Raised by the alarm when a scan blocks (not an OSError, so nothing swallows it)."""
 
 
-def _run_with_alarm(args: List[str], capsys: pytest.CaptureFixture[str], seconds: int = 20) -> Tuple[int, dict]:
+def _run_with_alarm(args: List[str], capsys: pytest.CaptureFixture[str],
+                    seconds: int = 20) -> Tuple[int, dict]:
     import signal
 
     def hung(*_: object) -> None:

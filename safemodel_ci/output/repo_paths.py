@@ -116,7 +116,8 @@ def file_uri(absolute: str, directory: bool = False) -> str:
     posix = os.path.abspath(absolute).replace(os.sep, "/")
     if not posix.startswith("/"):  # Windows drive path: file:///C:/...
         posix = "/" + posix
-    uri = "file://" + quote(posix.encode("utf-8", "surrogateescape"), safe="/-._~:" if os.name == "nt" else _URI_SAFE)
+    safe = "/-._~:" if os.name == "nt" else _URI_SAFE
+    uri = "file://" + quote(posix.encode("utf-8", "surrogateescape"), safe=safe)
     if directory and not uri.endswith("/"):
         uri += "/"
     return uri

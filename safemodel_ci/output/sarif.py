@@ -180,7 +180,8 @@ class SarifWriter(ReportWriter):
                 "invocations": [invocation],
                 "results": results,
                 **({"properties": {"excludedByConfig": [
-                    {"path": str(e.get("path")), "pattern": str(e.get("pattern"))} for e in excluded[:MAX_RESULTS]
+                    {"path": str(e.get("path")), "pattern": str(e.get("pattern"))}
+                    for e in excluded[:MAX_RESULTS]
                 ]}} if excluded else {}),
             }],
         }

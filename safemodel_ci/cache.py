@@ -160,21 +160,18 @@ def _read_bounded(path: str, limit: int) -> bytes:
     once), at most ``limit`` bytes (more is an error)."""
     fd = _read_nonblocking_fd(path, follow=False)
     try:
-        st = os.fstat(fd)
-        if st.st_size > limit:
+        size = os.fstat(fd).st_size
+        if size > limit:
             raise OSError(errno.EFBIG, "too large")
         chunks = []
-        left = limit + 1
+        left = size  # entries are replaced atomically, never grown: the size read is the size
         while left > 0:
-            data = os.read(fd, min(left, 1 << 20))
+            data = os.read(fd, left)
             if not data:
                 break
             chunks.append(data)
             left -= len(data)
-        raw = b"".join(chunks)
-        if len(raw) > limit:
-            raise OSError(errno.EFBIG, "too large")
-        return raw
+        return b"".join(chunks)
     finally:
         os.close(fd)
 

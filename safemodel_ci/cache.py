@@ -18,17 +18,29 @@ without reading the file.
 
 Entries are JSON files written atomically (temporary file + ``os.replace``), so concurrent runs
 never see half an entry; an unreadable or corrupt entry is a miss, never an error.
+
+Trust: the cache decides verdicts, so whoever can write an entry could make a malicious file pass.
+Every entry is authenticated with an HMAC-SHA256 whose key lives in the cache directory's own key
+file (created with mode 0600); an entry without a valid MAC is a miss. Like ssh with its files, a
+cache directory or key file owned by another user, or writable by group or others, is refused: the
+run goes on without a cache and says why. Entries are opened without following links and without
+blocking (a FIFO planted at an entry path is refused, not waited on), and read with a size bound.
+A replayed read log must cover the head of the file: an entry that checks no bytes of a non-empty
+file is refused.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import functools
 import hashlib
+import hmac
 import importlib.util
 import json
 import os
+import secrets
 import stat
 import struct
 import sys
@@ -53,6 +65,15 @@ MAX_LOGGED_READS = 2_000_000
 ENV_DIR = "SAFEMODEL_CACHE_DIR"
 ENV_DISABLE = "SAFEMODEL_NO_CACHE"
 
+#: The HMAC key file in the cache directory (32 random bytes, mode 0600).
+KEY_FILE = "hmac-key"
+KEY_BYTES = 32
+#: Largest entry read (a log of MAX_LOGGED_READS reads is 32 MB before base64).
+MAX_ENTRY_BYTES = 64 << 20
+#: Every entry file starts with this, then the 64 hex digits of the MAC of the rest, then '",'.
+_MAC_PREFIX = b'{"mac":"'
+_MAC_END = len(_MAC_PREFIX) + 64 + 2
+
 _REC = struct.Struct("<QQ")
 #: Third-party libraries some readers parse content with (their installed version is in the key).
 READER_LIBRARIES = ("h5py", "py7zr", "lz4")
@@ -72,6 +93,127 @@ def default_cache_dir() -> str:
 
 def cache_disabled_by_env() -> bool:
     return os.environ.get(ENV_DISABLE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class UntrustedCache(Exception):
+    """The cache directory or its key file may be written by someone else: the cache is not used."""
+
+
+def _owner_problem(st: os.stat_result, what: str, private: bool) -> Optional[str]:
+    """Why a file with this stat may not be trusted (ssh's rule), or None.
+
+    ``private``: group and others may not even read it (the key file).
+    """
+    euid = os.geteuid() if hasattr(os, "geteuid") else None
+    if euid is not None and st.st_uid != euid:
+        return f"{what} is owned by uid {st.st_uid}, not by this user (uid {euid})"
+    mask = 0o077 if private else 0o022
+    if stat.S_IMODE(st.st_mode) & mask:
+        kind = "readable or writable" if private else "writable"
+        return f"{what} is {kind} by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def check_cache_dir(directory: str) -> Optional[str]:
+    """Why the cache directory may not be trusted, or None (also None when it does not exist yet)."""
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot stat {directory}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is not a directory"
+    problem = _owner_problem(st, f"cache directory {directory}", private=False)
+    if problem is not None:
+        return problem
+    key = os.path.join(directory, KEY_FILE)
+    try:
+        kst = os.lstat(key)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot stat {key}: {exc.strerror or exc}"
+    if not stat.S_ISREG(kst.st_mode):
+        return f"key file {key} is not a regular file"
+    return _owner_problem(kst, f"key file {key}", private=True)
+
+
+def _read_nonblocking_fd(path: str, follow: bool = True) -> int:
+    """A descriptor for a regular file, opened without blocking (a FIFO or device put at the path
+    is refused at once, not waited on); ``follow=False`` refuses a symlink too."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_bounded(path: str, limit: int) -> bytes:
+    """A regular file's bytes, opened without following a link or blocking (a FIFO is refused at
+    once), at most ``limit`` bytes (more is an error)."""
+    fd = _read_nonblocking_fd(path, follow=False)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise OSError(errno.EFBIG, "too large")
+        chunks = []
+        left = size  # entries are replaced atomically, never grown: the size read is the size
+        while left > 0:
+            data = os.read(fd, left)
+            if not data:
+                break
+            chunks.append(data)
+            left -= len(data)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def load_key(directory: str, create: bool) -> bytes:
+    """The cache directory's HMAC key, checked as ssh checks its files; made (mode 0600) if absent
+    and ``create``. Raises :class:`UntrustedCache` (with the reason) or FileNotFoundError."""
+    problem = check_cache_dir(directory)
+    if problem is not None:
+        raise UntrustedCache(problem)
+    path = os.path.join(directory, KEY_FILE)
+    for _ in range(3):
+        try:
+            raw = _read_bounded(path, KEY_BYTES)
+        except FileNotFoundError:
+            if not create:
+                raise
+            _create_key(directory, path)
+            continue
+        except OSError as exc:
+            raise UntrustedCache(f"key file {path}: {exc.strerror or exc}") from None
+        problem = check_cache_dir(directory)  # the file just read (not a link) passes the owner rule
+        if problem is not None:
+            raise UntrustedCache(problem)
+        if len(raw) != KEY_BYTES:
+            raise UntrustedCache(f"key file {path} does not hold {KEY_BYTES} bytes")
+        return raw
+    raise UntrustedCache(f"key file {path} could not be created")
+
+
+def _create_key(directory: str, path: str) -> None:
+    """Write a new random key: a private temporary file, then ``link`` (fails if another process won)."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-key-", dir=directory)  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(KEY_BYTES))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
 
 
 @functools.lru_cache(maxsize=1)
@@ -231,6 +373,26 @@ class ResultCache:
         #: Set after a failed write (read-only or full disk): this process stops trying to store.
         self._unwritable = False
         self._tool_dir_for: Tuple[Optional[str], str] = (None, "")
+        self._key: Optional[bytes] = None
+        #: Why this cache is not used (its directory or key file is not trusted), or None.
+        self.problem: Optional[str] = check_cache_dir(self.directory)
+
+    def _mac_key(self, create: bool) -> Optional[bytes]:
+        """The HMAC key (made when ``create``); None when the cache is refused or has no key yet."""
+        if self._key is not None or self.problem is not None:
+            return self._key
+        try:
+            if create:
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self._key = load_key(self.directory, create)
+        except FileNotFoundError:
+            return None
+        except UntrustedCache as exc:
+            self.problem = str(exc)
+            print(f"safemodel: warning: result cache not used: {self.problem}", file=sys.stderr)
+        except OSError:
+            self._unwritable = True
+        return self._key
 
     # -- entries ----------------------------------------------------------------------------
     def _tool_dir(self) -> str:
@@ -277,9 +439,18 @@ class ResultCache:
         return removed
 
     def _load(self, key: str) -> Optional[Dict[str, Any]]:
-        try:  # FileSource: unbuffered reads, cheaper than open() once per looked-up file
-            with FileSource(self._entry_path(key)) as fh:
-                entry = json.loads(fh.read_at(0, fh.size))
+        mac_key = self._mac_key(create=False)
+        if mac_key is None:
+            return None
+        try:
+            raw = _read_bounded(self._entry_path(key), MAX_ENTRY_BYTES)
+            if not raw.startswith(_MAC_PREFIX) or raw[_MAC_END - 2:_MAC_END] != b'",':
+                return None
+            body = b"{" + raw[_MAC_END:]
+            expected = hmac.new(mac_key, body, hashlib.sha256).hexdigest().encode()
+            if not hmac.compare_digest(expected, raw[len(_MAC_PREFIX):_MAC_END - 2]):
+                return None  # not written by a holder of this cache's key
+            entry = json.loads(raw)
         except (OSError, ValueError):
             return None
         if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or entry.get("key") != key:
@@ -289,19 +460,24 @@ class ResultCache:
     def _store(self, key: str, entry: Dict[str, Any]) -> bool:
         if self._unwritable:
             return False
+        mac_key = self._mac_key(create=True)
+        if mac_key is None:
+            return False
         path = self._entry_path(key)
         entry = dict(entry, format=CACHE_FORMAT, key=key)
+        body = json.dumps(entry, separators=(",", ":")).encode()  # one write, not json.dump's many
+        mac = hmac.new(mac_key, body, hashlib.sha256).hexdigest().encode()
         tmp = None
         try:
             directory = os.path.dirname(path)
             if directory not in self._made_dirs:  # one mkdir per directory and process, not per entry
                 if not self._made_dirs:
                     self._first_store()
-                os.makedirs(directory, exist_ok=True)
+                os.makedirs(directory, mode=0o700, exist_ok=True)
                 self._made_dirs.add(directory)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry, separators=(",", ":")))  # one write, not json.dump's many
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(_MAC_PREFIX + mac + b'",' + body[1:])
             os.replace(tmp, path)  # atomic: readers see the old entry or the new one, never half
             tmp = None
             self.stores += 1
@@ -319,7 +495,7 @@ class ResultCache:
     def _first_store(self) -> None:
         """Once per process: mark this version's entries as in use, drop stale versions' entries."""
         tool_dir = self._tool_dir()
-        os.makedirs(tool_dir, exist_ok=True)
+        os.makedirs(tool_dir, mode=0o700, exist_ok=True)
         os.utime(tool_dir)
         self.prune()
 
@@ -340,8 +516,11 @@ class ResultCache:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def lookup_file(self, source: ByteSource, real: str, display: str,
-                    fingerprint: str) -> Optional[FileResult]:
-        """The stored result for this file if the bytes its scan read are unchanged."""
+                    fingerprint: str, judged: Optional[List[Judged]] = None) -> Optional[FileResult]:
+        """The stored result for this file if the bytes its scan read are unchanged.
+
+        On a hit, what the check hashed is appended to ``judged`` (when given)."""
+        evidence = Judged()
         key = self.file_key(real, source.size, display, fingerprint)
         entry = self._load(key)
         if entry is None or entry.get("size") != source.size:
@@ -351,9 +530,16 @@ class ResultCache:
             if "whole_sha256" in entry:  # a small file: its whole content, hashed in one go
                 digest: Optional[str] = hashlib.sha256(source.read_at(0, source.size)).hexdigest()
                 expected = entry["whole_sha256"]
+                evidence.sha256 = digest
             else:
-                digest = replay_digest(source, _decode_log(entry["reads"]))
+                log = _decode_log(entry["reads"])
+                # The log must check the head of a non-empty file (every scan reads it first): a log
+                # that checks nothing would match any content of this size.
+                if source.size and (len(log) < 2 or log[0] != 0 or log[1] == 0):
+                    raise ValueError("read log covers no content")
+                digest = replay_digest(source, log)
                 expected = entry.get("digest")
+                evidence.log, evidence.digest = log, digest
         except (KeyError, TypeError, ValueError, zlib.error, SourceError):
             digest, expected = None, True
         result = self._result(entry, display) if digest == expected else None
@@ -362,6 +548,8 @@ class ResultCache:
             return None
         # bytes_read stays what the scan read, so that a cached report is identical to a fresh one.
         self.hits += 1
+        if judged is not None:
+            judged.append(evidence)
         return result
 
     def store_file(self, recording: RecordingSource, real: str, display: str, fingerprint: str,
@@ -416,6 +604,17 @@ class ResultCache:
         return self._store(key, {"size": size, "result": result.to_dict()})
 
 
+@dataclasses.dataclass
+class Judged:
+    """What a result was judged on, so that an ``ignore`` entry can be matched against exactly those
+    bytes (never a second read made after the scan): the whole content's sha256 when the scan was
+    served from one read of the whole file, else the scan's read log and the digest of its bytes."""
+
+    sha256: Optional[str] = None
+    log: Optional["array[int]"] = None
+    digest: Optional[str] = None
+
+
 def tracking_siblings(open_sibling: SiblingOpener) -> Tuple[SiblingOpener, List[str]]:
     """``open_sibling`` plus the list of what it is asked for: a result that opened other files
     (shards of an index) depends on more than its own content and is not cached."""
@@ -429,7 +628,8 @@ def tracking_siblings(open_sibling: SiblingOpener) -> Tuple[SiblingOpener, List[
 
 
 def cached_result(path: str, options: ScanOptions, cache: ResultCache, display_path: Optional[str] = None,
-                  fingerprint: Optional[str] = None) -> Optional[FileResult]:
+                  fingerprint: Optional[str] = None,
+                  judged: Optional[List[Judged]] = None) -> Optional[FileResult]:
     """The cached result for a local file if the bytes its scan read are unchanged; never scans."""
     shown = display_path or path
     try:
@@ -440,19 +640,22 @@ def cached_result(path: str, options: ScanOptions, cache: ResultCache, display_p
         return None
     with source:
         return cache.lookup_file(source, os.path.abspath(path), shown,
-                                 fingerprint or options_fingerprint(options))
+                                 fingerprint or options_fingerprint(options), judged)
 
 
 def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCache],
                      display_path: Optional[str] = None,
-                     fingerprint: Optional[str] = None, lookup: bool = True) -> FileResult:
+                     fingerprint: Optional[str] = None, lookup: bool = True,
+                     judged: Optional[List[Judged]] = None) -> FileResult:
     """Scan one local file, reusing a cached result when the bytes its scan reads are unchanged.
 
     Without a cache (or for anything but a regular file) this is :func:`scanner.scan_file`.
     ``lookup=False`` skips the look-up (the caller just missed) but still stores the result.
+    With ``judged`` (a list), what the result was judged on is appended to it (see :class:`Judged`);
+    nothing is appended when that is not known (not a regular file, too many reads to log).
     """
     shown = display_path or path
-    if cache is None:
+    if cache is None and judged is None:
         return scan_file(path, options, shown)
     try:
         st = os.stat(path)
@@ -466,9 +669,9 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
         return scan_file(path, options, shown)
     # The content is checked by replaying the reads, so the key needs no symlink resolution.
     real = os.path.abspath(path)
-    fp = fingerprint or options_fingerprint(options)
+    fp = (fingerprint or options_fingerprint(options)) if cache is not None else ""
     with source:
-        hit = cache.lookup_file(source, real, shown, fp) if lookup else None
+        hit = cache.lookup_file(source, real, shown, fp, judged) if cache is not None and lookup else None
         if hit is not None:
             return hit
         # A small file is read once, whole, and every read served from that copy: its hash is the
@@ -481,7 +684,12 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
         scan_source(source if recording is None else recording, ctx)
         result = FileResult(path=shown, size=source.size, formats=list(ctx.formats),
                             findings=sort_findings(ctx.findings), bytes_read=source.bytes_read - start)
-        if result.complete and not ctx.used_outside and not siblings_used:
+        if judged is not None:
+            if recording is None:
+                judged.append(Judged(sha256=hashlib.sha256(source.snapshot() or b"").hexdigest()))
+            elif not recording.overflow:
+                judged.append(Judged(log=recording.log, digest=recording.digest.hexdigest()))
+        if cache is not None and result.complete and not ctx.used_outside and not siblings_used:
             if recording is None:
                 cache.store_snapshot(source, real, shown, fp, result)
             elif not recording.overflow:
@@ -489,5 +697,6 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
     return result
 
 
-__all__ = ["ResultCache", "RecordingSource", "scan_file_cached", "cached_result", "tracking_siblings",
+__all__ = ["Judged", "ResultCache",
+           "RecordingSource", "scan_file_cached", "cached_result", "tracking_siblings",
            "default_cache_dir", "options_fingerprint", "tool_fingerprint", "replay_digest"]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__, exit_process
 from .findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_USAGE, FileResult, Finding, ScanReport, Severity
@@ -229,12 +230,22 @@ def fail_on(args: argparse.Namespace) -> Severity:
 
 
 def cache_dir(args: argparse.Namespace) -> Optional[str]:
-    """The result cache directory, or None with ``--no-cache`` / ``SAFEMODEL_NO_CACHE=1``."""
-    from .cache import cache_disabled_by_env, default_cache_dir
+    """The result cache directory, or None with ``--no-cache`` / ``SAFEMODEL_NO_CACHE=1``, or when
+    the directory may be written by someone else (a warning says so; the scan runs uncached)."""
+    from .cache import cache_disabled_by_env, check_cache_dir, default_cache_dir
 
     if getattr(args, "no_cache", False) or cache_disabled_by_env():
         return None
-    return default_cache_dir()
+    known = getattr(args, "_cache_dir", False)
+    if known is not False:
+        return known
+    directory: Optional[str] = default_cache_dir()
+    problem = check_cache_dir(directory)
+    if problem is not None:
+        print(f"safemodel: warning: result cache not used: {problem}", file=sys.stderr)
+        directory = None
+    args._cache_dir = directory
+    return directory
 
 
 def result_cache(args: argparse.Namespace) -> "Optional[ResultCache]":
@@ -254,8 +265,11 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 def emit(report: ScanReport, args: argparse.Namespace) -> int:
     """Write the report where asked and return the exit code."""
+    from .output.interface import escape_surrogates
+
     report = shown_report(report, args)
-    text = writer(args.format, repo_root=getattr(args, "repo_root", None)).render(report)
+    # A non-UTF-8 file name is shown as \xNN (the JSON report keeps it as a \udcNN escape).
+    text = escape_surrogates(writer(args.format, repo_root=getattr(args, "repo_root", None)).render(report))
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as fh:
@@ -268,7 +282,13 @@ def emit(report: ScanReport, args: argparse.Namespace) -> int:
             from .output.text import summary_line
             print(summary_line(report), file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        try:
+            if sys.stdout is None:  # started with standard output closed (>&-)
+                raise OSError(errno.EBADF, "standard output is closed")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except (OSError, ValueError) as exc:  # ValueError: a closed file object
+            return stdout_failed(exc)
     return report.exit_code
 
 
@@ -285,9 +305,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
     progress = show_progress(args)
     results: List[FileResult] = []
     skipped: List[Tuple[str, str]] = []
-    walked = list(iter_paths(args.paths, args.follow_symlinks, skipped))
-    paths = [p for p in walked if not cfg.is_excluded(p)]
-    excluded = len(walked) - len(paths)
+    unscanned: List[Tuple[str, str, str]] = []
+    paths: List[str] = []
+    excluded: List[Dict[str, str]] = []
+    for p in iter_paths(args.paths, args.follow_symlinks, skipped, unscanned):
+        pattern = cfg.excluding_pattern(p)
+        if pattern is None:
+            paths.append(p)
+        else:
+            excluded.append({"path": p, "pattern": pattern})
     for result in scan_paths(paths, plan, jobs=args.jobs):
         results.append(result)
         if progress:
@@ -295,13 +321,32 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if progress:
         print(file=sys.stderr)
     results.extend(skipped_result(path, reason) for path, reason in skipped)
-    return emit(ScanReport(results, fail_on=fail_on(args), excluded=excluded), args)
+    results.extend(skipped_result(path, reason, rule_id) for rule_id, path, reason in unscanned
+                   if not cfg.is_excluded(path))
+    report = ScanReport(results, fail_on=fail_on(args), excluded=len(excluded))
+    config_extra(report, cfg, excluded)
+    return emit(report, args)
 
 
-def skipped_result(path: str, reason: str) -> FileResult:
-    """A notice for a path the walk passed over (a symlink out of the tree), so nothing is silent."""
-    rule = RULES_BY_ID["skipped-not-regular"]
-    return FileResult(path=path, findings=[Finding(rule.id, rule.severity, path, reason, rule.remedy)])
+def config_extra(report: ScanReport, cfg: Config, excluded: List[Dict[str, str]]) -> None:
+    """Say in the report what the config left out: every excluded file (JSON ``extra``, SARIF run
+    properties, the job summary) and a one-line note (text), so an exclusion is never silent."""
+    if not excluded:
+        return
+    report.extra["excluded_by_config"] = [dict(e, config=cfg.path or "") for e in excluded]
+    patterns = sorted({e["pattern"] for e in excluded})
+    notes = list(report.extra.get("notes", ()))
+    notes.append(f"{len(excluded)} file{'s' if len(excluded) != 1 else ''} not scanned: excluded by "
+                 f"{cfg.path} ({', '.join(patterns)})")
+    report.extra["notes"] = notes
+
+
+def skipped_result(path: str, reason: str, rule_id: str = "skipped-not-regular") -> FileResult:
+    """A finding for a path the walk passed over (a notice for a link to a directory scanned
+    anyway; unscanned for a directory link leaving the scanned paths or an unlistable directory)."""
+    rule = RULES_BY_ID[rule_id]
+    return FileResult(path=path, findings=[Finding(rule.id, rule.severity, path, reason, rule.remedy,
+                                                   unscanned=rule.unscanned)])
 
 
 def cmd_hub(args: argparse.Namespace) -> int:
@@ -438,12 +483,17 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, config: Optional[Config] = None) -> int:
+    """Run a command line. ``config``: the config to use instead of ``--config`` or the look-up (the
+    GitHub Action passes the base branch's config of a pull request)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if config is not None:
+        args._config = config
+    previous = _catch_sigterm()
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -452,6 +502,57 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("safemodel: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("safemodel: terminated", file=sys.stderr)
+        return 143
+    except BrokenPipeError as exc:  # a write to standard output outside emit (safemodel rules | head)
+        return stdout_failed(exc)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind (worker processes are terminated on the way), exit 143."""
+
+
+def _catch_sigterm() -> "Optional[object]":
+    """Turn SIGTERM into :class:`Terminated` in the main thread; returns the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        return None
+
+
+def stdout_failed(exc: BaseException) -> int:
+    """Standard output is closed, a closed pipe or a full disk: one line on stderr, exit 3.
+
+    Standard output is pointed at /dev/null afterwards, so the interpreter's last flush of what is
+    still buffered does not fail again with a traceback.
+    """
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    try:
+        print(f"safemodel: cannot write the report to standard output: {reason}", file=sys.stderr)
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return EXIT_USAGE
 
 
 def run() -> None:

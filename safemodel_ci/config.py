@@ -30,6 +30,15 @@ PYPROJECT = "pyproject.toml"
 #: Every top-level key, with a one-line meaning (used in the "unknown key" error).
 KEYS = ("fail-on", "allow-globals", "ignore", "exclude", "severity-overrides", "limits")
 
+#: A config is a few hundred bytes: anything over this is refused before it is parsed.
+MAX_CONFIG_BYTES = 1 << 20
+#: YAML shape bounds, checked on the parser's flat event stream before a tree is built (the C
+#: composer recurses per nesting level, and aliases multiply nodes: a "billion laughs" file).
+MAX_YAML_DEPTH = 64
+MAX_YAML_ALIASES = 64
+#: Values in the tree once aliases are expanded.
+MAX_YAML_NODES = 100_000
+
 _GLOBAL_RE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\.(?:[A-Za-z_]\w*|\*)$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -108,10 +117,17 @@ class Config:
 
     def is_excluded(self, path: str) -> bool:
         """True when an ``exclude`` pattern matches the path (or one of its parent directories)."""
+        return self.excluding_pattern(path) is not None
+
+    def excluding_pattern(self, path: str) -> Optional[str]:
+        """The first ``exclude`` pattern matching the path (or a parent directory), or None."""
         if not self.excludes:
-            return False
+            return None
         rel = self.relative(path)
-        return any(_compiled_glob(p)(rel, path) for p in self.excludes)
+        for p in self.excludes:
+            if _compiled_glob(p)(rel, path):
+                return p
+        return None
 
     def ignore_for(self, path: str, sha256: str) -> Optional[IgnoredFile]:
         """The ``ignore`` entry accepting this exact content at this path, if any."""
@@ -129,11 +145,13 @@ def find_config(start: Optional[str] = None) -> Optional[str]:
 
     Looks in ``start`` and each parent for ``.safemodel.yaml`` (or ``.yml``) and for a
     ``pyproject.toml`` with a ``[tool.safemodel]`` table, stopping at the repository root (the
-    first directory holding ``.git``). Two configs in one directory is an error: which one wins
-    would be a guess.
+    first directory holding ``.git``). Outside a repository the walk stays in ``start``'s own tree
+    below the home directory (home itself and everything above it, such as ``/tmp`` or ``/``, are
+    never searched: anyone may plant a config there), and looks only in ``start`` itself when that
+    is not below home; ``--config`` names any other file. Two configs in one directory is an error:
+    which one wins would be a guess.
     """
-    directory = os.path.abspath(start or os.getcwd())
-    while True:
+    for directory in _search_dirs(os.path.abspath(start or os.getcwd())):
         found = [os.path.join(directory, n) for n in CONFIG_FILENAMES
                  if os.path.isfile(os.path.join(directory, n))]
         pyproject = os.path.join(directory, PYPROJECT)
@@ -145,12 +163,23 @@ def find_config(start: Optional[str] = None) -> Optional[str]:
                               ", ".join(os.path.basename(f) for f in found) + "): keep one")
         if found:
             return found[0]
+    return None
+
+
+def _search_dirs(start: str) -> List[str]:
+    """The folders a config is looked for in, nearest first (see :func:`find_config`)."""
+    chain = [start]
+    while True:
+        parent = os.path.dirname(chain[-1])
+        if parent == chain[-1]:
+            break
+        chain.append(parent)
+    for i, directory in enumerate(chain):
         if os.path.exists(os.path.join(directory, ".git")):
-            return None
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return None
-        directory = parent
+            return chain[:i + 1]  # up to the repository root
+    home = os.path.abspath(os.path.expanduser("~"))
+    below_home = [d for d in chain if d != home and d.startswith(home.rstrip(os.sep) + os.sep)]
+    return below_home if start in below_home else [start]
 
 
 def load_config(path: Optional[str] = None, start: Optional[str] = None) -> Config:
@@ -163,9 +192,11 @@ def load_config(path: Optional[str] = None, start: Optional[str] = None) -> Conf
         raise ConfigError(path, None, None, "no such config file")
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, None, None, f"larger than {MAX_CONFIG_BYTES} bytes: not a config")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -194,6 +225,7 @@ def _yaml_tree(text: str, path: str) -> Node:
 
     loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
+        _check_yaml_shape(yaml, text, path, loader_cls)
         root = yaml.compose(text, Loader=loader_cls)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -203,9 +235,14 @@ def _yaml_tree(text: str, path: str) -> Node:
     if root is None:
         return Node({}, 1)
     constructor = yaml.SafeLoader("")
+    budget = [MAX_YAML_NODES]
 
     def convert(node: Any) -> Node:
         line = node.start_mark.line + 1
+        budget[0] -= 1
+        if budget[0] < 0:  # aliases expand: each use of an anchor counts again
+            raise ConfigError(path, line, None, f"more than {MAX_YAML_NODES} values once aliases are "
+                                                "expanded: refused (a YAML alias bomb?)")
         if isinstance(node, yaml.MappingNode):
             out: Dict[str, Node] = {}
             key_lines: Dict[str, Optional[int]] = {}
@@ -229,6 +266,26 @@ def _yaml_tree(text: str, path: str) -> Node:
     return convert(root)
 
 
+def _check_yaml_shape(yaml: Any, text: str, path: str, loader_cls: Any) -> None:
+    """Refuse nesting deeper than MAX_YAML_DEPTH and more than MAX_YAML_ALIASES aliases, from the
+    parser's event stream (no tree built, no recursion)."""
+    depth = aliases = 0
+    for event in yaml.parse(text, Loader=loader_cls):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(path, event.start_mark.line + 1, None,
+                                  f"nested deeper than {MAX_YAML_DEPTH} levels: refused")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise ConfigError(path, event.start_mark.line + 1, None,
+                                  f"more than {MAX_YAML_ALIASES} YAML aliases: refused (a config needs "
+                                  "none; an alias bomb would expand to billions of values)")
+
+
 def _toml_loads() -> Callable[[str], Dict[str, Any]]:
     try:
         import tomllib  # Python 3.11+
@@ -244,7 +301,7 @@ def _toml_loads() -> Callable[[str], Dict[str, Any]]:
 def _pyproject_has_table(path: str) -> bool:
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
+            text = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError:
         return False
     if "safemodel" not in text:  # most pyproject files: no need to parse them

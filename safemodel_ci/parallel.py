@@ -16,7 +16,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
 
-from .cache import ResultCache, cached_result, options_fingerprint, scan_file_cached
+from .cache import _REC, Judged, ResultCache, _read_nonblocking_fd, cached_result, options_fingerprint, \
+    scan_file_cached
 from .config import Config
 from .findings import FileResult, Finding, Severity
 from .formats import readers
@@ -64,17 +65,84 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def apply_ignores(result: FileResult, path: str, config: Config) -> FileResult:
+def judged_sha256(path: str, judged: Judged) -> Optional[str]:
+    """The sha256 of the exact content a result was judged on, or None when that is not known.
+
+    A scan served from one read of the whole file gave its hash. Otherwise the file is hashed in
+    one pass that also keeps the ranges the scan read; replaying the scan's read log on those kept
+    bytes must give the scan's digest, so the hash is of content holding exactly the bytes judged (a
+    file swapped between the scan and this read does not match).
+    """
+    if judged.sha256 is not None:
+        return judged.sha256
+    if judged.log is None or judged.digest is None:
+        return None
+    log = judged.log
+    spans = sorted({(log[i], log[i] + log[i + 1]) for i in range(0, len(log), 2) if log[i + 1]})
+    merged: List[List[int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    kept = [bytearray() for _ in merged]
+    digest = hashlib.sha256()
+    try:
+        fd = _read_nonblocking_fd(path)
+    except OSError:
+        return None
+    try:
+        pos, first = 0, 0
+        while True:
+            block = os.read(fd, 1 << 20)
+            if not block:
+                break
+            end = pos + len(block)
+            digest.update(block)
+            while first < len(merged) and merged[first][1] <= pos:
+                first += 1
+            k = first
+            while k < len(merged) and merged[k][0] < end:
+                lo, hi = max(merged[k][0], pos), min(merged[k][1], end)
+                if hi > lo:
+                    kept[k] += block[lo - pos:hi - pos]
+                k += 1
+            pos = end
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    starts = [m[0] for m in merged]
+    import bisect
+
+    replay = hashlib.sha256()
+    for i in range(0, len(log), 2):
+        offset, n = log[i], log[i + 1]
+        data = b""
+        if n:
+            k = bisect.bisect_right(starts, offset) - 1
+            if k >= 0:
+                data = bytes(kept[k][offset - merged[k][0]:offset - merged[k][0] + n])
+            if len(data) != n:
+                return None
+        replay.update(_REC.pack(offset, n))
+        replay.update(data)
+    return digest.hexdigest() if replay.hexdigest() == judged.digest else None
+
+
+def apply_ignores(result: FileResult, path: str, config: Config,
+                  judged: Optional[Judged] = None) -> FileResult:
     """Replace the findings of a file pinned by an ``ignore`` entry with one ``ignored-by-config``.
 
-    Only files with something to suppress are hashed, so clean files cost nothing here. The file
-    is hashed whole (not just the scanned ranges): the entry vouches for this exact content.
+    Only files with something to suppress are hashed, so clean files cost nothing here. The hash
+    is of the exact bytes the scan judged (``judged``, see :func:`judged_sha256`), never of a second
+    read after the scan: a file swapped in between keeps its findings. Without ``judged`` the
+    entry is not applied (fail closed).
     """
     if not config.ignores or not any(f.unscanned or f.severity > Severity.INFO for f in result.findings):
         return result
-    try:
-        digest = file_sha256(path)
-    except OSError:
+    digest = judged_sha256(path, judged) if judged is not None else None
+    if digest is None:
         return result
     entry = config.ignore_for(path, digest)
     if entry is None:
@@ -103,16 +171,21 @@ class _Scanner:
         self.fingerprint = options_fingerprint(plan.options) if self.cache is not None else None
 
     def scan(self, path: str, lookup: bool = True) -> FileResult:
+        judged: Optional[List[Judged]] = [] if self.plan.config.ignores else None
         result = scan_file_cached(path, self.plan.options, self.cache, fingerprint=self.fingerprint,
-                                  lookup=lookup)
-        return apply_ignores(result, path, self.plan.config)
+                                  lookup=lookup, judged=judged)
+        return apply_ignores(result, path, self.plan.config, judged[0] if judged else None)
 
     def cached(self, path: str) -> Optional[FileResult]:
         """The cached result for ``path`` (ignores applied), or None: nothing is scanned."""
         if self.cache is None:
             return None
-        result = cached_result(path, self.plan.options, self.cache, fingerprint=self.fingerprint)
-        return apply_ignores(result, path, self.plan.config) if result is not None else None
+        judged: Optional[List[Judged]] = [] if self.plan.config.ignores else None
+        result = cached_result(path, self.plan.options, self.cache, fingerprint=self.fingerprint,
+                               judged=judged)
+        if result is None:
+            return None
+        return apply_ignores(result, path, self.plan.config, judged[0] if judged else None)
 
 
 _worker: Optional[_Scanner] = None
@@ -120,6 +193,11 @@ _worker: Optional[_Scanner] = None
 
 def _init_worker(plan: ScanPlan) -> None:
     global _worker
+    import signal
+
+    # A forked worker inherits the parent's SIGTERM handler (which raises to unwind the parent):
+    # here SIGTERM must simply end the process.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _worker = _Scanner(plan)
 
 
@@ -216,24 +294,49 @@ def _scan_in_processes(paths: List[str], plan: ScanPlan, jobs: int) -> Iterator[
         # The workers are forked at the first submit. Objects frozen then are never visited by the
         # workers' garbage collector, so their pages stay shared instead of being copied (the
         # pattern the gc module documents for fork); this process unfreezes its own at once.
-        gc.freeze()
         try:
-            for batch in batches:
-                pending.append((batch, submit(batch)))
-                if len(pending) >= jobs * 4:
-                    break
-        finally:
-            gc.unfreeze()
-        while pending:
-            batch, future = pending.popleft()
+            gc.freeze()
             try:
-                results = future.result()
-            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool and the like
-                results = [_failed(p, exc) for p in batch]
-            yield from results
-            nxt = next(batches, None)
-            if nxt is not None:
-                pending.append((nxt, submit(nxt)))
+                for batch in batches:
+                    pending.append((batch, submit(batch)))
+                    if len(pending) >= jobs * 4:
+                        break
+            finally:
+                gc.unfreeze()
+            while pending:
+                batch, future = pending.popleft()
+                try:
+                    results = future.result()
+                except Exception as exc:  # noqa: BLE001 - BrokenProcessPool and the like
+                    results = [_failed(p, exc) for p in batch]
+                yield from results
+                nxt = next(batches, None)
+                if nxt is not None:
+                    pending.append((nxt, submit(nxt)))
+        except BaseException:
+            # Terminated, interrupted, or the consumer went away: the workers stop now, not after
+            # their current batch (the pool's exit would wait for them).
+            _terminate_workers(pool)
+            raise
+
+
+def _terminate_workers(pool: "object") -> None:
+    """SIGTERM every worker process of a ``ProcessPoolExecutor`` and drop its queued work."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        try:
+            process.terminate()
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        pool.shutdown(wait=False, cancel_futures=True)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - best effort while unwinding
+        pass
+    for process in processes:
+        try:
+            process.join(5)
+        except (OSError, ValueError, AssertionError, AttributeError):
+            pass
 
 
 def _failed_future(results: List[FileResult]) -> "Future[List[FileResult]]":

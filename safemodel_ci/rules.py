@@ -53,6 +53,10 @@ RULES: Tuple[Rule, ...] = (
          "The file could not be opened or read (permissions, a special file, a broken link).",
          "Make the file readable to the scanner, or exclude it explicitly in the config.",
          unscanned=True),
+    Rule("unscanned-link", Severity.HIGH, "Symlink to a directory outside the scanned paths",
+         "A walked directory holds a link to a directory outside the scanned paths; it was not "
+         "followed, so what a loader would read through it was not scanned.",
+         "Scan the link's target too, or pass --follow-symlinks.", unscanned=True),
     Rule("scanner-error", Severity.HIGH, "Internal scanner error",
          "The scanner failed on this content; it is not reported clean.",
          "Report the file to the safemodel-ci maintainers; do not load it meanwhile.", unscanned=True),
@@ -68,8 +72,9 @@ RULES: Tuple[Rule, ...] = (
          "Find out where the file came from; replace it with a genuine file of the format its name "
          "says, or rename it to what it really is. Do not load it meanwhile."),
     Rule("skipped-not-regular", Severity.INFO, "Not a regular file",
-         "A fifo, device, socket or a symlink that is not followed was passed over; nothing was read.",
-         "Scan the link target itself if it is a model, or pass --follow-symlinks."),
+         "A fifo, device or socket, or a symlink to a directory inside the scanned paths (its files "
+         "are scanned there), was passed over; nothing was read.",
+         "Nothing to do: a model file is never a fifo, device or socket."),
     Rule("lfs-pointer-missing", Severity.HIGH, "Git LFS pointer without content",
          "The file is a Git LFS pointer and the object it names is not available locally, so the "
          "real model was not scanned.",
@@ -397,6 +402,16 @@ RULES: Tuple[Rule, ...] = (
          "and its content no longer hashes to that name: it was altered after download.",
          "Delete the repo from the cache (hf cache delete), download it again, and find out what "
          "wrote to the cache."),
+    Rule("cache-link-outside", Severity.HIGH, "Cached file links outside the cache",
+         "A snapshot file of the Hugging Face cache is a link that resolves outside the cache "
+         "directory: loading it reads a file the download never wrote. Its target was scanned too.",
+         "Delete the repo from the cache (hf cache delete), download it again, and find out what "
+         "wrote to the cache."),
+    Rule("cache-blob-unverified", Severity.MEDIUM, "Cached blob is not named by its hash",
+         "A snapshot file of the Hugging Face cache resolves to a file whose name is not a sha256 or "
+         "git sha1, so its content cannot be checked against what was downloaded (a cache made "
+         "without symlinks, or an altered one). Its content was scanned.",
+         "Download the repo again into a cache on a filesystem with symlinks, or verify the file."),
 )
 
 RULES_BY_ID: Dict[str, Rule] = {r.id: r for r in RULES}

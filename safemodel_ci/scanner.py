@@ -167,6 +167,9 @@ def scan_file(path: str, options: ScanOptions, display_path: Optional[str] = Non
         ctx = ScanContext(shown, options.policy, options.limits)
         if mode is None:
             ctx.report("unscanned-unreadable", f"could not open: {error}")
+        elif stat.S_ISDIR(mode):  # a directory the walk could not list: its files were not scanned
+            ctx.report("unscanned-unreadable", "a directory that could not be listed; its files were not "
+                                               "scanned")
         else:
             ctx.report("skipped-not-regular", "not a regular file (fifo, device or socket); not read")
         return FileResult(path=shown, findings=list(ctx.findings))

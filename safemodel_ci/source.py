@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from abc import ABC, abstractmethod
 from typing import Optional
 
@@ -90,10 +91,19 @@ class FileSource(ByteSource):
         self.path = os.fspath(path)
         self.name = name or self.path
         try:
-            self._fd: Optional[int] = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            self._size = os.fstat(self._fd).st_size
+            # O_NONBLOCK: a fifo or device swapped in for a checked file is refused below instead
+            # of blocking the open (it changes nothing for a regular file).
+            self._fd: Optional[int] = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0) |
+                                              getattr(os, "O_NONBLOCK", 0))
+            st = os.fstat(self._fd)
         except OSError as exc:
             raise SourceError(f"{self.name}: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            os.close(self._fd)
+            self._fd = None
+            raise SourceError(f"{self.name}: not a regular file (fifo, device, socket or directory); "
+                              "not read")
+        self._size = st.st_size
         self._whole: Optional[bytes] = None
 
     @property

@@ -54,3 +54,25 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Tests never read or write the user's result cache, nor one another's (results would leak)."""
     monkeypatch.setenv("SAFEMODEL_CACHE_DIR", str(tmp_path_factory.mktemp("safemodel-cache")))
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def remove_deep_tree(top: str) -> None:
+    """Delete a folder tree of any depth without recursion (shutil.rmtree and pytest's clean-up of
+    old temporary folders recurse, and fail on trees nested deeper than the recursion limit)."""
+    stack = [top]
+    while stack:
+        directory = stack[-1]
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            stack.pop()
+            continue
+        subdirs = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        for e in entries:
+            if not e.is_dir(follow_symlinks=False):
+                os.unlink(e.path)
+        if subdirs:
+            stack.extend(subdirs)
+        else:
+            os.rmdir(directory)
+            stack.pop()

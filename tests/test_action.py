@@ -157,7 +157,11 @@ def run_action(workspace: Path, inputs: Mapping[str, str], event_name: str, even
         if "pip install" in step["run"] and not run_install:
             venv_bin = runner_temp / "safemodel-venv" / "bin"
             venv_bin.mkdir(parents=True, exist_ok=True)
-            (venv_bin / "python").symlink_to(sys.executable)
+            # A wrapper, not a symlink: run through a link, a venv's interpreter no longer finds its
+            # pyvenv.cfg and imports the system's safemodel_ci instead of this checkout's.
+            wrapper = venv_bin / "python"
+            wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+            wrapper.chmod(0o755)
             continue
         step_env = dict(env)
         step_env.update({k: substitute(str(v), context) for k, v in (step.get("env") or {}).items()})
@@ -549,3 +553,95 @@ def test_changed_only_scans_renamed_files_and_a_new_branch_push_scans_all(tmp_pa
                             tmp_path / "b")
     assert new_branch.returncode == 1
     assert [a.name for a in new_branch.annotations] == ["notice", "error"]
+
+
+# ---- issue 17 item 1: a pull request cannot change the config its own scan obeys -----------------
+
+def _evil_sha() -> str:
+    import hashlib
+
+    return hashlib.sha256(EVIL).hexdigest()
+
+
+@pytest.mark.parametrize("head_config", [
+    'exclude: ["**"]\n',
+    "allow-globals:\n  - global: posix.system\n    reason: trust me\n",
+    "ignore:\n  - sha256: {sha}\n    reason: reviewed, honest\n",
+], ids=["exclude-all", "allow-posix-system", "ignore-the-payload"])
+def test_pull_request_config_change_does_not_turn_its_scan_green(head_config: str, tmp_path: Path,
+                                                                  sarif_schema_path: Path) -> None:
+    repo = make_repo(tmp_path / "ws", {"README.md": b"x\n"},
+                     {"models/evil.pkl": EVIL,
+                      ".safemodel.yaml": head_config.format(sha=_evil_sha()).encode()})
+    run = run_action(repo.path, {}, "pull_request", repo.pull_request(), tmp_path / "run")
+    assert run.returncode == 1, run.stdout
+    assert "models/evil.pkl" in {a.properties.get("file") for a in run.annotations if a.name == "error"}
+    warning = [a for a in run.annotations
+               if a.name == "warning" and "config" in a.properties.get("title", "")]
+    assert warning and "base branch" in warning[0].data
+    assert warning[0].properties.get("file") == ".safemodel.yaml"
+    assert "**Config:**" in run.summary and "base branch" in run.summary
+    sarif = json.loads((repo.path / "safemodel.sarif").read_text(encoding="utf-8"))
+    invocation = sarif["runs"][0]["invocations"][0]
+    notes = [n["message"]["text"] for n in invocation.get("toolExecutionNotifications", [])]
+    assert any("base branch" in n for n in notes)
+    validate_sarif(repo.path / "safemodel.sarif", sarif_schema_path)
+    # The same change on a push to the branch (not a pull request) is the repository's own config.
+    pushed = run_action(repo.path, {}, "push", repo.push(), tmp_path / "push")
+    assert pushed.returncode == 0, pushed.stdout
+
+
+def test_base_config_applies_and_its_exclusions_are_listed(tmp_path: Path, sarif_schema_path: Path) -> None:
+    """The base excludes legacy/**; the pull request deletes the config and the exclusion still holds
+    (a deletion takes effect once merged), and every excluded file is listed."""
+    base = {"legacy/old_evil.pkl": EVIL, ".safemodel.yaml": b'exclude: ["legacy/**"]\n'}
+    repo = make_repo(tmp_path / "ws", base,
+                     {"models/new_evil.pkl": EVIL}, removed=(".safemodel.yaml",))
+    run = run_action(repo.path, {}, "pull_request", repo.pull_request(), tmp_path / "run")
+    assert run.returncode == 1
+    assert {a.properties.get("file") for a in run.annotations if a.name == "error"} == {"models/new_evil.pkl"}
+    assert "removes the config" in run.stdout
+    assert "Excluded by the config (1 file" in run.summary and "legacy\\/old\\_evil\\.pkl" in run.summary
+    sarif = json.loads((repo.path / "safemodel.sarif").read_text(encoding="utf-8"))
+    excluded = sarif["runs"][0]["properties"]["excludedByConfig"]
+    assert [e["pattern"] for e in excluded] == ["legacy/**"] and excluded[0]["path"].endswith("old_evil.pkl")
+    validate_sarif(repo.path / "safemodel.sarif", sarif_schema_path)
+
+
+def test_config_from_head_is_for_same_repository_pull_requests_only(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "ws", {"README.md": b"x\n"},
+                     {"models/evil.pkl": EVIL, ".safemodel.yaml": b'exclude: ["models/**"]\n'})
+    same = run_action(repo.path, {"config-from-head": "true"}, "pull_request", repo.pull_request(),
+                      tmp_path / "same")
+    assert same.returncode == 0, same.stdout  # opted in: the head config, and the log says so
+    assert "its own config was used" in same.stdout
+    fork = repo.pull_request()
+    fork["pull_request"]["head"]["repo"] = {"full_name": "mallory/models"}
+    forked = run_action(repo.path, {"config-from-head": "true"}, "pull_request_target", fork,
+                        tmp_path / "fork")
+    assert forked.returncode == 1, forked.stdout
+    assert "fork" in forked.summary
+
+
+# ---- issue 17 item 7: names and shas from outside -------------------------------------------------
+
+def test_non_utf8_file_name_is_reported_not_a_crash(tmp_path: Path, sarif_schema_path: Path) -> None:
+    repo = make_repo(tmp_path / "ws", {"README.md": b"x\n"}, {"README.md": b"y\n"})
+    with open(os.path.join(os.fsencode(repo.path), b"models-\xff.pkl"), "wb") as fh:
+        fh.write(EVIL)
+    run = run_action(repo.path, {}, "push", repo.push(), tmp_path / "run", extra_env={"LANG": "C.UTF-8"})
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "crashed" not in run.stdout
+    assert "models\\-\\\\xff\\.pkl" in run.summary  # \xff, Markdown-escaped
+    sarif_path = repo.path / "safemodel.sarif"
+    validate_sarif(sarif_path, sarif_schema_path)
+    assert "models-%FF.pkl" in sarif_uris(sarif_path)
+
+
+@pytest.mark.parametrize("bad", ["--output=pwned.txt", "HEAD~1", "abc", "A" * 40])
+def test_changed_only_refuses_a_base_that_is_not_a_commit_id(bad: str, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "ws", {"README.md": b"x\n"}, {"models/evil.pkl": EVIL})
+    run = run_action(repo.path, {"changed-only": "true"}, "push", repo.push(before=bad), tmp_path / "run")
+    assert run.returncode == 3, run.stdout
+    assert "not a commit id" in run.stdout
+    assert not (repo.path / "pwned.txt").exists()

@@ -367,3 +367,144 @@ def test_a_small_file_rewritten_during_the_scan_is_keyed_by_what_the_scan_read(t
         assert cache.store_snapshot(source, str(model), str(model), "fp", result)
     (entry,) = entries(tmp_path / "cache")
     assert json.loads(Path(entry).read_text())["whole_sha256"] == hashlib.sha256(b"A" * 100).hexdigest()
+
+
+# ---- issue 17 item 2: entries an attacker writes into a shared cache directory ------------------
+
+class _Evil:
+    """Pickled (never unpickled) into a file whose load would call os.system."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("echo pwned",))
+
+
+def evil_model(path: Path, padding: int = 400_000) -> Path:
+    """A real malicious pickle, bigger than FileSource.SLURP_SIZE so the read-log path is used."""
+    path.write_bytes(pickle.dumps([b"\0" * padding, _Evil()], protocol=4))
+    return path
+
+
+def _forge_clean_entry(cache_dir: Path, model: Path) -> Path:
+    """What an attacker with write access to the cache directory writes: the old entry layout with
+    an empty read log and a clean result, at the key anyone can compute."""
+    fp = cache_mod.options_fingerprint(OPTIONS)
+    cache = ResultCache(str(cache_dir))
+    key = cache.file_key(os.path.abspath(model), model.stat().st_size, str(model), fp)
+    path = Path(cache._entry_path(key))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {"path": str(model), "size": model.stat().st_size, "formats": ["pickle"], "findings": [],
+             "bytes_read": 0}
+    path.write_text(json.dumps({"size": model.stat().st_size, "result": clean, "reads": "r:",
+                                "digest": hashlib.sha256(b"").hexdigest(), "format": cache_mod.CACHE_FORMAT,
+                                "key": key}))
+    return path
+
+
+def test_forged_entry_does_not_pass_a_malicious_file(tmp_path: Path) -> None:
+    model = evil_model(tmp_path / "evil.pkl")
+    cache_dir = tmp_path / "cache"
+    _forge_clean_entry(cache_dir, model)
+    result = scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir)))
+    assert not result.cached
+    assert any(f.rule_id == "pickle-dangerous-global" for f in result.findings)
+
+
+def test_entry_with_valid_mac_but_empty_read_log_is_refused(tmp_path: Path) -> None:
+    """Even an entry written with the key must check bytes of the file: an empty log matches anything."""
+    model = evil_model(tmp_path / "evil.pkl")
+    cache_dir = tmp_path / "cache"
+    cache = ResultCache(str(cache_dir))
+    fp = cache_mod.options_fingerprint(OPTIONS)
+    size = model.stat().st_size
+    key = cache.file_key(os.path.abspath(model), size, str(model), fp)
+    clean = {"path": str(model), "size": size, "formats": ["pickle"], "findings": [], "bytes_read": 0}
+    assert cache._store(key, {"size": size, "result": clean, "reads": "r:",
+                              "digest": hashlib.sha256(b"").hexdigest()})
+    result = scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir)))
+    assert not result.cached and any(f.rule_id == "pickle-dangerous-global" for f in result.findings)
+
+
+def test_entries_are_authenticated_and_key_file_is_private(tmp_path: Path) -> None:
+    model = evil_model(tmp_path / "evil.pkl")
+    cache_dir = tmp_path / "cache"
+    first = scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir)))
+    key_file = cache_dir / cache_mod.KEY_FILE
+    assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_bytes()) == cache_mod.KEY_BYTES
+    (entry,) = entries(cache_dir)
+    data = json.loads(Path(entry).read_text())
+    assert len(data["mac"]) == 64
+    assert scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir))).cached
+    # A clean result swapped into the genuine entry (MAC kept) no longer authenticates.
+    text = Path(entry).read_text()
+    data["result"]["findings"] = []
+    Path(entry).write_text(json.dumps(data, separators=(",", ":")))
+    again = scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir)))
+    assert not again.cached and again.findings == first.findings
+    assert text  # the original was a valid entry
+
+
+def test_fifo_at_an_entry_path_does_not_hang(tmp_path: Path) -> None:
+    import signal
+
+    model = evil_model(tmp_path / "evil.pkl")
+    cache_dir = tmp_path / "cache"
+    scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir)))
+    (entry,) = entries(cache_dir)
+    os.unlink(entry)
+    os.mkfifo(entry)
+
+    class Hung(BaseException):  # not an OSError: the look-up must not swallow it as a miss
+        pass
+
+    def hung(*_: object) -> None:
+        raise Hung("the cache look-up blocked on a FIFO")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        result = scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir)))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert not result.cached and any(f.rule_id == "pickle-dangerous-global" for f in result.findings)
+
+
+def test_oversized_entry_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = big_junk(tmp_path / "m.pt")
+    cache_dir = tmp_path / "cache"
+    scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir)))
+    (entry,) = entries(cache_dir)
+    monkeypatch.setattr(cache_mod, "MAX_ENTRY_BYTES", os.path.getsize(entry) - 1)
+    assert not scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir))).cached
+
+
+@pytest.mark.parametrize("problem", ["other-owner", "group-writable", "key-readable", "key-other-owner"])
+def test_untrusted_cache_dir_is_refused_with_a_warning(problem: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    model = evil_model(tmp_path / "evil.pkl")
+    cache_dir = tmp_path / "cache"
+    scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir)))  # a genuine cache
+    key_file = cache_dir / cache_mod.KEY_FILE
+    other = 65534 if os.geteuid() != 65534 else 65533
+    if problem in ("other-owner", "key-other-owner") and os.geteuid() != 0:
+        pytest.skip("changing a file's owner needs root")
+    if problem == "other-owner":
+        os.chown(cache_dir, other, -1)
+    elif problem == "group-writable":
+        os.chmod(cache_dir, 0o777)
+    elif problem == "key-readable":
+        os.chmod(key_file, 0o644)
+    else:
+        os.chown(key_file, other, -1)
+    assert cache_mod.check_cache_dir(str(cache_dir)) is not None
+    monkeypatch.setenv("SAFEMODEL_CACHE_DIR", str(cache_dir))
+    code = cli.main(["scan", "--format", "json", "--quiet", "-j", "1", str(model)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "result cache not used" in err and str(cache_dir) in err
+    assert json.loads(out)["files"][0]["cached"] is False if "cached" in json.loads(out)["files"][0] else True
+    # Used directly, the cache refuses too (no crash, no hit, nothing stored).
+    cache = ResultCache(str(cache_dir))
+    assert cache.problem is not None
+    assert not scan_file_cached(str(model), OPTIONS, cache).cached and cache.stores == 0

@@ -385,3 +385,75 @@ def test_cli_limits_reach_the_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert cli.cache_dir(args) is None
     monkeypatch.delenv("SAFEMODEL_NO_CACHE")
     assert cli.cache_dir(args) == os.environ["SAFEMODEL_CACHE_DIR"]
+
+
+# ---- issue 17 item 5: hostile config files and where a config is looked for --------------------
+
+EVIL_PICKLE = b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03."
+
+#: Nine levels of ten aliases each: 10**9 values once expanded (the classic "billion laughs").
+BILLION_LAUGHS = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 10)) + "exclude: *a9\n"
+
+
+def _cli_in_child(tmp_path: Path, args: List[str], cwd: Path, env: "dict | None" = None):  # type: ignore[no-untyped-def]
+    """Run the CLI in a child with 1 GiB of address space and a 60 s limit (old code took 3 GB,
+    or crashed in the C YAML composer)."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+            "from safemodel_ci.cli import main; sys.exit(main(sys.argv[1:]))")
+    try:
+        return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the config was still being read after 60 s")
+
+
+@pytest.mark.parametrize("text,expected", [
+    (BILLION_LAUGHS, "alias"),
+    ("exclude: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested deeper"),
+    ("fail-on: high\n" + "# padding\n" * 200_000, "larger than"),
+], ids=["billion-laughs", "deep-nesting", "oversized"])
+def test_hostile_yaml_is_refused_with_bounded_work(text: str, expected: str, tmp_path: Path) -> None:
+    cfg = write(tmp_path / ".safemodel.yaml", text)
+    model = tmp_path / "m.pkl"
+    model.write_bytes(EVIL_PICKLE)
+    args = ["scan", "--no-cache", "-j", "1", "--config", str(cfg), str(model)]
+    proc = _cli_in_child(tmp_path, args, tmp_path)
+    assert proc.returncode == 3, (proc.returncode, proc.stderr[-500:])
+    assert "invalid config" in proc.stderr and expected in proc.stderr
+
+
+def test_a_few_aliases_are_still_fine(tmp_path: Path) -> None:
+    cfg = load_yaml(tmp_path, "exclude: &ex ['*.tmp']\nlimits: {max-depth: 5}\n")
+    assert cfg.excludes == ("*.tmp",)
+
+
+def test_outside_a_repository_the_lookup_stays_below_home(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config planted above the working directory outside home (/tmp) must not apply."""
+    home = tmp_path / "home"
+    planted = tmp_path / "shared"  # e.g. /tmp: anyone can write a config there
+    work = planted / "job"
+    work.mkdir(parents=True)
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    write(planted / ".safemodel.yaml", 'exclude: ["**"]\n')
+    assert find_config(str(work)) is None
+    model = work / "evil.pkl"
+    model.write_bytes(EVIL_PICKLE)
+    monkeypatch.chdir(work)
+    assert cli.main(["scan", "--no-cache", "-j", "1", "--quiet", "evil.pkl"]) == 1  # scanned, not excluded
+    # The working directory itself always counts.
+    write(work / ".safemodel.yaml", "fail-on: critical\n")
+    assert find_config(str(work)) == str(work / ".safemodel.yaml")
+    # Below home, the walk goes up through the working directory's tree, but not into home itself.
+    project = home / "project"
+    sub = project / "models"
+    sub.mkdir(parents=True)
+    write(home / ".safemodel.yaml", 'exclude: ["**"]\n')
+    assert find_config(str(sub)) is None
+    write(project / ".safemodel.yaml", "fail-on: critical\n")
+    assert find_config(str(sub)) == str(project / ".safemodel.yaml")

@@ -306,3 +306,27 @@ def test_cache_command(hub, tmp_path: Path, workspace: Path,  # type: ignore[no-
     (clean_only / "models--acme--corrupt").mkdir()  # no snapshots folder: a corrupted entry
     assert cli_main(["cache", "--no-cache", "--cache-dir", str(clean_only)]) == EXIT_INCOMPLETE
     capsys.readouterr()
+
+
+# ---- issue 17 item 7: standard output that cannot be written ----------------------------------------
+
+@pytest.mark.parametrize("how", ["dev-full", "closed", "broken-pipe"])
+def test_unwritable_stdout_is_exit_3_with_one_line(how: str, tmp_path: Path) -> None:
+    import subprocess
+
+    model = tmp_path / "evil.pkl"
+    model.write_bytes(EVIL)
+    cli = f"{sys.executable} -m safemodel_ci scan --no-cache --format json {model}"
+    script = {
+        "dev-full": f"{cli} > /dev/full; echo $? >&2",
+        "closed": f"{cli} >&-; echo $? >&2",
+        # the reader is gone before the report is written (the interpreter takes ~0.2 s to start)
+        "broken-pipe": f"set -o pipefail; {cli} | true; echo ${{PIPESTATUS[0]}} >&2",
+    }[how]
+    if how == "dev-full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    *messages, code = proc.stderr.strip().splitlines()
+    assert int(code) == EXIT_USAGE, proc.stderr
+    assert len(messages) == 1 and "cannot write the report to standard output" in messages[0], proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -14,6 +14,7 @@ from safemodel_ci.cli import main
 from safemodel_ci.findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
 from safemodel_ci.sources.hfcache import blob_digest_mismatch
 
+from conftest import remove_deep_tree
 from hub_server import FakeHub, fake_hub_env
 from test_hub import _SystemPayload, safetensors_bytes
 
@@ -211,3 +212,90 @@ def test_a_big_blob_changed_while_it_was_scanned_is_not_cached(
     for _ in range(2):
         code, report = run_json(["cache", "--cache-dir", str(cache)], capsys)
         assert code == EXIT_OK and _cache_summary(report)["blobs_from_cache"] == 0
+
+
+# ---- issue 17 item 3: a hostile cache (fifo blobs, links out, unnamed blobs, deep folders) ------
+
+class _Hung(BaseException):
+    """Raised by the alarm when a scan blocks (not an OSError, so nothing swallows it)."""
+
+
+def _run_with_alarm(args: List[str], capsys: pytest.CaptureFixture[str],
+                    seconds: int = 20) -> Tuple[int, dict]:
+    import signal
+
+    def hung(*_: object) -> None:
+        raise _Hung("the cache scan blocked")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        return run_json(args, capsys)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _findings(report: dict, path: str) -> List[str]:
+    return sorted(g["rule_id"] for f in report["files"] if f["path"] == path for g in f["findings"])
+
+
+def test_a_fifo_blob_is_never_opened(filled_cache: Tuple[Path, str, str],
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cache, _, new = filled_cache
+    blob = Path(os.path.realpath(cache / "models--acme--cached" / "snapshots" / new / "config.json"))
+    blob.unlink()
+    os.mkfifo(blob)  # opening it for reading would wait for a writer forever
+    code, report = _run_with_alarm(["cache", "--cache-dir", str(cache)], capsys)
+    assert code == EXIT_INCOMPLETE
+    assert _findings(report, f"acme/cached@{new}:config.json") == ["unscanned-unreadable"]
+
+
+def test_a_snapshot_link_out_of_the_cache_is_reported_and_its_target_scanned(
+        filled_cache: Tuple[Path, str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache, _, new = filled_cache
+    outside = tmp_path / "elsewhere" / "payload.bin"
+    outside.parent.mkdir()
+    outside.write_bytes(pickle.dumps(_SystemPayload("echo pwned"), protocol=2))
+    link = cache / "models--acme--cached" / "snapshots" / new / "config.json"
+    link.unlink()
+    link.symlink_to(outside)
+    code, report = _run_with_alarm(["cache", "--cache-dir", str(cache)], capsys)
+    assert code == EXIT_FINDINGS
+    rules = _findings(report, f"acme/cached@{new}:config.json")
+    assert {"cache-link-outside", "cache-blob-unverified", "pickle-dangerous-global"} <= set(rules)
+
+
+def test_a_blob_not_named_by_a_hash_gets_a_finding(filled_cache: Tuple[Path, str, str],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    cache, _, new = filled_cache
+    link = cache / "models--acme--cached" / "snapshots" / new / "sub" / "notes.txt"
+    blob = Path(os.path.realpath(link))
+    renamed = blob.with_name("notes-copy")
+    blob.rename(renamed)
+    link.unlink()
+    link.symlink_to(renamed)
+    code, report = _run_with_alarm(["cache", "--cache-dir", str(cache)], capsys)
+    assert _findings(report, f"acme/cached@{new}:sub/notes.txt") == ["cache-blob-unverified"]
+    assert code == EXIT_OK  # MEDIUM: shown, below the default fail-on
+    code, _ = _run_with_alarm(["cache", "--cache-dir", str(cache), "--fail-on", "medium"], capsys)
+    assert code == EXIT_FINDINGS
+
+
+def test_deeply_nested_snapshot_folders(filled_cache: Tuple[Path, str, str],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    cache, _, new = filled_cache
+    snapshot = cache / "models--acme--cached" / "snapshots" / new
+    blob = Path(os.path.realpath(snapshot / "config.json"))
+    deep = str(snapshot)
+    try:
+        for _ in range(1200):  # deeper than the recursion limit; os.mkdir one level at a time
+            deep += "/d"
+            os.mkdir(deep)
+        os.symlink(blob, deep + "/config.json")
+        code, report = _run_with_alarm(["cache", "--cache-dir", str(cache)], capsys, seconds=120)
+    finally:
+        remove_deep_tree(str(snapshot / "d"))  # pytest's own clean-up would recurse
+    assert code == EXIT_OK, report
+    rel = "/".join(["d"] * 1200) + "/config.json"
+    assert f"acme/cached@{new}:{rel}" in {f["path"] for f in report["files"]}

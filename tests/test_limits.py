@@ -430,7 +430,10 @@ def test_gguf_array_claiming_2_pow_63_elements(etype: int, tmp_path: Path) -> No
 
 # ---- what the directory walk meets --------------------------------------------------------------
 
-def test_symlinks_out_of_the_tree_and_loops_are_not_followed(tmp_path: Path) -> None:
+def test_symlinks_out_of_the_tree_are_scanned_and_loops_end(tmp_path: Path) -> None:
+    """A link to a file is read as a loader reads it (torch.load follows links): its target's content is
+    scanned and reported under the link's path. A link to a directory outside is not followed and makes
+    the run incomplete (issue 17 item 3: never INFO and exit 0)."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "evil.pkl").write_bytes(EVIL)
@@ -446,20 +449,71 @@ def test_symlinks_out_of_the_tree_and_loops_are_not_followed(tmp_path: Path) -> 
     assert_bounded(run)
     scanned = {Path(f["path"]).name for f in run.report["files"]}
     assert not any(f["path"].endswith("outside/evil.pkl") for f in run.report["files"])
-    notices = {Path(f["path"]).name: f["message"] for f in run.findings
-               if f["rule_id"] == "skipped-not-regular"}
-    assert "outside the scanned paths" in notices["to_evil.pkl"]
-    assert "to_outside_dir" in notices and "loop_dir" in notices
-    assert "pickle-dangerous-global" not in run.rules
+    by_name = {Path(f["path"]).name: f for f in run.findings}
+    assert by_name["to_evil.pkl"]["rule_id"] == "pickle-dangerous-global"  # under the link's path
+    assert by_name["to_outside_dir"]["rule_id"] == "unscanned-link"
+    assert by_name["loop_dir"]["rule_id"] == "skipped-not-regular"  # inside the tree: scanned there
+    assert run.exit_code == EXIT_FINDINGS
     # A link loop is never a pass: it cannot be opened, and says so.
     loops = [f for f in run.findings if Path(f["path"]).name in ("loop_a", "loop_b")]
-    assert loops and all(f["rule_id"] in ("unscanned-unreadable", "skipped-not-regular") for f in loops)
+    assert loops and all(f["rule_id"] == "unscanned-unreadable" for f in loops)
     assert "ok.pkl" in scanned
-    # --follow-symlinks: the link out of the tree is scanned, and the directory loop still ends.
+    # Only the directory link out: incomplete (exit 2), not a pass.
+    (tree / "to_evil.pkl").unlink()
+    alone = run_scan("symlinks-dir-only", [tree], tmp_path)
+    assert alone.exit_code == EXIT_INCOMPLETE
+    # --follow-symlinks: the directory out of the tree is walked, and the directory loop still ends.
     followed = run_scan("symlinks-followed", [tree], tmp_path, extra=["--follow-symlinks"])
     assert_bounded(followed)
     assert "pickle-dangerous-global" in followed.rules
     assert followed.exit_code == EXIT_FINDINGS
+
+
+def test_unreadable_directory_is_unscanned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory the walk cannot list hides its files: unscanned-unreadable (exit 2), not a notice.
+
+    chmod 000 does not stop root, so listing it fails through os.scandir here (the call the walk makes).
+    """
+    from safemodel_ci.cli import main
+
+    tree = tmp_path / "tree"
+    (tree / "locked").mkdir(parents=True)
+    (tree / "locked" / "evil.pkl").write_bytes(EVIL)
+    (tree / "ok.pkl").write_bytes(pickle.dumps([1], protocol=2))
+    real_scandir = os.scandir
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    code = main(["scan", "--format", "json", "--no-cache", "-j", "1", "--quiet", str(tree)])
+    report = json.loads(capsys.readouterr().out)
+    found = {f["path"]: f["rule_id"] for r in report["files"] for f in r["findings"]}
+    assert found.get(str(tree / "locked")) == "unscanned-unreadable"
+    assert code == EXIT_INCOMPLETE
+
+
+def test_directory_nesting_of_any_depth(tmp_path: Path) -> None:
+    """The walk keeps its own stack: 1,500 nested folders (deeper than the recursion limit) are walked."""
+    from conftest import remove_deep_tree
+
+    tree = tmp_path / "tree"
+    deep = str(tree)
+    os.mkdir(deep)
+    try:
+        for _ in range(1500):
+            deep += "/d"
+            os.mkdir(deep)
+        with open(deep + "/evil.pkl", "wb") as fh:
+            fh.write(EVIL)
+        run = run_scan("deep-nesting", [tree], tmp_path)
+    finally:
+        remove_deep_tree(str(tree))  # pytest's own clean-up would recurse
+    assert "pickle-dangerous-global" in run.rules, run.stderr[-2000:]
+    assert run.exit_code == EXIT_FINDINGS
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

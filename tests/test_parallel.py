@@ -165,3 +165,104 @@ def test_default_jobs_is_the_cpu_count() -> None:
     with pytest.raises(SystemExit) as info:
         cli.build_parser().parse_args(["scan", "--jobs", "0", "x"])
     assert info.value.code == 3
+
+
+# ---- issue 17 item 6: an ignore applies only to the content that was scanned ------------------
+
+@pytest.mark.parametrize("padding", [0, 600_000], ids=["small-snapshot", "large-read-log"])
+@pytest.mark.parametrize("cached", [False, True], ids=["no-cache", "cache"])
+def test_ignore_is_matched_against_the_bytes_the_scan_judged(padding: int, cached: bool, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file swapped for a reviewed (ignored) one right after its scan keeps the scan's findings."""
+    reviewed = tmp_path / "reviewed.bin"
+    reviewed.write_bytes(b"a reviewed benign file " * 10 + b"\0" * padding)
+    target = tmp_path / "model.pkl"
+    buf = io.BytesIO()
+    pickle.dump([b"\0" * padding, _Payload()], buf, protocol=4)
+    evil = buf.getvalue()
+    target.write_bytes(evil)
+    config = Config(root=str(tmp_path), ignores=(
+        IgnoredFile(parallel.file_sha256(str(reviewed)), "reviewed", origin="cfg:1"),))
+    plan = ScanPlan(options=ScanOptions(policy=config.policy()), config=config,
+                    cache_dir=str(tmp_path / "cache") if cached else None)
+    real_scan = parallel.scan_file_cached
+
+    def scan_then_swap(path: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real_scan(path, *args, **kwargs)
+        target.write_bytes(reviewed.read_bytes())  # the swap an attacker races in
+        return result
+
+    monkeypatch.setattr(parallel, "scan_file_cached", scan_then_swap)
+    (result,) = scan([target], 1, plan)
+    assert "pickle-dangerous-global" in [f.rule_id for f in result.findings]
+    assert "ignored-by-config" not in [f.rule_id for f in result.findings]
+    # Unswapped, the ignore pins the reviewed content as before (through the same judged bytes).
+    monkeypatch.setattr(parallel, "scan_file_cached", real_scan)
+    (again,) = scan([target], 1, plan)  # now holds the reviewed bytes, scanned as such
+    assert not [f for f in again.findings if f.severity > Severity.INFO]
+    target.write_bytes(evil)
+    pinned = Config(root=str(tmp_path), ignores=(
+        IgnoredFile(parallel.file_sha256(str(target)), "reviewed", origin="cfg:1"),))
+    plan2 = ScanPlan(options=ScanOptions(policy=pinned.policy()), config=pinned, cache_dir=plan.cache_dir)
+    for _ in range(2):  # fresh scan, then (with a cache) a hit
+        (ok,) = scan([target], 1, plan2)
+        assert [f.rule_id for f in ok.findings] == ["ignored-by-config"]
+
+
+# ---- issue 17 item 7: SIGTERM to the parent ends the workers too ------------------------------------
+
+def _children(pid: int) -> List[int]:
+    out: List[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                out += [int(c) for c in fh.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads child processes from /proc (Linux)")
+def test_sigterm_to_the_parent_terminates_the_workers(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # 40 links to one 14 MB pickle of strings (about 1.5 s of CPU each to scan): batches of three
+    # keep a worker busy for seconds, so a worker left behind is still there when looked for.
+    first = tmp_path / "m0.pkl"
+    first.write_bytes(pickle.dumps([str(i) for i in range(900_000)], protocol=2))
+    for i in range(1, 40):
+        os.link(first, tmp_path / f"m{i}.pkl")
+    proc = subprocess.Popen([sys.executable, "-m", "safemodel_ci", "scan", "--no-cache", "--jobs", "2",
+                             "--quiet", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        workers: List[int] = []
+        while time.monotonic() < deadline and len(workers) < 2:
+            time.sleep(0.1)
+            workers = [c for c in _children(proc.pid) if _alive(c)]
+        assert len(workers) >= 2, "the workers never started"
+        time.sleep(0.5)  # the workers are in their first batch
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        time.sleep(1.0)
+        left = [w for w in workers if _alive(w)]
+        assert left == [], f"workers still running after the parent ended: {left}"
+        assert code == 143, proc.stderr.read().decode()[-2000:] if proc.stderr else code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for worker in workers if "workers" in locals() else []:  # left behind by a failing run
+            if _alive(worker):
+                os.kill(worker, signal.SIGKILL)

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ..findings import FileResult, Finding, ScanReport, Severity
 from ..rules import RULES_BY_ID
-from .interface import ReportWriter
+from .interface import ReportWriter, escape_surrogates
 from .repo_paths import find_repo_root, repo_relative
 from .text import summary_line
 
@@ -52,8 +52,8 @@ def escape_property(value: str) -> str:
 
 def workflow_command(command: str, properties: Mapping[str, Optional[str]], message: str) -> str:
     """``::command key=value,key=value::message`` (no trailing newline); empty values are omitted."""
-    props = ",".join(f"{k}={escape_property(v)}" for k, v in properties.items() if v)
-    return f"::{command}{' ' + props if props else ''}::{escape_data(message)}"
+    props = ",".join(f"{k}={escape_property(escape_surrogates(v))}" for k, v in properties.items() if v)
+    return f"::{command}{' ' + props if props else ''}::{escape_data(escape_surrogates(message))}"
 
 
 def finding_level(finding: Finding, fail_on: Severity) -> str:

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from typing import ClassVar, Optional
 
 from ..findings import ScanReport
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def escape_surrogates(text: str, in_json: bool = False) -> str:
+    """A file name that is not UTF-8 (Python keeps its bytes as lone surrogates) shown as ``\\xNN``.
+
+    Such text cannot be written as UTF-8 (the SARIF file, the job summary, the log would fail); the
+    escape keeps the name readable and the output valid. ``in_json``: ``text`` is serialized JSON,
+    so the backslash is doubled to stay a backslash inside its string.
+    """
+    slash = "\\\\" if in_json else "\\"
+
+    def one(m: "re.Match[str]") -> str:
+        code = ord(m.group())
+        return f"{slash}x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"{slash}u{code:04x}"
+
+    return _SURROGATE.sub(one, text) if _SURROGATE.search(text) else text
 
 
 class ReportWriter(ABC):

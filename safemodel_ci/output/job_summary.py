@@ -17,6 +17,7 @@ from ..convert import convert_command
 from ..findings import Finding, ScanReport, Severity
 from ..rules import RULES_BY_ID
 from .github import LFS_ADVICE, LFS_RULE, finding_level
+from .interface import escape_surrogates
 
 #: GitHub's limit for one step's summary.
 SUMMARY_LIMIT = 1024 * 1024
@@ -32,6 +33,7 @@ def md_text(value: str, limit: Optional[int] = None) -> str:
     """Untrusted text as inert Markdown (see the module docstring); cut to ``limit`` characters."""
     if limit is not None and len(value) > limit:
         value = value[:limit] + "…"
+    value = escape_surrogates(value)  # a non-UTF-8 file name: \xNN, never a write error
     value = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
                          else f"\\u{ord(m.group()):04x}", value)
     value = _PUNCT.sub(r"\\\1", value)
@@ -77,6 +79,15 @@ def render_job_summary(report: ScanReport, limit: int = SUMMARY_LIMIT, title: st
     if lfs:
         head += [f"> **Git LFS content missing ({len(lfs)} file{'s' if len(lfs) != 1 else ''}).** "
                  + LFS_ADVICE, ""]  # our own text: its code spans stay code spans
+    for note in report.extra.get("config_notes", ()):
+        head += [f"> **Config:** {md_text(str(note), MAX_CELL)}", ""]
+    excluded = list(report.extra.get("excluded_by_config", ()))
+    if excluded:
+        shown = ", ".join(md_text(str(e.get("path")), 200) + f" ({md_text(str(e.get('pattern')), 100)})"
+                          for e in excluded[:50])
+        more = f", and {len(excluded) - 50} more (see the JSON report)" if len(excluded) > 50 else ""
+        head += [f"**Excluded by the config ({len(excluded)} file{'s' if len(excluded) != 1 else ''}, not "
+                 f"scanned):** {shown}{more}", ""]
     if report.errors:
         head.append("**Not scanned:**")
         head += [f"- {md_text(t, 300)}: {md_text(m, MAX_CELL)}" for t, m in report.errors]

@@ -107,7 +107,8 @@ def path_to_uri(relative: str) -> str:
 
     ``:`` is encoded too, so a first segment like ``c:x`` is not read as a scheme.
     """
-    return quote(relative, safe=_URI_SAFE)
+    # The name's bytes (a non-UTF-8 name's too, kept by Python as surrogates) are percent-encoded.
+    return quote(relative.encode("utf-8", "surrogateescape"), safe=_URI_SAFE)
 
 
 def file_uri(absolute: str, directory: bool = False) -> str:
@@ -115,7 +116,8 @@ def file_uri(absolute: str, directory: bool = False) -> str:
     posix = os.path.abspath(absolute).replace(os.sep, "/")
     if not posix.startswith("/"):  # Windows drive path: file:///C:/...
         posix = "/" + posix
-    uri = "file://" + quote(posix, safe="/-._~:" if os.name == "nt" else _URI_SAFE)
+    safe = "/-._~:" if os.name == "nt" else _URI_SAFE
+    uri = "file://" + quote(posix.encode("utf-8", "surrogateescape"), safe=safe)
     if directory and not uri.endswith("/"):
         uri += "/"
     return uri

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .. import __version__
 from ..findings import Finding, ScanReport, Severity
 from ..rules import RULES, RULES_BY_ID, Rule
-from .interface import ReportWriter
+from .interface import ReportWriter, escape_surrogates
 from .repo_paths import file_uri, find_repo_root, hub_repo_url, hub_url, is_remote, path_to_uri, repo_relative
 
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -109,7 +109,8 @@ class SarifWriter(ReportWriter):
 
     def render(self, report: ScanReport) -> str:
         # Compact: indenting forces json's pure-Python encoder (5x slower on 25,000 results).
-        return json.dumps(self.sarif(report), ensure_ascii=False, separators=(",", ":")) + "\n"
+        text = json.dumps(self.sarif(report), ensure_ascii=False, separators=(",", ":")) + "\n"
+        return escape_surrogates(text, in_json=True)  # a non-UTF-8 file name, shown as \xNN
 
     def sarif(self, report: ScanReport) -> Dict[str, Any]:
         """The SARIF log as a dict."""
@@ -143,6 +144,14 @@ class SarifWriter(ReportWriter):
             {"level": "error", "message": {"text": f"{target}: {message}"}}
             for target, message in report.errors
         ]
+        # What the config changed (issue 17): a pull request's config change, every excluded file.
+        for note in report.extra.get("config_notes", ()):
+            notifications.append({"level": "warning", "message": {"text": str(note)}})
+        excluded = list(report.extra.get("excluded_by_config", ()))
+        if excluded:
+            notifications.append({"level": "note", "message": {
+                "text": f"{len(excluded)} file(s) not scanned: excluded by the config (listed in the run's "
+                        "properties, excludedByConfig)"}})
         if omitted:
             notifications.append({"level": "warning", "message": {
                 "text": f"{omitted} lower-ranked results were left out to stay within GitHub's limit of "
@@ -170,6 +179,10 @@ class SarifWriter(ReportWriter):
                 "originalUriBaseIds": {SRCROOT: {"uri": file_uri(root, directory=True)}},
                 "invocations": [invocation],
                 "results": results,
+                **({"properties": {"excludedByConfig": [
+                    {"path": str(e.get("path")), "pattern": str(e.get("pattern"))}
+                    for e in excluded[:MAX_RESULTS]
+                ]}} if excluded else {}),
             }],
         }
 

@@ -5,6 +5,11 @@ The cache keeps each file once, as ``<repo>/blobs/<etag>``, and links it from ev
 for the others, so a blob that no longer hashes to its name was altered after download. Each blob
 is hashed and scanned once however many revisions point at it; its result is repeated for every
 ``repo_id@revision:path`` that shows it.
+
+The cache is not trusted further than the files in it: a snapshot link that resolves outside the
+cache directory is ``cache-link-outside`` (its target is still scanned), a file not named by a hash
+cannot be checked (``cache-blob-unverified``), and a fifo, device or socket is never opened (its
+type is checked first; ``unscanned-unreadable``).
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import hashlib
 import os
 import posixpath
 import re
+import stat
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..cache import ResultCache, tracking_siblings
+from ..cache import ResultCache, _read_nonblocking_fd, tracking_siblings
 from ..context import SiblingOpener
 from ..findings import EXIT_USAGE, FileResult, Finding, ScanReport, sort_findings
 from ..rules import rule
@@ -47,12 +53,13 @@ def expected_digest(name: str) -> Optional[str]:
 
 def file_digest(path: str, algorithm: str) -> str:
     """``sha256`` of the content, or ``git-sha1`` (``sha1("blob <size>\\0" + content)``), streamed."""
+    fd = _read_nonblocking_fd(path)  # a fifo or device is refused, never waited on
     if algorithm == "sha256":
         digest = hashlib.sha256()
     else:
         digest = hashlib.sha1()  # noqa: S324 - git's object id, not a security hash
-        digest.update(f"blob {os.path.getsize(path)}\0".encode())
-    with open(path, "rb") as fh:
+        digest.update(f"blob {os.fstat(fd).st_size}\0".encode())
+    with os.fdopen(fd, "rb") as fh:
         while True:
             chunk = fh.read(HASH_CHUNK)
             if not chunk:
@@ -130,8 +137,9 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
     """
     from huggingface_hub import scan_cache_dir
 
-    info = scan_cache_dir(cache_dir)  # CacheNotFound / ValueError go to the caller
+    info = _list_cache(scan_cache_dir, cache_dir)  # CacheNotFound / ValueError go to the caller
     result = CacheScan(cache_dir=str(info.cache_dir or cache_dir or ""))
+    cache_root = os.path.realpath(result.cache_dir)
     for warning in info.warnings:
         result.errors.append((result.cache_dir, f"corrupted cache entry, not scanned: {warning}"))
     #: realpath of a blob -> its scan result (hash checks apart), scanned the first time it is seen
@@ -148,6 +156,12 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
                 rel = Path(cached.file_path).relative_to(snapshot).as_posix()
                 display = f"{label}@{revision.commit_hash}:{rel}"
                 real = os.path.realpath(cached.blob_path)
+                link_findings = _link_findings(real, cache_root, display)
+                if link_findings is None:  # not a regular file: never opened, never hashed
+                    result.files.append(FileResult(path=display, findings=_not_regular(real, display)))
+                    if on_file is not None:
+                        on_file(result)
+                    continue
                 first = scanned.get(real)
                 if first is None:
                     result.blobs_scanned += 1
@@ -165,11 +179,83 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
                 # The name is checked for every link: another repo's link may name other content.
                 file_result.findings.extend(
                     _hash_check(real, os.path.basename(cached.blob_path), display, options, digests, result))
+                file_result.findings.extend(options.policy.adjust(f) if hasattr(options.policy, "adjust")
+                                            else f for f in link_findings)
                 file_result.findings = sort_findings(file_result.findings)
                 result.files.append(file_result)
                 if on_file is not None:
                     on_file(result)
     return result
+
+
+def _list_cache(scan_cache_dir: Callable[[Any], Any], cache_dir: Optional[str]) -> Any:
+    """``huggingface_hub.scan_cache_dir``, which lists snapshots recursively (pathlib's ``**``): a
+    snapshot nested deeper than the recursion limit is listed again in a thread with a large stack
+    and limit. Paths are at most PATH_MAX long, so a depth of about 2,000 folders is the most there is."""
+    try:
+        return scan_cache_dir(cache_dir)
+    except RecursionError:
+        pass
+    import threading
+
+    box: Dict[str, Any] = {}
+
+    def run() -> None:
+        old = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(old, 100_000))
+        try:
+            box["info"] = scan_cache_dir(cache_dir)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+        finally:
+            sys.setrecursionlimit(old)
+
+    previous = threading.stack_size(512 << 20)
+    try:
+        worker = threading.Thread(target=run, name="safemodel-list-cache")
+        worker.start()
+    finally:
+        threading.stack_size(previous)
+    worker.join()
+    if "error" in box:
+        error = box["error"]
+        if isinstance(error, RecursionError):
+            raise ValueError(f"{cache_dir}: the cache's folders are nested too deep to list") from None
+        raise error
+    return box["info"]
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _link_findings(real: str, cache_root: str, display: str) -> Optional[List[Finding]]:
+    """Findings about where a snapshot file resolves to; None when it is not a regular file."""
+    try:
+        st = os.stat(real)
+    except OSError:
+        return []  # opening it fails later and says so (unscanned-unreadable)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    out: List[Finding] = []
+    if not _inside(real, cache_root):
+        r = rule("cache-link-outside")
+        out.append(Finding(r.id, r.severity, display, f"resolves to {real}, outside the cache {cache_root}",
+                           r.remedy, details={"target": real}))
+    name = os.path.basename(real)
+    if expected_digest(name) is None:
+        r = rule("cache-blob-unverified")
+        out.append(Finding(r.id, r.severity, display, f"resolves to {name!r}, not a sha256 or git sha1 "
+                                                      "name: its content cannot be checked", r.remedy,
+                           details={"target": real}))
+    return out
+
+
+def _not_regular(real: str, display: str) -> List[Finding]:
+    r = rule("unscanned-unreadable")
+    return [Finding(r.id, r.severity, display, f"resolves to {real}, which is not a regular file (fifo, "
+                                               "device or socket): not opened", r.remedy, unscanned=True,
+                    details={"target": real})]
 
 
 def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options: ScanOptions,

@@ -46,7 +46,7 @@ def detect(source: ByteSource, head: Optional[bytes] = None) -> List[FormatReade
     if head is None:
         head = source.head(HEAD_SIZE)
     # Readers that go by the file's name are asked every time; only content detection is remembered.
-    named = [r for r in readers() if r.by_name and r.detect(source, head)]
+    named = [r for r in _name_readers() if r.detect(source, head)]
     tiny = source.size <= TINY_CONTENT and len(head) == source.size
     if tiny:
         known = _tiny_detected.get(head)
@@ -62,6 +62,16 @@ def detect(source: ByteSource, head: Optional[bytes] = None) -> List[FormatReade
     if tiny and len(_tiny_detected) < 4096:
         _tiny_detected[head] = (found, source.bytes_read - before)
     return list(found) + named
+
+
+_by_name: List[FormatReader] = []
+
+
+def _name_readers() -> List[FormatReader]:
+    """The readers whose detection looks at the source's name (looked up once)."""
+    if not _by_name:
+        _by_name.extend(r for r in readers() if r.by_name)
+    return _by_name
 
 
 def _charge(source: ByteSource, n: int) -> None:

@@ -96,11 +96,22 @@ CRITICAL_ATTACKS: Dict[str, str] = {
     "lipsum call": "{{ lipsum() }}",
     "self": "{{ self }}",
     "private name": "{{ _TemplateReference__context }}",
+    "strftime_now without directives": "{{ messages[strftime_now('__class__')] }}",
+    "printf over a list": "{{ messages['%s' % ['__class__']|first] }}",
 }
 
 #: Not CRITICAL on their own, but outside what chat templates do: each must be HIGH.
 HIGH_ATTACKS: Dict[str, str] = {
     "characters from a repr": "{{ messages[(range|string)[10] * 2 ~ 'class' ~ (range|string)[10] * 2] }}",
+    "only characters from reprs":
+        "{{ x[(range|string)[14] * 2 ~ (dict|string)[1:6] ~ (range|string)[14] * 2] }}",
+    "characters of the data joined": "{{ x[[(messages|string)[3], (messages|string)[3]]|join] }}",
+    "characters of the data formatted": "{{ x['%s%s' % ((tools|string)[3], (tools|string)[3])] }}",
+    "characters of a generator's repr": "{{ x[(messages|select|string)[20:29]] }}",
+    "text appended to the data": "{% do messages.append('__class__') %}{{ x[messages|last] }}",
+    "text appended to a namespace list":
+        "{% set ns = namespace(l=[]) %}{% do ns.l.append('__cla' ~ 'ss__') %}{{ x[ns.l[0]] }}",
+    "the loop object as text": "{% for m in messages %}{{ x[loop|string] }}{% endfor %}",
     "key built from data": "{{ messages[messages[0].content ~ 'x'] }}",
     "unknown filter": "{{ messages|evil }}",
     "unknown test": "{{ messages is evil }}",

@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from ..context import ScanContext
@@ -98,6 +98,8 @@ CODE_CALLS = frozenset({
     "load_module", "exec_module", "from_string", "get_template", "open", "fdopen", "unlink",
     "rmdir", "chmod", "kill", "fork", "putenv",
 })
+#: Methods that put their arguments into the object they are called on.
+_MUTATORS = frozenset({"append", "extend", "insert", "update", "setdefault"})
 #: Filters whose arguments name attributes: (positional index, keyword) of the attribute argument.
 _ATTRIBUTE_ARGUMENTS: Dict[str, Tuple[Optional[int], str]] = {
     "map": (None, "attribute"), "selectattr": (0, "attribute"), "rejectattr": (0, "attribute"),
@@ -210,7 +212,7 @@ def _canonical(v: "Value") -> "Value":
     constants = frozenset(
         _Elements(_unique(c)) if isinstance(c, tuple) and not isinstance(c, (_DictConst, _DictShape))
         else c for c in v.constants)
-    return Value(constants, v.data, v.built, v.namespace)
+    return replace(v, constants=constants)
 
 
 @dataclass(frozen=True)
@@ -244,20 +246,24 @@ class Value:
     ``constants``: the values it may have that the template alone decides; ``data``: it may be
     (part of) the caller's chat data, which the template author does not choose; ``built``: it may
     be computed from constants and other values in a way that was not evaluated here;
-    ``namespace``: it may be a ``namespace()`` object.
+    ``namespace``: it may be a ``namespace()`` object; ``picked``: it may be a part of data (or of an
+    object's text form) that the template chose by a constant index (``(messages|string)[3]``):
+    harmless alone, but text put together from such parts is built by the template.
     """
 
     constants: FrozenSet[Any] = frozenset()
     data: bool = False
     built: bool = False
     namespace: bool = False
+    picked: bool = False
 
     def join(self, other: "Value") -> "Value":
         constants = self.constants | other.constants
         built = self.built or other.built
         if len(constants) > MAX_CONSTANTS:
             constants, built = frozenset(), True
-        return Value(constants, self.data or other.data, built, self.namespace or other.namespace)
+        return Value(constants, self.data or other.data, built, self.namespace or other.namespace,
+                     self.picked or other.picked)
 
     @property
     def has_text(self) -> bool:
@@ -271,6 +277,7 @@ class Value:
 
 
 DATA = Value(data=True)
+PICKED = Value(data=True, picked=True)
 BUILT = Value(built=True)
 NOTHING = Value()
 
@@ -338,8 +345,9 @@ def _fold(inputs: List[Value], fn: Callable[..., Any]) -> Value:
     # open input was itself built, or another input may carry template text.
     for i, v in enumerate(inputs):
         if v.open:
-            text = v.built or any(w.has_text for j, w in enumerate(inputs) if j != i)
-            out = out.join(BUILT if text else DATA)
+            others = [w for j, w in enumerate(inputs) if j != i]
+            text = v.built or any(w.has_text or w.picked for w in others) or (v.picked and bool(others))
+            out = out.join(BUILT if text else PICKED if v.picked else DATA)
             if text:
                 break
     return out
@@ -352,7 +360,7 @@ _BIG_SPEC = re.compile(r"\d{4,}")
 
 def _printf(fmt: Any, args: Any) -> str:
     """``fmt % args`` for constants, refusing formats that ask for huge or computed widths."""
-    if not isinstance(fmt, str) or _BIG_PRINTF.search(fmt):
+    if not isinstance(fmt, str) or _BIG_PRINTF.search(fmt) or _has_slots((args,)):
         raise ValueError("format not folded")
     if isinstance(args, _DictConst):
         args = dict(args)
@@ -360,7 +368,7 @@ def _printf(fmt: Any, args: Any) -> str:
 
 
 def _str_format(fmt: Any, *args: Any, **kwargs: Any) -> str:
-    if not isinstance(fmt, str):
+    if not isinstance(fmt, str) or _has_slots(args) or _has_slots(tuple(kwargs.values())):
         raise ValueError("format not folded")
     for _, field, spec, _ in string.Formatter().parse(fmt):
         if field and not field.isidentifier() and not field.isdigit():
@@ -398,7 +406,7 @@ def _elements(v: Value) -> Value:
 
 
 def _to_str(c: Any) -> str:
-    if isinstance(c, (_MacroRef, _DictShape, _Elements)) or _has_slots(c):
+    if isinstance(c, (Value, _MacroRef, _DictShape, _Elements)) or _has_slots(c):
         raise TypeError("not folded")
     if isinstance(c, _DictConst):
         return str(dict(c))
@@ -410,7 +418,7 @@ def _to_str(c: Any) -> str:
 def _escape(c: Any) -> str:
     import markupsafe
 
-    return str(markupsafe.escape(c))
+    return str(markupsafe.escape(_to_str(c)))
 
 
 def _tojson(c: Any) -> str:
@@ -570,16 +578,16 @@ class _Judge:
     def _grow(self, table: Dict[str, Value], name: str, key: str, value: Value) -> None:
         old = table.get(name, NOTHING)
         if key in self.widened:
-            new = Value(old.constants, old.data or value.data, True, old.namespace or value.namespace)
+            new = replace(old.join(replace(value, constants=frozenset())), built=True)
         else:
-            new = Value(old.constants | value.constants, old.data or value.data, old.built or value.built,
-                        old.namespace or value.namespace)
+            new = replace(old.join(replace(value, constants=frozenset())),
+                          constants=old.constants | value.constants)
             if new != old and self.round >= 2:
                 new = _canonical(new)  # lists that grow in loops: keep their elements only
             new = NOTHING.join(new)  # the cap on constants
             if new != old and self.round >= 8:
                 self.widened.add(key)
-                new = Value(new.constants, new.data, True, new.namespace)
+                new = replace(new, built=True)
         if new != old:
             table[name] = new
             self.changed = True
@@ -691,10 +699,10 @@ class _Judge:
         for names in self.params.get(macro, []):
             for i, value in enumerate(args):
                 self.bind(names[i] if i < len(names) else "varargs", value if i < len(names) else
-                          Value(frozenset(), value.data, value.has_text, value.namespace))
+                          replace(value, constants=frozenset(), built=value.has_text))
             for key, value in kwargs.items():
                 self.bind(key if key in names else "kwargs", value if key in names else
-                          Value(frozenset(), value.data, value.has_text, value.namespace))
+                          replace(value, constants=frozenset(), built=value.has_text))
 
     def block_value(self, body: List[Any]) -> Value:
         """The text a ``{% set x %}...{% endset %}`` or ``{% filter %}`` body renders to."""
@@ -720,7 +728,7 @@ class _Judge:
         if v.namespace or v.built:
             out = out.join(BUILT)
         if v.data:
-            out = out.join(DATA)
+            out = out.join(PICKED if v.picked else DATA)
         return out
 
     # -- expressions ---------------------------------------------------------------------
@@ -734,16 +742,19 @@ class _Judge:
         if isinstance(node, nodes.Name):
             return self.name(node)
         if isinstance(node, nodes.Getattr):
+            if self._is_loop(node.node):
+                self.judge_attribute(node.attr, node, called=False, on_loop=True)
+                return DATA
             obj = self.ev(node.node)
-            self.judge_attribute(node.attr, node, called=False, on_loop=self._is_loop(node.node),
-                                 on_namespace=obj.namespace)
+            self.judge_attribute(node.attr, node, called=False, on_namespace=obj.namespace)
             return self.member(obj, _const(node.attr))
         if isinstance(node, nodes.Getitem):
             obj = self.ev(node.node)
             if isinstance(node.arg, nodes.Slice):
                 parts = [self.ev(p) if p is not None else _const(None)
                          for p in (node.arg.start, node.arg.stop, node.arg.step)]
-                return _fold([obj] + parts, lambda o, a, b, c: o[slice(a, b, c)])
+                sliced = _fold([obj] + parts, lambda o, a, b, c: o[slice(a, b, c)])
+                return sliced.join(PICKED) if obj.data or obj.namespace else sliced
             key = self.ev(node.arg)
             self.judge_key(key, node, called=False)
             return self.member(obj, key)
@@ -834,6 +845,8 @@ class _Judge:
             return BUILT
         if name in FOREIGN_GLOBALS:
             self.add("chat-template-unknown-name", f"the global {name!r} of another Jinja application", node)
+        if name in SAFE_GLOBALS or name in ("loop", "caller"):
+            return BUILT  # a function or object: its text form ("<function safe_range ...>") is fixed
         # Any other free name is a variable the caller passes (messages, tools, bos_token,
         # enable_thinking ...) or undefined: chat data.
         return DATA
@@ -873,8 +886,10 @@ class _Judge:
                         out = out.join(BUILT)  # a method of str or tuple
             else:
                 out = out.join(BUILT if _carries_text(o) else DATA)
-        if obj.data:
-            out = out.join(DATA)
+        if obj.data or obj.namespace:
+            # an item picked by a constant index may be a character of a string
+            chosen = obj.picked or any(isinstance(k, int) and not isinstance(k, bool) for k in key.constants)
+            out = out.join(PICKED if chosen else DATA)
         if obj.built:
             out = out.join(BUILT)
         return out if out != NOTHING else DATA
@@ -932,7 +947,11 @@ class _Judge:
                 if not keys:
                     return _const(_DictConst())
                 return _fold(list(kwargs.values()), lambda *v: _DictConst(zip(keys, v)))
-            if name in ("range", "raise_exception", "strftime_now"):
+            if name == "strftime_now":
+                # the format comes back as it is where it has no % directive
+                return _fold(args[:1], lambda f: f if isinstance(f, str) and "%" not in f else
+                             (_ for _ in ()).throw(ValueError("not folded"))) if args else DATA
+            if name in ("range", "raise_exception"):
                 return DATA
             if name not in CODE_GLOBALS and not name.startswith("_"):
                 self.add("chat-template-unknown-name", f"a call of the unknown global {name!r}", node)
@@ -948,6 +967,8 @@ class _Judge:
                 self.judge_attribute(func.attr, func, called=True, on_loop=True)
                 return DATA
             self.judge_attribute(func.attr, func, called=True)
+            if func.attr in _MUTATORS and any(v.has_text or v.picked for v in inputs):
+                self.taint(func.node)
             if func.attr in ("format", "format_map"):
                 self.judge_format(receiver, func)
             if func.attr == "get" and args and not node.kwargs:
@@ -969,6 +990,20 @@ class _Judge:
             return BUILT
         self.add("chat-template-unknown-name", "a call of a computed value", node)
         return BUILT
+
+    def taint(self, node: Any) -> None:
+        """``x.append('...')`` puts template text into ``x``: the variable (or namespace attribute)
+        it belongs to may hold text built at render time from now on."""
+        from jinja2 import nodes
+
+        while isinstance(node, (nodes.Getattr, nodes.Getitem)):
+            if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and \
+                    self.env.get(node.node.name, NOTHING).namespace:
+                self.bind_attr(node.attr, BUILT)
+                return
+            node = node.node
+        if isinstance(node, nodes.Name):
+            self.bind(node.name, BUILT.join(DATA if node.name not in self.env else NOTHING))
 
     def call_macros(self, callee: Value, args: List[Value], kwargs: Dict[str, Value]) -> bool:
         """A call of macros picked from the template's own values (``calls[i](...)``): True, and the
@@ -1001,7 +1036,9 @@ class _Judge:
             return _elements(value)
         if name in ("select", "reject", "selectattr", "rejectattr", "unique", "sort", "list", "batch",
                     "slice", "first", "last", "items", "dictsort", "groupby") and not value.has_text:
-            return value
+            # data in, data out; generators and group tuples have text forms of their own
+            return value if name in ("list", "sort", "first", "last", "items", "dictsort") \
+                else value.join(PICKED)
         return _derived(value, *args, *kwargs.values())
 
     def judge_filter_arguments(self, node: Any, name: str, args: List[Value],

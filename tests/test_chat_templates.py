@@ -11,6 +11,7 @@ from typing import Dict, List
 
 import pytest
 from chat_templates_data import PUBLISHED, PUBLISHED_SOURCES, TEMPLATES
+from cputime import cpu_seconds
 
 from safemodel_ci.cli import main
 from safemodel_ci.context import ScanContext
@@ -363,3 +364,35 @@ def test_gguf_named_templates(tmp_path: Path) -> None:
     findings = _scan(path).findings
     assert {f.details["key"] for f in findings} == {"tokenizer.chat_template.rag"}
     assert {f.rule_id for f in findings} == {"chat-template-code"}
+
+
+# ---- bounded work -------------------------------------------------------------------------------
+
+COSTLY = {
+    "lists of lists": "{% set a = 'x' * 4096 %}{% set b = [a] * 4096 %}{% set c = [b] * 4096 %}"
+                      "{% set d = [c] * 4096 %}{{ x[d|join] }}{{ x[d|string] }}",
+    "replace that multiplies": "{% set a = 'a' * 4096 %}{{ x[a.replace('a', a)] }}{{ x[a|replace('a', a)] }}",
+    "power tower": "{% set n = 10 ** 63 %}{% set m = n ** 63 %}{% set o = m ** 63 %}{{ x[o|string] }}",
+    "huge printf width": "{{ x['%999999999s'|format('a')] }}",
+    "huge format width": "{{ x['{:999999999}'.format('a')] }}",
+    "assignment chain longer than the rounds":
+        "".join("{%% set a%d = a%d ~ 'x' %%}" % (i, i + 1) for i in range(300))
+        + "{% set a300 = '_' %}{{ x[a0] }}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(COSTLY))
+def test_costly_templates_are_judged_quickly(name: str) -> None:
+    """Folding is bounded (sizes, integer bits, rounds): what it gives up on is 'built at render
+    time', never a pass and never a hang."""
+    start = cpu_seconds()
+    rules = _rules(COSTLY[name])
+    assert cpu_seconds() - start < 2.0
+    assert rules == ["chat-template-suspicious"], rules
+
+
+def test_published_corpus_cpu_time() -> None:
+    start = cpu_seconds()
+    for template in ALL_PUBLISHED.values():
+        check_template(template)
+    assert cpu_seconds() - start < 10.0  # about 0.6 s on the development machine

@@ -164,6 +164,12 @@ def python_attributes() -> FrozenSet[str]:
 MAX_CONSTANTS = 64
 #: Length of a folded string (or tuple) kept as a constant.
 MAX_FOLDED = 4096
+#: Size of one constant (items of nested lists, and 64 characters of text, count one each).
+MAX_CONSTANT_SIZE = 8192
+#: Bits of an integer a fold computes with.
+MAX_INT_BITS = 1 << 16
+#: Passes over the template to bind what variables may hold (real templates need two to four).
+MAX_ROUNDS = 16
 
 
 class _Tagged(tuple):  # type: ignore[type-arg]
@@ -188,8 +194,13 @@ class _DictShape(_Tagged):
     ``((key, Value), ...)``. Its keys can be iterated and its values looked up by key."""
 
 
+def _order(c: Any) -> Tuple[str, int]:
+    """A cheap order for constants (their repr may be large); stable within the process."""
+    return type(c).__name__, hash(c)
+
+
 def _unique(items: Iterable[Any]) -> Tuple[Any, ...]:
-    return tuple(sorted(dict.fromkeys(items), key=repr))
+    return tuple(sorted(dict.fromkeys(items), key=_order))
 
 
 class _Elements(_Tagged):
@@ -285,21 +296,42 @@ NOTHING = Value()
 def _const(*values: Any) -> Value:
     """The value that is one of ``values`` (an item that is itself a :class:`Value`, an element of a
     list whose items are not all constants, stands for what it may be)."""
-    kept = []
+    kept: Set[Any] = set()
     slots = NOTHING
-    for v in values:
-        if isinstance(v, Value):
-            slots = slots.join(v)
-            continue
-        if isinstance(v, (str, tuple)) and len(v) > MAX_FOLDED:
-            return BUILT
-        kept.append(v)
-    if len(kept) > MAX_CONSTANTS:
-        return BUILT
     try:
-        return Value(frozenset(kept)).join(slots)
+        for v in values:
+            if isinstance(v, Value):
+                slots = slots.join(v)
+                continue
+            # sized before hashed: hashing a list of lists costs what it holds
+            if isinstance(v, tuple) and (len(v) > MAX_FOLDED or _too_big(v)):
+                return BUILT
+            if v not in kept:
+                kept.add(v)
+                if len(kept) > MAX_CONSTANTS:
+                    return BUILT
     except TypeError:  # an unhashable result of a fold
         return BUILT
+    return Value(frozenset(kept)).join(slots)
+
+
+def _too_big(c: Any) -> bool:
+    """True when a constant list nests more than :data:`MAX_CONSTANT_SIZE` items (lists of lists
+    multiplied in a loop would otherwise cost memory and time exponential in the template)."""
+    budget = MAX_CONSTANT_SIZE
+    stack = [c]
+    while stack:
+        item = stack.pop()
+        budget -= 1 + (len(item) >> 6 if isinstance(item, str) else 0)
+        if budget < 0:
+            return True
+        if isinstance(item, tuple):
+            stack.extend(item)
+        elif isinstance(item, Value):
+            stack.extend(item.constants)
+        elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > MAX_INT_BITS:
+            return True
+    return False
 
 
 def _derived(*inputs: Value) -> Value:
@@ -320,7 +352,7 @@ def _combinations(inputs: List[Value]) -> Optional[List[Tuple[Any, ...]]]:
         total *= len(v.constants)
         if total > MAX_CONSTANTS:
             return None
-    return list(itertools.product(*[sorted(v.constants, key=repr) for v in inputs]))
+    return list(itertools.product(*[sorted(v.constants, key=_order) for v in inputs]))
 
 
 def _fold(inputs: List[Value], fn: Callable[..., Any]) -> Value:
@@ -360,7 +392,8 @@ _BIG_SPEC = re.compile(r"\d{4,}")
 
 def _printf(fmt: Any, args: Any) -> str:
     """``fmt % args`` for constants, refusing formats that ask for huge or computed widths."""
-    if not isinstance(fmt, str) or _BIG_PRINTF.search(fmt) or _has_slots((args,)):
+    if not isinstance(fmt, str) or _BIG_PRINTF.search(fmt) or _has_slots((args,)) or \
+            len(fmt) + 1000 * fmt.count("%") > MAX_FOLDED * 64:
         raise ValueError("format not folded")
     if isinstance(args, _DictConst):
         args = dict(args)
@@ -368,7 +401,8 @@ def _printf(fmt: Any, args: Any) -> str:
 
 
 def _str_format(fmt: Any, *args: Any, **kwargs: Any) -> str:
-    if not isinstance(fmt, str) or _has_slots(args) or _has_slots(tuple(kwargs.values())):
+    if not isinstance(fmt, str) or _has_slots(args) or _has_slots(tuple(kwargs.values())) or \
+            len(fmt) + 1000 * fmt.count("{") > MAX_FOLDED * 64:
         raise ValueError("format not folded")
     for _, field, spec, _ in string.Formatter().parse(fmt):
         if field and not field.isidentifier() and not field.isdigit():
@@ -395,7 +429,7 @@ def _elements(v: Value) -> Value:
             out = out.join(_const(*c))
             continue
         try:
-            out = out.join(_const(*_items(c)))
+            out = out.join(_const(*(frozenset(c) if isinstance(c, str) else _items(c))))
         except TypeError:
             continue
     if v.data or v.namespace:
@@ -408,6 +442,8 @@ def _elements(v: Value) -> Value:
 def _to_str(c: Any) -> str:
     if isinstance(c, (Value, _MacroRef, _DictShape, _Elements)) or _has_slots(c):
         raise TypeError("not folded")
+    if isinstance(c, (tuple, int)) and _too_big(c):
+        raise ValueError("too big")
     if isinstance(c, _DictConst):
         return str(dict(c))
     if isinstance(c, tuple):
@@ -434,6 +470,26 @@ def _tojson(c: Any) -> str:
     return json.dumps(plain(c), ensure_ascii=False)
 
 
+def _replace(text: str, old: Any, new: Any, count: int = -1) -> str:
+    if not isinstance(old, str) or not isinstance(new, str):
+        raise TypeError("not folded")
+    hits = text.count(old) if old else len(text) + 1
+    if count >= 0:
+        hits = min(hits, count)
+    if len(text) + hits * max(0, len(new) - len(old)) > MAX_FOLDED:
+        raise ValueError("too long")
+    return text.replace(old, new, count)
+
+
+def _join(sep: Any, items: Tuple[Any, ...]) -> str:
+    if not isinstance(sep, str):
+        raise TypeError("not folded")
+    parts = [_to_str(i) for i in items]
+    if sum(map(len, parts)) + len(sep) * len(parts) > MAX_FOLDED:
+        raise ValueError("too long")
+    return sep.join(parts)
+
+
 def _dict_items(c: Any) -> Tuple[Any, ...]:
     if isinstance(c, (_DictConst, _DictShape)):
         return tuple(tuple(pair) for pair in c)
@@ -454,9 +510,9 @@ _FOLDABLE_FILTERS: Dict[str, Callable[..., Any]] = {
     "title": lambda c: _to_str(c).title(),
     "capitalize": lambda c: _to_str(c).capitalize(),
     "trim": _trim,
-    "replace": lambda c, old, new, count=None: _to_str(c).replace(old, new, -1 if count is None else count),
+    "replace": lambda c, old, new, count=None: _replace(_to_str(c), old, new, -1 if count is None else count),
     "reverse": lambda c: c[::-1] if isinstance(c, (str, tuple)) else tuple(reversed(_items(c))),
-    "join": lambda c, d="": d.join(_to_str(i) for i in _items(c)),
+    "join": lambda c, d="": _join(d, _items(c)),
     "first": lambda c: _items(c)[0],
     "last": lambda c: _items(c)[-1],
     "list": lambda c: _items(c),
@@ -497,9 +553,11 @@ def _fold_method(receiver: Any, method: str, *args: Any) -> Any:
     if not isinstance(receiver, str):
         raise TypeError("not folded")
     if method == "join":
-        return receiver.join(_to_str(i) for i in _items(args[0]))
+        return _join(receiver, _items(args[0]))
     if method == "format":
         return _str_format(receiver, *args)
+    if method == "replace":
+        return _replace(receiver, *args)
     if method in ("center", "ljust", "rjust", "zfill"):
         return getattr(receiver, method)(min(int(args[0]), MAX_FOLDED), *args[1:])
     if method not in _FOLDABLE_METHODS:
@@ -535,8 +593,11 @@ def _name_variants(name: str) -> List[str]:
 class _Judge:
     """Walks one parsed template: binds what every variable may hold, then judges every name."""
 
-    def __init__(self, tree: Any, lines: List[str]) -> None:
+    def __init__(self, tree: Any, lines: List[str], check: Optional[Callable[[], None]] = None) -> None:
         self.tree = tree
+        #: Called every few thousand statements (the scan's time budget); raises to stop.
+        self.check = check
+        self.steps = 0
         self.lines = lines
         self.env: Dict[str, Value] = {}
         self.namespace_attrs: Dict[str, Value] = {}
@@ -565,12 +626,19 @@ class _Judge:
         # Bindings first, flow-insensitively, until nothing changes. Values only grow; a variable
         # still growing after a few rounds (text accumulated in a loop) keeps the constants seen so
         # far and is marked built at render time, and then stops growing.
-        for round_ in range(64):
+        for round_ in range(MAX_ROUNDS):
             self.changed = False
             self.round = round_
             self.visit(self.tree)
             if not self.changed:
                 break
+        else:
+            # Still changing (a chain of assignments longer than the rounds): every variable may then
+            # hold text built at render time, and keeps the constants found so far.
+            self.env = {k: replace(v, built=True) for k, v in self.env.items()}
+            self.namespace_attrs = {k: replace(v, built=True) for k, v in self.namespace_attrs.items()}
+            self.widened.update(self.env)
+            self.widened.update("." + k for k in self.namespace_attrs)
         self.reporting = True
         self.visit(self.tree)
         return self.issues
@@ -599,7 +667,7 @@ class _Judge:
         self._grow(self.namespace_attrs, attr, "." + attr, value)
 
     def bind_target(self, target: Any, value: Value) -> None:
-        from jinja2 import nodes
+        nodes = _jinja_nodes()
 
         if isinstance(target, nodes.Name):
             self.bind(target.name, value)
@@ -625,7 +693,10 @@ class _Judge:
 
     # -- statements ----------------------------------------------------------------------
     def visit(self, node: Any) -> None:
-        from jinja2 import nodes
+        nodes = _jinja_nodes()
+        self.steps += 1
+        if self.check is not None and self.steps % 4096 == 0:
+            self.check()
 
         if isinstance(node, (nodes.Template, nodes.Scope, nodes.Block)):
             self.visit_all(node.body)
@@ -706,7 +777,7 @@ class _Judge:
 
     def block_value(self, body: List[Any]) -> Value:
         """The text a ``{% set x %}...{% endset %}`` or ``{% filter %}`` body renders to."""
-        from jinja2 import nodes
+        nodes = _jinja_nodes()
 
         parts: List[Value] = []
         for stmt in body:
@@ -733,7 +804,7 @@ class _Judge:
 
     # -- expressions ---------------------------------------------------------------------
     def ev(self, node: Any) -> Value:  # noqa: C901 - one branch per node type, as Jinja's compiler
-        from jinja2 import nodes
+        nodes = _jinja_nodes()
 
         if isinstance(node, nodes.Const):
             return _const(node.value)
@@ -825,7 +896,7 @@ class _Judge:
                 self.ev(extra)
 
     def _is_loop(self, node: Any) -> bool:
-        from jinja2 import nodes
+        nodes = _jinja_nodes()
 
         return isinstance(node, nodes.Name) and node.name == "loop" and "loop" not in self.env
 
@@ -873,7 +944,7 @@ class _Judge:
                         out = out.join(value if isinstance(value, Value) else _const(value))
             elif isinstance(o, (str, tuple)):
                 if key.open:
-                    out = out.join(_const(*o))  # some element
+                    out = out.join(_const(*(frozenset(o) if isinstance(o, str) else o)))  # some element
                 for k in key.constants:
                     if isinstance(k, int) and isinstance(o, _Elements):
                         out = out.join(_const(*o))
@@ -895,14 +966,14 @@ class _Judge:
         return out if out != NOTHING else DATA
 
     def binary(self, node: Any) -> Value:
-        from jinja2 import nodes
+        nodes = _jinja_nodes()
 
         left, right = self.ev(node.left), self.ev(node.right)
         ops: Dict[type, Callable[[Any, Any], Any]] = {
             nodes.Add: lambda a, b: a + b, nodes.Sub: lambda a, b: a - b,
             nodes.Div: lambda a, b: a / b, nodes.FloorDiv: lambda a, b: a // b,
             nodes.Mul: self._mul, nodes.Mod: lambda a, b: _printf(a, b) if isinstance(a, str) else a % b,
-            nodes.Pow: lambda a, b: a ** b if abs(b) < 64 else (_ for _ in ()).throw(ValueError()),
+            nodes.Pow: self._pow,
         }
         fn = ops.get(type(node))
         if fn is None:
@@ -916,11 +987,19 @@ class _Judge:
             if isinstance(seq, (str, tuple)) and isinstance(n, int):
                 if len(seq) * n > MAX_FOLDED:
                     raise ValueError("too long")
+        if isinstance(a, int) and isinstance(b, int) and a.bit_length() + b.bit_length() > MAX_INT_BITS:
+            raise ValueError("too big")
         return a * b
+
+    @staticmethod
+    def _pow(a: Any, b: Any) -> Any:
+        if isinstance(a, int) and isinstance(b, int) and (b < 0 or a.bit_length() * b > MAX_INT_BITS):
+            raise ValueError("too big")
+        return a ** b
 
     # -- calls and filters ---------------------------------------------------------------
     def call(self, node: Any) -> Value:
-        from jinja2 import nodes
+        nodes = _jinja_nodes()
 
         args = [self.ev(a) for a in node.args]
         kwargs = {kw.key: self.ev(kw.value) for kw in node.kwargs}
@@ -985,6 +1064,8 @@ class _Judge:
             if self.call_macros(callee, args, kwargs):
                 return BUILT
             self.judge_key(key, func, called=True)
+            if key.constants & {"format", "format_map"}:
+                self.judge_format(receiver, func)
             return _derived(receiver, key, *inputs)
         if self.call_macros(self.ev(func), args, kwargs):
             return BUILT
@@ -994,7 +1075,7 @@ class _Judge:
     def taint(self, node: Any) -> None:
         """``x.append('...')`` puts template text into ``x``: the variable (or namespace attribute)
         it belongs to may hold text built at render time from now on."""
-        from jinja2 import nodes
+        nodes = _jinja_nodes()
 
         while isinstance(node, (nodes.Getattr, nodes.Getitem)):
             if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and \
@@ -1159,6 +1240,17 @@ class _Judge:
 # ---- parsing ---------------------------------------------------------------------------------
 
 _ENVIRONMENT: Any = None
+_NODES: Any = None
+
+
+def _jinja_nodes() -> Any:
+    """``jinja2.nodes``, imported on first use (a scan without templates never imports Jinja)."""
+    global _NODES
+    if _NODES is None:
+        from jinja2 import nodes
+
+        _NODES = nodes
+    return _NODES
 
 
 def _environment() -> Any:
@@ -1168,7 +1260,7 @@ def _environment() -> Any:
     global _ENVIRONMENT
     if _ENVIRONMENT is None:
         import jinja2.ext
-        from jinja2 import nodes
+        nodes = _jinja_nodes()
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         class GenerationTag(jinja2.ext.Extension):
@@ -1187,7 +1279,7 @@ def _environment() -> Any:
     return _ENVIRONMENT
 
 
-def check_template(text: str) -> List[TemplateIssue]:
+def check_template(text: str, check: Optional[Callable[[], None]] = None) -> List[TemplateIssue]:
     """Every reason to distrust a template (empty for ordinary chat templates). A template Jinja
     cannot parse is one issue, ``unscanned-parse-error``: no renderer runs it, but it was not judged."""
     from jinja2 import TemplateSyntaxError
@@ -1200,13 +1292,13 @@ def check_template(text: str) -> List[TemplateIssue]:
         snippet = lines[line - 1].strip()[:160] if 0 < line <= len(lines) else ""
         what = f"Jinja syntax that no renderer accepts: {exc.message}"
         return [TemplateIssue("unscanned-parse-error", what, line, snippet)]
-    return _Judge(tree, text.splitlines()).run()
+    return _Judge(tree, text.splitlines(), check).run()
 
 
 def report_template(text: str, ctx: ScanContext, key: str, offset: Optional[int] = None) -> int:
     """Check one template and report its issues (``key`` names where it came from). Returns the count."""
     try:
-        issues = check_template(text)
+        issues = check_template(text, ctx.check_deadline)
     except RecursionError:
         ctx.report("unscanned-limit", f"chat template {key!r} nests too deeply to be judged",
                    offset=offset, details={"key": key})

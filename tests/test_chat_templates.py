@@ -99,6 +99,7 @@ CRITICAL_ATTACKS: Dict[str, str] = {
     "private name": "{{ _TemplateReference__context }}",
     "strftime_now without directives": "{{ messages[strftime_now('__class__')] }}",
     "printf over a list": "{{ messages['%s' % ['__class__']|first] }}",
+    "loop.previtem": "{% for k in ['a', '__class__'] %}{{ messages[loop.previtem] }}{% endfor %}",
 }
 
 #: Not CRITICAL on their own, but outside what chat templates do: each must be HIGH.
@@ -330,6 +331,12 @@ def test_detection_by_name_is_not_reused_for_other_names(tmp_path: Path) -> None
     assert _scan(tmp_path / "notes.txt").findings == []
     (tmp_path / "chat_template.jinja").write_text(payload)
     assert _scan(tmp_path / "chat_template.jinja").findings
+
+
+def test_a_nul_byte_does_not_hide_a_template(tmp_path: Path) -> None:
+    path = tmp_path / "chat_template.jinja"
+    path.write_bytes(b"{# \x00 #}" + CRITICAL_ATTACKS["lipsum"].encode())
+    assert "chat-template-code" in {f.rule_id for f in _scan(path).findings}
 
 
 def test_unparsable_chat_template_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -609,6 +609,8 @@ class _Judge:
         self.reporting = False
         self.changed = False
         self.round = 0
+        #: What any ``{% for %}`` of the template iterates over (``loop.previtem``/``nextitem``).
+        self.loop_items = NOTHING
         #: Variables (and namespace attributes, as ".name") widened to "built at render time".
         self.widened: Set[str] = set()
 
@@ -710,7 +712,11 @@ class _Judge:
             self.visit_all(node.elif_)
             self.visit_all(node.else_)
         elif isinstance(node, nodes.For):
-            self.bind_target(node.target, _elements(self.ev(node.iter)))
+            items = _elements(self.ev(node.iter))
+            if self.loop_items.join(items) != self.loop_items:
+                self.loop_items = self.loop_items.join(items)
+                self.changed = True
+            self.bind_target(node.target, items)
             if node.test is not None:
                 self.ev(node.test)
             self.visit_all(node.body)
@@ -815,6 +821,8 @@ class _Judge:
         if isinstance(node, nodes.Getattr):
             if self._is_loop(node.node):
                 self.judge_attribute(node.attr, node, called=False, on_loop=True)
+                if node.attr in ("previtem", "nextitem"):
+                    return self.loop_items.join(DATA)
                 return DATA
             obj = self.ev(node.node)
             self.judge_attribute(node.attr, node, called=False, on_namespace=obj.namespace)
@@ -1388,8 +1396,9 @@ class JinjaTemplateReader(FormatReader):
     by_name = True
 
     def detect(self, source: ByteSource, head: bytes) -> bool:
+        # by name alone: a NUL byte (valid UTF-8, kept by Jinja) must not hide a template
         name = source.name.replace("\\", "/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-        return name.lower().endswith(".jinja") and b"\x00" not in head
+        return name.lower().endswith(".jinja")
 
     def scan(self, source: ByteSource, ctx: ScanContext) -> None:
         if not rendered_as_chat_template(ctx):

@@ -11,8 +11,8 @@ source holds them), with the model and the source (repository, path, commit) of 
 ``tests/chat_templates/SOURCES.json``. The Hub itself is not reachable from the test machines, so they
 come from public repositories that vendor them: huggingface.js's Jinja tests (which quote Hub
 tokenizer_config.json values verbatim), axolotl's template folder (its copies of the published
-templates, a few adapted to list-of-parts message content) and open-instruct's CHAT_TEMPLATES
-(OLMo/Tulu).
+templates, a few adapted to list-of-parts message content), open-instruct's CHAT_TEMPLATES
+(OLMo/Tulu) and the chujiezheng/chat_templates collection.
 """
 
 from __future__ import annotations

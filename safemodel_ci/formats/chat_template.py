@@ -19,8 +19,14 @@ with the options and extensions of transformers' renderer, and every name in the
   from parts that are not all constants, and includes/imports of other templates.
 
 Names built at render time (``~``, ``+``, ``join``, ``format``, ``replace``, slicing, ``{% set %}``
-blocks, ``namespace`` attributes, loops over constant lists) are evaluated where every input is a
-constant, and the result is judged like a name written out.
+blocks, ``namespace`` attributes, loops over constant lists, macro arguments) are evaluated where
+every input is a constant, and the result is judged like a name written out. The evaluation is
+flow-insensitive (every assignment of a variable counts everywhere) and iterated to a fixed point;
+text the template picks out of data or object reprs by constant indices and puts together counts as
+built. Keys taken from the chat data itself pass: the template's author does not choose them.
+
+Only templates a loader renders are judged (:func:`rendered_as_chat_template`,
+:func:`json_template_file`); other Jinja files are not chat templates.
 """
 
 from __future__ import annotations
@@ -641,6 +647,7 @@ class _Judge:
             self.namespace_attrs = {k: replace(v, built=True) for k, v in self.namespace_attrs.items()}
             self.widened.update(self.env)
             self.widened.update("." + k for k in self.namespace_attrs)
+            self.loop_items = self.loop_items.join(BUILT)
         self.reporting = True
         self.visit(self.tree)
         return self.issues

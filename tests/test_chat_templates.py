@@ -237,6 +237,8 @@ def test_data_keys_pass_and_python_attributes_do_not() -> None:
                           "{{ message['tool_calls'][0].id }}{{ ns.whatever }}") == []
     assert "name" in SAFE_FIELDS and "name" in python_attributes()
     assert _rules("{{ message.globals }}") == ["chat-template-unknown-name"]
+    # names of Jinja's objects that are also plain data fields: only CRITICAL names reach the objects
+    assert check_template("{{ document.filename }}{{ message.parent }}{{ image.shape }}") == []
     assert _rules("{{ message.content.data() }}") == ["chat-template-unknown-name"]
 
 

@@ -115,20 +115,27 @@ _ATTRIBUTE_ARGUMENTS: Dict[str, Tuple[Optional[int], str]] = {
 }
 
 
+#: Attributes of Jinja's own objects (environment, template, context) that lead to its globals,
+#: loader and compiler. Only CRITICAL names (``self``, ``cycler``, dunders) reach those objects;
+#: other names of theirs (``filename``, ``parent``) are left to chat data.
+JINJA_INTERNALS = frozenset({
+    "environment", "globals", "loader", "module", "policies", "extensions", "overlay", "sandboxed",
+    "root_render_func", "new_context", "make_module", "exported_vars", "eval_ctx", "get_all",
+    "get_exported", "resolve", "resolve_or_missing", "call_filter", "call_test", "getattr", "getitem",
+    "select_template", "get_or_select_template", "compile_expression", "compile_templates",
+})
+
+
 def _python_attributes() -> FrozenSet[str]:
-    """Every public attribute of the objects a template can reach: builtins, functions, frames,
-    generators, and Jinja's runtime objects. A name outside this set read from chat data can only
-    be a key lookup; a name inside it and outside :data:`SAFE_FIELDS` is not chat data."""
+    """Every public attribute of the Python objects a template can reach: the builtin types of chat
+    data, functions, generators (``map`` and ``select`` return them), frames and code, plus
+    :data:`JINJA_INTERNALS`. A name outside this set read from chat data can only be a key
+    lookup; a name inside it and outside :data:`SAFE_FIELDS` is not chat data."""
     import types
 
-    import jinja2
-    import jinja2.runtime
-    import jinja2.utils
-    import markupsafe
-
     kinds: List[Any] = [
-        object, type, str, bytes, bytearray, int, float, complex, bool, list, tuple, dict, set,
-        frozenset, range, slice, memoryview, property, classmethod, staticmethod, super,
+        object, type, str, bytes, int, float, complex, bool, list, tuple, dict, range, slice,
+        property, classmethod, staticmethod, super,
         BaseException, map, filter, zip, enumerate, reversed, type(None), type(NotImplemented),
         type({}.keys()), type({}.values()), type({}.items()), type(iter([])), type(iter("")),
         types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.GeneratorType,
@@ -136,20 +143,12 @@ def _python_attributes() -> FrozenSet[str]:
         types.CodeType, types.ModuleType, types.MappingProxyType, types.SimpleNamespace,
         types.MethodWrapperType, types.WrapperDescriptorType, types.GetSetDescriptorType,
         types.MemberDescriptorType, types.ClassMethodDescriptorType, types.CellType,
-        jinja2.Environment, jinja2.Template, jinja2.runtime.Context, jinja2.runtime.LoopContext,
-        jinja2.runtime.Macro, jinja2.runtime.Undefined, jinja2.runtime.TemplateReference,
-        jinja2.runtime.BlockReference, jinja2.environment.TemplateModule, jinja2.utils.Cycler,
-        jinja2.utils.Joiner, jinja2.utils.Namespace, markupsafe.Markup,
     ]
-    names: Set[str] = set()
+    names: Set[str] = set(JINJA_INTERNALS)
     for kind in kinds:
         names.update(a for a in dir(kind) if not a.startswith("_"))
-    # Instance attributes of Jinja's objects (set in __init__, so not in dir() of the class).
-    names.update({"environment", "globals", "filters", "tests", "loader", "cache", "policies",
-                  "extensions", "blocks", "module", "parent", "vars", "exported_vars", "eval_ctx",
-                  "globals_keys", "root_render_func", "filename", "catch_kwargs", "catch_varargs",
-                  "explicit_caller", "caller", "pos", "current", "sep", "used", "depth0", "name",
-                  "arguments"})
+    # Instance attributes of macros (their names are also common chat-data fields: see SAFE_FIELDS).
+    names.update({"name", "arguments"})
     return frozenset(names)
 
 

@@ -31,7 +31,8 @@ MODEL_NAME_RE = re.compile(r"""(?ix)(
     \.(pickle|pkl|pt|pth|bin|ckpt|joblib|npy|npz|h5|hdf5|keras|safetensors|gguf|onnx|pb|msgpack
        |dill|sav|model|pt2|ptl|mar|pdparams|nemo|llamafile|tflite|tar|7z|zip)
       (\.(gz|bz2|xz|lzma|lz4|z))?
-    |(^|/)(tokenizer_config\.json|chat_template\.(jinja|json))
+    |(^|/)(tokenizer_config|processor_config|chat_template)\.json
+    |\.jinja
     |\.index\.json
 )$""")
 

@@ -357,15 +357,24 @@ RULES: Tuple[Rule, ...] = (
          "error was not inspected.",
          _REPORT),
     Rule("chat-template-code", Severity.CRITICAL, "Chat template reaches Python internals",
-         "A Jinja chat template (GGUF metadata, tokenizer_config.json or a .jinja file) uses dunder "
-         "attributes, globals such as cycler/joiner/lipsum, the attr filter or escaped underscores. "
+         "A Jinja chat template (GGUF metadata, tokenizer_config.json, chat_template.json, "
+         "processor_config.json or a chat_template .jinja file), parsed by Jinja and never rendered, "
+         "uses dunder or private names, introspection attributes (mro, gi_frame, f_globals ...), "
+         "the attr filter, the globals cycler/joiner/lipsum/self, a format string that reads "
+         "attributes, or calls popen/system/eval-like methods, written out or built from constants. "
          "Rendered by a non-sandboxed Jinja environment it runs code (CVE-2024-34359).",
          "Replace the template with the model family's published one; render templates only in "
          "jinja2.sandbox.ImmutableSandboxedEnvironment.", code_execution=True),
+    Rule("chat-template-unknown-name", Severity.HIGH, "Chat template uses a name outside the allowlist",
+         "A chat template uses an attribute of Python or Jinja objects, a method call, a filter, a test "
+         "or a called global that the published chat templates and the transformers renderer do not "
+         "use. Chat data fields (message.reasoning_content, tool.parameters) are not affected.",
+         "Compare the template with the model family's published one and remove what differs."),
     Rule("chat-template-suspicious", Severity.HIGH, "Chat template builds names at render time",
-         "A chat template computes attribute or key names from strings (concatenation, join, format), "
-         "includes other templates, or spells underscores indirectly: the usual ways of hiding the "
-         "access to Python internals that chat-template-code looks for.",
+         "A chat template looks up a key or attribute, or picks a filter, test or method, by a name "
+         "computed at render time from parts that are not all constants (concatenation with data, "
+         "characters taken from object reprs, set blocks with logic), or includes, imports or "
+         "extends another template: the usual ways of hiding access to Python internals.",
          "Compare the template with the model family's published one and remove what differs."),
     Rule("onnx-external-data-path", Severity.HIGH, "ONNX external data path leaves the model folder",
          "A tensor's external_data location is absolute, contains '..', a NUL byte or a drive letter, or "

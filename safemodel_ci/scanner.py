@@ -46,21 +46,33 @@ def detect(source: ByteSource, head: Optional[bytes] = None) -> List[FormatReade
     """Every reader whose detector accepts the source, minus those another one supersedes."""
     if head is None:
         head = source.head(HEAD_SIZE)
+    # Readers that go by the file's name are asked every time; only content detection is remembered.
+    named = [r for r in _name_readers() if r.detect(source, head)]
     tiny = source.size <= TINY_CONTENT and len(head) == source.size
     if tiny:
         known = _tiny_detected.get(head)
         if known is not None:
             found, cost = known
             _charge(source, cost)
-            return list(found)
+            return list(found) + named
         before = source.bytes_read
-    matched = [r for r in readers() if r.detect(source, head)]
+    matched = [r for r in readers() if not r.by_name and r.detect(source, head)]
     names = {r.name for r in matched}
     superseded = {s for r in matched for s in r.supersedes if s in names}
     found = [r for r in matched if r.name not in superseded]
     if tiny and len(_tiny_detected) < 4096:
         _tiny_detected[head] = (found, source.bytes_read - before)
-    return list(found)
+    return list(found) + named
+
+
+_by_name: List[FormatReader] = []
+
+
+def _name_readers() -> List[FormatReader]:
+    """The readers whose detection looks at the source's name (looked up once)."""
+    if not _by_name:
+        _by_name.extend(r for r in readers() if r.by_name)
+    return _by_name
 
 
 def _charge(source: ByteSource, n: int) -> None:

@@ -1,11 +1,34 @@
 # ruff: noqa: E501 - the templates are kept verbatim, one per line
-"""Real chat templates as published in the models' tokenizer_config.json files (JSON string values,
-written here as Python literals with the same escapes). Sources: the Hub tokenizer configs of the
-named models, as quoted verbatim by public projects (llama.cpp/mistral.rs template tests,
+"""Real chat templates.
+
+``TEMPLATES``: as published in the models' tokenizer_config.json files (JSON string values, written
+here as Python literals with the same escapes). Sources: the Hub tokenizer configs of the named
+models, as quoted verbatim by public projects (llama.cpp/mistral.rs template tests,
 onnxruntime-extensions' tokenizer_impl, HF blog posts).
+
+``PUBLISHED``: more templates, one file each in ``tests/chat_templates/`` (byte for byte as the
+source holds them), with the model and the source (repository, path, commit) of each in
+``tests/chat_templates/SOURCES.json``. The Hub itself is not reachable from the test machines, so they
+come from public repositories that vendor them: huggingface.js's Jinja tests (which quote Hub
+tokenizer_config.json values verbatim), axolotl's template folder (its copies of the published
+templates, a few adapted to list-of-parts message content), open-instruct's CHAT_TEMPLATES
+(OLMo/Tulu) and the chujiezheng/chat_templates collection.
 """
 
-TEMPLATES = {
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict
+
+_DIR = Path(__file__).resolve().parent / "chat_templates"
+#: name -> {"model": Hub model id (and variant), "source": where the text was taken from}
+PUBLISHED_SOURCES: Dict[str, Dict[str, str]] = json.loads((_DIR / "SOURCES.json").read_text(encoding="utf-8"))
+#: name -> template text
+PUBLISHED: Dict[str, str] = {name: (_DIR / f"{name}.jinja").read_bytes().decode("utf-8")
+                             for name in PUBLISHED_SOURCES}
+
+TEMPLATES: Dict[str, str] = {
     # teknium/OpenHermes-2.5-Mistral-7B (ChatML)
     "chatml": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
     # mistralai/Mistral-7B-Instruct-v0.1

@@ -65,7 +65,7 @@ def test_injection_payloads_are_critical(name: str) -> None:
 @pytest.mark.parametrize("template", [
     "{% set u = '__' %}{{ messages[u ~ 'class' ~ u] }}",
     "{{ messages['__cla' + 'ss__'] }}",
-    "{{ messages|map(attribute=key)|list }}",
+    "{{ messages|map(attribute='__cla' ~ 'ss__')|list }}",
     "{% include 'other.jinja' %}",
     "{{ messages[('_','_','class','_','_')|join] }}",
 ])
@@ -163,7 +163,7 @@ def test_chat_template_jinja_file(tmp_path: Path) -> None:
     p = tmp_path / "chat_template.jinja"
     p.write_text(TEMPLATES["llama-3.1"])
     result = _scan(p)
-    assert result.formats == ["jinja-template"] and result.findings == []
+    assert result.formats == ["jinja-template", "chat-template"] and result.findings == []
     p.write_text(TEMPLATES["llama-3.1"].replace("{{- system_message }}",
                                                 "{{- system_message }}" + PAYLOADS["joiner"]))
     hits = _scan(p).findings
@@ -182,6 +182,8 @@ def test_ordinary_text_files_are_not_templates(tmp_path: Path) -> None:
         assert result.formats == [] and result.findings == [], path
 
 
-def test_helm_style_templates_with_data_keys_pass() -> None:
-    assert check_template("{{- if .Values.nodeSelector.os }}{{ .Values.system.name }}{{- end }}") == []
+def test_helm_charts_and_data_keys() -> None:
+    # A Helm chart's Go template is not Jinja, and is not read as a chat template (by its name);
+    # Jinja data keys that are also Python words are chat data, calling them is not.
+    assert check_template("{% if values.nodeSelector.os %}{{ values.system.name }}{% endif %}") == []
     assert check_template("{{ config.os.system('id') }}")

@@ -166,7 +166,8 @@ def test_manifest_hooks_receive_every_file_and_select_by_name_or_content() -> No
                  "m.joblib.gz", "x.npy", "x.npz", "m.h5", "m.hdf5", "m.keras", "m.safetensors",
                  "m.gguf", "m.onnx", "export/saved_model.pb", "flax_model.msgpack", "m.dill",
                  "m.sav", "tokenizer.model", "m.pt2", "m.ptl", "m.tar", "m.7z", "m.zip",
-                 "model.safetensors.index.json", "sub/tokenizer_config.json", "chat_template.jinja"]:
+                 "model.safetensors.index.json", "sub/tokenizer_config.json", "chat_template.jinja",
+                 "chat_template.json", "processor_config.json", "additional_chat_templates/rag.jinja"]:
         assert MODEL_NAME_RE.search(name), name
     for name in ["README.md", "config.json", "train.py", "my_tokenizer_config.json", "m.binx"]:
         assert not MODEL_NAME_RE.search(name), name

@@ -23,6 +23,9 @@ class FormatReader(ABC):
     supersedes: ClassVar[FrozenSet[str]] = frozenset()
     #: Readers that may legitimately match together with this one without being a polyglot.
     compatible: ClassVar[FrozenSet[str]] = frozenset()
+    #: True when ``detect`` also looks at the source's name (``chat_template.jinja``): its answer is
+    #: then never reused for another file with the same bytes.
+    by_name: ClassVar[bool] = False
 
     @abstractmethod
     def detect(self, source: ByteSource, head: bytes) -> bool:

@@ -514,10 +514,12 @@ class JsonConfigReader(FormatReader):
             ctx.add_format("keras-config")
             walk_keras_config(doc, ctx)
         if isinstance(doc, dict) and "chat_template" in doc:
-            from .chat_template import check_chat_template_value
+            from .chat_template import check_chat_template_value, json_template_file
 
-            ctx.add_format("tokenizer-config")
-            check_chat_template_value(doc["chat_template"], ctx, key="chat_template")
+            # judged where a loader renders it (tokenizer_config.json, chat_template.json ...)
+            if json_template_file(ctx):
+                ctx.add_format("tokenizer-config")
+                check_chat_template_value(doc["chat_template"], ctx, key="chat_template")
 
 
 def _contains_keras_objects(doc: Dict[str, Any], budget: int = 100_000) -> bool:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Tuple
 
 
 class DtypeUnsure(ValueError):
@@ -339,10 +339,8 @@ def from_pickled(dtype: PickledDtype, nested: Callable[[Any], DType]) -> DType:
     for value in (elsize, alignment, flags):
         if not isinstance(value, int) or isinstance(value, bool):
             raise DtypeUnsure("dtype state sizes are not integers")
-    if base.kind in "Mm":
-        raise DtypeUnsure("pickled datetime dtype: its metadata state is not checked here")
-    if len(state) == 9 and state[8] is not None:
-        raise DtypeUnsure("dtype state with metadata")
+    # A version 4 state ends with metadata (a datetime's unit): it never changes the size, and
+    # metadata numpy refuses makes the load fail there.
     if base.kind not in "SUV" and bool(flags & 1) != base.hasobject:
         # numpy copies the "holds objects" flag (NPY_ITEM_REFCOUNT) from the state: an 'f8' whose
         # state says so is read by joblib as an inline pickle. Not decided here.

@@ -166,14 +166,16 @@ def test_pickled_dtype_matches_numpy(ctor: str, align: Any, raw: Any) -> None:
     state = None
     if raw is not None:
         version, order, sub, (nm, fl), elsize, alignment, fg = raw
-        state = (version, order, sub, nm, fl, elsize, alignment, fg) + ((None,) if version == 4 else ())
+        meta = (None, (b"ns", 1, 1, 1)) if ctor == "M8" else None
+        state = (version, order, sub, nm, fl, elsize, alignment, fg) + ((meta,) if version == 4 else ())
     _agree(lambda: npdtype.from_pickled(PickledDtype(ctor, align, state, raw is not None), _resolve),
            _np_pickled(ctor, align, state))
 
 
 @pytest.mark.parametrize("value", [np.dtype("f8"), np.dtype("U3"), np.dtype("S7"), np.dtype("i4,i4"),
                                    np.dtype([("a", "O"), ("b", "f4")]), np.dtype(("f4", (2,))),
-                                   np.dtype("i4,f8", align=True), np.dtype("O"), np.dtype("V6")])
+                                   np.dtype("i4,f8", align=True), np.dtype("O"), np.dtype("V6"),
+                                   np.dtype("M8[ns]"), np.dtype("m8[25s]")])
 def test_real_pickled_dtypes_are_sure(value: np.dtype) -> None:
     """What numpy itself pickles is always read exactly (no fail-closed on ordinary files)."""
     got = _resolve(value)

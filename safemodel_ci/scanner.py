@@ -99,6 +99,66 @@ def scan_source(source: ByteSource, ctx: ScanContext) -> None:
     except Exception as exc:  # noqa: BLE001
         ctx.report("scanner-error", f"format detection failed: {type(exc).__name__}: {exc}")
         return
+    _scan_found(source, ctx, found)
+
+
+def reader_named(name: str) -> FormatReader:
+    """The registered reader called ``name`` (KeyError when there is none)."""
+    for reader in readers():
+        if reader.name == name:
+            return reader
+    raise KeyError(name)
+
+
+def scan_claimed(source: ByteSource, ctx: ScanContext, fmt: str) -> None:
+    """Scan ``source`` as ``fmt`` because its place says it is one (a torch archive's ``data.pkl``,
+    a joblib file's decompressed stream, a legacy torch tar's ``pickle``): the loader reads it as
+    that format whatever its first bytes look like, so the reader runs without asking its detector,
+    and what it cannot read is its finding (never "not this format", never a pass). Readers whose
+    detectors also accept the content run as well (a polyglot is read every way)."""
+    claimed = reader_named(fmt)
+    try:
+        head = source.head(HEAD_SIZE)
+        found = detect(source, head)
+    except SourceError as exc:
+        ctx.report("unscanned-unreadable", f"could not read: {exc}")
+        return
+    except Exception as exc:  # noqa: BLE001
+        ctx.report("scanner-error", f"format detection failed: {type(exc).__name__}: {exc}")
+        found = []
+    if fmt == "pickle" and any(r.name != fmt for r in found) and pickle_fails_at_once(head):
+        # Another format reads these bytes and every unpickler raises on the first byte before
+        # doing anything (not an opcode, or an opcode that pops from the empty stack): the
+        # pickle reading has nothing to scan (a gzip'd tar handed to joblib, say).
+        found = [r for r in found if r.name != fmt]
+    elif all(r.name != fmt for r in found):
+        # A reader the claimed one supersedes (or that supersedes it) reads the same bytes: the
+        # claimed reading replaces the other only where the claimed reader covers it.
+        found = [claimed] + [r for r in found if r.name not in claimed.supersedes]
+    _scan_found(source, ctx, found)
+
+
+def _opcodes_failing_at_start() -> frozenset:
+    import pickletools
+
+    ok = {op.code.encode("latin-1")[0] for op in pickletools.opcodes if not op.stack_before}
+    return frozenset(set(range(256)) - ok)
+
+
+#: First bytes on which CPython's unpicklers raise before running anything: not an opcode, or an
+#: opcode that needs stack items or a MARK (the stack is empty at the start).
+_FAILS_AT_START: frozenset = frozenset()
+
+
+def pickle_fails_at_once(head: bytes) -> bool:
+    """True when every unpickler raises on the first byte of ``head`` with nothing done."""
+    global _FAILS_AT_START
+    if not _FAILS_AT_START:
+        _FAILS_AT_START = _opcodes_failing_at_start()
+    return not head or head[0] in _FAILS_AT_START
+
+
+def _scan_found(source: ByteSource, ctx: ScanContext, found: List[FormatReader]) -> None:
     for reader in found:
         ctx.add_format(reader.name)
     if len(found) > 1:
@@ -187,4 +247,5 @@ def scan_files(paths: Iterable[str], options: ScanOptions,
         yield result
 
 
-__all__ = ["ScanOptions", "Severity", "detect", "scan_source", "scan_byte_source", "scan_file", "scan_files"]
+__all__ = ["ScanOptions", "Severity", "detect", "scan_source", "scan_claimed", "reader_named",
+           "scan_byte_source", "scan_file", "scan_files"]

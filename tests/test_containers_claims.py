@@ -111,3 +111,169 @@ def test_platform_or_unknown_dtype_strings_fail_closed(tmp_path: Path, ctor: str
     code, result = scan(tmp_path / "u.pkl")
     assert code != 0, rules(result)
     assert any(f.unscanned or f.rule_id == "pickle-broken-stream" for f in result.findings)
+
+
+# -- places that claim their content: read as a pickle, never sniffed --------------------------
+
+torch = pytest.importorskip("torch")
+
+#: Pickle streams a loader (CPython's C unpickler) runs but a sniffer may refuse. Each imports
+#: os.system (never run here) after something a strict reader stumbles on.
+HOSTILE = {
+    # protocol 0, no PROTO: a 1.1 MiB STRING line before the import (CPython reads lines of
+    # any length).
+    "long-line": b"(S'" + b"a" * ((1 << 20) + 64) + b"'\ncos\nsystem\n(S'echo owned'\ntRl.",
+    # protocol 0, no PROTO, a 1.1 MiB run of digits in an INT line before the import.
+    "long-int": b"(I" + b"7" * ((1 << 20) + 64) + b"\ncos\nsystem\n(S'echo owned'\ntRl.",
+    # not a pickle at all (an invalid first opcode): the loader fails at once, but the claimed
+    # place must not pass it as "not a pickle" either.
+    "garbage": b"\xff\xfe" + b"\x00" * 64,
+}
+
+
+def _rezip(src: Path, dst: Path, replace: "dict[str, bytes]", compression: int = 0) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            for suffix, new in replace.items():
+                if info.filename.endswith(suffix):
+                    data = new
+            zout.writestr(info.filename, data)
+
+
+def _blocks_or_unscanned(path: Path) -> List[str]:
+    code, result = scan(path)
+    assert code != 0, [f.to_dict() for f in result.findings]
+    assert "unrecognized-format" not in rules(result)
+    return rules(result)
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_torch_data_pkl_is_read_as_a_pickle(tmp_path: Path, kind: str) -> None:
+    torch.save({"w": torch.arange(4.0)}, tmp_path / "ok.pt")
+    _rezip(tmp_path / "ok.pt", tmp_path / "bad.pt", {"/data.pkl": HOSTILE[kind]})
+    got = _blocks_or_unscanned(tmp_path / "bad.pt")
+    assert "pickle-broken-stream" in got or "pickle-dangerous-global" in got or "unscanned-limit" in got, got
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_torchscript_constants_pkl_is_read_as_a_pickle(tmp_path: Path, kind: str) -> None:
+    class Tiny(torch.nn.Module):
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return x + 1
+
+    torch.jit.save(torch.jit.script(Tiny()), str(tmp_path / "ts.pt"))
+    _rezip(tmp_path / "ts.pt", tmp_path / "bad.pt", {"/constants.pkl": HOSTILE[kind]})
+    code, result = scan(tmp_path / "bad.pt")
+    hits = [f for f in result.findings if (f.member or "").endswith("constants.pkl")]
+    assert code != 0 and hits, [f.to_dict() for f in result.findings]
+    assert any(f.unscanned or f.rule_id in ("pickle-broken-stream", "pickle-dangerous-global") for f in hits)
+
+
+def test_torch_package_resource_pickle_is_read_as_a_pickle(tmp_path: Path) -> None:
+    from torch.package import PackageExporter
+
+    with PackageExporter(str(tmp_path / "pkg.pt")) as exp:
+        exp.save_pickle("res", "obj.pkl", {"a": 1})
+    _rezip(tmp_path / "pkg.pt", tmp_path / "bad.pt", {"res/obj.pkl": HOSTILE["long-line"]})
+    code, result = scan(tmp_path / "bad.pt")
+    hits = [f for f in result.findings if (f.member or "").endswith("res/obj.pkl")]
+    assert code != 0 and hits, [f.to_dict() for f in result.findings]
+
+
+@pytest.mark.parametrize("compress", ["zlib", "gzip", "bz2", "xz", "lzma"])
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_joblib_decompressed_stream_is_read_as_a_pickle(tmp_path: Path, compress: str, kind: str) -> None:
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+
+    pack = {"zlib": lambda d: zlib.compress(d, 3), "gzip": gzip.compress, "bz2": bz2.compress,
+            "xz": lambda d: lzma.compress(d, lzma.FORMAT_XZ),
+            "lzma": lambda d: lzma.compress(d, lzma.FORMAT_ALONE)}[compress]
+    (tmp_path / "m.joblib").write_bytes(pack(HOSTILE[kind]))
+    _blocks_or_unscanned(tmp_path / "m.joblib")
+
+
+def test_gzipped_tar_is_not_a_broken_pickle(tmp_path: Path) -> None:
+    """joblib.load would unpickle a .tar.gz too, but its first byte fails every unpickler before
+    anything runs; the tar reading is what counts (no false 'broken pickle')."""
+    import gzip
+    import tarfile
+
+    inner = tmp_path / "model.txt"
+    inner.write_text("weights")
+    with tarfile.open(tmp_path / "t.tar", "w") as tar:
+        tar.add(inner, arcname="model/weights.txt")
+    (tmp_path / "t.tar.gz").write_bytes(gzip.compress((tmp_path / "t.tar").read_bytes()))
+    code, result = scan(tmp_path / "t.tar.gz")
+    assert "pickle-broken-stream" not in rules(result), rules(result)
+
+
+def _legacy_tar(tmp_path: Path, pickle_member: bytes) -> Path:
+    import tarfile
+
+    members = {"sys_info": pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2),
+               "pickle": pickle_member,
+               "storages": pickle.dumps(0, protocol=2),
+               "tensors": pickle.dumps(0, protocol=2)}
+    path = tmp_path / "legacy.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_legacy_torch_tar_pickle_member_is_read_as_a_pickle(tmp_path: Path, kind: str) -> None:
+    _blocks_or_unscanned(_legacy_tar(tmp_path, HOSTILE[kind]))
+
+
+def test_legacy_torch_tar_benign(tmp_path: Path) -> None:
+    assert_benign(_legacy_tar(tmp_path, pickle.dumps({"a": 1}, protocol=2)))
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_npy_object_array_data_is_read_as_a_pickle(tmp_path: Path, kind: str) -> None:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+    (tmp_path / "o.npy").write_bytes(buf.getvalue() + HOSTILE[kind])
+    _blocks_or_unscanned(tmp_path / "o.npy")
+    _rezip_npz(tmp_path, buf.getvalue() + HOSTILE[kind])
+
+
+def _rezip_npz(tmp_path: Path, member: bytes) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "o.npz", "w") as z:
+        z.writestr("arr_0.npy", member)
+    _blocks_or_unscanned(tmp_path / "o.npz")
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_legacy_torch_file_pickles_are_read_as_pickles(tmp_path: Path, kind: str) -> None:
+    """The five pickles of a legacy torch.save file: a hostile 4th pickle is not passed."""
+    buf = io.BytesIO()
+    torch.save({"w": torch.arange(3.0)}, buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue()
+    # Replace the main (4th) pickle: magic, protocol, sys_info are the first three.
+    pos = 0
+    from safemodel_ci.formats.pickle import scan_pickle_at
+    from safemodel_ci.source import BytesSource
+
+    for _ in range(3):
+        pos = scan_pickle_at(BytesSource(data), _null_ctx(), pos).end
+    (tmp_path / "legacy.pt").write_bytes(data[:pos] + HOSTILE[kind])
+    _blocks_or_unscanned(tmp_path / "legacy.pt")
+
+
+def _null_ctx():  # type: ignore[no-untyped-def]
+    from safemodel_ci.context import ScanContext
+    from safemodel_ci.policy import Policy
+
+    return ScanContext("x", Policy())

@@ -85,5 +85,8 @@ class TarReader(FormatReader):
                 mctx = ctx.child(info.name)
                 mctx.add_format("torch-legacy-records")
                 scan_interleaved(member, mctx)
+            elif torch_tar and info.name in ("pickle", "sys_info"):
+                # torch.load unpickles these two members of a legacy tar: read as pickles.
+                ctx.scan_as("pickle", member, info.name)
             else:
                 ctx.scan(member, info.name)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, List
 
 import pytest
-from container_support import Evil, assert_benign, assert_malicious, evil_pickle, rules, scan
+from container_support import Evil, assert_benign, assert_malicious, rules, scan
 
 np = pytest.importorskip("numpy")
 joblib = pytest.importorskip("joblib")
@@ -22,7 +22,8 @@ joblib = pytest.importorskip("joblib")
 #: Every dtype form joblib writes raw bytes for (numpy pickles each as ctor + __setstate__).
 JOBLIB_DTYPES: List[Any] = [
     "f8", "<f4", ">f8", "f2", "i1", "u2", ">i4", "<i8", "?", "c8", ">c16", "U1", "<U7", ">U3", "S1", "S9",
-    "V4", "V0", "i4,i4", "i4,(2,3)f8,U2", [("a", "<i4"), ("b", ">f8", (2,))], [("s", "f4", (3,))], [("t", "i2", (2, 2)), ("u", "O")],
+    "V4", "V0", "i4,i4", "i4,(2,3)f8,U2", [("a", "<i4"), ("b", ">f8", (2,))], [("s", "f4", (3,))],
+    [("t", "i2", (2, 2)), ("u", "O")],
     "M8[ns]", "m8[25s]", "M8[D]", "M8", np.dtype("i1,f8", align=True), np.dtype([("x", "u1"), ("y", "i8")],
                                                                            align=True),
     [("n", [("m", "i2"), ("k", "S3")]), ("z", "f4")],

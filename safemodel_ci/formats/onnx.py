@@ -32,7 +32,7 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from ..context import ScanContext
-from ..protobuf import LEN, VARINT, ProtobufError, ProtoView, looks_like_message, looks_like_truncated_message
+from ..protobuf import LEN, VARINT, ProtobufError, ProtoView
 from ..source import ByteSource
 from .interface import FormatReader
 
@@ -189,13 +189,31 @@ class _Walk:
                             offset=offset, details={"domain": domain, "op": op})
 
 
+#: ModelProto fields that hold what the reader checks (graph, training_info, functions): a message
+#: with none of them has no tensor and no node to inspect.
+_CONTENT_FIELDS = frozenset({7, 20, 25})
+#: First bytes that can start a protobuf field: a tag with field number >= 1 and wire type 0-3 or
+#: 5 (a tag byte with the continuation bit carries the number on: also possible).
+_TAG_START = frozenset(b for b in range(256) if (b & 7) in (0, 1, 2, 3, 5) and (b >> 3 or b & 0x80))
+
+
 def _is_onnx(source: ByteSource, head: bytes) -> bool:
-    if not head or head[0] != 0x08:
+    """A ModelProto as ``onnx.load`` parses one: the top level decodes as protobuf in whatever order
+    its fields come (the first byte is no signature: protobuf allows any order, unknown fields and
+    groups), with a graph, training info or function in it. A model cut short inside one of those
+    is claimed too (and reported as not decoding)."""
+    if not head or head[0] not in _TAG_START:
         return False
-    view = ProtoView(source)
-    # A cut-off model (ir_version, then a field running past the end) is claimed too, and reported.
-    return looks_like_message(view, _MODEL_FIELDS, {1, 7}) or looks_like_truncated_message(
-        view, _MODEL_FIELDS, {1}, {7, 8, 14, 20, 25})
+    seen = set()
+    try:
+        for f in ProtoView(source).fields():
+            expected = _MODEL_FIELDS.get(f.number)
+            if expected is not None and expected == f.wire_type:
+                seen.add(f.number)
+    except ProtobufError as exc:
+        # A cut-off model: valid fields up to a content field that runs past the end of the data.
+        return exc.field in _CONTENT_FIELDS and bool(seen & ({1, 2, 8} | _CONTENT_FIELDS))
+    return bool(seen & _CONTENT_FIELDS)
 
 
 class OnnxReader(FormatReader):

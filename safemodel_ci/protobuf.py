@@ -143,13 +143,17 @@ MAX_GROUP_DEPTH = 100
 MAX_STREAMED_GROUP = 64 << 20
 
 
+class _OutOfData(ProtobufError):
+    """The data ended inside a group (a streamed reader may read more and retry)."""
+
+
 def _skip_group(data: memoryview, pos: int, stop: int, base: int, number: int) -> int:
     """Position after the end tag that closes the group ``number`` whose start tag ends at ``pos``."""
     open_groups = [number]
     start = pos
     while open_groups:
         if pos >= stop:
-            raise ProtobufError(f"group {open_groups[-1]} is not closed", base + start)
+            raise _OutOfData(f"group {open_groups[-1]} is not closed", base + start)
         tag_at = pos
         tag, pos = _varint(data, pos, stop, base)
         num, wire = tag >> 3, tag & 7
@@ -160,13 +164,12 @@ def _skip_group(data: memoryview, pos: int, stop: int, base: int, number: int) -
         elif wire == I64 or wire == I32:
             pos += 8 if wire == I64 else 4
             if pos > stop:
-                raise ProtobufError("fixed-width field truncated", base + tag_at)
+                raise _OutOfData("fixed-width field truncated", base + tag_at)
         elif wire == LEN:
             length, pos = _varint(data, pos, stop, base)
             pos += length
             if pos > stop:
-                raise ProtobufError(f"field {num} claims {length} bytes, beyond its group", base + tag_at,
-                                    num)
+                raise _OutOfData(f"field {num} claims {length} bytes, beyond its group", base + tag_at, num)
         elif wire == SGROUP:
             if len(open_groups) >= MAX_GROUP_DEPTH:
                 raise ProtobufError("groups nested too deeply", base + tag_at)
@@ -186,7 +189,7 @@ def _varint(data: memoryview, pos: int, stop: int, base: int) -> "tuple[int, int
     begin = pos
     while True:
         if pos >= stop:
-            raise ProtobufError("varint truncated", base + begin)
+            raise _OutOfData("varint truncated", base + begin)
         b = data[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -234,11 +237,22 @@ def _fields_streamed(source: ByteSource, start: int, end: int) -> Iterator[Proto
             yield ProtoField(number, wire, pos, None, value_start, value_start + length)
             pos = value_start + length
         elif wire == SGROUP:
-            size = min(end - pos, MAX_STREAMED_GROUP)
-            data = memoryview(source.read_at(pos, size))
-            after = _skip_group(data, rel2 - rel, len(data), pos, number)
-            if after > size:
-                raise ProtobufError(f"group {number} larger than {MAX_STREAMED_GROUP} bytes", pos)
+            # Read a growing window until the group closes (or is refused): random bytes that look
+            # like a group start are refused within the first window, not read to the end.
+            size = window
+            while True:
+                size = min(size, end - pos)
+                data = memoryview(source.read_at(pos, size))
+                try:
+                    after = _skip_group(data, rel2 - rel, len(data), pos, number)
+                    break
+                except _OutOfData:
+                    if size >= end - pos:
+                        raise
+                    if size >= MAX_STREAMED_GROUP:
+                        raise ProtobufError(f"group {number} larger than {MAX_STREAMED_GROUP} bytes",
+                                            pos) from None
+                    size *= 4
             pos += after
             buf = b""
             buf_at = pos

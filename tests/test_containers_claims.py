@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, List
 
 import pytest
-from container_support import Evil, assert_benign, assert_malicious, rules, scan
+from container_support import Evil, assert_benign, assert_malicious, evil_pickle, rules, scan
 
 np = pytest.importorskip("numpy")
 joblib = pytest.importorskip("joblib")
@@ -278,3 +278,83 @@ def _null_ctx():  # type: ignore[no-untyped-def]
     from safemodel_ci.policy import Policy
 
     return ScanContext("x", Policy())
+
+
+# -- .npy: header read as numpy.lib.format reads it, data length as numpy computes it -----------
+
+NPY_DTYPES: List[Any] = [
+    "<f8", ">i2", "|u1", "?", "<c16", "<U5", "|S3", "|V7", "<M8[us]", ">m8[h]",
+    [("a", "<i4"), ("b", ">f8", (2, 3))], np.dtype("i1,f8", align=True), np.dtype("i1,(2)u2,U1"),
+    np.dtype({"names": ["x", "y"], "formats": ["<i2", "<f4"], "offsets": [0, 8], "itemsize": 16}),
+    np.dtype([(("title", "n"), "<i4"), ("m", [("k", "|S2"), ("j", "<u8")])]),
+]
+
+
+def _npy(arr: "np.ndarray", version: "tuple[int, int]") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, version=version)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("dtype", NPY_DTYPES, ids=[str(d) for d in NPY_DTYPES])
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_npy_data_length_equals_numpys(tmp_path: Path, dtype: Any, version: "tuple[int, int]") -> None:
+    """For each dtype form and header version: the file is exactly header + itemsize * size (no
+    'trailing data'), and a pickle appended right after the data is found."""
+    for i, shape in enumerate([(), (3,), (2, 0), (2, 3)]):
+        arr = np.zeros(shape, dtype=np.dtype(dtype))
+        data = _npy(arr if i % 2 else np.asfortranarray(arr), version)
+        (tmp_path / f"a{i}.npy").write_bytes(data)
+        assert_benign(tmp_path / f"a{i}.npy")
+        (tmp_path / f"b{i}.npy").write_bytes(data + evil_pickle())
+        result = assert_malicious(tmp_path / f"b{i}.npy")
+        assert "npy-trailing-data" in rules(result)
+
+
+def _npy_raw(header: str, version: "tuple[int, int]" = (1, 0), encoding: str = "latin1") -> bytes:
+    body = header.encode(encoding)
+    fmt = "<H" if version == (1, 0) else "<I"
+    return b"\x93NUMPY" + bytes(version) + struct.pack(fmt, len(body)) + body
+
+
+def test_npy_python2_long_suffix_header_is_read_like_numpy(tmp_path: Path) -> None:
+    """Headers written by Python 2 carry 'L' suffixes; numpy (versions <= 2.0) strips them and
+    reads the data: a payload after 3 * 8 bytes is found as trailing data, not missed."""
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (3L,), }\n"
+    raw = _npy_raw(header) + b"\x00" * 24
+    from numpy.lib.format import read_array  # numeric array, allow_pickle=False: no code can run
+
+    with pytest.warns(UserWarning):
+        assert read_array(io.BytesIO(raw), allow_pickle=False).shape == (3,)
+    (tmp_path / "p2.npy").write_bytes(raw + evil_pickle())
+    assert "npy-trailing-data" in rules(assert_malicious(tmp_path / "p2.npy"))
+    # Version 3 does not get that second chance in numpy, nor here.
+    (tmp_path / "p3.npy").write_bytes(_npy_raw(header, (3, 0), "utf8") + b"\x00" * 24)
+    code, result = scan(tmp_path / "p3.npy")
+    assert code != 0 and "unscanned-parse-error" in rules(result)
+
+
+def test_npy_header_literal_forms_numpy_accepts(tmp_path: Path) -> None:
+    """ast.literal_eval forms: a comment, a UTF-8 v3 header, unusual spacing and line breaks."""
+    from numpy.lib.format import read_array
+
+    cases = [
+        ("{'descr':'<i4','fortran_order':False,'shape':(2,)} # a comment", (1, 0), "latin1", 8),
+        ("{'shape': (2,), 'descr': [('\u00e9t\u00e9', '<f4')], 'fortran_order': True}", (3, 0), "utf8", 8),
+        ("{\n 'descr' : '<u2' ,\n 'fortran_order' : False ,\n 'shape' : ( 4 , ) ,\n}", (2, 0), "latin1", 8),
+    ]
+    for i, (header, version, enc, nbytes) in enumerate(cases):
+        raw = _npy_raw(header, version, enc) + b"\x00" * nbytes
+        assert read_array(io.BytesIO(raw), allow_pickle=False).nbytes == nbytes
+        (tmp_path / f"h{i}.npy").write_bytes(raw)
+        assert_benign(tmp_path / f"h{i}.npy")
+        (tmp_path / f"e{i}.npy").write_bytes(raw + evil_pickle())
+        assert_malicious(tmp_path / f"e{i}.npy")
+
+
+@pytest.mark.parametrize("descr", ["'<f12'", "'<i8,<i4'", "'(2,)i4'", "'<g'", "[('a', '|V0', 3)]"])
+def test_npy_descr_of_uncertain_size_fails_closed(tmp_path: Path, descr: str) -> None:
+    header = "{'descr': %s, 'fortran_order': False, 'shape': (2,), }" % descr
+    (tmp_path / "u.npy").write_bytes(_npy_raw(header) + b"\x00" * 64 + evil_pickle())
+    code, result = scan(tmp_path / "u.npy")
+    assert code != 0 and "unscanned-parse-error" in rules(result), rules(result)

@@ -358,3 +358,51 @@ def test_npy_descr_of_uncertain_size_fails_closed(tmp_path: Path, descr: str) ->
     (tmp_path / "u.npy").write_bytes(_npy_raw(header) + b"\x00" * 64 + evil_pickle())
     code, result = scan(tmp_path / "u.npy")
     assert code != 0 and "unscanned-parse-error" in rules(result), rules(result)
+
+
+# -- legacy torch storages: element sizes exactly torch's --------------------------------------
+
+def test_storage_element_sizes_are_torchs() -> None:
+    import warnings
+
+    from torch._utils import _element_size
+
+    from safemodel_ci.formats.torch_legacy import STORAGE_ELEMENT_SIZES
+
+    expected = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in dir(torch):
+            cls = getattr(torch, name)
+            if isinstance(cls, type) and isinstance(getattr(cls, "dtype", None), torch.dtype):
+                expected[name] = _element_size(cls.dtype)
+    assert STORAGE_ELEMENT_SIZES == expected
+
+
+LEGACY_DTYPES = ["float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
+                 "bool", "complex64", "complex128"]
+
+
+@pytest.mark.parametrize("dtype", LEGACY_DTYPES)
+def test_legacy_storages_skipped_exactly(tmp_path: Path, dtype: str) -> None:
+    """A legacy checkpoint of each dtype (plus a float32 one, so sizes differ within the file) is
+    laid out exactly: clean as saved, and a pickle appended after the last storage is found."""
+    t = torch.arange(7).to(getattr(torch, dtype))
+    buf = io.BytesIO()
+    torch.save({"t": t, "f": torch.ones(3), "view": t[2:5]}, buf, _use_new_zipfile_serialization=False)
+    (tmp_path / "ok.pt").write_bytes(buf.getvalue())
+    assert_benign(tmp_path / "ok.pt")
+    (tmp_path / "bad.pt").write_bytes(buf.getvalue() + evil_pickle())
+    result = assert_malicious(tmp_path / "bad.pt")
+    assert "torch-unaccounted-bytes" in rules(result)
+
+
+def test_legacy_storage_of_unknown_type_is_unscanned(tmp_path: Path) -> None:
+    """The storage type named by a persistent id is not a torch class of known element size: the
+    raw area is not laid out by trying sizes until something fits; it is unscanned."""
+    buf = io.BytesIO()
+    torch.save({"f": torch.ones(4)}, buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue().replace(b"FloatStorage", b"FloatStorag2", 1)
+    (tmp_path / "u.pt").write_bytes(data)
+    code, result = scan(tmp_path / "u.pt")
+    assert code != 0 and "unscanned-parse-error" in rules(result), rules(result)

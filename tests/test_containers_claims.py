@@ -219,7 +219,7 @@ def _legacy_tar(tmp_path: Path, pickle_member: bytes) -> Path:
 
     members = {"sys_info": pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2),
                "pickle": pickle_member,
-               "storages": pickle.dumps(0, protocol=2),
+               "storages": pickle.dumps(0, protocol=2) + pickle.dumps([], protocol=2),
                "tensors": pickle.dumps(0, protocol=2)}
     path = tmp_path / "legacy.tar"
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -406,3 +406,69 @@ def test_legacy_storage_of_unknown_type_is_unscanned(tmp_path: Path) -> None:
     (tmp_path / "u.pt").write_bytes(data)
     code, result = scan(tmp_path / "u.pt")
     assert code != 0 and "unscanned-parse-error" in rules(result), rules(result)
+
+
+#: A protocol 0 call through INST (no 'c' GLOBAL, no PROTO): nothing a carving regex looks for.
+INST_PAYLOAD = b"(S'echo owned'\nios\nsystem\n."
+
+
+def _tar_members(members: "dict[str, bytes]") -> bytes:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _storages(views: bytes, types: "list[tuple[Any, int, int]]") -> bytes:
+    out = pickle.dumps(len(types), protocol=2)
+    for i, (cls, elem, n) in enumerate(types):
+        out += pickle.dumps((str(i), "cpu", cls), protocol=2) + struct.pack("<Q", n) + b"\x01" * (n * elem)
+    return out + views
+
+
+def _tensors(payload_at_end: bytes = b"") -> bytes:
+    out = pickle.dumps(2, protocol=2)
+    for i, ndim in enumerate((2, 0)):
+        out += pickle.dumps((f"t{i}", str(i), torch.FloatTensor), protocol=2)
+        out += struct.pack("<i", ndim) + b"\0" * 4 + struct.pack(f"<{ndim}q", *([3] * ndim)) * 2
+        out += struct.pack("<q", 0)
+    return out + payload_at_end
+
+
+TAR_TYPES = [(torch.FloatStorage, 4, 6), (torch.HalfStorage, 2, 5), (torch.ComplexDoubleStorage, 16, 3),
+             (torch.BoolStorage, 1, 7)]
+
+
+def _torch_tar(storages: bytes, tensors: bytes, main: bytes = b"") -> bytes:
+    return _tar_members({"sys_info": pickle.dumps({"protocol_version": 1001}, protocol=2),
+                         "storages": storages, "tensors": tensors,
+                         "pickle": main or pickle.dumps({"a": 1}, protocol=2)})
+
+
+def test_legacy_tar_records_walked_exactly(tmp_path: Path) -> None:
+    """storages/tensors are read record by record as torch reads them: a clean file is clean, and
+    an INST payload as the storage-views pickle (which a carving search does not spot) is found."""
+    views = pickle.dumps([], protocol=2)
+    (tmp_path / "ok.tar").write_bytes(_torch_tar(_storages(views, TAR_TYPES), _tensors()))
+    assert_benign(tmp_path / "ok.tar")
+    (tmp_path / "views.tar").write_bytes(_torch_tar(_storages(INST_PAYLOAD, TAR_TYPES), _tensors()))
+    assert_malicious(tmp_path / "views.tar", member="storages")
+
+
+def test_legacy_tar_trailing_record_bytes_are_searched(tmp_path: Path) -> None:
+    (tmp_path / "t.tar").write_bytes(_torch_tar(_storages(pickle.dumps([], protocol=2), TAR_TYPES),
+                                                _tensors(evil_pickle())))
+    result = assert_malicious(tmp_path / "t.tar", member="tensors")
+    assert "torch-unaccounted-bytes" in rules(result)
+
+
+def test_legacy_tar_unknown_storage_type_is_unscanned(tmp_path: Path) -> None:
+    types = [(torch.FloatTensor, 4, 2)]  # a tensor class has no _dtype: not a storage type
+    (tmp_path / "u.tar").write_bytes(_torch_tar(_storages(pickle.dumps([], protocol=2), types), _tensors()))
+    code, result = scan(tmp_path / "u.tar")
+    assert code != 0 and "unscanned-parse-error" in rules(result)

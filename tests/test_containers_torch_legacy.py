@@ -133,10 +133,12 @@ def _tar(members: List[tuple]) -> bytes:
 
 
 def _legacy_tar_storages(extra: bytes = b"") -> bytes:
-    """The ``storages`` member of torch's tar format: count, then (key, location, type) + raw."""
+    """The ``storages`` member of torch's tar format: count, then (key, location, type) + raw, then
+    the list of storage views (torch.load reads all three parts)."""
     out = pickle.dumps(1, protocol=2)
     out += pickle.dumps(("0", "cpu", torch.FloatStorage), protocol=2)
     out += struct.pack("<q", 4) + struct.pack("<4f", 1, 2, 3, 4)
+    out += pickle.dumps([], protocol=2)
     return out + extra
 
 

@@ -209,12 +209,92 @@ class TorchLegacyReader(FormatReader):
         return pos, ""
 
 
-def scan_interleaved(source: ByteSource, ctx: ScanContext) -> None:
-    """A stream of pickles mixed with binary records (legacy tar ``storages`` / ``tensors``).
+#: Classes with a ``_dtype`` (what the legacy tar loader asks of a storage type): the storages.
+TAR_STORAGE_TYPES = frozenset(name for name in STORAGE_ELEMENT_SIZES if name.endswith("Storage"))
 
-    The first pickle is scanned as such; the rest is carved, so every pickle is scanned while the
-    binary records between them produce no noise.
-    """
+
+class _RecordsBroken(Exception):
+    def __init__(self, offset: int, reason: str, reported: bool = False) -> None:
+        super().__init__(reason)
+        self.offset = offset
+        self.reason = reason
+        self.reported = reported
+
+
+def scan_legacy_tar_member(source: ByteSource, ctx: ScanContext, kind: str) -> None:
+    """The ``storages`` or ``tensors`` member of a legacy torch tar, walked as ``torch.load`` reads
+    it (``torch/serialization.py`` ``legacy_load``): a pickled count, then per record a pickle and
+    a binary part whose length the pickle and the bytes fix (``storages``: a u64 element count and
+    count * element size bytes, the size from the storage class; ``tensors``: an int32 ndim, 4
+    bytes, ndim sizes, ndim strides and an offset, 8 bytes each), and for ``storages`` a last
+    pickle of views. Every pickle is scanned where torch reads it; where the layout cannot be
+    followed exactly the rest is unscanned (and carved for pickles), never guessed."""
+    from .pickle import _maybe_literal, scan_pickle_at
+
+    pos = 0
+
+    def next_pickle(what: str) -> Any:
+        nonlocal pos
+        result = scan_pickle_at(source, ctx, pos)
+        if not result.complete or result.end is None:
+            raise _RecordsBroken(pos, f"the {what} pickle is broken", reported=True)
+        pos = result.end
+        return _maybe_literal(result.top, keep_globals=True)
+
+    def read_int(fmt: str, what: str) -> int:
+        nonlocal pos
+        width = struct.calcsize(fmt)
+        raw = source.read_at(pos, width)
+        if len(raw) != width:
+            raise _RecordsBroken(pos, f"the member ends inside {what}")
+        pos += width
+        return int(struct.unpack(fmt, raw)[0])
+
+    try:
+        count = next_pickle("record count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise _RecordsBroken(0, f"the record count is {count!r}, not a non-negative int")
+        for index in range(count):
+            ctx.check_deadline()
+            args = next_pickle(f"record {index}")
+            if not isinstance(args, (tuple, list)) or len(args) != 3:
+                raise _RecordsBroken(pos, f"record {index} is not a 3-tuple")
+            if kind == "storages":
+                name = _type_name(args[2])
+                if name not in TAR_STORAGE_TYPES:
+                    raise _RecordsBroken(pos, f"storage {args[0]!r} has a type whose element size is not "
+                                         "known")
+                n = read_int("<Q", f"the element count of storage {args[0]!r}")
+                pos += n * STORAGE_ELEMENT_SIZES[name]  # type: ignore[index]
+            else:
+                ndim = read_int("<i", f"the dimension count of tensor {args[0]!r}")
+                if ndim < 0:
+                    raise _RecordsBroken(pos, f"tensor {args[0]!r} has {ndim} dimensions")
+                pos += 4 + 16 * ndim + 8
+            if pos > source.size:
+                raise _RecordsBroken(source.size, f"record {index} runs past the end of the member")
+        if kind == "storages":
+            next_pickle("storage views")
+    except _RecordsBroken as exc:
+        if not exc.reported:
+            ctx.report("unscanned-parse-error",
+                       f"legacy torch tar member {kind!r}: {exc.reason} at offset {exc.offset}; torch.load "
+                       "reads it as pickles and raw records, and the layout could not be followed exactly. "
+                       "The rest was carved for pickles", offset=exc.offset)
+        carve(source, ctx, min(exc.offset + 1, source.size), source.size)
+        return
+    if pos < source.size:
+        ctx.report("torch-unaccounted-bytes",
+                   f"{source.size - pos} bytes follow the last record of {kind!r} at offset {pos}; "
+                   "torch.load ignores them, they were searched for pickle streams", offset=pos,
+                   details={"length": source.size - pos})
+        carve(source, ctx, pos, source.size)
+
+
+def scan_interleaved(source: ByteSource, ctx: ScanContext) -> None:
+    """A stream of pickles mixed with binary records of unknown layout: the first pickle is
+    scanned as such; the rest is carved, so every pickle is scanned while the binary records
+    between them produce no noise. (Legacy torch tars use :func:`scan_legacy_tar_member`.)"""
     from .pickle import scan_pickle_at
 
     result = scan_pickle_at(source, ctx, 0)

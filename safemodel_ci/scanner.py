@@ -26,6 +26,12 @@ MODEL_EXTENSIONS = frozenset({
 })
 
 
+#: Extensions of files whose loaders unpickle whatever they are given (pickle.load, joblib.load,
+#: torch.load of a file that is not a zip): content no reader detects is still read as a pickle.
+#: ``.bin`` is left out: raw tensor data (ONNX external weights, GGML) is named so as well.
+PICKLE_EXTENSIONS = frozenset({".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib", ".sav", ".dill"})
+
+
 @dataclass(frozen=True)
 class ScanOptions:
     """Everything that decides a scan's result (and so belongs in a result-cache key)."""
@@ -171,6 +177,11 @@ def _scan_found(source: ByteSource, ctx: ScanContext, found: List[FormatReader])
                        offset=0, details={"formats": names})
     if not found and ctx.member is None:
         ext = os.path.splitext(ctx.path)[1].lower()
+        if ext in PICKLE_EXTENSIONS and not pickle_fails_at_once(source.head(1)):
+            # Its loader unpickles it whatever our sniffing says: read as a pickle, so that what
+            # the reader cannot walk to STOP is a finding, not an unrecognised file.
+            _scan_found(source, ctx, [reader_named("pickle")])
+            return
         if ext in MODEL_EXTENSIONS:
             ctx.report("unrecognized-format",
                        f"named like a model ({ext}) but the content matches no model format")

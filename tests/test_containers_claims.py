@@ -472,3 +472,16 @@ def test_legacy_tar_unknown_storage_type_is_unscanned(tmp_path: Path) -> None:
     (tmp_path / "u.tar").write_bytes(_torch_tar(_storages(pickle.dumps([], protocol=2), types), _tensors()))
     code, result = scan(tmp_path / "u.tar")
     assert code != 0 and "unscanned-parse-error" in rules(result)
+
+
+@pytest.mark.parametrize("ext", [".pkl", ".pt", ".pth", ".ckpt", ".joblib", ".sav", ".dill", ".pickle"])
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_file_named_for_an_unpickling_loader_is_read_as_a_pickle(tmp_path: Path, ext: str, kind: str) -> None:
+    """pickle.load / joblib.load / torch.load (of a non-zip file) unpickle whatever they get: such a
+    file that no reader detects is still read as a pickle, never passed as unrecognised."""
+    (tmp_path / f"m{ext}").write_bytes(HOSTILE[kind])
+    code, result = scan(tmp_path / f"m{ext}")
+    if kind == "garbage":  # \xff is no opcode: every unpickler refuses it before doing anything
+        assert rules(result) == ["unrecognized-format"]
+    else:
+        assert code != 0 and "unrecognized-format" not in rules(result), rules(result)

@@ -74,8 +74,24 @@ def _filter_header(text: str) -> str:
     return tokenize.untokenize(tokens)
 
 
+#: Parsed headers by (text, version): the same few headers recur in every .npz and corpus.
+_HEADER_MEMO: Dict[Tuple[str, Tuple[int, int]], Any] = {}
+
+
 def _literal(text: str, version: Tuple[int, int]) -> Any:
-    """``ast.literal_eval`` as numpy calls it (it parses a literal; nothing is evaluated)."""
+    """``ast.literal_eval`` as numpy calls it (it parses a literal; nothing is evaluated).
+    Results are remembered per text: literals of dicts, tuples, strings, numbers, which the
+    readers copy before changing (they never do)."""
+    key = (text, version)
+    if key in _HEADER_MEMO:
+        return _HEADER_MEMO[key]
+    value = _literal_eval(text, version)
+    if len(_HEADER_MEMO) < 4096 and len(text) < 4096:
+        _HEADER_MEMO[key] = value
+    return value
+
+
+def _literal_eval(text: str, version: Tuple[int, int]) -> Any:
     try:
         return ast.literal_eval(text)
     except SyntaxError:

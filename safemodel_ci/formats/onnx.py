@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..context import ScanContext
 from ..protobuf import LEN, VARINT, ProtobufError, ProtoView
-from ..source import ByteSource
+from ..source import ByteSource, BytesSource
 from .interface import FormatReader
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"})
@@ -197,6 +197,56 @@ _CONTENT_FIELDS = frozenset({7, 20, 25})
 _TAG_START = frozenset(b for b in range(256) if (b & 7) in (0, 1, 2, 3, 5) and (b >> 3 or b & 0x80))
 
 
+def _head_may_be_message(head: bytes) -> bool:
+    """Cheap first pass over the head alone (a plain loop: detection runs on every file and
+    member): False when it already fails to decode as protobuf (most files: pickles, text,
+    archives), True when it decodes, runs past its end or holds a group (decided on the whole)."""
+    pos = 0
+    n = len(head)
+    while pos < n:
+        tag = 0
+        shift = 0
+        while True:  # the tag varint
+            if pos >= n:
+                return True
+            b = head[pos]
+            pos += 1
+            tag |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift >= 70:
+                return False
+        wire = tag & 7
+        if tag >> 3 == 0:
+            return False
+        if wire == 0 or wire == 2:
+            value = 0
+            shift = 0
+            while True:
+                if pos >= n:
+                    return True
+                b = head[pos]
+                pos += 1
+                value |= (b & 0x7F) << shift
+                if b < 0x80:
+                    break
+                shift += 7
+                if shift >= 70:
+                    return False
+            if wire == 2:
+                pos += value
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 3:
+            return True
+        else:
+            return False
+    return True
+
+
 def _is_onnx(source: ByteSource, head: bytes) -> bool:
     """A ModelProto as ``onnx.load`` parses one: the top level decodes as protobuf in whatever order
     its fields come (the first byte is no signature: protobuf allows any order, unknown fields and
@@ -204,9 +254,14 @@ def _is_onnx(source: ByteSource, head: bytes) -> bool:
     is claimed too (and reported as not decoding)."""
     if not head or head[0] not in _TAG_START:
         return False
+    if not _head_may_be_message(head):
+        return False
+    # A file the head holds whole is decoded from the head (detection runs on every file and
+    # member: no second read of it).
+    view = ProtoView(BytesSource(head)) if len(head) >= source.size else ProtoView(source)
     seen = set()
     try:
-        for f in ProtoView(source).fields():
+        for f in view.fields():
             expected = _MODEL_FIELDS.get(f.number)
             if expected is not None and expected == f.wire_type:
                 seen.add(f.number)

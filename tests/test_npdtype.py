@@ -190,3 +190,59 @@ def test_most_generated_forms_are_decided() -> None:
         assert theirs is not None
         mine = npdtype.from_string(text)
         assert (mine.itemsize, mine.hasobject) == (theirs.itemsize, bool(theirs.hasobject)), text
+
+
+# -- .npy headers: parse_header against numpy.lib.format's own reader -------------------------
+
+header_descr = st.one_of(st.sampled_from(["'<f8'", "'|O'", "'<U3'", "'|S0'", "'V4'", "'<i4,<f2'", "'M8[ns]'",
+                                          "[('a', '<i4'), ('', '|V4')]", "[('a', '<i4', (2,))]",
+                                          "[(('t', 'n'), '>f4')]", "('<i2', (3,))", "'float64'", "'<g'",
+                                          "'x'", "[('a', '<i4'), ('a', '<i8')]", "[]", "[('', '<i4')]"]))
+header_shape = st.sampled_from(["()", "(3,)", "(2, 3)", "(0,)", "(3L,)", "(True, 2)", "(-1,)", "[3]",
+                                "(2**3,)", "(3,2,)", "(1_0,)", "(0x3,)", "( 3 , )"])
+header_fortran = st.sampled_from(["False", "True", "0", "None"])
+header_text = st.builds(
+    lambda d, s, f, order, extra: "{" + ", ".join(
+        [f"'descr': {d}", f"'fortran_order': {f}", f"'shape': {s}"][i] for i in order) + extra + "}",
+    header_descr, header_shape, header_fortran, st.permutations([0, 1, 2]),
+    st.sampled_from(["", ", ", ", 'x': 1", " # c", "\n"]))
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(header_text, st.sampled_from([(1, 0), (2, 0), (3, 0)]))
+def test_npy_header_matches_numpy(text: str, version: "tuple[int, int]") -> None:
+    """Whenever our header parse and item size succeed, numpy reads the same shape and the same
+    number of data bytes; whenever numpy refuses the header, so do we (or we fail closed)."""
+    import io
+    import struct
+
+    try:
+        from numpy.lib import _format_impl as npformat  # numpy 2.x
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.lib import format as npformat  # type: ignore[no-redef]
+
+    from safemodel_ci.formats.numpy import NpyHeaderError, itemsize, parse_header
+    from safemodel_ci.source import BytesSource
+
+    body = text.encode("latin1" if version != (3, 0) else "utf8")
+    raw = b"\x93NUMPY" + bytes(version) + struct.pack("<H" if version == (1, 0) else "<I", len(body)) + body
+    fp = io.BytesIO(raw)
+    npformat.read_magic(fp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            shape, fortran, dtype = npformat._read_array_header(fp, version, max_header_size=1 << 20)
+        except Exception:  # noqa: BLE001 - numpy refuses the header
+            shape = None
+    try:
+        header, _, start = parse_header(BytesSource(raw))
+        size = itemsize(header["descr"])
+    except NpyHeaderError:
+        return
+    assert shape is not None, text
+    assert start == len(raw)
+    assert header["shape"] == shape and header["fortran_order"] == fortran
+    count = 1
+    for dim in shape:
+        count *= dim
+    assert size * count == dtype.itemsize * count

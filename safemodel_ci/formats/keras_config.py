@@ -456,9 +456,19 @@ def parse_json_text(raw: bytes) -> Any:
 _JSON_MARKERS = re.compile(rb'"class_name"|"chat_template"|\\u00[3-7][0-9a-fA-F]')
 
 
+#: First bytes of a document json.loads(bytes) may read as an object: JSON white space or '{' in
+#: UTF-8, a BOM (UTF-8, UTF-16/32), or NUL (UTF-16/32 big endian without BOM).
+_MAY_START_JSON = frozenset(b"{ \t\r\n\xef\xfe\xff\x00")
+
+
 def _json_start(head: bytes) -> bool:
     """The text json.loads(bytes) would decode starts a JSON object (any encoding it detects)."""
     if not head:
+        return False
+    first = head[0]
+    if first not in _MAY_START_JSON and (len(head) < 2 or head[1]):
+        # json.detect_encoding says UTF-8 (no BOM, no NUL in the first two bytes), and a UTF-8
+        # document cannot start so: most files end here without the codec lookup.
         return False
     encoding = json_bytes_encoding(head[:4])  # json.detect_encoding looks at 4 bytes only
     if encoding in ("utf-8", "utf-8-sig"):

@@ -91,7 +91,22 @@ def _literal(text: str, version: Tuple[int, int]) -> Any:
     return value
 
 
+_INT = r"(?:0|[1-9][0-9]*)"
+#: The header exactly as numpy writes it for a plain dtype (and nothing looser): a dict literal
+#: that ast.literal_eval reads as {'descr': str, 'fortran_order': bool, 'shape': tuple of ints}.
+#: Such headers are read without compiling (literal_eval compiles, ~50x the cost); any other text
+#: goes to literal_eval itself.
+_CANONICAL = re.compile(
+    r"\{'descr': '([^'\\\n\r]*)', 'fortran_order': (True|False), 'shape': "
+    r"\((|" + _INT + r",|" + _INT + r"(?:, " + _INT + r")+)\), \} *\n?\Z")
+
+
 def _literal_eval(text: str, version: Tuple[int, int]) -> Any:
+    m = _CANONICAL.match(text)
+    if m is not None:
+        descr, order, dims = m.groups()
+        shape = tuple(int(d) for d in dims.replace(",", " ").split())
+        return {"descr": descr, "fortran_order": order == "True", "shape": shape}
     try:
         return ast.literal_eval(text)
     except SyntaxError:

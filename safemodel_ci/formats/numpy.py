@@ -14,11 +14,8 @@ ints to numpy too). The dtype and its item size come from :mod:`safemodel_ci.npd
 
 from __future__ import annotations
 
-import ast
-import io
 import re
 import struct
-import tokenize
 from typing import Any, Dict, Tuple
 
 from ..context import ScanContext
@@ -64,6 +61,9 @@ def itemsize(descr: Any) -> int:
 
 def _filter_header(text: str) -> str:
     """numpy's ``_filter_header``: drop the ``L`` after integers (headers written by Python 2)."""
+    import io
+    import tokenize
+
     tokens = []
     last_was_number = False
     for token in tokenize.generate_tokens(io.StringIO(text).readline):
@@ -107,6 +107,9 @@ def _literal_eval(text: str, version: Tuple[int, int]) -> Any:
         descr, order, dims = m.groups()
         shape = tuple(int(d) for d in dims.replace(",", " ").split())
         return {"descr": descr, "fortran_order": order == "True", "shape": shape}
+    import ast  # only for headers not in numpy's own form
+    import tokenize
+
     try:
         return ast.literal_eval(text)
     except SyntaxError:

@@ -25,7 +25,6 @@ checks every form against ``numpy.dtype`` itself (numpy is a test dependency onl
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, List, Tuple
 
 
@@ -33,16 +32,32 @@ class DtypeUnsure(ValueError):
     """The dtype is not one whose size is certain to equal numpy's (or numpy rejects it)."""
 
 
-@dataclass(frozen=True)
 class DType:
-    """What a reader needs of a dtype: bytes per element, whether it holds Python objects, and
-    its alignment (for aligned structured dtypes)."""
+    """What a reader needs of a dtype: bytes per element, whether it holds Python objects, its
+    alignment (for aligned structured dtypes) and ``kind``: ``S``/``U``/``V`` (their size is
+    free) or the one-letter kind of a fixed-size type. (A plain class: a dataclass costs a
+    compile at import, and this module is imported by every scan.)"""
 
-    itemsize: int
-    hasobject: bool
-    alignment: int
-    #: ``S``/``U``/``V`` (their size is free) or the one-letter kind of a fixed-size type.
-    kind: str
+    __slots__ = ("itemsize", "hasobject", "alignment", "kind")
+
+    def __init__(self, itemsize: int, hasobject: bool, alignment: int, kind: str) -> None:
+        self.itemsize = itemsize
+        self.hasobject = hasobject
+        self.alignment = alignment
+        self.kind = kind
+
+    def _key(self) -> Tuple[int, bool, int, str]:
+        return (self.itemsize, self.hasobject, self.alignment, self.kind)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DType) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"DType(itemsize={self.itemsize}, hasobject={self.hasobject}, alignment={self.alignment}, "
+                f"kind={self.kind!r})")
 
 
 #: code -> (sizes accepted after it, size when no digits follow, alignment per size, kind).
@@ -303,15 +318,17 @@ def from_descr(descr: Any, depth: int = 0) -> DType:
     return DType(total, any(f.hasobject for f in fields), 1, "V")
 
 
-@dataclass(frozen=True)
 class PickledDtype:
-    """A ``numpy.dtype`` built in a pickle: its constructor arguments and the state BUILD set."""
+    """A ``numpy.dtype`` built in a pickle: its constructor arguments (``ctor``, ``align``) and the
+    state BUILD set (``state``; ``has_state`` False when no BUILD followed)."""
 
-    ctor: Any
-    align: Any = False
-    #: The ``__setstate__`` tuple, or None when no BUILD followed.
-    state: Any = None
-    has_state: bool = False
+    __slots__ = ("ctor", "align", "state", "has_state")
+
+    def __init__(self, ctor: Any, align: Any = False, state: Any = None, has_state: bool = False) -> None:
+        self.ctor = ctor
+        self.align = align
+        self.state = state
+        self.has_state = has_state
 
 
 def from_pickled(dtype: PickledDtype, nested: Callable[[Any], DType]) -> DType:
@@ -339,8 +356,16 @@ def from_pickled(dtype: PickledDtype, nested: Callable[[Any], DType]) -> DType:
     for value in (elsize, alignment, flags):
         if not isinstance(value, int) or isinstance(value, bool):
             raise DtypeUnsure("dtype state sizes are not integers")
-    # A version 4 state ends with metadata (a datetime's unit): it never changes the size, and
-    # metadata numpy refuses makes the load fail there.
+    # A version 4 state ends with metadata (a datetime's unit). It never changes the size, but
+    # numpy refuses a datetime state without a unit it knows: only numpy's own form is sure.
+    if base.kind in "Mm":
+        meta = state[8] if len(state) == 9 else None
+        unit = meta[1] if isinstance(meta, tuple) and len(meta) == 2 and isinstance(meta[1], tuple) else None
+        if not (unit is not None and len(unit) == 4 and isinstance(unit[0], bytes)
+                and unit[0].decode("latin-1") in _DATETIME_UNITS + ("generic",)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in unit[1:])
+                and unit[1] >= 1 and unit[2:] == (1, 1) and (meta[0] is None or isinstance(meta[0], dict))):
+            raise DtypeUnsure("datetime dtype state without numpy's (metadata, (unit, num, 1, 1))")
     if base.kind not in "SUV" and bool(flags & 1) != base.hasobject:
         # numpy copies the "holds objects" flag (NPY_ITEM_REFCOUNT) from the state: an 'f8' whose
         # state says so is read by joblib as an inline pickle. Not decided here.

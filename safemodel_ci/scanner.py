@@ -164,6 +164,22 @@ def pickle_fails_at_once(head: bytes) -> bool:
     return not head or head[0] in _FAILS_AT_START
 
 
+def _claimed_by_extension(source: ByteSource, ctx: ScanContext) -> bool:
+    """Read a file no reader detected as the pickle its name says it is. True when that reading
+    is the result; False when the stream only ran into a byte that is no opcode at all, having
+    imported nothing first (every unpickler raises there with nothing done: junk named ``.pt``),
+    and the file is then an unrecognised one like any other."""
+    trial = ctx.isolated()
+    _run_reader(reader_named("pickle"), source, trial)
+    harmless = bool(trial.findings) and all(
+        f.rule_id == "pickle-broken-stream" and str(f.details.get("reason", "")).startswith("invalid opcode")
+        for f in trial.findings)
+    ctx.adopt(trial, keep_findings=not harmless)
+    if not harmless:
+        ctx.add_format("pickle")
+    return not harmless
+
+
 def _scan_found(source: ByteSource, ctx: ScanContext, found: List[FormatReader]) -> None:
     for reader in found:
         ctx.add_format(reader.name)
@@ -180,8 +196,8 @@ def _scan_found(source: ByteSource, ctx: ScanContext, found: List[FormatReader])
         if ext in PICKLE_EXTENSIONS and not pickle_fails_at_once(source.head(1)):
             # Its loader unpickles it whatever our sniffing says: read as a pickle, so that what
             # the reader cannot walk to STOP is a finding, not an unrecognised file.
-            _scan_found(source, ctx, [reader_named("pickle")])
-            return
+            if _claimed_by_extension(source, ctx):
+                return
         if ext in MODEL_EXTENSIONS:
             ctx.report("unrecognized-format",
                        f"named like a model ({ext}) but the content matches no model format")

@@ -489,3 +489,11 @@ def test_file_named_for_an_unpickling_loader_is_read_as_a_pickle(tmp_path: Path,
         assert rules(result) == ["unrecognized-format"]
     else:
         assert code != 0 and "unrecognized-format" not in rules(result), rules(result)
+
+
+def test_junk_named_like_a_checkpoint_stays_unrecognised(tmp_path: Path) -> None:
+    """Bytes that reach a non-opcode byte having imported nothing run nothing in any unpickler:
+    such junk named .pt is an unrecognised file (INFO), not a broken pickle."""
+    (tmp_path / "junk.pt").write_bytes(b"JUNK" * 1024 + b"\x00" * 4096)
+    code, result = scan(tmp_path / "junk.pt")
+    assert code == 0 and rules(result) == ["unrecognized-format"]

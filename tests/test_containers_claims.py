@@ -497,3 +497,24 @@ def test_junk_named_like_a_checkpoint_stays_unrecognised(tmp_path: Path) -> None
     (tmp_path / "junk.pt").write_bytes(b"JUNK" * 1024 + b"\x00" * 4096)
     code, result = scan(tmp_path / "junk.pt")
     assert code == 0 and rules(result) == ["unrecognized-format"]
+
+
+def test_torchscript_extra_files_are_not_claimed_and_debug_pkl_is(tmp_path: Path) -> None:
+    """torch.jit.load returns extra/ files as bytes (not unpickled): a non-pickle extra 'x.pkl' is
+    no finding; the archive's code/*.debug_pkl members are pickles torch reads."""
+    class Tiny(torch.nn.Module):
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return x * 2
+
+    path = tmp_path / "ts.pt"
+    torch.jit.save(torch.jit.script(Tiny()), str(path), _extra_files={"notes.pkl": b"\xff plain bytes"})
+    code, result = scan(path)
+    assert not [f for f in result.findings if "notes.pkl" in (f.member or "")], rules(result)
+    import zipfile
+
+    names = zipfile.ZipFile(path).namelist()
+    debug = [n for n in names if n.endswith(".debug_pkl")]
+    assert debug
+    _rezip(path, tmp_path / "bad.pt", {debug[0]: HOSTILE["long-int"]})
+    code, result = scan(tmp_path / "bad.pt")
+    assert code != 0 and any(debug[0] in (f.member or "") for f in result.findings)

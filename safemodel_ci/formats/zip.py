@@ -70,11 +70,14 @@ def torch_pickle_kind(name: str, torch_roots: List[str]) -> str:
     """Whether torch unpickles the member ``name`` of a torch archive: ``"data"`` for
     ``<root>/data.pkl`` (``torch.load``), ``"other"`` for every other ``.pkl`` in a root or below
     it (TorchScript's ``constants.pkl``, mobile ``bytecode.pkl`` and debug handles, torch.package
-    resources read with ``load_pickle``), ``""`` for the rest (storages, code, version records)."""
+    resources read with ``load_pickle``, TorchScript ``code/*.debug_pkl`` source ranges), ``""`` for
+    the rest (storages, code, version records, ``extra/`` files)."""
     for root in torch_roots:
         if name == root + "/data.pkl":
             return "data"
-        if name.startswith(root + "/") and name.endswith(".pkl") and not name.startswith(root + "/data/"):
+        if name.startswith(root + "/") and name.endswith((".pkl", ".debug_pkl")) \
+                and not name.startswith((root + "/data/", root + "/extra/")):
+            # (extra/ holds _extra_files, which torch.jit.load returns as bytes, unparsed)
             return "other"
     return ""
 

@@ -169,6 +169,19 @@ class ScanContext:
             return
         scan_source(source, ctx)
 
+    def scan_as(self, fmt: str, source: ByteSource, member: Optional[str] = None) -> None:
+        """Scan ``source`` as format ``fmt`` (a reader name, e.g. ``"pickle"``) because its place
+        claims it: a loader reads it as that format whatever its bytes look like, so the reader runs
+        without sniffing and what it cannot read is a finding. Other readers that detect the content
+        run too. ``member``: descend into a child context first, as :meth:`scan` does."""
+        from .scanner import scan_claimed
+
+        ctx = self.child(member) if member is not None else self
+        if ctx.depth > self.limits.max_depth:
+            ctx.report("unscanned-limit", f"nesting deeper than {self.limits.max_depth} levels; not scanned")
+            return
+        scan_claimed(source, ctx, fmt)
+
     @property
     def real_path(self) -> Optional[str]:
         """Filesystem path of the scanned file itself (None for members and non-local sources)."""

@@ -204,6 +204,28 @@ def parse_json_strict(text: str, *, max_depth: int = SERDE_MAX_DEPTH) -> JSONDoc
     return JSONDocument(value, duplicates, depth)
 
 
+def json_bytes_encoding(raw: bytes) -> str:
+    """The codec ``json.loads(raw)`` decodes ``raw`` with (``json.detect_encoding``): UTF-8 with or
+    without a BOM, UTF-16 and UTF-32 in either byte order with or without a BOM."""
+    return json.detect_encoding(raw)
+
+
+def decode_json_bytes(raw: bytes) -> str:
+    """The text ``json.loads(raw)`` parses for bytes ``raw`` (same codec, same ``surrogatepass``).
+
+    Raises UnicodeDecodeError where ``json.loads`` does."""
+    return raw.decode(json.detect_encoding(raw), "surrogatepass")
+
+
+def json_head_text(head: bytes) -> str:
+    """The start of the text ``json.loads`` would see for a document beginning with ``head``
+    (possibly cut inside a character: the partial character is left out)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder(json.detect_encoding(head))("replace")
+    return decoder.decode(head, final=False)
+
+
 def char_to_byte_offset(text: str, pos: Optional[int]) -> Optional[int]:
     """Byte offset in the UTF-8 encoding of ``text`` of character index ``pos``."""
     if pos is None:

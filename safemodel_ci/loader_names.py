@@ -87,6 +87,26 @@ OTHER_SIGNATURES: Dict[str, Tuple[Tuple[bytes, str], ...]] = {
 }
 
 
+def _opcodes_failing_at_start() -> frozenset:
+    import pickletools
+
+    ok = {op.code.encode("latin-1")[0] for op in pickletools.opcodes if not op.stack_before}
+    return frozenset(set(range(256)) - ok)
+
+
+#: First bytes on which CPython's unpicklers raise before running anything: not an opcode, or an
+#: opcode that needs stack items or a MARK (the stack is empty at the start).
+_FAILS_AT_START: frozenset = frozenset()
+
+
+def pickle_fails_at_once(head: bytes) -> bool:
+    """True when every unpickler raises on the first byte of ``head`` with nothing done."""
+    global _FAILS_AT_START
+    if not _FAILS_AT_START:
+        _FAILS_AT_START = _opcodes_failing_at_start()
+    return not head or head[0] in _FAILS_AT_START
+
+
 def other_use(suffix: str, source: ByteSource) -> Optional[str]:
     """What else a file with this suffix is, when its content says so; None otherwise.
 
@@ -98,7 +118,9 @@ def other_use(suffix: str, source: ByteSource) -> Optional[str]:
     for signature, what in OTHER_SIGNATURES.get(suffix, ()):
         if head.startswith(signature):
             return what
-    if suffix == ".pth" and head and not head.translate(None, _TEXT_BYTES):
+    # torch.load unpickles a text .pth too (protocol 0): only text on whose first byte every
+    # unpickler fails at once (a path, "import ...") is a site file; anything else is read as a pickle.
+    if suffix == ".pth" and head and not head.translate(None, _TEXT_BYTES) and pickle_fails_at_once(head):
         try:
             head.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -5,8 +5,10 @@ public ``.proto`` files) and skips the rest. Length-delimited fields are not rea
 so a 2 GB ONNX file with inline weights costs a few reads of its small messages, not 2 GB.
 
 Wire format: each field is ``tag = (number << 3) | wire_type`` as a varint, then the value:
-0 varint, 1 eight bytes, 2 length-delimited (varint length + bytes), 5 four bytes. Groups (3 and 4)
-were removed from proto3 and no TensorFlow or ONNX message uses them: they are rejected.
+0 varint, 1 eight bytes, 2 length-delimited (varint length + bytes), 5 four bytes. Groups (3 start,
+4 end) were removed from proto3 and no TensorFlow or ONNX message uses them, but protobuf parsers
+still skip a well-formed group as an unknown field: so are they here (never yielded). A group
+that does not close, or an end tag without its start, is an error as it is for protobuf.
 Repeated fields, and repeated occurrences of one embedded message (which protobuf merges), are
 simply yielded one by one, so a caller visits every occurrence.
 """
@@ -18,7 +20,7 @@ from typing import Iterator, Optional
 
 from .source import ByteSource
 
-VARINT, I64, LEN, I32 = 0, 1, 2, 5
+VARINT, I64, LEN, SGROUP, EGROUP, I32 = 0, 1, 2, 3, 4, 5
 #: Messages up to this size are read into memory in one go and decoded there; larger ones are
 #: walked field by field so that big payloads (ONNX raw_data, TF constants) are skipped unread.
 INLINE_BYTES = 256 << 10
@@ -128,9 +130,57 @@ def _fields_in_memory(data: memoryview, base: int, start: int, end: int) -> Iter
                                     base + tag_at, number)
             yield ProtoField(number, wire, base + tag_at, None, base + pos, base + pos + length)
             pos += length
+        elif wire == SGROUP:
+            pos = _skip_group(data, pos, stop, base, number)
         else:
             raise ProtobufError(f"field {number} has wire type {wire} (groups and unknown types are "
                                 "not valid here)", base + tag_at)
+
+
+#: Groups nest at most this deep (protobuf's default recursion limit is 100).
+MAX_GROUP_DEPTH = 100
+#: A group met while streaming a big message is read into memory up to this size to be skipped.
+MAX_STREAMED_GROUP = 64 << 20
+
+
+class _OutOfData(ProtobufError):
+    """The data ended inside a group (a streamed reader may read more and retry)."""
+
+
+def _skip_group(data: memoryview, pos: int, stop: int, base: int, number: int) -> int:
+    """Position after the end tag that closes the group ``number`` whose start tag ends at ``pos``."""
+    open_groups = [number]
+    start = pos
+    while open_groups:
+        if pos >= stop:
+            raise _OutOfData(f"group {open_groups[-1]} is not closed", base + start)
+        tag_at = pos
+        tag, pos = _varint(data, pos, stop, base)
+        num, wire = tag >> 3, tag & 7
+        if num == 0:
+            raise ProtobufError("field number 0", base + tag_at)
+        if wire == VARINT:
+            _, pos = _varint(data, pos, stop, base)
+        elif wire == I64 or wire == I32:
+            pos += 8 if wire == I64 else 4
+            if pos > stop:
+                raise _OutOfData("fixed-width field truncated", base + tag_at)
+        elif wire == LEN:
+            length, pos = _varint(data, pos, stop, base)
+            pos += length
+            if pos > stop:
+                raise _OutOfData(f"field {num} claims {length} bytes, beyond its group", base + tag_at, num)
+        elif wire == SGROUP:
+            if len(open_groups) >= MAX_GROUP_DEPTH:
+                raise ProtobufError("groups nested too deeply", base + tag_at)
+            open_groups.append(num)
+        elif wire == EGROUP:
+            if num != open_groups[-1]:
+                raise ProtobufError(f"end of group {num} inside group {open_groups[-1]}", base + tag_at)
+            open_groups.pop()
+        else:
+            raise ProtobufError(f"field {num} has wire type {wire}", base + tag_at)
+    return pos
 
 
 def _varint(data: memoryview, pos: int, stop: int, base: int) -> "tuple[int, int]":
@@ -139,7 +189,7 @@ def _varint(data: memoryview, pos: int, stop: int, base: int) -> "tuple[int, int
     begin = pos
     while True:
         if pos >= stop:
-            raise ProtobufError("varint truncated", base + begin)
+            raise _OutOfData("varint truncated", base + begin)
         b = data[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -186,6 +236,26 @@ def _fields_streamed(source: ByteSource, start: int, end: int) -> Iterator[Proto
                                     number)
             yield ProtoField(number, wire, pos, None, value_start, value_start + length)
             pos = value_start + length
+        elif wire == SGROUP:
+            # Read a growing window until the group closes (or is refused): random bytes that look
+            # like a group start are refused within the first window, not read to the end.
+            size = window
+            while True:
+                size = min(size, end - pos)
+                data = memoryview(source.read_at(pos, size))
+                try:
+                    after = _skip_group(data, rel2 - rel, len(data), pos, number)
+                    break
+                except _OutOfData:
+                    if size >= end - pos:
+                        raise
+                    if size >= MAX_STREAMED_GROUP:
+                        raise ProtobufError(f"group {number} larger than {MAX_STREAMED_GROUP} bytes",
+                                            pos) from None
+                    size *= 4
+            pos += after
+            buf = b""
+            buf_at = pos
         else:
             raise ProtobufError(f"field {number} has wire type {wire} (groups and unknown types are "
                                 "not valid here)", pos)

@@ -12,7 +12,7 @@ from .context import Limits, ScanContext, ScanLimitExceeded, SiblingOpener
 from .findings import FileResult, Severity, sort_findings
 from .formats import readers
 from .formats.interface import FormatReader
-from .loader_names import check_binding
+from .loader_names import check_binding, pickle_fails_at_once
 from .policy import Policy
 from .source import ByteSource, FileSource, SourceError
 
@@ -25,6 +25,11 @@ MODEL_EXTENSIONS = frozenset({
     ".keras", ".safetensors", ".gguf", ".onnx", ".pb", ".msgpack", ".dill", ".sav", ".model",
     ".mar", ".pt2", ".ptl", ".tar", ".7z", ".zip", ".pdparams", ".nemo", ".llamafile", ".tflite",
 })
+
+
+#: Extensions of files whose loaders unpickle whatever they are given (pickle.load, joblib.load,
+#: torch.load of a file that is not a zip): content no reader detects is still read as a pickle.
+#: ``.bin`` is left out: raw tensor data (ONNX external weights, GGML) is named so as well.
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,46 @@ def scan_source(source: ByteSource, ctx: ScanContext) -> None:
     except Exception as exc:  # noqa: BLE001
         ctx.report("scanner-error", f"format detection failed: {type(exc).__name__}: {exc}")
         return
+    _scan_found(source, ctx, found)
+
+
+def reader_named(name: str) -> FormatReader:
+    """The registered reader called ``name`` (KeyError when there is none)."""
+    for reader in readers():
+        if reader.name == name:
+            return reader
+    raise KeyError(name)
+
+
+def scan_claimed(source: ByteSource, ctx: ScanContext, fmt: str) -> None:
+    """Scan ``source`` as ``fmt`` because its place says it is one (a torch archive's ``data.pkl``,
+    a joblib file's decompressed stream, a legacy torch tar's ``pickle``): the loader reads it as
+    that format whatever its first bytes look like, so the reader runs without asking its detector,
+    and what it cannot read is its finding (never "not this format", never a pass). Readers whose
+    detectors also accept the content run as well (a polyglot is read every way)."""
+    claimed = reader_named(fmt)
+    try:
+        head = source.head(HEAD_SIZE)
+        found = detect(source, head)
+    except SourceError as exc:
+        ctx.report("unscanned-unreadable", f"could not read: {exc}")
+        return
+    except Exception as exc:  # noqa: BLE001
+        ctx.report("scanner-error", f"format detection failed: {type(exc).__name__}: {exc}")
+        found = []
+    if fmt == "pickle" and any(r.name != fmt for r in found) and pickle_fails_at_once(head):
+        # Another format reads these bytes and every unpickler raises on the first byte before
+        # doing anything (not an opcode, or an opcode that pops from the empty stack): the
+        # pickle reading has nothing to scan (a gzip'd tar handed to joblib, say).
+        found = [r for r in found if r.name != fmt]
+    elif all(r.name != fmt for r in found):
+        # A reader the claimed one supersedes (or that supersedes it) reads the same bytes: the
+        # claimed reading replaces the other only where the claimed reader covers it.
+        found = [claimed] + [r for r in found if r.name not in claimed.supersedes]
+    _scan_found(source, ctx, found)
+
+
+def _scan_found(source: ByteSource, ctx: ScanContext, found: List[FormatReader]) -> None:
     for reader in found:
         ctx.add_format(reader.name)
     if len(found) > 1:
@@ -124,6 +169,8 @@ def scan_source(source: ByteSource, ctx: ScanContext) -> None:
                        offset=0, details={"formats": names})
     # A name that binds a loader (model.safetensors, x.pkl) is checked against what that loader reads.
     bound = check_binding(source, ctx, [r.name for r in found])
+    # A pickle-loader name (x.pkl, x.pt) is read by the pickle VM there, up to where the loader
+    # would fail: what it cannot walk to STOP is a finding, never an unrecognised file.
     if not found and ctx.member is None and not bound:
         ext = os.path.splitext(ctx.path)[1].lower()
         if ext in MODEL_EXTENSIONS:
@@ -205,4 +252,5 @@ def scan_files(paths: Iterable[str], options: ScanOptions,
         yield result
 
 
-__all__ = ["ScanOptions", "Severity", "detect", "scan_source", "scan_byte_source", "scan_file", "scan_files"]
+__all__ = ["ScanOptions", "Severity", "detect", "scan_source", "scan_claimed", "reader_named",
+           "scan_byte_source", "scan_file", "scan_files"]

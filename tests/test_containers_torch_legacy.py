@@ -46,9 +46,16 @@ def test_detects_the_magic_pickle(tmp_path: Path) -> None:
 
 
 def test_persistent_ids_give_storage_layout() -> None:
-    pids = [("storage", ("torch", "FloatStorage"), "0", "cpu", 6, None),
-            ("storage", "torch.HalfStorage", "1", "cpu", 2, None), ("module", None, None, None)]
-    assert storages_from_persistent_ids(pids) == {"0": (4, 6), "1": (2, 2)}
+    """The storage type is the imported torch class (its dtype gives torch's element size); a
+    string, a tuple or another module's class has no size known here (torch would fail on it)."""
+    from safemodel_ci.formats.pickle import Global
+
+    pids = [("storage", Global("torch", "FloatStorage", None, True), "0", "cpu", 6, None),
+            ("storage", Global("torch", "HalfStorage", None, True), "1", "cpu", 2, None),
+            ("storage", "torch.HalfStorage", "2", "cpu", 2, None),
+            ("storage", Global("evil", "FloatStorage", None, False), "3", "cpu", 2, None),
+            ("module", None, None, None)]
+    assert storages_from_persistent_ids(pids) == {"0": (4, 6), "1": (2, 2), "2": (None, 2), "3": (None, 2)}
 
 
 @needs_vm
@@ -126,10 +133,12 @@ def _tar(members: List[tuple]) -> bytes:
 
 
 def _legacy_tar_storages(extra: bytes = b"") -> bytes:
-    """The ``storages`` member of torch's tar format: count, then (key, location, type) + raw."""
+    """The ``storages`` member of torch's tar format: count, then (key, location, type) + raw, then
+    the list of storage views (torch.load reads all three parts)."""
     out = pickle.dumps(1, protocol=2)
     out += pickle.dumps(("0", "cpu", torch.FloatStorage), protocol=2)
     out += struct.pack("<q", 4) + struct.pack("<4f", 1, 2, 3, 4)
+    out += pickle.dumps([], protocol=2)
     return out + extra
 
 

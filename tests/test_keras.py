@@ -384,3 +384,39 @@ def test_scanning_keras_files_imports_neither_keras_nor_tensorflow(tmp_path: Pat
               "assert not bad, bad\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+#: Every encoding json.loads(bytes) detects (json.detect_encoding), with and without a BOM.
+JSON_ENCODINGS = [("utf-8", b""), ("utf-8", b"\xef\xbb\xbf"), ("utf-16-le", b""), ("utf-16-be", b""),
+                  ("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"), ("utf-32-le", b""),
+                  ("utf-32-be", b""), ("utf-32-le", b"\xff\xfe\x00\x00"), ("utf-32-be", b"\x00\x00\xfe\xff")]
+
+
+@pytest.mark.parametrize("encoding,bom", JSON_ENCODINGS,
+                         ids=[f"{e}{'-bom' if b else ''}" for e, b in JSON_ENCODINGS])
+def test_keras_config_in_every_encoding_json_loads_reads(tmp_path: Path, encoding: str, bom: bytes) -> None:
+    """Keras reads config.json with json.loads(bytes), which decodes UTF-8/16/32 (BOM or not):
+    a Lambda in a UTF-16 or UTF-32 config is found, not passed as "not JSON"."""
+    code = _func_dump(lambda x: __import__("subprocess").check_output(["id"]))
+    layer = {"module": "keras.layers", "class_name": "Lambda", "registered_name": None, "name": "lam",
+             "config": {"name": "lam", "function": {"class_name": "__lambda__",
+                                                    "config": {"value": [code, None, None]}},
+                        "arguments": {}}}
+    raw = bom + json.dumps(_keras3_config([layer])).encode(encoding)
+    assert json.loads(raw)["class_name"]  # what Keras parses: the same document
+    _, hits = _keras_hits(tmp_path, {}, "keras-lambda-code", raw)
+    assert len(hits) == 1, encoding
+    # The same config as a loose file (a config.json beside the weights).
+    (tmp_path / "config.json").write_bytes(raw)
+    result = _scan(tmp_path / "config.json")
+    assert "keras-lambda-code" in [f.rule_id for f in result.findings]
+
+
+def test_utf16_module_outside_keras_is_flagged(tmp_path: Path) -> None:
+    layer = {"module": "os", "class_name": "function", "registered_name": None,
+             "config": "system"}
+    raw = b"\xff\xfe" + json.dumps(_keras3_config([layer])).encode("utf-16-le")
+    p = tmp_path / "m.keras"
+    _write_keras(p, None, raw)
+    result = _scan(p)
+    assert any(f.severity >= Severity.HIGH for f in result.findings), [f.to_dict() for f in result.findings]

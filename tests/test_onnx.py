@@ -149,3 +149,90 @@ def test_location_rules() -> None:
     assert location_problem("a\x00b", None) == "contains a NUL byte"
     assert location_problem("..\\..\\x", None) == "contains '..'"
     assert location_problem("\\\\server\\share\\x", None) == "is an absolute path"
+
+
+# -- field order: a ModelProto is recognised by decoding it, not by its first byte --------------
+
+def _top_fields(data: bytes) -> "list[bytes]":
+    """The top-level fields of an encoded message, each as its raw bytes (tag + value)."""
+    from safemodel_ci.protobuf import ProtoView
+    from safemodel_ci.source import BytesSource
+
+    view = ProtoView(BytesSource(data))
+    out = []
+    for f in view.fields():
+        out.append(data[f.offset:f.end])
+    return out
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def _hostile_model() -> bytes:
+    """An onnx-made model whose initializer reads external data from outside its folder."""
+    model = _model(domain="evil.ops")
+    w = model.graph.initializer[0]
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    entry = w.external_data.add()
+    entry.key, entry.value = "location", "../../../etc/passwd"
+    return model.SerializeToString()
+
+
+REORDERINGS = {
+    "reversed": lambda fields: fields[::-1],
+    "graph-first": lambda fields: sorted(fields, key=lambda f: f[0] != 0x3A),
+    "unknown-varint-first": lambda fields: [_varint(1000 << 3) + _varint(7)] + fields,
+    "unknown-group-first": lambda fields: [_varint(999 << 3 | 3) + b"\x08\x01" + _varint(999 << 3 | 4)]
+    + fields,
+    "ir-version-last": lambda fields: [f for f in fields if f[0] != 0x08]
+    + [f for f in fields if f[0] == 0x08],
+    "no-ir-version": lambda fields: [f for f in fields if f[0] != 0x08],
+    "producer-as-varint-first": lambda fields: [_varint(2 << 3) + _varint(5)] + fields,
+    "graph-split-in-two": None,  # protobuf merges repeated occurrences of a message field
+}
+
+
+@pytest.mark.parametrize("how", sorted(REORDERINGS))
+def test_model_recognised_whatever_its_field_order(tmp_path: Path, how: str) -> None:
+    fields = _top_fields(_hostile_model())
+    if how == "graph-split-in-two":
+        full = onnx.ModelProto()
+        full.ParseFromString(_hostile_model())
+        tensors, rest = onnx.GraphProto(), onnx.GraphProto()
+        tensors.initializer.extend(full.graph.initializer)
+        rest.CopyFrom(full.graph)
+        rest.ClearField("initializer")
+        parts = [b"\x3a" + _varint(len(g)) + g
+                 for g in (tensors.SerializeToString(), rest.SerializeToString())]
+        data = parts[0] + b"".join(f for f in fields if f[0] != 0x3A) + parts[1]
+    else:
+        data = b"".join(REORDERINGS[how](fields))
+    parsed = onnx.ModelProto()
+    parsed.ParseFromString(data)  # what onnx.load parses: the same model, external path included
+    assert any(e.value == "../../../etc/passwd" for t in parsed.graph.initializer for e in t.external_data)
+    p = tmp_path / "m.onnx"
+    p.write_bytes(data)
+    result = _scan(p)
+    assert "onnx" in result.formats, how
+    rules = {f.rule_id for f in result.findings}
+    assert {"onnx-external-data-path", "onnx-custom-domain"} <= rules, (how, rules)
+
+
+def test_unclosed_group_is_not_a_model(tmp_path: Path) -> None:
+    """protobuf refuses a group that never closes; so does the decoder (no claim, no crash)."""
+    data = _varint(999 << 3 | 3) + b"\x08\x01" + _hostile_model()
+    from google.protobuf.message import DecodeError
+
+    with pytest.raises(DecodeError):
+        onnx.ModelProto().ParseFromString(data)
+    p = tmp_path / "m.onnx"
+    p.write_bytes(data)
+    assert "onnx" not in _scan(p).formats

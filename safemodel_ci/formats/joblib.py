@@ -101,7 +101,8 @@ class JoblibCompressedReader(FormatReader):
                 ctx.report("unscanned-limit",
                            f"decompression stopped after {out.size} bytes: {out.limit_reached}; the part "
                            "decompressed so far was scanned", offset=start, details={"method": method})
-            ctx.scan(out, member)
+            # joblib.load unpickles whatever comes out: read as a pickle, not sniffed.
+            ctx.scan_as("pickle", out, member)
         if out.complete and out.compressed_end is not None and out.compressed_end < source.size:
             extra = source.size - out.compressed_end
             ctx.report("compressed-trailing-data",

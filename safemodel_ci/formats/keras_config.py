@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
+from ..jsonutil import decode_json_bytes, json_bytes_encoding, json_head_text
 from ..source import ByteSource, BytesSource
 from .interface import FormatReader
 
@@ -441,9 +442,10 @@ def looks_like_keras_config(doc: Any) -> bool:
 
 
 def parse_json_text(raw: bytes) -> Any:
-    """JSON from bytes (UTF-8 with or without BOM). Raises ValueError."""
-    text = raw.decode("utf-8-sig")
-    return json.loads(text)
+    """JSON from bytes exactly as Keras reads ``config.json`` / ``metadata.json`` of a ``.keras``
+    archive: ``json.loads(bytes)``, which detects UTF-8 (BOM or not), UTF-16 and UTF-32 (either
+    byte order, BOM or not). Raises ValueError (UnicodeDecodeError included)."""
+    return json.loads(decode_json_bytes(raw))
 
 
 # ---- JSON files and members ------------------------------------------------------------------
@@ -454,13 +456,37 @@ def parse_json_text(raw: bytes) -> Any:
 _JSON_MARKERS = re.compile(rb'"class_name"|"chat_template"|\\u00[3-7][0-9a-fA-F]')
 
 
+#: First bytes of a document json.loads(bytes) may read as an object: JSON white space or '{' in
+#: UTF-8, a BOM (UTF-8, UTF-16/32), or NUL (UTF-16/32 big endian without BOM).
+_MAY_START_JSON = frozenset(b"{ \t\r\n\xef\xfe\xff\x00")
+
+
 def _json_start(head: bytes) -> bool:
-    body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
-    body = body.lstrip(b" \t\r\n")
-    if not body.startswith(b"{"):
+    """The text json.loads(bytes) would decode starts a JSON object (any encoding it detects)."""
+    if not head:
         return False
-    rest = body[1:].lstrip(b" \t\r\n")
-    return rest[:1] in (b'"', b"}") or (not rest and len(head) < 4096)
+    first = head[0]
+    if first not in _MAY_START_JSON and (len(head) < 2 or head[1]):
+        # json.detect_encoding says UTF-8 (no BOM, no NUL in the first two bytes), and a UTF-8
+        # document cannot start so: most files end here without the codec lookup.
+        return False
+    encoding = json_bytes_encoding(head[:4])  # json.detect_encoding looks at 4 bytes only
+    if encoding in ("utf-8", "utf-8-sig"):
+        # The common case, on bytes (every file and member is asked): no decoding needed.
+        body = (head[3:] if encoding == "utf-8-sig" else head).lstrip(b" \t\r\n")
+        if not body.startswith(b"{"):
+            return False
+        rest = body[1:].lstrip(b" \t\r\n")
+        return rest[:1] in (b'"', b"}") or (not rest and len(head) < 4096)
+    text = json_head_text(head).lstrip(" \t\r\n")
+    if not text.startswith("{"):
+        return False
+    rest = text[1:].lstrip(" \t\r\n")
+    return rest[:1] in ('"', "}") or (not rest and len(head) < 4096)
+
+
+def _utf8(source: ByteSource) -> bool:
+    return json_bytes_encoding(source.head(4)) in ("utf-8", "utf-8-sig")
 
 
 def _has_marker(source: ByteSource) -> bool:
@@ -491,7 +517,10 @@ class JsonConfigReader(FormatReader):
         return _json_start(head)
 
     def scan(self, source: ByteSource, ctx: ScanContext) -> None:
-        if not _has_marker(source):
+        # The marker search reads bytes; a UTF-16/32 document (which json.loads reads just the
+        # same) spells its keys with NULs in between, so it is always parsed.
+        utf8 = _utf8(source)
+        if utf8 and not _has_marker(source):
             return
         if source.size > ctx.limits.max_in_memory_bytes:
             ctx.report("unscanned-limit", f"JSON document of {source.size} bytes exceeds the in-memory limit "
@@ -503,7 +532,8 @@ class JsonConfigReader(FormatReader):
             doc = parse_json_text(source.read_exact(0, source.size))
         except (ValueError, UnicodeDecodeError) as exc:
             # Not JSON after all (a text file starting with '{'): nothing a model loader would parse.
-            if b'"class_name"' in source.head(1 << 16) or b'"chat_template"' in source.head(1 << 16):
+            head = json_head_text(source.head(1 << 16))
+            if '"class_name"' in head or '"chat_template"' in head or not utf8:
                 ctx.report("unscanned-parse-error", f"JSON config could not be parsed: {exc}")
             return
         if looks_like_keras_config(doc):

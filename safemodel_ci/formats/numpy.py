@@ -1,239 +1,165 @@
 """NumPy ``.npy`` arrays (also the members of ``.npz`` archives, which the zip reader hands over).
 
-The header is a Python dict literal, parsed by a small literal parser of its own (names, calls
-and attribute access are rejected; neither ``eval`` nor ``compile`` ever sees the bytes). An
-object dtype anywhere in ``descr`` (nested structured fields included) means the array data is
-a pickle that ``np.load`` unpickles with ``allow_pickle=True``: it is scanned where it starts.
-Otherwise the data is ``prod(shape) * itemsize`` raw bytes, and anything after them is reported
-and scanned.
-
-numpy itself is not needed: item sizes are computed from the type strings.
+The header is read exactly as ``numpy.lib.format`` reads it (numpy 2.x ``_read_array_header``):
+format versions 1.0 and 2.0 (latin-1 header, a 2- or 4-byte length) and 3.0 (UTF-8 header), the
+text parsed with ``ast.literal_eval`` (which parses a literal and evaluates nothing), retried for
+versions up to 2.0 after dropping Python 2 ``L`` suffixes as numpy's ``_filter_header`` does; a
+dict with exactly ``descr``, ``fortran_order`` and ``shape``; ``shape`` a tuple of ints (bools are
+ints to numpy too). The dtype and its item size come from :mod:`safemodel_ci.npdtype`
+(``descr_to_dtype``'s rules, without numpy): where the size is not certain the file is
+``unscanned``, never skipped by a guess. An object dtype means the data is a pickle, which
+``np.load(allow_pickle=True)`` unpickles: it is scanned as one. Otherwise the data is
+``prod(shape) * itemsize`` raw bytes, and anything after them is reported and scanned.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from typing import Any, List, Tuple
+from typing import Any, Dict, Tuple
 
 from ..context import ScanContext
+from ..npdtype import DtypeUnsure, from_descr
 from ..source import ByteSource, SliceSource
 from .interface import FormatReader
 
 MAGIC = b"\x93NUMPY"
-#: numpy refuses headers above 10000 bytes unless allow_pickle is given; object arrays may be larger.
+#: numpy refuses headers above 10000 characters unless allow_pickle is given (then any size); the
+#: scanner reads up to this many bytes and reports larger ones as unscanned.
 MAX_HEADER = 1 << 20
-
+#: numpy's ``_header_size_info``: version -> (length field format, header encoding).
+HEADER_FORMATS = {(1, 0): ("<H", "latin1"), (2, 0): ("<I", "latin1"), (3, 0): ("<I", "utf8")}
+_EXPECTED_KEYS = {"descr", "fortran_order", "shape"}
 _TYPESTR = re.compile(r"^([<>|=]?)([?bBhHiIlLqQpPefdgFDGSUVOMmcaub])(\d*)(\[[a-zA-Z0-9]+\])?$")
-#: Sizes of numpy's one-letter type codes when no explicit size follows.
-_CHAR_SIZES = {"?": 1, "b": 1, "B": 1, "h": 2, "H": 2, "i": 4, "I": 4, "l": 8, "L": 8, "q": 8,
-               "Q": 8, "p": 8, "P": 8, "e": 2, "f": 4, "d": 8, "g": 16, "F": 8, "D": 16, "G": 32,
-               "O": 8, "M": 8, "m": 8, "c": 1}
-#: Kinds whose digits are an item size in bytes (``<f8``), except ``U`` whose digits count UCS-4 chars.
-_SIZED_KINDS = set("biufcSVOMmab?")
 
 
 class NpyHeaderError(ValueError):
-    """The header is not what numpy accepts."""
-
-
-_LITERAL_NAMES = {"True": True, "False": False, "None": None}
-
-
-def parse_literal(text: str, max_depth: int = 32) -> Any:
-    """A Python literal of the kinds an .npy header holds (dict, list, tuple, str, int, bool, None).
-
-    A small recursive-descent parser: no ``eval`` and no ``compile`` (``ast.literal_eval`` compiles,
-    which the scanner never does on scanned content). Raises :class:`NpyHeaderError`.
-    """
-    pos = 0
-    n = len(text)
-
-    def skip() -> None:
-        nonlocal pos
-        while pos < n and text[pos] in " \t\r\n":
-            pos += 1
-
-    def value(depth: int) -> Any:
-        nonlocal pos
-        if depth > max_depth:
-            raise NpyHeaderError("header nests too deeply")
-        skip()
-        if pos >= n:
-            raise NpyHeaderError("header ends early")
-        c = text[pos]
-        if c in "{[(":
-            close = {"{": "}", "[": "]", "(": ")"}[c]
-            pos += 1
-            items: List[Any] = []
-            pairs: List[Tuple[Any, Any]] = []
-            trailing_comma = False
-            while True:
-                skip()
-                if pos < n and text[pos] == close:
-                    pos += 1
-                    break
-                if c == "{":
-                    key = value(depth + 1)
-                    skip()
-                    if pos >= n or text[pos] != ":":
-                        raise NpyHeaderError(f"expected ':' at {pos}")
-                    pos += 1
-                    pairs.append((key, value(depth + 1)))
-                else:
-                    items.append(value(depth + 1))
-                skip()
-                trailing_comma = False
-                if pos < n and text[pos] == ",":
-                    pos += 1
-                    trailing_comma = True
-                    continue
-                skip()
-                if pos < n and text[pos] == close:
-                    pos += 1
-                    break
-                raise NpyHeaderError(f"expected ',' or {close!r} at {pos}")
-            if c == "{":
-                out = {}
-                for k, v in pairs:
-                    if isinstance(k, (list, dict)):
-                        raise NpyHeaderError("unhashable dict key")
-                    out[k] = v
-                return out
-            if c == "[":
-                return items
-            return tuple(items) if (len(items) != 1 or trailing_comma) else items[0]
-        if c in "'\"":
-            return string()
-        if c.isdigit() or c in "+-":
-            start = pos
-            pos += 1
-            while pos < n and (text[pos].isdigit() or text[pos] == "_"):
-                pos += 1
-            try:
-                return int(text[start:pos])
-            except ValueError:
-                raise NpyHeaderError(f"bad number at {start}") from None
-        start = pos
-        while pos < n and (text[pos].isalnum() or text[pos] == "_"):
-            pos += 1
-        word = text[start:pos]
-        if word in _LITERAL_NAMES:
-            return _LITERAL_NAMES[word]
-        raise NpyHeaderError(f"not a literal at {start}: {text[start:start + 20]!r}")
-
-    def string() -> str:
-        nonlocal pos
-        quote = text[pos]
-        pos += 1
-        out: List[str] = []
-        while pos < n:
-            c = text[pos]
-            if c == quote:
-                pos += 1
-                return "".join(out)
-            if c == "\\" and pos + 1 < n:
-                nxt = text[pos + 1]
-                out.append({"n": "\n", "t": "\t", "\\": "\\", "'": "'", '"': '"'}.get(nxt, "\\" + nxt))
-                pos += 2
-                continue
-            if c == "\n":
-                break
-            out.append(c)
-            pos += 1
-        raise NpyHeaderError("unterminated string in header")
-
-    result = value(0)
-    skip()
-    if pos != n:
-        raise NpyHeaderError(f"unexpected text after the literal at {pos}")
-    return result
+    """The header is not what numpy accepts (or its size is not certain)."""
 
 
 def descr_has_object(descr: Any) -> bool:
-    """True when an object ('O') type appears anywhere in a descr (plain or structured, nested)."""
+    """True when an object ('O') type appears anywhere in a descr (plain or structured, nested).
+
+    Deliberately broad (any type string of kind O, sized or not): used to decide whether data may
+    be a pickle when the exact dtype is not certain."""
     if isinstance(descr, str):
         m = _TYPESTR.match(descr.strip())
-        return bool(m and m.group(2) == "O") or descr.strip() in ("object", "O")
+        return bool(m and m.group(2) == "O") or descr.strip() in ("object", "O") or "O" in descr
     if isinstance(descr, (list, tuple)):
         return any(descr_has_object(item) for item in descr)
     return False
 
 
 def itemsize(descr: Any) -> int:
-    """Bytes per element of a descr (a type string or a structured list of fields)."""
-    if isinstance(descr, str):
-        m = _TYPESTR.match(descr.strip())
-        if not m:
-            return _named_itemsize(descr)
-        kind, digits = m.group(2), m.group(3)
-        if kind == "U":
-            return 4 * int(digits or 0)
-        if digits:
-            return int(digits)
-        if kind in ("S", "V", "a"):
-            return 0
-        return _CHAR_SIZES[kind]
-    if isinstance(descr, list):
-        total = 0
-        for field in descr:
-            if not isinstance(field, tuple) or len(field) not in (2, 3):
-                raise NpyHeaderError(f"bad structured field {field!r}")
-            count = 1
-            if len(field) == 3:
-                shape = field[2] if isinstance(field[2], tuple) else (field[2],)
-                for dim in shape:
-                    if not isinstance(dim, int) or dim < 0:
-                        raise NpyHeaderError(f"bad field shape {field[2]!r}")
-                    count *= dim
-            total += itemsize(field[1]) * count
-        return total
-    raise NpyHeaderError(f"unsupported descr {descr!r}")
+    """Bytes per element of a descr as ``numpy.lib.format.descr_to_dtype`` builds it (npdtype);
+    :class:`NpyHeaderError` where that size is not certain."""
+    try:
+        return from_descr(descr).itemsize
+    except DtypeUnsure as exc:
+        raise NpyHeaderError(f"descr {descr!r:.200}: {exc}") from None
 
 
-def _named_itemsize(name: str) -> int:
-    """Sizes of dtype names like ``float64`` (numpy's writer never uses them, other writers might)."""
-    m = re.match(r"^(?:float|int|uint|complex)(\d+)$", name)
-    if m:
-        return int(m.group(1)) // 8
-    if name in ("bool", "int8", "uint8"):
-        return 1
-    raise NpyHeaderError(f"unknown dtype {name!r}")
+def _filter_header(text: str) -> str:
+    """numpy's ``_filter_header``: drop the ``L`` after integers (headers written by Python 2)."""
+    import io
+    import tokenize
+
+    tokens = []
+    last_was_number = False
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if last_was_number and token[0] == tokenize.NAME and token[1] == "L":
+            continue
+        tokens.append(token)
+        last_was_number = token[0] == tokenize.NUMBER
+    return tokenize.untokenize(tokens)
 
 
-def parse_header(source: ByteSource) -> "tuple[dict[str, Any], int, int]":
-    """(header dict, version, offset of the array data). Raises :class:`NpyHeaderError`."""
+#: Parsed headers by (text, version): the same few headers recur in every .npz and corpus.
+_HEADER_MEMO: Dict[Tuple[str, Tuple[int, int]], Any] = {}
+
+
+def _literal(text: str, version: Tuple[int, int]) -> Any:
+    """``ast.literal_eval`` as numpy calls it (it parses a literal; nothing is evaluated).
+    Results are remembered per text: literals of dicts, tuples, strings, numbers, which the
+    readers copy before changing (they never do)."""
+    key = (text, version)
+    if key in _HEADER_MEMO:
+        return _HEADER_MEMO[key]
+    value = _literal_eval(text, version)
+    if len(_HEADER_MEMO) < 4096 and len(text) < 4096:
+        _HEADER_MEMO[key] = value
+    return value
+
+
+_INT = r"(?:0|[1-9][0-9]*)"
+#: The header exactly as numpy writes it for a plain dtype (and nothing looser): a dict literal
+#: that ast.literal_eval reads as {'descr': str, 'fortran_order': bool, 'shape': tuple of ints}.
+#: Such headers are read without compiling (literal_eval compiles, ~50x the cost); any other text
+#: goes to literal_eval itself.
+_CANONICAL = re.compile(
+    r"\{'descr': '([^'\\\n\r]*)', 'fortran_order': (True|False), 'shape': "
+    r"\((|" + _INT + r",|" + _INT + r"(?:, " + _INT + r")+)\), \} *\n?\Z")
+
+
+def _literal_eval(text: str, version: Tuple[int, int]) -> Any:
+    m = _CANONICAL.match(text)
+    if m is not None:
+        descr, order, dims = m.groups()
+        shape = tuple(int(d) for d in dims.replace(",", " ").split())
+        return {"descr": descr, "fortran_order": order == "True", "shape": shape}
+    import ast  # only for headers not in numpy's own form
+    import tokenize
+
+    try:
+        return ast.literal_eval(text)
+    except SyntaxError:
+        if version > (2, 0):
+            raise NpyHeaderError(f"cannot parse header: {text!r:.200}") from None
+    except (ValueError, TypeError, MemoryError, RecursionError) as exc:
+        raise NpyHeaderError(f"header is not a literal: {exc}") from None
+    try:
+        return ast.literal_eval(_filter_header(text))
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError, tokenize.TokenError) as exc:
+        raise NpyHeaderError(f"cannot parse header: {exc}") from None
+
+
+def parse_header(source: ByteSource) -> "tuple[Dict[str, Any], int, int]":
+    """(header dict, major version, offset of the array data). Raises :class:`NpyHeaderError`."""
     fixed = source.read_at(0, 12)
-    if len(fixed) < 10 or fixed[:6] != MAGIC:
+    if len(fixed) < 8 or fixed[:6] != MAGIC:
         raise NpyHeaderError("no .npy magic")
-    major, minor = fixed[6], fixed[7]
-    if major == 1:
-        (hlen,), start = struct.unpack_from("<H", fixed, 8), 10
-    elif major in (2, 3) and len(fixed) >= 12:
-        (hlen,), start = struct.unpack_from("<I", fixed, 8), 12
-    else:
-        raise NpyHeaderError(f"unsupported format version {major}.{minor}")
-    if minor != 0:
-        raise NpyHeaderError(f"unsupported format version {major}.{minor}")
+    version = (fixed[6], fixed[7])
+    info = HEADER_FORMATS.get(version)
+    if info is None:
+        raise NpyHeaderError(f"unsupported format version {version[0]}.{version[1]}")
+    length_format, encoding = info
+    width = struct.calcsize(length_format)
+    if len(fixed) < 8 + width:
+        raise NpyHeaderError("header length is truncated")
+    (hlen,) = struct.unpack_from(length_format, fixed, 8)
+    start = 8 + width
     if hlen > MAX_HEADER:
         raise NpyHeaderError(f"header of {hlen} bytes is larger than the {MAX_HEADER}-byte limit")
     raw = source.read_at(start, hlen)
     if len(raw) != hlen:
         raise NpyHeaderError("header is truncated")
     try:
-        text = raw.decode("utf-8" if major == 3 else "latin1")
+        text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise NpyHeaderError(f"header is not UTF-8: {exc}") from exc
-    header = parse_literal(text)
-    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise NpyHeaderError(f"header is not {encoding}: {exc}") from exc
+    header = _literal(text, version)
+    if not isinstance(header, dict) or set(header) != _EXPECTED_KEYS or len(header) != 3:
         raise NpyHeaderError("header must be a dict with exactly descr, fortran_order and shape: "
                              f"{text!r:.200}")
     shape = header["shape"]
-    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) for d in shape):
         raise NpyHeaderError(f"bad shape {shape!r}")
+    if any(d < 0 for d in shape):
+        # numpy reads "everything left" for a negative count: not a size known here.
+        raise NpyHeaderError(f"negative dimension in shape {shape!r}")
     if not isinstance(header["fortran_order"], bool):
         raise NpyHeaderError(f"bad fortran_order {header['fortran_order']!r}")
-    return header, major, start + hlen
+    return header, version[0], start + hlen
 
 
 class NpyReader(FormatReader):
@@ -252,21 +178,31 @@ class NpyReader(FormatReader):
             ctx.report("unscanned-parse-error", f".npy header: {exc}", offset=0)
             return
         descr = header["descr"]
-        if descr_has_object(descr):
+        try:
+            dtype = from_descr(descr)
+        except DtypeUnsure as exc:
+            ctx.report("unscanned-parse-error",
+                       f".npy header: the item size of descr {descr!r:.200} is not certain to equal numpy's "
+                       f"({exc}); the data that follows was not laid out", offset=0,
+                       details={"descr": repr(descr)[:200]})
+            if descr_has_object(descr):
+                self._scan_object_data(source, ctx, data_start)  # it may be a pickle: read it as one
+            return
+        if dtype.hasobject:
             ctx.report("npy-object-array",
                        f"object array (descr {descr!r}): the data from offset {data_start} is a pickle, "
                        "loaded only with np.load(allow_pickle=True); it was scanned",
                        offset=data_start, details={"descr": repr(descr), "version": version})
             self._scan_object_data(source, ctx, data_start)
             return
-        try:
-            size = itemsize(descr)
-        except NpyHeaderError as exc:
-            ctx.report("unscanned-parse-error", f".npy header: {exc}", offset=0)
-            return
+        size = dtype.itemsize
         count = 1
         for dim in header["shape"]:
-            count *= dim
+            count *= int(dim)
+        if count >= 1 << 63:
+            ctx.report("unscanned-parse-error", f".npy shape {header['shape']} overflows numpy's int64 count",
+                       offset=0)
+            return
         end = data_start + count * size
         if end > source.size:
             ctx.report("unscanned-parse-error",
@@ -293,4 +229,4 @@ class NpyReader(FormatReader):
         ctx.scan(SliceSource(source, end, extra, name=f"{source.name}:{member}"), member)
 
 
-__all__ = ["NpyReader", "descr_has_object", "itemsize", "parse_header", "NpyHeaderError"]
+__all__ = ["NpyReader", "descr_has_object", "itemsize", "parse_header", "NpyHeaderError", "HEADER_FORMATS"]

@@ -32,8 +32,8 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from ..context import ScanContext
-from ..protobuf import LEN, VARINT, ProtobufError, ProtoView, looks_like_message, looks_like_truncated_message
-from ..source import ByteSource
+from ..protobuf import LEN, VARINT, ProtobufError, ProtoView
+from ..source import ByteSource, BytesSource
 from .interface import FormatReader
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"})
@@ -189,13 +189,86 @@ class _Walk:
                             offset=offset, details={"domain": domain, "op": op})
 
 
+#: ModelProto fields that hold what the reader checks (graph, training_info, functions): a message
+#: with none of them has no tensor and no node to inspect.
+_CONTENT_FIELDS = frozenset({7, 20, 25})
+#: First bytes that can start a protobuf field: a tag with field number >= 1 and wire type 0-3 or
+#: 5 (a tag byte with the continuation bit carries the number on: also possible).
+_TAG_START = frozenset(b for b in range(256) if (b & 7) in (0, 1, 2, 3, 5) and (b >> 3 or b & 0x80))
+
+
+def _head_may_be_message(head: bytes) -> bool:
+    """Cheap first pass over the head alone (a plain loop: detection runs on every file and
+    member): False when it already fails to decode as protobuf (most files: pickles, text,
+    archives), True when it decodes, runs past its end or holds a group (decided on the whole)."""
+    pos = 0
+    n = len(head)
+    while pos < n:
+        tag = 0
+        shift = 0
+        while True:  # the tag varint
+            if pos >= n:
+                return True
+            b = head[pos]
+            pos += 1
+            tag |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift >= 70:
+                return False
+        wire = tag & 7
+        if tag >> 3 == 0:
+            return False
+        if wire == 0 or wire == 2:
+            value = 0
+            shift = 0
+            while True:
+                if pos >= n:
+                    return True
+                b = head[pos]
+                pos += 1
+                value |= (b & 0x7F) << shift
+                if b < 0x80:
+                    break
+                shift += 7
+                if shift >= 70:
+                    return False
+            if wire == 2:
+                pos += value
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 3:
+            return True
+        else:
+            return False
+    return True
+
+
 def _is_onnx(source: ByteSource, head: bytes) -> bool:
-    if not head or head[0] != 0x08:
+    """A ModelProto as ``onnx.load`` parses one: the top level decodes as protobuf in whatever order
+    its fields come (the first byte is no signature: protobuf allows any order, unknown fields and
+    groups), with a graph, training info or function in it. A model cut short inside one of those
+    is claimed too (and reported as not decoding)."""
+    if not head or head[0] not in _TAG_START:
         return False
-    view = ProtoView(source)
-    # A cut-off model (ir_version, then a field running past the end) is claimed too, and reported.
-    return looks_like_message(view, _MODEL_FIELDS, {1, 7}) or looks_like_truncated_message(
-        view, _MODEL_FIELDS, {1}, {7, 8, 14, 20, 25})
+    if not _head_may_be_message(head):
+        return False
+    # A file the head holds whole is decoded from the head (detection runs on every file and
+    # member: no second read of it).
+    view = ProtoView(BytesSource(head)) if len(head) >= source.size else ProtoView(source)
+    seen = set()
+    try:
+        for f in view.fields():
+            expected = _MODEL_FIELDS.get(f.number)
+            if expected is not None and expected == f.wire_type:
+                seen.add(f.number)
+    except ProtobufError as exc:
+        # A cut-off model: valid fields up to a content field that runs past the end of the data.
+        return exc.field in _CONTENT_FIELDS and bool(seen & ({1, 2, 8} | _CONTENT_FIELDS))
+    return bool(seen & _CONTENT_FIELDS)
 
 
 class OnnxReader(FormatReader):

@@ -24,10 +24,11 @@ import gc
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NoReturn, Optional, Sequence, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
+from ..npdtype import DType, DtypeUnsure, PickledDtype, from_pickled
 from ..pickle_policy import NESTED_LOADERS, full_name
 from ..policy import GlobalVerdict
 from ..source import ByteSource, BytesSource, SourceReader
@@ -615,7 +616,7 @@ class _PickleVM:
 
     def _construct(self, cls: Global, argv: Sequence[Any], kind: str) -> Obj:
         if cls.path == "numpy.dtype" and argv:
-            return Obj(cls, {"descr": argv[0]})
+            return Obj(cls, {"descr": argv[0], "argv": tuple(argv)})
         if cls.path in _JOBLIB_WRAPPERS:
             attrs: Dict[str, Any] = {}
             if argv and kind not in ("NEWOBJ", "NEWOBJ_EX"):  # __init__ runs: positional fields
@@ -758,12 +759,19 @@ class _PickleVM:
             self._skip_joblib_array(inst, pos)
 
     def _skip_joblib_array(self, wrapper: Obj, pos: int) -> None:
-        """joblib.load reads an array's raw bytes right after its wrapper's BUILD: skip them."""
+        """joblib.load reads an array's raw bytes right after its wrapper's BUILD: skip them.
+
+        The number of bytes is numpy's ``dtype.itemsize * prod(shape)``, computed by
+        :mod:`safemodel_ci.npdtype` exactly or not at all: where it is not certain, the stream
+        is not resynchronised by a guess but fails closed (``unscanned-parse-error``).
+        """
         attrs = wrapper.attrs or {}
-        dtype = attrs.get("dtype")
-        itemsize, hasobject = _dtype_info(dtype)
         here = self.reader.tell()
-        if hasobject:
+        try:
+            dtype = _dtype_info(attrs.get("dtype"))
+        except DtypeUnsure as exc:
+            self._unsure_array(pos, f"its dtype: {exc}")
+        if dtype.hasobject:
             # An object array is a complete pickle written inline; joblib loads it with a plain
             # Unpickler and then continues after its STOP.
             if self.silent:
@@ -776,20 +784,31 @@ class _PickleVM:
                               reported=not self.silent)
             self.reader.seek(res.end)
         else:
-            shape = attrs.get("shape")
-            count = _shape_count(shape)
-            if itemsize is None or count is None:
-                raise _Broken(pos, "joblib NumpyArrayWrapper without a readable shape and dtype: the "
-                              "position of the data that follows cannot be known")
+            count = _shape_count(attrs.get("shape"))
+            if count is None:
+                self._unsure_array(pos, f"its shape {describe(attrs.get('shape'))} (joblib multiplies "
+                                   "int64 dimensions; only non-negative ints whose product fits are read)")
+            if dtype.itemsize == 0:
+                raise _Broken(pos, "joblib NumpyArrayWrapper with a zero-size dtype: joblib.load fails "
+                              "there (division by zero)")
             if attrs.get("numpy_array_alignment_bytes") is not None:
                 pad = self._read(1, here)[0]
                 if self.reader.skip(pad) != pad:
                     raise _Broken(here, "stream ends inside joblib array padding")
-            nbytes = count * itemsize
+            nbytes = count * dtype.itemsize
             if self.reader.skip(nbytes) != nbytes:
                 raise _Broken(here, f"stream ends inside a {nbytes}-byte joblib array")
             self._check_array_bytes_as_opcodes(here, self.reader.tell())
         self.stack[-1] = Obj(None)
+
+    def _unsure_array(self, pos: int, what: str) -> NoReturn:
+        """A joblib array whose byte count is not certain: fail closed, never guess and go on."""
+        reason = (f"joblib NumpyArrayWrapper at offset {pos}: the number of raw array bytes joblib reads "
+                  f"after it cannot be computed exactly from {what}; the rest of the stream was not scanned")
+        if not self.silent and self.ctx is not None:
+            self.ctx.report("unscanned-parse-error", reason, offset=pos,
+                            details={"reason": "joblib-array-size"})
+        raise _Broken(pos, reason, reported=not self.silent and self.ctx is not None)
 
     def _check_array_bytes_as_opcodes(self, start: int, end: int) -> None:
         """joblib.load skips an array's bytes, plain pickle.load runs them as opcodes: if they import
@@ -1326,8 +1345,11 @@ def _py2_str(data: bytes) -> str:
 
 
 def _shape_count(shape: Any) -> Optional[int]:
-    if isinstance(shape, int) and not isinstance(shape, bool):
-        shape = (shape,)
+    """Elements of a joblib array of ``shape``, as joblib counts them, or None when not certain.
+
+    joblib takes ``len(shape)`` (a tuple; an empty one is one element) and multiplies the
+    dimensions as int64: negative or non-int dimensions, or a product past int64, are not read.
+    """
     if not isinstance(shape, (tuple, PList)):
         return None
     count = 1
@@ -1335,30 +1357,60 @@ def _shape_count(shape: Any) -> Optional[int]:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
             return None
         count *= dim
+        if count >= 1 << 63:
+            return None
     return count
 
 
-def _dtype_info(dtype: Any) -> Tuple[Optional[int], bool]:
-    """(itemsize, hasobject) of a symbolic ``numpy.dtype`` built in the stream."""
-    if not isinstance(dtype, Obj) or dtype.cls is None or dtype.cls.path != "numpy.dtype" or not dtype.attrs:
-        return None, False
-    descr = dtype.attrs.get("descr")
-    state = dtype.attrs.get("state")
-    hasobject = isinstance(descr, str) and descr[:1] == "O"
-    itemsize: Optional[int] = None
-    if isinstance(state, tuple) and len(state) >= 8:
-        elsize, flags = state[5], state[7]
-        if isinstance(elsize, int) and elsize > 0:
-            itemsize = elsize
-        if isinstance(flags, int) and flags & 1:  # NPY_ITEM_REFCOUNT: holds Python objects
-            hasobject = True
-    if itemsize is None and isinstance(descr, str):
-        digits = "".join(ch for ch in descr[1:] if ch.isdigit())
-        if descr[:1] in ("M", "m") and not digits:
-            digits = "8"
-        if digits:
-            itemsize = int(digits)
-    return itemsize, hasobject
+def _dtype_info(dtype: Any, depth: int = 0) -> DType:
+    """The numpy dtype a symbolic ``numpy.dtype(...)`` (+ BUILD state) in the stream rebuilds.
+
+    Raises :class:`DtypeUnsure` for anything that is not a dtype built from literal arguments
+    whose size :mod:`safemodel_ci.npdtype` knows exactly.
+    """
+    if depth > 16:
+        raise DtypeUnsure("dtypes nested too deeply")
+    if not isinstance(dtype, Obj) or dtype.cls is None or dtype.cls.path != "numpy.dtype" or not dtype.attrs \
+            or "argv" not in dtype.attrs:
+        raise DtypeUnsure(f"{describe(dtype)} is not a numpy.dtype made from literal arguments")
+    argv = dtype.attrs["argv"]
+    if len(argv) > 3:
+        raise DtypeUnsure("numpy.dtype called with more than three arguments")
+    has_state = "state" in dtype.attrs
+    state = _dtype_state(dtype.attrs["state"]) if has_state else None
+    pickled = PickledDtype(_plain(argv[0]), _plain(argv[1]) if len(argv) > 1 else False, state, has_state)
+    return from_pickled(pickled, lambda inner: _dtype_info(inner, depth + 1))
+
+
+def _plain(value: Any) -> Any:
+    """The literal a symbolic value stands for; DtypeUnsure when it is not one."""
+    try:
+        return to_literal(value)
+    except (_NotLiteral, RecursionError):
+        raise DtypeUnsure(f"{describe(value)} is not a literal") from None
+
+
+def _dtype_state(state: Any) -> Any:
+    """A dtype ``__setstate__`` tuple made plain, the dtypes nested in its subarray and fields kept
+    as symbols (they are resolved one by one); DtypeUnsure for anything else not literal."""
+    if not isinstance(state, tuple):
+        return _plain(state)
+    out: List[Any] = []
+    for index, item in enumerate(state):
+        if index == 2 and isinstance(item, tuple) and len(item) == 2:  # subarray: (dtype, shape)
+            out.append((item[0], _plain(item[1])))
+        elif index == 4 and isinstance(item, PDict):  # fields: name -> (dtype, offset[, title])
+            if item.dropped:
+                raise DtypeUnsure("structured dtype fields were not all kept")
+            fields: Dict[Any, Any] = {}
+            for k, v in item.pairs:
+                if not isinstance(v, tuple) or not v:
+                    raise DtypeUnsure("structured dtype field is not a tuple")
+                fields[_plain(k)] = (v[0],) + tuple(_plain(x) for x in v[1:])
+            out.append(fields)
+        else:
+            out.append(_plain(item))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,10 +80,13 @@ class TarReader(FormatReader):
                 continue
             member = SliceSource(source, info.offset_data, info.size, name=f"{source.name}:{info.name}")
             if torch_tar and info.name in ("storages", "tensors"):
-                from .torch_legacy import scan_interleaved
+                from .torch_legacy import scan_legacy_tar_member
 
                 mctx = ctx.child(info.name)
                 mctx.add_format("torch-legacy-records")
-                scan_interleaved(member, mctx)
+                scan_legacy_tar_member(member, mctx, info.name)
+            elif torch_tar and info.name in ("pickle", "sys_info"):
+                # torch.load unpickles these two members of a legacy tar: read as pickles.
+                ctx.scan_as("pickle", member, info.name)
             else:
                 ctx.scan(member, info.name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
@@ -28,16 +28,18 @@ _MAGIC_LONG1 = b"\x8a\x0a" + MAGIC_NUMBER.to_bytes(10, "little") + b"."
 _MAGIC_RE = re.compile(rb"\A(?:\x80[\x02-\x05](?:\x95.{8})?" + re.escape(_MAGIC_LONG1) +
                        rb"|L" + str(MAGIC_NUMBER).encode() + rb"L?\n\.)", re.S)
 
-#: Bytes per element of the legacy storage classes (``torch.<Name>Storage``).
+#: Bytes per element of the classes a legacy persistent id may name as its storage type: torch's
+#: loader reads ``torch._utils._element_size(storage_type.dtype)`` bytes per element, so these are
+#: exactly the ``torch.<Name>`` classes with a ``dtype`` in torch 2.13 (tests/test_containers_claims
+#: checks the table against torch). Anything else has no size known here: the file is unscanned.
 STORAGE_ELEMENT_SIZES: Dict[str, int] = {
-    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2,
-    "LongStorage": 8, "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1,
-    "BoolStorage": 1, "ComplexDoubleStorage": 16, "ComplexFloatStorage": 8, "QUInt8Storage": 1,
-    "QInt8Storage": 1, "QInt32Storage": 4, "QUInt4x2Storage": 1, "QUInt2x4Storage": 1,
-    "UntypedStorage": 1, "ByteTensor": 1,
+    "BFloat16Storage": 2, "BFloat16Tensor": 2, "BoolStorage": 1, "BoolTensor": 1, "ByteStorage": 1,
+    "ByteTensor": 1, "CharStorage": 1, "CharTensor": 1, "ComplexDoubleStorage": 16,
+    "ComplexFloatStorage": 8, "DoubleStorage": 8, "DoubleTensor": 8, "FloatStorage": 4, "FloatTensor": 4,
+    "HalfStorage": 2, "HalfTensor": 2, "IntStorage": 4, "IntTensor": 4, "LongStorage": 8, "LongTensor": 8,
+    "QInt32Storage": 4, "QInt8Storage": 1, "QUInt2x4Storage": 1, "QUInt4x2Storage": 1, "QUInt8Storage": 1,
+    "ShortStorage": 2, "ShortTensor": 2, "Storage": 4,
 }
-#: Candidate element sizes when a storage's type cannot be read from its persistent id.
-_ELEMENT_SIZES = (1, 2, 4, 8, 16)
 #: Pickle starts looked for in unaccounted bytes (protocol 2+ header, or protocol 0 GLOBAL).
 _CARVE_RE = re.compile(rb"\x80[\x02-\x05]|c[A-Za-z_][\w.]{0,200}\n[A-Za-z_][\w.]{0,200}\n")
 _CARVE_CHUNK = 1 << 20
@@ -45,14 +47,13 @@ _CARVE_OVERLAP = 512
 
 
 def _type_name(value: Any) -> Optional[str]:
-    """Best-effort class name of a storage type as the pickle API renders a global."""
-    if isinstance(value, str):
-        return value.rsplit(".", 1)[-1]
-    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value):
-        return value[1].rsplit(".", 1)[-1]
+    """The ``torch.<Name>`` class a persistent id names as its storage type (an imported global of
+    module ``torch``), None for anything else (a string, another module: torch would fail or do
+    something not modelled here)."""
+    module = getattr(value, "module", None)
     name = getattr(value, "name", None)
-    if isinstance(name, str):
-        return name.rsplit(".", 1)[-1]
+    if module == "torch" and isinstance(name, str):
+        return name
     return None
 
 
@@ -161,11 +162,6 @@ class TorchLegacyReader(FormatReader):
                 carve(source, ctx, pos, source.size)
                 return
         storages = storages_from_persistent_ids(results[3].persistent_ids)
-        # Persistent ids that hold a class are not literals; the storage classes the main pickle
-        # imports still tell the element size when they all agree (the usual all-float checkpoint).
-        sizes = {STORAGE_ELEMENT_SIZES[name] for module, name in results[3].globals
-                 if module == "torch" and name in STORAGE_ELEMENT_SIZES}
-        default_elem = sizes.pop() if len(sizes) == 1 else None
         keys = results[4].value
         if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) for k in keys):
             ctx.report("unscanned-parse-error",
@@ -173,15 +169,12 @@ class TorchLegacyReader(FormatReader):
                        "be laid out and was carved for pickles", offset=results[4].start)
             carve(source, ctx, pos, source.size)
             return
-        end = self._skip_storages(source, pos, list(keys), storages, default_elem, exact_end=True)
-        if end is None:
-            # Bytes after the storages (an appended payload) defeat the exact-end check: lay the
-            # storages out anyway, smallest sizes first, so that whatever is left over is carved.
-            end = self._skip_storages(source, pos, list(keys), storages, default_elem, exact_end=False)
+        end, problem = self._skip_storages(source, pos, list(keys), storages)
         if end is None:
             ctx.report("unscanned-parse-error",
-                       f"raw storages from offset {pos} do not match the {len(keys)} recorded storages; "
-                       "the area was carved for pickles", offset=pos)
+                       f"raw storages from offset {pos}: {problem}; torch.load reads each as an 8-byte count "
+                       "and count * element size bytes, and that layout could not be followed exactly. The "
+                       "area was carved for pickles", offset=pos)
             carve(source, ctx, pos, source.size)
             return
         if end < source.size:
@@ -193,66 +186,115 @@ class TorchLegacyReader(FormatReader):
 
     @staticmethod
     def _skip_storages(source: ByteSource, pos: int, keys: List[str],
-                       storages: Dict[str, Tuple[Optional[int], Optional[int]]],
-                       default_elem: Optional[int], exact_end: bool) -> Optional[int]:
-        """End of the raw storage area, or None when the recorded layout does not fit the bytes.
+                       storages: Dict[str, Tuple[Optional[int], Optional[int]]]) -> Tuple[Optional[int], str]:
+        """(end of the raw storage area, "") as torch reads it, or (None, why) when it cannot be
+        followed exactly: for each key in order, a little-endian u64 element count that must equal
+        the persistent id's numel, then count * element size bytes (the size from the storage type).
+        No size is guessed."""
+        for key in keys:
+            if key not in storages:
+                return None, f"storage key {key!r} has no persistent id (torch fails on it)"
+            elem, numel = storages[key]
+            if elem is None:
+                return None, f"the type of storage {key!r} is not one whose element size is known"
+            raw = source.read_at(pos, 8)
+            if len(raw) != 8:
+                return None, f"the file ends before the count of storage {key!r}"
+            count = struct.unpack("<Q", raw)[0]
+            if numel is not None and count != numel:
+                return None, f"storage {key!r} records {count} elements, its persistent id {numel}"
+            pos += 8 + count * elem
+            if pos > source.size:
+                return None, f"storage {key!r} runs past the end of the file"
+        return pos, ""
 
-        Element sizes come from the storage types; when a type is unknown every plausible size is
-        tried (depth-first) and the layout must land exactly on the next count or the end of file.
-        """
-        size = source.size
 
-        def counts_at(offset: int) -> Optional[int]:
-            raw = source.read_at(offset, 8)
-            return struct.unpack("<Q", raw)[0] if len(raw) == 8 else None
+#: Classes with a ``_dtype`` (what the legacy tar loader asks of a storage type): the storages.
+TAR_STORAGE_TYPES = frozenset(name for name in STORAGE_ELEMENT_SIZES if name.endswith("Storage"))
 
-        failed: Set[Tuple[int, int]] = set()
-        budget = 100_000
 
-        def options(i: int, offset: int) -> List[int]:
-            """Offsets where storage ``i`` may end if it starts at ``offset``."""
-            n = counts_at(offset)
-            elem, numel = storages.get(keys[i], (None, None))
-            elem = elem or default_elem
-            if n is None or (numel is not None and n != numel):
-                return []
-            sizes = [elem] if elem else ([1] if n == 0 else list(_ELEMENT_SIZES))
-            out = []
-            for e in sizes:
-                nxt = offset + 8 + n * e
-                if nxt > size or (exact_end and i + 1 == len(keys) and elem is None and nxt != size):
-                    continue
-                out.append(nxt)
-            return out
+class _RecordsBroken(Exception):
+    def __init__(self, offset: int, reason: str, reported: bool = False) -> None:
+        super().__init__(reason)
+        self.offset = offset
+        self.reason = reason
+        self.reported = reported
 
-        # Depth-first over storages, iteratively (checkpoints hold thousands of storages).
-        stack: List[Tuple[int, int, List[int]]] = [(0, pos, options(0, pos))] if keys else []
-        if not keys:
-            return pos
-        while stack:
-            budget -= 1
-            if budget < 0:
-                return None
-            i, offset, pending = stack[-1]
-            if not pending:
-                failed.add((i, offset))
-                stack.pop()
-                continue
-            nxt = pending.pop(0)
-            if i + 1 == len(keys):
-                return nxt
-            if (i + 1, nxt) in failed:
-                continue
-            stack.append((i + 1, nxt, options(i + 1, nxt)))
-        return None
+
+def scan_legacy_tar_member(source: ByteSource, ctx: ScanContext, kind: str) -> None:
+    """The ``storages`` or ``tensors`` member of a legacy torch tar, walked as ``torch.load`` reads
+    it (``torch/serialization.py`` ``legacy_load``): a pickled count, then per record a pickle and
+    a binary part whose length the pickle and the bytes fix (``storages``: a u64 element count and
+    count * element size bytes, the size from the storage class; ``tensors``: an int32 ndim, 4
+    bytes, ndim sizes, ndim strides and an offset, 8 bytes each), and for ``storages`` a last
+    pickle of views. Every pickle is scanned where torch reads it; where the layout cannot be
+    followed exactly the rest is unscanned (and carved for pickles), never guessed."""
+    from .pickle import _maybe_literal, scan_pickle_at
+
+    pos = 0
+
+    def next_pickle(what: str) -> Any:
+        nonlocal pos
+        result = scan_pickle_at(source, ctx, pos)
+        if not result.complete or result.end is None:
+            raise _RecordsBroken(pos, f"the {what} pickle is broken", reported=True)
+        pos = result.end
+        return _maybe_literal(result.top, keep_globals=True)
+
+    def read_int(fmt: str, what: str) -> int:
+        nonlocal pos
+        width = struct.calcsize(fmt)
+        raw = source.read_at(pos, width)
+        if len(raw) != width:
+            raise _RecordsBroken(pos, f"the member ends inside {what}")
+        pos += width
+        return int(struct.unpack(fmt, raw)[0])
+
+    try:
+        count = next_pickle("record count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise _RecordsBroken(0, f"the record count is {count!r}, not a non-negative int")
+        for index in range(count):
+            ctx.check_deadline()
+            args = next_pickle(f"record {index}")
+            if not isinstance(args, (tuple, list)) or len(args) != 3:
+                raise _RecordsBroken(pos, f"record {index} is not a 3-tuple")
+            if kind == "storages":
+                name = _type_name(args[2])
+                if name not in TAR_STORAGE_TYPES:
+                    raise _RecordsBroken(pos, f"storage {args[0]!r} has a type whose element size is not "
+                                         "known")
+                n = read_int("<Q", f"the element count of storage {args[0]!r}")
+                pos += n * STORAGE_ELEMENT_SIZES[name]  # type: ignore[index]
+            else:
+                ndim = read_int("<i", f"the dimension count of tensor {args[0]!r}")
+                if ndim < 0:
+                    raise _RecordsBroken(pos, f"tensor {args[0]!r} has {ndim} dimensions")
+                pos += 4 + 16 * ndim + 8
+            if pos > source.size:
+                raise _RecordsBroken(source.size, f"record {index} runs past the end of the member")
+        if kind == "storages":
+            next_pickle("storage views")
+    except _RecordsBroken as exc:
+        if not exc.reported:
+            ctx.report("unscanned-parse-error",
+                       f"legacy torch tar member {kind!r}: {exc.reason} at offset {exc.offset}; torch.load "
+                       "reads it as pickles and raw records, and the layout could not be followed exactly. "
+                       "The rest was carved for pickles", offset=exc.offset)
+        carve(source, ctx, min(exc.offset + 1, source.size), source.size)
+        return
+    if pos < source.size:
+        ctx.report("torch-unaccounted-bytes",
+                   f"{source.size - pos} bytes follow the last record of {kind!r} at offset {pos}; "
+                   "torch.load ignores them, they were searched for pickle streams", offset=pos,
+                   details={"length": source.size - pos})
+        carve(source, ctx, pos, source.size)
 
 
 def scan_interleaved(source: ByteSource, ctx: ScanContext) -> None:
-    """A stream of pickles mixed with binary records (legacy tar ``storages`` / ``tensors``).
-
-    The first pickle is scanned as such; the rest is carved, so every pickle is scanned while the
-    binary records between them produce no noise.
-    """
+    """A stream of pickles mixed with binary records of unknown layout: the first pickle is
+    scanned as such; the rest is carved, so every pickle is scanned while the binary records
+    between them produce no noise. (Legacy torch tars use :func:`scan_legacy_tar_member`.)"""
     from .pickle import scan_pickle_at
 
     result = scan_pickle_at(source, ctx, 0)

@@ -66,6 +66,22 @@ DESCRIPTOR_MAX = 24
 TORCH_ROOT_MARKERS = ("data.pkl", "constants.pkl", "bytecode.pkl")
 
 
+def torch_pickle_kind(name: str, torch_roots: List[str]) -> str:
+    """Whether torch unpickles the member ``name`` of a torch archive: ``"data"`` for
+    ``<root>/data.pkl`` (``torch.load``), ``"other"`` for every other ``.pkl`` in a root or below
+    it (TorchScript's ``constants.pkl``, mobile ``bytecode.pkl`` and debug handles, torch.package
+    resources read with ``load_pickle``, TorchScript ``code/*.debug_pkl`` source ranges), ``""`` for
+    the rest (storages, code, version records, ``extra/`` files)."""
+    for root in torch_roots:
+        if name == root + "/data.pkl":
+            return "data"
+        if name.startswith(root + "/") and name.endswith((".pkl", ".debug_pkl")) \
+                and not name.startswith((root + "/data/", root + "/extra/")):
+            # (extra/ holds _extra_files, which torch.jit.load returns as bytes, unparsed)
+            return "other"
+    return ""
+
+
 @dataclass
 class CentralEntry:
     """One central-directory record, with offsets made absolute in the source."""
@@ -382,7 +398,9 @@ class ZipReader(FormatReader):
         roots = []
         for e in entries:
             parts = e.name.split("/")
-            if len(parts) == 2 and parts[1] in TORCH_ROOT_MARKERS and parts[0] not in roots:
+            marker = (len(parts) == 2 and parts[1] in TORCH_ROOT_MARKERS) or \
+                (len(parts) == 3 and parts[1:] == [".data", "version"])  # torch.package
+            if marker and parts[0] not in roots:
                 roots.append(parts[0])
         if roots:
             ctx.add_format("torch-zip")
@@ -485,8 +503,8 @@ class ZipReader(FormatReader):
         if is_storage:
             self._scan_storage(source, mctx, entry, local, data_start)
         else:
-            torch_pickle = any(entry.name == r + "/data.pkl" for r in torch_roots)
-            self._scan_content(source, mctx, entry, local, data_start, torch_pickle)
+            self._scan_content(source, mctx, entry, local, data_start,
+                               torch_pickle_kind(entry.name, torch_roots))
         return end
 
     def _scan_storage(self, source: ByteSource, ctx: ScanContext, entry: CentralEntry, local: LocalHeader,
@@ -544,7 +562,7 @@ class ZipReader(FormatReader):
         return None
 
     def _scan_content(self, source: ByteSource, ctx: ScanContext, entry: CentralEntry, local: LocalHeader,
-                      data_start: int, torch_pickle: bool = False) -> None:
+                      data_start: int, torch_pickle: str = "") -> None:
         if entry.method == METHOD_STORED:
             member = SliceSource(source, data_start, entry.csize, name=f"{source.name}:{ctx.member}")
             if entry.csize <= CRC_CHECK_STORED_MAX:
@@ -574,18 +592,23 @@ class ZipReader(FormatReader):
             self._scan_member(out, ctx, torch_pickle)
 
     @staticmethod
-    def _scan_member(member: ByteSource, ctx: ScanContext, torch_pickle: bool) -> None:
-        """Scan a member by content; a torch archive's data.pkl is walked as torch reads it."""
-        if torch_pickle:
-            from .pickle import looks_like_pickle, scan_pickle_at, scan_pickle_stream
+    def _scan_member(member: ByteSource, ctx: ScanContext, torch_pickle: str) -> None:
+        """Scan a member by content; a member torch unpickles is read as a pickle whatever it
+        looks like (``torch_pickle``: ``"data"`` for ``data.pkl``, ``"other"`` for the other
+        pickles of a torch archive, ``""`` for everything else)."""
+        if torch_pickle == "data":
+            from .pickle import scan_pickle_at, scan_pickle_stream
 
-            if looks_like_pickle(member, 0):
-                # torch unpickles data.pkl once; the VM then knows to expect protocol 2 only.
-                ctx.add_format("pickle")
-                result = scan_pickle_at(member, ctx, 0, torch_archive=True)
-                if result.complete and result.end is not None and result.end < member.size:
-                    scan_pickle_stream(member, ctx, result.end)
-                return
+            # torch unpickles data.pkl once; the VM then knows to expect protocol 2 only. What it
+            # cannot walk to STOP is its finding (pickle-broken-stream), never "not a pickle".
+            ctx.add_format("pickle")
+            result = scan_pickle_at(member, ctx, 0, torch_archive=True)
+            if result.complete and result.end is not None and result.end < member.size:
+                scan_pickle_stream(member, ctx, result.end)
+            return
+        if torch_pickle:
+            ctx.scan_as("pickle", member)
+            return
         ctx.scan(member)
 
     @staticmethod

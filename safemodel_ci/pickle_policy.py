@@ -223,12 +223,22 @@ def builtin_verdict(module: str, name: str) -> GlobalVerdict:
         ident, _, note = target.partition(" (")
         note = note[:-1] if note.endswith(")") else note
         what = f"{path} is {ident} under another name (a library re-exports it)" if ident != path else path
-        why = note or (dangerous_reason(*ident.rsplit(".", 1)) if "." in ident else "") or \
+        why = (note if note != "a module" else f"{ident} is a module of the dangerous table") or \
+            (dangerous_reason(*ident.rsplit(".", 1)) if "." in ident else "") or \
             "it can run code, start processes, touch files or the network"
         return GlobalVerdict("pickle-dangerous-global", Severity.CRITICAL, f"{what}; {why}")
     reason = dangerous_reason(module, name)
     if reason:
         return GlobalVerdict("pickle-dangerous-global", Severity.CRITICAL, reason)
+    if "." in name:  # an attribute path through a re-exported module (sklearn.x + "sp.Popen")
+        segments = name.split(".")
+        for i in range(1, len(segments)):
+            through = f"{module}.{'.'.join(segments[:i])}"
+            target = table.dangerous.get(through)
+            if target is not None:
+                return GlobalVerdict("pickle-dangerous-global", Severity.CRITICAL,
+                                     f"the attribute path {path} goes through {through}, which is "
+                                     f"{target.partition(' (')[0]}")
     return GlobalVerdict(
         "pickle-unknown-global", Severity.HIGH,
         f"{path} is not on the allowlist; if you trust it, add `- global: {path}` with a `reason:` "

@@ -641,3 +641,27 @@ def test_merging_the_committed_table_again_reproduces_it_byte_for_byte() -> None
     path = REPO / "safemodel_ci" / "data" / "allowlist.json"
     text = path.read_text()
     assert gen.dumps(gen.merge([json.loads(text)])) == text
+
+
+def test_attribute_paths_through_a_reexported_dangerous_module_are_critical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``import subprocess as sp`` inside a library module: ``module`` + ``sp.Popen`` reaches Popen."""
+    table = load_table()
+    aliases = {p: t.partition(" (")[0] for p, t in table.dangerous.items() if t.endswith("(a module)")}
+    assert len(aliases) > 300
+    for path in aliases:
+        module, attr = path.rsplit(".", 1)
+        v = classify_global(module, f"{attr}.anything", frozenset({module + ".*"}))
+        assert v.rule_id == "pickle-dangerous-global" and path in v.reason, (path, v)
+    # end to end, through the first alias of os (or subprocess) the installed libraries have
+    path = next((p for p, t in sorted(aliases.items()) if t in ("os", "subprocess")), None)
+    if path is None:
+        pytest.skip("no library module here imports os or subprocess under a name")
+    module, attr = path.rsplit(".", 1)
+    model = tmp_path / "m.pkl"
+    callee = f"{attr}.system" if aliases[path] == "os" else f"{attr}.Popen"
+    model.write_bytes(_reduce_pickle(module, callee, 4))
+    code, report = _scan_dir(tmp_path, capsys)
+    assert code == 1
+    assert [f["severity"] for f in report["files"][0]["findings"]] == ["CRITICAL"]

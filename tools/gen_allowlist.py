@@ -1355,7 +1355,11 @@ def collect(env: str, log: Callable[[str], None] = lambda s: None) -> Dict[str, 
             if path in allow or path in dangerous:
                 continue
             if isinstance(value, types.ModuleType):
-                continue  # module aliases: see the scanner's attribute-path rule
+                # ``import subprocess as sp``: a pickle can name sklearn.x + "sp.Popen" (an attribute
+                # path), so the alias is recorded and the scanner judges paths through it.
+                if danger_of(value.__name__ + ".x"):
+                    dangerous[path] = f"{value.__name__} (a module)"
+                continue
             try:
                 kind, target, note = judge(value, admitted_classes)
             except Exception:  # noqa: BLE001 - objects whose attributes raise

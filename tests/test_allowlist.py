@@ -327,7 +327,7 @@ def test_real_scikit_learn_models_pass(tmp_path: Path, capsys: pytest.CaptureFix
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import Pipeline, make_pipeline
-    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, SplineTransformer, StandardScaler
 
     rng = np.random.RandomState(1)
     X = rng.rand(40, 3)
@@ -356,6 +356,7 @@ def test_real_scikit_learn_models_pass(tmp_path: Path, capsys: pytest.CaptureFix
         "forest": RandomForestClassifier(n_estimators=2).fit(X, y),
         "knn_kdtree": KNeighborsClassifier(algorithm="kd_tree").fit(X, y),
         "select_k_best": SelectKBest(k=2).fit(X, y),
+        "splines": SplineTransformer().fit(X),
     }
     _dump_all(tmp_path, objects)
     for label, obj in objects.items():

@@ -62,10 +62,14 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AllowedGlobal:
-    """A global the project trusts (``module.name`` or ``module.*``) and why."""
+    """A global the project trusts (``module.name`` or ``module.*``) and why.
+
+    ``origin`` is ``file:line`` of the entry, quoted in ``allowed-by-config`` findings.
+    """
 
     name: str
     reason: str
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,9 @@ class Config:
     def policy(self) -> Policy:
         """The scan policy these settings make (picklable, fingerprinted for the cache)."""
         return Policy(allow_globals=frozenset(g.name for g in self.allow_globals),
-                      severity_overrides=dict(self.severity_overrides))
+                      severity_overrides=dict(self.severity_overrides),
+                      allow_reasons={g.name: f"{g.reason!r}, {g.origin}" if g.origin else repr(g.reason)
+                                     for g in self.allow_globals})
 
     def relative(self, path: str) -> Optional[str]:
         """``path`` relative to the config's directory in ``/`` form, None when outside it."""
@@ -390,7 +396,7 @@ def parse_config(node: Node, path: str) -> Config:
     fail_on = None
     if "fail-on" in top:
         fail_on = _severity(top["fail-on"], "fail-on", fail, allow_info=False)
-    allow = _allow_globals(top.get("allow-globals"), fail)
+    allow = _allow_globals(top.get("allow-globals"), fail, path)
     ignores = _ignores(top.get("ignore"), fail, path)
     excludes = _excludes(top.get("exclude"), fail)
     overrides = _overrides(top.get("severity-overrides"), fail)
@@ -461,7 +467,7 @@ def _reason(entry: Dict[str, Node], item: Node, key: str, fail: _Fail) -> str:
     return node.value.strip()
 
 
-def _allow_globals(node: Optional[Node], fail: _Fail) -> Tuple[AllowedGlobal, ...]:
+def _allow_globals(node: Optional[Node], fail: _Fail, path: str = "") -> Tuple[AllowedGlobal, ...]:
     out: List[AllowedGlobal] = []
     for i, item in enumerate(_list(node, "allow-globals", fail)):
         key = f"allow-globals[{i}]"
@@ -478,7 +484,8 @@ def _allow_globals(node: Optional[Node], fail: _Fail) -> Tuple[AllowedGlobal, ..
                        "collections.OrderedDict, or mypackage.layers.*)")
         name = g.value.strip()
         _refuse_dangerous_wildcard(name, g, f"{key}.global", fail)
-        out.append(AllowedGlobal(name, _reason(entry, item, key, fail)))
+        out.append(AllowedGlobal(name, _reason(entry, item, key, fail),
+                                 f"{os.path.basename(path)}:{item.line or '?'}" if path else ""))
     return tuple(out)
 
 

@@ -1,168 +1,92 @@
 """The allowlist and the dangerous-globals table that judge every import a pickle makes.
 
-Allowlist first: a pickle may import only what ordinary checkpoints need (the globals
-``torch.load(weights_only=True)`` accepts, numpy's array reconstruction, scikit-learn, XGBoost and
-LightGBM estimators, a few standard containers). Everything on the dangerous table is CRITICAL; every
-other import is HIGH ("not on the allowlist"). The dangerous table only sets the severity: it is not
-what keeps a file out, so a gadget nobody has listed yet is still blocked.
+Allowlist first: a pickle may import only what the generated table admits (``data/allowlist.json``,
+written by ``tools/gen_allowlist.py`` from the real libraries: classes defined in torch, numpy,
+scipy, scikit-learn, pandas, XGBoost, LightGBM and CatBoost modules, numpy ufuncs, an explicit list
+of pure functions such as numpy's array reconstruction, and a few standard-library types). Every name
+is an exact path; there are no wildcard families, because a library module can re-export anything.
+Re-exports of dangerous objects found in those libraries (scikit-learn 1.9 imports
+``multiprocessing.connection.Listener`` into one of its modules) are in the table too, with their
+real target, and are CRITICAL through any module path. Everything on the dangerous table is
+CRITICAL; every other import is HIGH ("not on the allowlist"). The dangerous table only sets the
+severity: it is not what keeps a file out, so a gadget nobody has listed yet is still blocked.
 
 Names are judged as the full dotted path ``module.name`` after Python 2 names were mapped (the
 caller does that). The dangerous table matches package prefixes segment by segment, so submodules
 count (``asyncio.unix_events...`` matches ``asyncio``), and it is also matched against every tail of
 an attribute path (``pathlib`` + ``os.system`` reaches ``os.system``).
+
+The scanner reads only the data file, never the libraries: it works the same with none installed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
-from typing import AbstractSet, FrozenSet, Iterable, Tuple
+from typing import AbstractSet, Any, FrozenSet, Mapping, NamedTuple, Optional, Tuple
 
 from .findings import Severity
 from .policy import GlobalVerdict
 
-#: Bumped whenever a table changes: it is part of the result-cache key (``Policy.fingerprint``).
-TABLES_VERSION = "1"
+#: The generated table (see ``tools/gen_allowlist.py`` and the README, "The pickle allowlist").
+DATA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "allowlist.json")
 
-# ---------------------------------------------------------------------------------------------
-# Known-safe globals, exact names.
-
-_TORCH_DTYPES = (
-    "bfloat16 bits16 bits1x8 bits2x4 bits4x2 bits8 bool complex128 complex32 complex64 float16 float32 "
-    "float4_e2m1fn_x2 float64 float8_e4m3fn float8_e4m3fnuz float8_e5m2 float8_e5m2fnuz float8_e8m0fnu "
-    "int1 int2 int3 int4 int5 int6 int7 int8 int16 int32 int64 qint32 qint8 quint2x4 quint4x2 quint8 "
-    "uint1 uint2 uint3 uint4 uint5 uint6 uint7 uint8 uint16 uint32 uint64 "
-    "half float double long int short cfloat cdouble chalf"
-).split()
-_TORCH_STORAGE_KINDS = (
-    "BFloat16 Bool Byte Char ComplexDouble ComplexFloat Double Float Half Int Long Short "
-    "QInt32 QInt8 QUInt2x4 QUInt4x2 QUInt8"
-).split()
-_TORCH_TENSOR_KINDS = "BFloat16 Bool Byte Char Double Float Half Int Long Short".split()
-_TORCH_REBUILD = (
-    "_rebuild_device_tensor_from_cpu_tensor _rebuild_device_tensor_from_numpy "
-    "_rebuild_meta_tensor_no_storage _rebuild_nested_tensor _rebuild_parameter "
-    "_rebuild_parameter_with_state _rebuild_qtensor _rebuild_sparse_tensor _rebuild_tensor "
-    "_rebuild_tensor_v2 _rebuild_tensor_v3 _rebuild_wrapper_subclass"
-).split()
+#: Bumped whenever the code's tables change; the data file's hash is added to it (``tables_version``).
+_CODE_TABLES_VERSION = "2"
 
 
-def _torch_globals() -> Iterable[str]:
-    """What ``torch._weights_only_unpickler._get_allowed_globals`` allows (torch 2.13), spelled out."""
-    yield from ("torch.nn.parameter.Parameter", "torch.nn.parameter.Buffer",
-                "torch.nn.parameter.UninitializedParameter", "torch.nn.parameter.UninitializedBuffer",
-                "torch.serialization._get_layout", "torch.Size", "torch.Tensor", "torch.device",
-                "torch.storage.TypedStorage", "torch.storage.UntypedStorage",
-                "torch._tensor._rebuild_from_type_v2", "torch._utils._rebuild_xla_tensor",
-                "torch.per_tensor_affine", "torch.per_tensor_symmetric", "torch.per_channel_affine",
-                "torch.per_channel_symmetric", "torch.per_channel_affine_float_qparams",
-                "torch.strided", "torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc",
-                "torch.sparse_bsr", "torch.sparse_bsc", "torch._mkldnn", "torch.contiguous_format",
-                "torch.channels_last", "torch.channels_last_3d", "torch.preserve_format",
-                "torch.finfo", "torch.iinfo",
-                # Plain pickle.dumps(tensor) stores torch.save bytes; the VM scans them as a nested
-                # file and reports any other use of this loader.
-                "torch.storage._load_from_bytes", "torch.dtype", "torch.layout", "torch.memory_format",
-                # Activation functions stored as attributes of whole-module checkpoints
-                # (TransformerEncoderLayer.activation): pure tensor functions.
-                "torch.nn.functional.relu", "torch.nn.functional.gelu", "torch.nn.functional.silu",
-                "torch.nn.functional.tanh", "torch.nn.functional.sigmoid",
-                "torch.nn.functional.softmax", "torch.nn.functional.log_softmax",
-                "torch.nn.functional.leaky_relu", "torch.nn.functional.elu",
-                "torch.relu", "torch.tanh", "torch.sigmoid")
-    for dt in _TORCH_DTYPES:
-        yield f"torch.{dt}"
-    for kind in _TORCH_STORAGE_KINDS:
-        yield f"torch.{kind}Storage"
-        yield f"torch.cuda.{kind}Storage"
-    for kind in _TORCH_TENSOR_KINDS:
-        for prefix in ("torch", "torch.cuda", "torch.sparse", "torch.cuda.sparse"):
-            yield f"{prefix}.{kind}Tensor"
-    for fn in _TORCH_REBUILD:
-        yield f"torch._utils.{fn}"
+class AllowTable(NamedTuple):
+    """The generated table: admitted names and dangerous re-exports, each mapped to its entry."""
+
+    #: ``module.name`` -> ``(kind, target)``: kind is class, ufunc, function or constant; target the
+    #: object's own ``module.qualname`` (equal to the name unless the name is an alias).
+    allow: Mapping[str, Tuple[str, str]]
+    #: ``module.name`` -> the dangerous object it denotes (``multiprocessing.connection.Listener``).
+    dangerous: Mapping[str, str]
+    #: Environment name -> library versions the table was generated from.
+    environments: Mapping[str, Mapping[str, str]]
+    sha256: str
 
 
-def _numpy_globals() -> Iterable[str]:
-    for core in ("numpy.core", "numpy._core"):
-        yield from (f"{core}.multiarray._reconstruct", f"{core}.multiarray.scalar",
-                    f"{core}.numeric._frombuffer", f"{core}._multiarray_umath._reconstruct",
-                    f"{core}.multiarray._frombuffer")
-    yield from ("numpy.ndarray", "numpy.dtype", "numpy.matrix", "numpy.ma.core._mareconstruct",
-                "numpy.ma.core.MaskedArray",
-                "numpy.random._pickle.__randomstate_ctor", "numpy.random._pickle.__generator_ctor",
-                "numpy.random._pickle.__bit_generator_ctor",
-                "numpy.random.mtrand.RandomState", "numpy.random._generator.Generator",
-                "numpy.random._mt19937.MT19937", "numpy.random._pcg64.PCG64",
-                "numpy.random._pcg64.PCG64DXSM", "numpy.random._philox.Philox",
-                "numpy.random._sfc64.SFC64", "numpy.random.bit_generator.SeedSequence",
-                "numpy.random.bit_generator.__pyx_unpickle_SeedSequence")
-    for scalar in ("bool_", "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-                   "uint64", "float16", "float32", "float64", "longdouble", "complex64", "complex128",
-                   "clongdouble", "str_", "bytes_", "void", "datetime64", "timedelta64", "intc",
-                   "uintc", "intp", "uintp", "longlong", "ulonglong", "half", "single", "double",
-                   "object_"):
-        yield f"numpy.{scalar}"
-    for dtype_cls in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType",
-                      "Int16DType", "Int8DType", "UInt64DType", "UInt32DType", "UInt16DType",
-                      "UInt8DType", "BoolDType", "Complex64DType", "Complex128DType", "StrDType",
-                      "BytesDType", "VoidDType", "ObjectDType", "DateTime64DType", "TimeDelta64DType"):
-        yield f"numpy.dtypes.{dtype_cls}"
+_TABLE: Optional[AllowTable] = None
 
 
-_STDLIB_SAFE = (
-    "collections.OrderedDict", "collections.Counter", "collections.defaultdict", "collections.deque",
-    "builtins.set", "builtins.frozenset", "builtins.complex", "builtins.slice", "builtins.range",
-    "builtins.bytearray", "builtins.bytes", "builtins.list", "builtins.dict", "builtins.tuple",
-    "builtins.int", "builtins.float", "builtins.bool", "builtins.str", "builtins.object",
-    "builtins.NoneType", "builtins.Ellipsis", "builtins.NotImplemented",
-    "_codecs.encode",  # how protocol 2 writes bytes; its result is followed by the VM
-    "copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__",
-    "datetime.datetime", "datetime.date", "datetime.time", "datetime.timedelta", "datetime.timezone",
-    "datetime.tzinfo", "decimal.Decimal", "fractions.Fraction", "uuid.UUID",
-    "argparse.Namespace", "types.SimpleNamespace",
-    "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePath",
-    "pathlib.PurePosixPath", "pathlib.PureWindowsPath",
-    "pathlib._local.Path", "pathlib._local.PosixPath", "pathlib._local.WindowsPath",
-    "pathlib._local.PurePath", "pathlib._local.PurePosixPath", "pathlib._local.PureWindowsPath",
-    "re._compile",  # compiled regexes (tokenizers); compiling a pattern runs no code
-    "enum.Enum",
-)
+def load_table(path: str = DATA_FILE) -> AllowTable:
+    """Read the generated table (once per process for the packaged file).
 
-_LIBRARY_SAFE = (
-    "joblib.numpy_pickle.NumpyArrayWrapper",
-    "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper",
-    "xgboost.core.Booster", "lightgbm.basic.Booster",
-    "scipy.sparse._csr.csr_matrix", "scipy.sparse._csc.csc_matrix", "scipy.sparse._coo.coo_matrix",
-    "scipy.sparse.csr.csr_matrix", "scipy.sparse.csc.csc_matrix", "scipy.sparse.coo.coo_matrix",
-    "scipy.sparse._arrays.csr_array", "scipy.sparse._csr.csr_array", "scipy.sparse._csc.csc_array",
-    "pandas.core.frame.DataFrame", "pandas.core.series.Series",
-    "pandas.core.internals.managers.BlockManager", "pandas.core.internals.managers.SingleBlockManager",
-    "pandas.core.internals.blocks.new_block", "pandas.core.internals.blocks.Block",
-    "pandas.core.internals.blocks.NumpyBlock", "pandas.core.internals.blocks.ObjectBlock",
-    "pandas.core.indexes.base._new_Index", "pandas.core.indexes.base.Index",
-    "pandas.core.indexes.range.RangeIndex", "pandas.core.indexes.multi.MultiIndex",
-    "pandas.core.indexes.datetimes._new_DatetimeIndex", "pandas.core.indexes.datetimes.DatetimeIndex",
-    "pandas._libs.internals._unpickle_block", "pandas.core.arrays.categorical.Categorical",
-    "pandas.core.dtypes.dtypes.CategoricalDtype", "pandas._libs.tslibs.timestamps._unpickle_timestamp",
-    "pandas._libs.tslibs.timedeltas._timedelta_unpickle", "pandas.core.indexes.numeric.Int64Index",
-)
+    A missing or damaged file raises: without it nothing could be allowed, and guessing would
+    either block every model or let everything through.
+    """
+    global _TABLE
+    if path == DATA_FILE and _TABLE is not None:
+        return _TABLE
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    data = json.loads(raw)
+    if data.get("format") != 1:
+        raise ValueError(f"{path}: unknown allowlist format {data.get('format')!r}")
+    allow = {name: (e["kind"], e.get("target", name)) for name, e in data["allow"].items()}
+    dangerous = {name: e["target"] for name, e in data["dangerous"].items()}
+    table = AllowTable(allow, dangerous, data["environments"], hashlib.sha256(raw).hexdigest())
+    if path == DATA_FILE:
+        _TABLE = table
+    return table
 
-SAFE_GLOBALS: FrozenSet[str] = frozenset(
-    [*_torch_globals(), *_numpy_globals(), *_STDLIB_SAFE, *_LIBRARY_SAFE])
 
-# Whole families allowed by pattern: ``(module prefix, name regex, excluded module prefixes)``.
-# Classes only (a capitalised single-segment name): constructing a model class runs its __init__ or
-# __setstate__, which for these libraries only builds arrays; module-level *functions* are not
-# allowed wholesale because a function that takes a name or a path is a gadget.
-_CLASS = re.compile(r"[A-Z][A-Za-z0-9_]*\Z")
-_SAFE_FAMILIES: Tuple[Tuple[str, "re.Pattern[str]", Tuple[str, ...]], ...] = (
-    ("torch.nn.modules.", _CLASS, ()),
-    ("sklearn.", re.compile(r"(?:[A-Z][A-Za-z0-9_]*|newObj|__pyx_unpickle_[A-Za-z0-9_]+)\Z"),
-     ("sklearn.utils._testing", "sklearn.externals", "sklearn.datasets", "sklearn.utils._show_versions",
-      "sklearn.utils.parallel", "sklearn.utils._joblib", "sklearn.utils.fixes", "sklearn.__check_build",
-      "sklearn.experimental", "sklearn.utils._estimator_html_repr", "sklearn.utils._mocking")),
-    ("xgboost.sklearn.", _CLASS, ()),
-    ("lightgbm.sklearn.", re.compile(r"LGBM[A-Za-z0-9_]*\Z"), ()),
-)
+def tables_version() -> str:
+    """Part of the result-cache key: changes with the code's tables and with the data file."""
+    return f"{_CODE_TABLES_VERSION}-{load_table().sha256[:16]}"
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the data file is read only when a table is used
+    if name == "TABLES_VERSION":
+        return tables_version()
+    if name == "SAFE_GLOBALS":
+        return frozenset(load_table().allow)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # ---------------------------------------------------------------------------------------------
 # Known-dangerous globals: package prefixes (submodules and attributes count).
@@ -213,6 +137,8 @@ DANGEROUS_PREFIXES: FrozenSet[str] = frozenset([
     "numpy.fromfile", "numpy.save", "numpy.savez", "numpy.savez_compressed", "numpy.savetxt",
     "numpy.loadtxt", "numpy.genfromtxt", "numpy.lib.npyio", "numpy.lib._npyio_impl", "numpy.lib.format",
     "numpy.lib.utils", "numpy._pytesttester", "numpy.core.records.fromfile", "numpy._core.records.fromfile",
+    # numpy < 1.20 pickled ufuncs as _ufunc_reconstruct(module, name): __import__ + getattr
+    "numpy.core._ufunc_reconstruct", "numpy._core._ufunc_reconstruct",
     "sklearn.utils._testing", "sklearn.externals", "sklearn.datasets", "sklearn.utils._show_versions",
     "pandas.read_pickle", "pandas.read_csv", "pandas.read_excel", "pandas.read_html", "pandas.read_json",
     "pandas.read_sql", "pandas.read_parquet", "pandas.read_hdf", "pandas.read_feather",
@@ -272,49 +198,80 @@ def dangerous_reason(module: str, name: str) -> str:
     return ""
 
 
-def _family_allowed(module: str, name: str) -> bool:
-    if "." in name:
-        return False  # attribute paths are allowed only by exact entry
-    for prefix, pattern, excluded in _SAFE_FAMILIES:
-        if (module + ".").startswith(prefix) or module == prefix.rstrip("."):
-            if any(module == ex or module.startswith(ex + ".") for ex in excluded):
-                return False
-            return bool(pattern.match(name))
-    return False
-
-
-def _wildcard_allowed(module: str, extra_allow: AbstractSet[str]) -> bool:
+def _wildcard_entry(module: str, extra_allow: AbstractSet[str]) -> str:
+    """The ``module.*`` config entry covering ``module`` ('' if none)."""
     parts = module.split(".")
     for i in range(len(parts), 0, -1):
-        if ".".join(parts[:i]) + ".*" in extra_allow:
-            return True
-    return False
+        entry = ".".join(parts[:i]) + ".*"
+        if entry in extra_allow:
+            return entry
+    return ""
 
 
-def classify_global(module: str, name: str, extra_allow: AbstractSet[str] = frozenset()) -> GlobalVerdict:
-    """Judge the global ``module.name`` (Python 2 names already mapped; ``name`` may be dotted).
-
-    Order: an exact config entry or exact allowlist entry allows; the dangerous table gives CRITICAL
-    (a ``module.*`` config entry cannot lower it); class families and ``module.*`` entries allow;
-    anything else is HIGH.
-    """
+def builtin_verdict(module: str, name: str) -> GlobalVerdict:
+    """Judge ``module.name`` by the built-in tables alone (no configuration)."""
     path = full_name(module, name)
-    if path in extra_allow:
-        return GlobalVerdict(None, Severity.INFO, f"{path} is allowed by the configuration")
-    if path in SAFE_GLOBALS:
-        return GlobalVerdict(None, Severity.INFO, f"{path} is on the built-in allowlist")
+    table = load_table()
+    entry = table.allow.get(path)
+    if entry is not None:
+        kind, target = entry
+        what = kind if target == path else f"{kind} {target}"
+        return GlobalVerdict(None, Severity.INFO, f"{path} is on the built-in allowlist ({what})")
+    target = table.dangerous.get(path)
+    if target is not None:
+        # "module.qualname" or "module.qualname (why)": what the name denotes in the library
+        ident, _, note = target.partition(" (")
+        note = note[:-1] if note.endswith(")") else note
+        what = f"{path} is {ident} under another name (a library re-exports it)" if ident != path else path
+        why = (note if note != "a module" else f"{ident} is a module of the dangerous table") or \
+            (dangerous_reason(*ident.rsplit(".", 1)) if "." in ident else "") or \
+            "it can run code, start processes, touch files or the network"
+        return GlobalVerdict("pickle-dangerous-global", Severity.CRITICAL, f"{what}; {why}")
     reason = dangerous_reason(module, name)
     if reason:
         return GlobalVerdict("pickle-dangerous-global", Severity.CRITICAL, reason)
-    if _family_allowed(module, name):
-        return GlobalVerdict(None, Severity.INFO, f"{path} is a model class of an allowlisted library")
-    if _wildcard_allowed(module, extra_allow):
-        return GlobalVerdict(None, Severity.INFO, f"{path} is allowed by a module.* configuration entry")
+    if "." in name:  # an attribute path through a re-exported module (sklearn.x + "sp.Popen")
+        segments = name.split(".")
+        for i in range(1, len(segments)):
+            through = f"{module}.{'.'.join(segments[:i])}"
+            target = table.dangerous.get(through)
+            if target is not None:
+                return GlobalVerdict("pickle-dangerous-global", Severity.CRITICAL,
+                                     f"the attribute path {path} goes through {through}, which is "
+                                     f"{target.partition(' (')[0]}")
     return GlobalVerdict(
         "pickle-unknown-global", Severity.HIGH,
         f"{path} is not on the allowlist; if you trust it, add `- global: {path}` with a `reason:` "
         "to allow-globals in .safemodel.yaml")
 
 
-__all__ = ["TABLES_VERSION", "SAFE_GLOBALS", "DANGEROUS_PREFIXES", "NESTED_LOADERS", "classify_global",
-           "dangerous_reason", "full_name"]
+def classify_global(module: str, name: str, extra_allow: AbstractSet[str] = frozenset(),
+                    reasons: Optional[Mapping[str, str]] = None) -> GlobalVerdict:
+    """Judge the global ``module.name`` (Python 2 names already mapped; ``name`` may be dotted).
+
+    The built-in tables decide first. A config entry can then turn a finding off: an exact
+    ``module.name`` entry any finding (even CRITICAL: it names exactly what is trusted), a
+    ``module.*`` entry only a HIGH "not on the allowlist" one. Such a verdict is allowed but carries
+    ``allowed_by`` (the entry), so the scan reports an INFO ``allowed-by-config`` finding naming the
+    entry, its reason and what it turned off. ``reasons`` maps entries to "reason (file:line)".
+    """
+    base = builtin_verdict(module, name)
+    if base.rule_id is None or not extra_allow:
+        return base
+    path = full_name(module, name)
+    entry = path if path in extra_allow else ""
+    if not entry and base.rule_id != "pickle-dangerous-global":
+        entry = _wildcard_entry(module, extra_allow)
+    if not entry:
+        return base
+    why = (reasons or {}).get(entry, "")
+    return GlobalVerdict(
+        None, Severity.INFO,
+        f"allowed by the allow-globals entry {entry}" + (f" ({why})" if why else "") +
+        f"; without it: {base.rule_id} ({base.severity.name}): {base.reason}",
+        allowed_by=entry, turned_off=base.rule_id)
+
+
+# TABLES_VERSION and SAFE_GLOBALS are module attributes made on first use (``__getattr__`` above).
+__all__ = ["TABLES_VERSION", "SAFE_GLOBALS", "DANGEROUS_PREFIXES",  # noqa: F822 "NESTED_LOADERS", "AllowTable",
+           "builtin_verdict", "classify_global", "dangerous_reason", "full_name", "load_table"]

@@ -17,11 +17,17 @@ from .rules import RULES_BY_ID
 
 
 class GlobalVerdict(NamedTuple):
-    """How the policy judges one imported global. ``rule_id`` None means allowed."""
+    """How the policy judges one imported global. ``rule_id`` None means allowed.
+
+    ``allowed_by`` is set when a config entry allowed what the built-in tables would report
+    (``turned_off`` is that rule id): the scan then reports an INFO ``allowed-by-config`` finding.
+    """
 
     rule_id: Optional[str]
     severity: Severity
     reason: str
+    allowed_by: Optional[str] = None
+    turned_off: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -32,12 +38,14 @@ class Policy:
     allow_globals: FrozenSet[str] = frozenset()
     #: Rule id -> severity, from config. Code-execution rules cannot be lowered this way.
     severity_overrides: Mapping[str, Severity] = field(default_factory=dict)
+    #: allow-globals entry -> "reason (file:line)", quoted by ``allowed-by-config`` findings.
+    allow_reasons: Mapping[str, str] = field(default_factory=dict)
 
     def classify_global(self, module: str, name: str) -> GlobalVerdict:
         """Judge ``module.name`` (already mapped from Python 2 names, dotted ``name`` allowed)."""
         from .pickle_policy import classify_global
 
-        return classify_global(module, name, self.allow_globals)
+        return classify_global(module, name, self.allow_globals, self.allow_reasons)
 
     def adjust(self, finding: Finding) -> Finding:
         """Apply ``severity-overrides``; never lowers a code-execution finding."""
@@ -56,6 +64,8 @@ class Policy:
         data = {
             "allow": sorted(self.allow_globals),
             "overrides": sorted((k, int(v)) for k, v in self.severity_overrides.items()),
-            "tables": pickle_policy.TABLES_VERSION,
+            # the reasons are quoted in allowed-by-config findings: a cached report must not go stale
+            "reasons": sorted(self.allow_reasons.items()),
+            "tables": pickle_policy.tables_version(),
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

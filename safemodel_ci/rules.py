@@ -92,6 +92,12 @@ RULES: Tuple[Rule, ...] = (
          "The file's sha256 matches an ignore entry of the config, so its findings (listed in the "
          "details) do not count. A changed file no longer matches and is scanned again.",
          "Review the ignore entry's reason from time to time; remove it once the file is replaced."),
+    Rule("allowed-by-config", Severity.INFO, "Allowed by an allow-globals entry in the config",
+         "An import that the built-in tables would report (not on the allowlist, or dangerous) is "
+         "allowed by an allow-globals entry of the config. The finding names the entry, its reason "
+         "and what it turned off, so the exception stays visible in every report.",
+         "Review the entry's reason from time to time; remove the entry when the model no longer needs "
+         "it."),
     # ---- pickle VM ---------------------------------------------------------------------------
     Rule("pickle-dangerous-global", Severity.CRITICAL, "Pickle imports a dangerous callable",
          "The pickle imports a global that can execute code, run processes, touch files or the "

@@ -529,6 +529,11 @@ class _PickleVM:
                 (verdict.rule_id, path),
                 lambda: _Record(verdict.rule_id or "", verdict.severity, path, verdict.reason, pos, opcode,
                                 extra={"global": path, "module": module, "name": name}))
+        elif verdict.allowed_by:  # a config entry turned a finding off: one INFO note per entry
+            extra = {"global": path, "entry": verdict.allowed_by, "turned_off": verdict.turned_off}
+            self._record(("allowed-by-config", verdict.allowed_by),
+                         lambda: _Record("allowed-by-config", Severity.INFO, path, verdict.reason, pos,
+                                         opcode, extra=extra))
         glob = Global(module, name, record, allowed=verdict.rule_id is None)
         glob.plausible = plausible
         if glob.loader and glob.allowed:

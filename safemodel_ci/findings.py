@@ -12,6 +12,10 @@ EXIT_FINDINGS = 1
 EXIT_INCOMPLETE = 2
 EXIT_USAGE = 3
 
+#: INFO findings that say the config changed a verdict (an allow or ignore entry): every output
+#: lists them, whatever its minimum severity, so an exception the config makes is never silent.
+CONFIG_DECISIONS = frozenset({"allowed-by-config", "ignored-by-config"})
+
 
 class Severity(enum.IntEnum):
     """Severities as ModelScan names them, plus INFO for notices that never block."""
@@ -142,7 +146,8 @@ class ScanReport:
         """A copy that lists only findings at or above ``min_severity`` (``--min-severity``, and the
         text report's default of LOW), for output only.
 
-        A finding that decides the exit code (blocking, or unscanned) is always kept, so the copy's
+        A finding that decides the exit code (blocking, or unscanned), and one that says the config
+        changed a verdict (:data:`CONFIG_DECISIONS`), is always kept, so the copy's
         verdict and exit code are the run's; :meth:`counts` still covers every finding.
         """
         hidden: Dict[str, int] = {}
@@ -150,7 +155,8 @@ class ScanReport:
         for result in self.files:
             kept: List[Finding] = []
             for f in result.findings:
-                if f.severity >= min_severity or f.unscanned or f.severity >= self.fail_on:
+                if (f.severity >= min_severity or f.unscanned or f.severity >= self.fail_on
+                        or f.rule_id in CONFIG_DECISIONS):
                     kept.append(f)
                 else:
                     hidden[f.severity.name] = hidden.get(f.severity.name, 0) + 1

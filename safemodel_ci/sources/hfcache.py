@@ -122,8 +122,10 @@ def _mismatch_finding(display: str, mismatch: Tuple[str, str, str], blob: str) -
 
 def scan_cache(cache_dir: Optional[str], options: ScanOptions,
                on_file: Optional[Callable[[CacheScan], None]] = None,
-               result_cache: Optional[ResultCache] = None) -> CacheScan:
+               result_cache: Optional[ResultCache] = None, repos: Optional[List[str]] = None) -> CacheScan:
     """Scan every repo and revision of the cache at ``cache_dir`` (default: huggingface_hub's).
+
+    ``repos`` keeps only those repos, named ``org/name`` (any type) or ``datasets/org/name``.
 
     With ``result_cache``, a blob's result is taken from it when the same content (by sha256) was
     scanned under the same name before, and stored after a scan (see :func:`_scan_blob`).
@@ -131,7 +133,11 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
     from huggingface_hub import scan_cache_dir
 
     info = scan_cache_dir(cache_dir)  # CacheNotFound / ValueError go to the caller
-    result = CacheScan(cache_dir=str(info.cache_dir or cache_dir or ""))
+    if cache_dir is None and getattr(info, "cache_dir", None) is None:  # huggingface_hub 0.x does not say
+        from huggingface_hub import constants
+
+        cache_dir = constants.HF_HUB_CACHE
+    result = CacheScan(cache_dir=str(getattr(info, "cache_dir", None) or cache_dir or ""))
     for warning in info.warnings:
         result.errors.append((result.cache_dir, f"corrupted cache entry, not scanned: {warning}"))
     #: realpath of a blob -> its scan result (hash checks apart), scanned the first time it is seen
@@ -139,8 +145,10 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
     #: (realpath, algorithm) -> digest: each blob is hashed once per kind of name pointing at it
     digests: Dict[Tuple[str, str], str] = {}
     for repo in sorted(info.repos, key=lambda r: (r.repo_type, r.repo_id)):
-        result.repos += 1
         label = display_repo(repo.repo_id, repo.repo_type)
+        if repos is not None and label not in repos and repo.repo_id not in repos:
+            continue
+        result.repos += 1
         for revision in sorted(repo.revisions, key=lambda r: r.commit_hash):
             result.revisions += 1
             snapshot = Path(revision.snapshot_path)
@@ -164,12 +172,25 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
                                              cached=True)
                 # The name is checked for every link: another repo's link may name other content.
                 file_result.findings.extend(
-                    _hash_check(real, os.path.basename(cached.blob_path), display, options, digests, result))
+                    _hash_check(real, _blob_name(cached), display, options, digests, result))
                 file_result.findings = sort_findings(file_result.findings)
                 result.files.append(file_result)
                 if on_file is not None:
                     on_file(result)
     return result
+
+
+def _blob_name(cached: Any) -> str:
+    """The blob name the snapshot link names (what the hash check compares the content with).
+
+    huggingface_hub 0.x reports ``blob_path`` with every link resolved, so a blob that is itself a
+    link to other content would be checked under that content's own name; the link's first step
+    is read instead.
+    """
+    try:
+        return os.path.basename(os.readlink(cached.file_path))
+    except OSError:  # not a link (a copied file on a filesystem without symlinks)
+        return os.path.basename(cached.blob_path)
 
 
 def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options: ScanOptions,
@@ -259,7 +280,7 @@ def _hash_check(real: str, name: str, display: str, options: ScanOptions,
 
 def scan_cache_command(args: argparse.Namespace) -> int:
     """``safemodel cache``: scan the local Hugging Face cache."""
-    from huggingface_hub.errors import CacheNotFound
+    from huggingface_hub.utils import CacheNotFound  # in .utils for every version 0.20 to 2.x
 
     from .. import cli
 
@@ -271,9 +292,12 @@ def scan_cache_command(args: argparse.Namespace) -> int:
 
     try:
         scan = scan_cache(args.cache_dir, cli.scan_options(args), on_file=on_file if progress else None,
-                          result_cache=cli.result_cache(args))
+                          result_cache=cli.result_cache(args), repos=getattr(args, "repo", None))
     except (CacheNotFound, ValueError) as exc:
         print(f"safemodel: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if getattr(args, "repo", None) and scan.repos == 0:
+        print(f"safemodel: {', '.join(args.repo)}: not in the cache {scan.cache_dir}", file=sys.stderr)
         return EXIT_USAGE
     if progress:
         print(file=sys.stderr)

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -124,6 +125,19 @@ class FakeHub:
         #: repo_id -> 500: only file downloads (resolve) of that repo fail, the API answers.
         self.fail_resolve: Dict[str, int] = {}
         self.served: Dict[Tuple[str, str], int] = {}
+        # -- a hostile endpoint (each loop below is bounded: HOSTILE_SECONDS, or the client leaving) --
+        #: repo_id -> seconds per byte: file bodies trickle one byte at a time (slow loris).
+        self.trickle_resolve: Dict[str, float] = {}
+        #: repo_id -> seconds per byte: API answers trickle their status line and headers.
+        self.trickle_api: Dict[str, float] = {}
+        #: repo_id -> files per page: the tree listing never ends (each page links to a next one).
+        self.endless_tree: Dict[str, int] = {}
+        #: repo_id -> entries: the tree lists this many folders, 1,000 per page, made as they are sent.
+        self.huge_tree: Dict[str, int] = {}
+        #: repo_id -> bytes: the tree listing is one page this large, streamed as it is made.
+        self.huge_page: Dict[str, int] = {}
+        #: repo_id -> tree pages answered.
+        self.tree_pages: Dict[str, int] = {}
         self.requests: List[Tuple[str, str, Dict[str, str]]] = []
         self.valid_token: Optional[str] = None
         self._lock = threading.Lock()
@@ -196,6 +210,10 @@ class FakeHub:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+#: How long a hostile answer keeps going at most, so that no server thread outlives a test for long.
+HOSTILE_SECONDS = 20.0
 
 
 _API = re.compile(r"^/api/(models|datasets|spaces)/(.+?)(?:/(revision|tree|paths-info)/([^/]+)(?:/(.*))?)?$")
@@ -306,6 +324,10 @@ class _HubHandler(BaseHTTPRequestHandler):
     def _api(self, m: "re.Match[str]", query: Dict[str, List[str]], head: bool) -> None:
         repo_type = _TYPES[m.group(1)]
         repo_id, kind, revision, sub = m.group(2), m.group(3), m.group(4), m.group(5)
+        slow = self.fake.trickle_api.get(repo_id)
+        if slow is not None:  # the status line itself, a byte at a time: headers never complete
+            self._trickle(b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 100_000, slow)
+            return
         repo = self._repo(repo_type, repo_id, head)
         if repo is None:
             return
@@ -314,6 +336,11 @@ class _HubHandler(BaseHTTPRequestHandler):
             self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head=head)
             return
         files = repo.commits[sha]
+        if kind == "tree":
+            with self.fake._lock:
+                self.fake.tree_pages[repo_id] = self.fake.tree_pages.get(repo_id, 0) + 1
+            if self._hostile_tree(repo_id, sha, query):
+                return
         if kind in (None, "revision"):
             self._json(200, {"id": repo_id, "sha": sha, "private": False, "gated": repo.gated or False,
                              "siblings": [{"rfilename": p} for p in sorted(files)], "tags": []})
@@ -340,6 +367,63 @@ class _HubHandler(BaseHTTPRequestHandler):
             self._error(404, "EntryNotFound", f"{prefix} does not exist", head=head)
             return
         self._json(200, entries)
+
+    # -- a hostile endpoint --------------------------------------------------------------------------
+    def _trickle(self, data: bytes, seconds_per_byte: float) -> None:
+        """Write ``data`` one byte at a time, for at most HOSTILE_SECONDS or until the client leaves."""
+        end = time.monotonic() + HOSTILE_SECONDS
+        try:
+            for i in range(len(data)):
+                if time.monotonic() > end:
+                    break
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(seconds_per_byte)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    def _hostile_tree(self, repo_id: str, sha: str, query: Dict[str, List[str]]) -> bool:
+        """Answer a tree request the hostile way configured for ``repo_id``; False when none is."""
+        per_page = self.fake.endless_tree.get(repo_id)
+        if per_page is not None:
+            page = int(query.get("cursor", ["0"])[0])
+            entries = [{"type": "file", "oid": "0" * 40, "size": 2, "path": f"page{page}/file{i}.json"}
+                       for i in range(per_page)]
+            nxt = f"/api/models/{repo_id}/tree/{sha}?recursive=true&cursor={page + 1}"
+            self._json(200, entries, headers={"Link": f'<{nxt}>; rel="next"'})
+            return True
+        total = self.fake.huge_tree.get(repo_id)
+        if total is not None:
+            page = int(query.get("cursor", ["0"])[0])
+            first = page * 1000
+            entries = [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f"d/{n:07d}"}
+                       for n in range(first, min(total, first + 1000))]
+            headers = {}
+            if first + 1000 < total:
+                nxt = f"/api/models/{repo_id}/tree/{sha}?recursive=true&cursor={page + 1}"
+                headers["Link"] = f'<{nxt}>; rel="next"'
+            self._json(200, entries, headers=headers)
+            return True
+        size = self.fake.huge_page.get(repo_id)
+        if size is not None:
+            entry = json.dumps({"type": "directory", "oid": "0" * 40, "size": 0, "path": "d/" + "x" * 200})
+            per_chunk = 1000
+            chunk = ("," + ",".join([entry] * per_chunk)).encode()
+            body_len = 1 + len(entry) + ((size // len(chunk)) + 1) * len(chunk) + 1
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(body_len))
+            self.end_headers()
+            try:
+                self.wfile.write(b"[" + entry.encode())
+                for _ in range((size // len(chunk)) + 1):
+                    self.wfile.write(chunk)
+                self.wfile.write(b"]")
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+            return True
+        return False
 
     def _resolve(self, repo_type: str, repo_id: str, revision: str, path: str, head: bool) -> None:
         repo = self._repo(repo_type, repo_id, head)
@@ -383,6 +467,10 @@ class _HubHandler(BaseHTTPRequestHandler):
         if head:
             return
         pos = start
+        slow = self.fake.trickle_resolve.get(repo_id)
+        if slow is not None:
+            self._trickle(f.read(start, end), slow)
+            return
         try:
             while pos < end:
                 chunk = f.read(pos, min(end, pos + (256 << 10)))

@@ -19,7 +19,8 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    TypeVar)
 from urllib.parse import quote, urljoin, urlsplit
 
 from ..context import Limits, ScanLimitExceeded, SiblingOpener
@@ -660,7 +661,7 @@ class HubRepoScanner:
         try:
             data = json.loads(body)
         except ValueError:
-            raise _ApiError(f"{what}: the Hub answered with something that is not JSON; not scanned") from None
+            raise _ApiError(f"{what}: the Hub's answer is not JSON; not scanned") from None
         following = None
         if link:
             m = _LINK_NEXT.search(link)
@@ -756,8 +757,9 @@ class HubRepoScanner:
 
                 url = hf_hub_url(repo_id, path, repo_type=repo_type, revision=sha,
                                  endpoint=self.config.endpoint)
-                sources[path] = HubFileSource(url, files[path][0], prefix + path, headers=headers, cache=cache,
-                                              stats=result.stats, block_size=self.config.block_size,
+                sources[path] = HubFileSource(url, files[path][0], prefix + path, headers=headers,
+                                              cache=cache, stats=result.stats,
+                                              block_size=self.config.block_size,
                                               retries=self.config.retries, http=self.http)
             return sources[path]
 

@@ -11,7 +11,7 @@ into step outputs and the action's ``outputs:``; a real pull_request / push even
 What is simulated: ``actions/setup-python`` (a JavaScript action) is not run; its ``python-path``
 output is the interpreter running the tests. The install step (``python -m venv`` + ``pip install
 $GITHUB_ACTION_PATH``) would need the package index for the dependencies: the step tests stand its
-venv in with ``$RUNNER_TEMP/safemodel-venv/bin/python`` linked to the test interpreter (which has
+venv in with ``$RUNNER_TEMP/safemodel-venv/bin/python``, a script running the test interpreter (which has
 safemodel-ci and its dependencies installed), and ``test_install_step_builds_an_isolated_venv`` runs
 the install step itself (dependencies from the machine's package index, or its local mirror) on a copy
 of the action, then the scan from that venv.
@@ -24,6 +24,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -157,7 +158,12 @@ def run_action(workspace: Path, inputs: Mapping[str, str], event_name: str, even
         if "pip install" in step["run"] and not run_install:
             venv_bin = runner_temp / "safemodel-venv" / "bin"
             venv_bin.mkdir(parents=True, exist_ok=True)
-            (venv_bin / "python").symlink_to(sys.executable)
+            # A script that execs the test interpreter, not a symlink to it: a venv's interpreter finds
+            # its pyvenv.cfg (and so its site-packages) next to the path it was started by, which for
+            # a symlink would be this folder, and the run would miss safemodel-ci's dependencies.
+            wrapper = venv_bin / "python"
+            wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+            wrapper.chmod(0o755)
             continue
         step_env = dict(env)
         step_env.update({k: substitute(str(v), context) for k, v in (step.get("env") or {}).items()})

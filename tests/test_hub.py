@@ -154,7 +154,7 @@ def test_missing_repo_and_server_error_exit_2_while_other_repos_are_scanned(
     assert "acme/missing: ERROR repository not found (HTTP 404)" in out
     assert "acme/broken: ERROR Hub server error (HTTP 500)" in out
     assert "acme/busy: ERROR rate limited by the Hub (HTTP 429); retry after 1 s" in out
-    assert f"acme/good@{sha}: 1 files" in out  # the notes line with bytes fetched
+    assert f"acme/good@{sha}: 1 file, " in out  # the notes line with bytes fetched
     assert "fetched" in out
 
     code, report, _ = run_json(["hub", "acme/missing", "acme/broken", "acme/good"], capsys)
@@ -206,7 +206,7 @@ def test_revision_is_resolved_to_its_commit_and_reported(
     code = main(["hub", "acme/versions", "--revision", "v1"])
     out, _ = capsys.readouterr()
     assert code == EXIT_OK
-    assert f"acme/versions@{old} (revision v1): 1 files" in out
+    assert f"acme/versions@{old} (revision v1): 1 file, " in out
     code, report, _ = run_json(["hub", "acme/versions"], capsys)
     assert set(by_path(report)) == {f"acme/versions@{new}:config.json", f"acme/versions@{new}:extra.json"}
     code, report, _ = run_json(["hub", "acme/versions@v1", "acme/versions", "--revision", "main"], capsys)

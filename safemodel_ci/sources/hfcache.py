@@ -25,7 +25,7 @@ from ..findings import EXIT_USAGE, FileResult, Finding, ScanReport, sort_finding
 from ..rules import rule
 from ..scanner import ScanOptions, scan_byte_source
 from ..source import ByteSource, FileSource, SourceError
-from .hub import display_repo, format_bytes
+from .hub import display_repo, format_bytes, plural
 
 #: Bytes hashed per read: memory stays bounded whatever the blob size.
 HASH_CHUNK = 1 << 20
@@ -287,7 +287,7 @@ def scan_cache_command(args: argparse.Namespace) -> int:
     progress = cli.show_progress(args)
 
     def on_file(scan: CacheScan) -> None:
-        print(f"\rcache: {len(scan.files)} files, {scan.blobs_scanned} blobs scanned, "
+        print(f"\rcache: {plural(len(scan.files), 'file')}, {plural(scan.blobs_scanned, 'blob')} scanned, "
               f"{format_bytes(scan.bytes_hashed)} hashed", end="", file=sys.stderr, flush=True)
 
     try:
@@ -303,8 +303,9 @@ def scan_cache_command(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     report = ScanReport(scan.files, fail_on=cli.fail_on(args), errors=scan.errors)
     report.extra = {"cache": scan.summary(),
-                    "notes": [f"cache {scan.cache_dir}: {scan.repos} repos, {scan.revisions} revisions, "
-                              f"{len(scan.files)} files, {scan.blobs_scanned} blobs scanned and hashed "
+                    "notes": [f"cache {scan.cache_dir}: {plural(scan.repos, 'repo')}, "
+                              f"{plural(scan.revisions, 'revision')}, {plural(len(scan.files), 'file')}, "
+                              f"{plural(scan.blobs_scanned, 'blob')} scanned and hashed "
                               f"({format_bytes(scan.bytes_hashed)})" +
                               (f", {scan.blobs_from_cache} results from the result cache"
                                if scan.blobs_from_cache else "")]}

@@ -69,6 +69,11 @@ def format_bytes(n: int) -> str:
     return f"{n} B"  # pragma: no cover - loop always returns
 
 
+def plural(n: int, word: str) -> str:
+    """``1 file``, ``2 files``: counts in messages read as English."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def display_repo(repo_id: str, repo_type: str = "model") -> str:
     """``org/name`` for models, ``datasets/org/name`` and ``spaces/org/name`` otherwise."""
     return f"{_TYPE_PREFIX.get(repo_type, '')}{repo_id}"
@@ -818,8 +823,8 @@ class HubRepoScanner:
 def listing_limit_result(target: str, listing: TreeListing) -> FileResult:
     """The repo itself as an ``unscanned-limit`` result: its listing stopped before its end."""
     r = rule("unscanned-limit")
-    message = (f"{listing.limit}; {len(listing.files)} files listed in {listing.pages} pages were scanned, "
-               "the rest of the repo was not")
+    message = (f"{listing.limit}; the {plural(len(listing.files), 'file')} listed in "
+               f"{plural(listing.pages, 'page')} were scanned, the rest of the repo was not")
     return FileResult(path=target, findings=[Finding(
         rule_id=r.id, severity=r.severity, path=target, message=message, remedy=r.remedy, unscanned=True,
         details={"entries": listing.entries, "pages": listing.pages})])
@@ -836,8 +841,9 @@ def build_report(scans: Sequence[HubRepoScan], fail_on: Any) -> ScanReport:
         if s.sha is not None:
             rev = f" (revision {s.revision})" if s.revision and s.revision != s.sha else ""
             cached = f" ({s.from_cache} from the result cache)" if s.from_cache else ""
-            notes.append(f"{s.label}@{s.sha}{rev}: {len(s.files)} files{cached}, "
-                         f"{format_bytes(s.stats.bytes_fetched)} fetched in {s.stats.requests} requests")
+            notes.append(f"{s.label}@{s.sha}{rev}: {plural(len(s.files), 'file')}{cached}, "
+                         f"{format_bytes(s.stats.bytes_fetched)} fetched in "
+                         f"{plural(s.stats.requests, 'request')}")
     report = ScanReport(files, fail_on=fail_on, errors=errors)  # type: ignore[arg-type]
     report.extra = {"hub": [s.summary() for s in scans], "notes": notes}
     return report
@@ -864,18 +870,30 @@ def scan_hub_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     progress = cli.show_progress(args)
 
+    lock = threading.Lock()
+
     def on_progress(scan: HubRepoScan, done: int, total: int) -> None:
         fetched = format_bytes(scan.stats.bytes_fetched)
-        print(f"\r{scan.label}: {done}/{total} files scanned, {fetched} fetched", end="", file=sys.stderr,
-              flush=True)
+        with lock:  # repos scanned at once (--jobs) take turns on the one progress line
+            print(f"\r{scan.label}: {done}/{total} files scanned, {fetched} fetched", end="",
+                  file=sys.stderr, flush=True)
 
     scanner = HubRepoScanner(config, cli.scan_options(args), on_progress=on_progress if progress else None,
                              result_cache=cli.result_cache(args))
-    scans = []
-    for target in args.repo_ids:
-        repo_id, revision = parse_repo_target(target, args.revision)
-        scan = scanner.scan(repo_id, revision=revision, repo_type=args.repo_type)
-        if progress:
-            print(file=sys.stderr)
-        scans.append(scan)
+    targets = [parse_repo_target(t, args.revision) for t in args.repo_ids]
+
+    def scan_one(target: Tuple[str, Optional[str]]) -> HubRepoScan:
+        return scanner.scan(target[0], revision=target[1], repo_type=args.repo_type)
+
+    jobs = max(1, min(getattr(args, "jobs", 1) or 1, len(targets)))
+    if jobs == 1:
+        scans = [scan_one(t) for t in targets]
+    else:
+        # Threads: a repo scan waits on the network most of the time. Results keep the order given.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="safemodel-hub") as pool:
+            scans = list(pool.map(scan_one, targets))
+    if progress:
+        print(file=sys.stderr)
     return cli.emit(build_report(scans, cli.fail_on(args)), args)

@@ -379,19 +379,26 @@ def test_slow_loris_file_body_stops_at_the_time_budget(
     import time
 
     evil = malicious_torch_bin()
-    sha = hub.add_commit("acme/loris", {"pytorch_model.bin": evil, "config.json": b"{}"})
-    hub.trickle_resolve["acme/loris"] = 0.02  # a byte every 20 ms: each socket read succeeds
+    files = {"pytorch_model.bin": evil, "config.json": b"{}", "a.safetensors": safetensors_bytes(
+        {"w": ("F32", [2], 8)}), "b.pkl": b"\x80\x02}q\x00."}
+    sha = hub.add_commit("acme/loris", files)
+    hub.trickle_resolve["acme/loris"] = 0.05  # a byte every 50 ms: each socket read succeeds
     config = limits_config(tmp_path, **{"max-seconds-per-file": 1.5})
     start = time.monotonic()
     code, report, _ = run_json(["hub", "acme/loris", "--config", config], capsys)
     elapsed = time.monotonic() - start
-    # Two files at 1.5 s each, plus set-up: far below the 20 s the server would keep trickling.
-    assert elapsed < 8, elapsed
+    # One budget of 1.5 s for the first file, then the repo's other files fail at once: the server
+    # would keep trickling for 20 s per file.
+    assert elapsed < 5, elapsed
     assert code == EXIT_INCOMPLETE
-    result = by_path(report)[f"acme/loris@{sha}:pytorch_model.bin"]
-    assert not result["complete"]
+    results = by_path(report)
+    first, *later = sorted(files)
     assert any(f["rule_id"] in ("unscanned-limit", "unscanned-unreadable") and "time budget" in f["message"]
-               for f in result["findings"]), result["findings"]
+               for f in results[f"acme/loris@{sha}:{first}"]["findings"])
+    for path in later:
+        result = results[f"acme/loris@{sha}:{path}"]
+        assert not result["complete"]
+        assert any("the server stalled past the time budget on" in f["message"] for f in result["findings"])
 
 
 def test_trickled_api_headers_end_the_repo_at_the_time_budget(

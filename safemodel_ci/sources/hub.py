@@ -89,6 +89,10 @@ class FetchStats:
     requests: int = 0
     #: Set once a fetch failed after its retries: later fetches of the repo fail fast instead of waiting.
     failing: bool = False
+    #: The file during whose fetch the server stalled past the time budget: the repo's later fetches
+    #: fail at once instead of each waiting out a budget of its own (a trickling server would
+    #: otherwise cost one full budget per file).
+    stalled: Optional[str] = None
     #: ``time.monotonic()`` by which the file being scanned must be done (0: none set yet); every HTTP
     #: exchange of the repo's sources, siblings included, ends by then.
     deadline: float = 0.0
@@ -135,6 +139,10 @@ class HubDeadline(ScanLimitExceeded, SourceError):
     Both a limit (readers report ``unscanned-limit``) and a read failure (format detection reports
     ``unscanned-unreadable``): either way the file is not passed.
     """
+
+
+class HubStalled(HubDeadline):
+    """The server was still answering when the time budget ran out: it is slow, stalled or hostile."""
 
 
 class _Transient(Exception):
@@ -240,7 +248,7 @@ class HubHttp:
                     close()
                 except Exception:  # noqa: BLE001 - best effort: the socket timeout ends it anyway
                     pass
-            raise HubDeadline(f"{what}: no complete answer within the time budget (a slow or stalled "
+            raise HubStalled(f"{what}: no complete answer within the time budget (a slow or stalled "
                               f"server); raise limits.max-seconds-per-file only for a trusted endpoint")
         if "error" in box:
             raise box["error"]
@@ -284,7 +292,7 @@ class HubHttp:
 def _bounded(chunks: Iterator[bytes], deadline: float, cancelled: threading.Event) -> Iterator[bytes]:
     for chunk in chunks:
         if cancelled.is_set() or time.monotonic() > deadline:
-            raise HubDeadline("time budget spent while the body was arriving (a trickling server)")
+            raise HubStalled("time budget spent while the body was arriving (a trickling server)")
         if chunk:
             yield chunk
 
@@ -363,10 +371,16 @@ class HubFileSource(ByteSource):
 
     def _fetch(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` from the server, retrying transient failures."""
+        if self.stats.stalled is not None:
+            raise SourceError(f"{self.name}: not fetched: the server stalled past the time budget on "
+                              f"{self.stats.stalled} earlier in this repo (a slow or hostile endpoint)")
         attempt = 0
         while True:
             try:
                 return self._fetch_once(start, end)
+            except HubStalled:
+                self.stats.stalled = self.name
+                raise
             except _Transient as exc:
                 attempt += 1
                 if attempt > self._retries or self.stats.failing:
@@ -871,12 +885,15 @@ def scan_hub_command(args: argparse.Namespace) -> int:
     progress = cli.show_progress(args)
 
     lock = threading.Lock()
+    line_open = [False]
 
     def on_progress(scan: HubRepoScan, done: int, total: int) -> None:
         fetched = format_bytes(scan.stats.bytes_fetched)
         with lock:  # repos scanned at once (--jobs) take turns on the one progress line
-            print(f"\r{scan.label}: {done}/{total} files scanned, {fetched} fetched", end="",
-                  file=sys.stderr, flush=True)
+            # A repo's last update ends its line, so the next repo does not overwrite it.
+            print(f"\r{scan.label}: {done}/{total} files scanned, {fetched} fetched",
+                  end="\n" if done == total else "", file=sys.stderr, flush=True)
+            line_open[0] = done != total
 
     scanner = HubRepoScanner(config, cli.scan_options(args), on_progress=on_progress if progress else None,
                              result_cache=cli.result_cache(args))
@@ -894,6 +911,6 @@ def scan_hub_command(args: argparse.Namespace) -> int:
 
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="safemodel-hub") as pool:
             scans = list(pool.map(scan_one, targets))
-    if progress:
+    if progress and line_open[0]:
         print(file=sys.stderr)
     return cli.emit(build_report(scans, cli.fail_on(args)), args)

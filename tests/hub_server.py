@@ -136,6 +136,10 @@ class FakeHub:
         self.huge_tree: Dict[str, int] = {}
         #: repo_id -> bytes: the tree listing is one page this large, streamed as it is made.
         self.huge_page: Dict[str, int] = {}
+        #: repo_ids whose API answers come gzip-compressed whatever the client asked for.
+        self.gzip_api: set = set()
+        #: repo_ids whose file bodies come gzip-compressed although the client asked for identity.
+        self.gzip_resolve: set = set()
         #: repo_id -> tree pages answered.
         self.tree_pages: Dict[str, int] = {}
         self.requests: List[Tuple[str, str, Dict[str, str]]] = []
@@ -230,6 +234,11 @@ class _HubHandler(BaseHTTPRequestHandler):
     # -- helpers --------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes = b"", headers: Optional[Dict[str, str]] = None,
               content_type: str = "application/json", head: bool = False) -> None:
+        if getattr(self, "_gzip_body", False) and status < 400:
+            import gzip
+
+            body = gzip.compress(body)
+            headers = {**(headers or {}), "Content-Encoding": "gzip"}
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         for k, v in (headers or {}).items():
@@ -324,6 +333,7 @@ class _HubHandler(BaseHTTPRequestHandler):
     def _api(self, m: "re.Match[str]", query: Dict[str, List[str]], head: bool) -> None:
         repo_type = _TYPES[m.group(1)]
         repo_id, kind, revision, sub = m.group(2), m.group(3), m.group(4), m.group(5)
+        self._gzip_body = repo_id in self.fake.gzip_api
         slow = self.fake.trickle_api.get(repo_id)
         if slow is not None:  # the status line itself, a byte at a time: headers never complete
             self._trickle(b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 100_000, slow)
@@ -458,6 +468,17 @@ class _HubHandler(BaseHTTPRequestHandler):
             start, end = parsed
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        if repo_id in self.fake.gzip_resolve:
+            import gzip
+
+            body = gzip.compress(f.read(start, end))
+            self.send_response(status)
+            for k, v in {**headers, "Content-Encoding": "gzip", "Content-Length": str(len(body))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+            return
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         for k, v in headers.items():

@@ -456,6 +456,29 @@ def test_million_entry_tree_stops_at_the_entry_limit_with_bounded_memory(
     assert peak < 64 << 20, peak  # one page of 1,000 folders at a time; folders are not kept
 
 
+def test_api_answers_are_asked_uncompressed_and_a_gzip_one_is_still_read(
+        hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+    sha = hub.add_commit("acme/zipped", {"config.json": b"{}", "sub/model.pkl": b"\x80\x02}q\x00."})
+    hub.gzip_api.add("acme/zipped")  # a server (or proxy) that compresses anyway
+    code, report, _ = run_json(["hub", "acme/zipped"], capsys)
+    assert code == EXIT_OK and report["errors"] == []
+    assert set(by_path(report)) == {f"acme/zipped@{sha}:config.json", f"acme/zipped@{sha}:sub/model.pkl"}
+    api = [{k.lower(): v for k, v in h.items()} for _, path, h in hub.requests if path.startswith("/api/")]
+    assert api and all(h.get("accept-encoding") == "identity" for h in api)
+
+
+def test_encoded_file_bytes_are_refused_not_scanned_as_the_file(
+        hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+    """A server that gzips a range although identity was asked: offsets would not be the file's."""
+    sha = hub.add_commit("acme/gz", {"model.pkl": pickle.dumps(_SystemPayload("echo pwned"), protocol=2)})
+    hub.gzip_resolve.add("acme/gz")
+    code, report, _ = run_json(["hub", "acme/gz"], capsys)
+    result = by_path(report)[f"acme/gz@{sha}:model.pkl"]
+    assert code == EXIT_INCOMPLETE and not result["complete"]
+    assert any(f["rule_id"] == "unscanned-unreadable" and "gzip-encoded" in f["message"]
+               for f in result["findings"])
+
+
 def test_one_huge_tree_page_is_cut_at_the_answer_size_bound(
         hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
     from safemodel_ci.sources.hub import MAX_API_BODY_BYTES

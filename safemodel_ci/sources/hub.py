@@ -421,6 +421,10 @@ class HubFileSource(ByteSource):
             elif start != 0:
                 raise SourceError(f"{self.name}: server ignored the Range request (HTTP {status}); "
                                   "a remote scan needs range support")
+            encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+            if encoding != "identity":  # offsets in an encoded body are not offsets in the file
+                raise SourceError(f"{self.name}: the server sent the bytes {encoding}-encoded although "
+                                  "identity was asked for; a remote scan needs the file's own bytes")
             if response.url != url:
                 self._location = response.url
             return self._read_body(response.chunks, want)
@@ -674,9 +678,17 @@ class HubRepoScanner:
         def handle(response: HttpResponse) -> Tuple[bytes, Optional[str]]:
             if response.status >= 400:
                 raise _ApiError(_api_error_message(response.status, response.headers, self.config, revision))
-            return response.read(MAX_API_BODY_BYTES, what), response.headers.get("Link")
+            body = response.read(MAX_API_BODY_BYTES, what)
+            encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+            if encoding in ("gzip", "x-gzip", "deflate"):  # sent although identity was asked for
+                body = _inflate(body, encoding, MAX_API_BODY_BYTES, what)
+            elif encoding != "identity":
+                raise _ApiError(f"{what}: the Hub answered in {encoding} encoding; not scanned")
+            return body, response.headers.get("Link")
 
-        body, link = self.http.get(url, self._headers(), deadline, handle, what)
+        # The body is read raw (the bound is on bytes received); ask for it uncompressed.
+        headers = {**self._headers(), "Accept-Encoding": "identity"}
+        body, link = self.http.get(url, headers, deadline, handle, what)
         try:
             data = json.loads(body)
         except ValueError:
@@ -832,6 +844,25 @@ class HubRepoScanner:
         if cache is not None and not opened:
             cache.put_by_sha256(sha256, size, display, self.options, file_result)  # type: ignore[arg-type]
         return file_result
+
+
+def _inflate(body: bytes, encoding: str, limit: int, what: str) -> bytes:
+    """A gzip or deflate body, decompressed to at most ``limit`` bytes (else ScanLimitExceeded)."""
+    import zlib
+
+    wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
+    try:
+        inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        try:  # "deflate" is sometimes raw deflate, without the zlib header
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise _ApiError(f"{what}: the Hub's {encoding} answer does not decompress ({exc})") from None
+    if len(out) > limit:
+        raise ScanLimitExceeded(f"{what}: answer larger than {format_bytes(limit)} once decompressed")
+    return out
 
 
 def listing_limit_result(target: str, listing: TreeListing) -> FileResult:

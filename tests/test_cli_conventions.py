@@ -135,3 +135,17 @@ def test_cache_repo_scans_one_repo(hub: FakeHub, tmp_path: Path, capsys: pytest.
     assert report["extra"]["cache"]["repos"] == 1
     code = main(["cache", "--cache-dir", str(cache), "--repo", "acme/absent"])
     assert code == EXIT_USAGE and "acme/absent: not in the cache" in capsys.readouterr().err
+
+
+def test_cache_progress_shows_done_and_total(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from huggingface_hub import hf_hub_download
+
+    cache = tmp_path / "cache"
+    hub.add_commit("acme/p", {"a.json": b"{}", "b.json": b"[]"})
+    for name in ("a.json", "b.json"):
+        hf_hub_download("acme/p", name, cache_dir=cache, endpoint=hub.endpoint, token=False)
+    monkeypatch.setattr(cli, "show_progress", lambda args: True)
+    main(["cache", "--cache-dir", str(cache), "--no-cache"])
+    err = capsys.readouterr().err
+    assert "cache: 1/2 files, 1 blob scanned" in err and "cache: 2/2 files, 2 blobs scanned" in err

@@ -84,6 +84,8 @@ class CacheScan:
     #: Of those, the ones whose result came from the result cache (same content, same name).
     blobs_from_cache: int = 0
     bytes_hashed: int = 0
+    #: Files the scan will go through (for progress: done / total).
+    total_files: int = 0
 
     def summary(self) -> Dict[str, Any]:
         return {"cache_dir": self.cache_dir, "repos": self.repos, "revisions": self.revisions,
@@ -144,10 +146,11 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
     scanned: Dict[str, FileResult] = {}
     #: (realpath, algorithm) -> digest: each blob is hashed once per kind of name pointing at it
     digests: Dict[Tuple[str, str], str] = {}
-    for repo in sorted(info.repos, key=lambda r: (r.repo_type, r.repo_id)):
+    selected = [r for r in sorted(info.repos, key=lambda r: (r.repo_type, r.repo_id))
+                if repos is None or display_repo(r.repo_id, r.repo_type) in repos or r.repo_id in repos]
+    result.total_files = sum(len(rev.files) for r in selected for rev in r.revisions)
+    for repo in selected:
         label = display_repo(repo.repo_id, repo.repo_type)
-        if repos is not None and label not in repos and repo.repo_id not in repos:
-            continue
         result.repos += 1
         for revision in sorted(repo.revisions, key=lambda r: r.commit_hash):
             result.revisions += 1
@@ -287,8 +290,9 @@ def scan_cache_command(args: argparse.Namespace) -> int:
     progress = cli.show_progress(args)
 
     def on_file(scan: CacheScan) -> None:
-        print(f"\rcache: {plural(len(scan.files), 'file')}, {plural(scan.blobs_scanned, 'blob')} scanned, "
-              f"{format_bytes(scan.bytes_hashed)} hashed", end="", file=sys.stderr, flush=True)
+        print(f"\rcache: {len(scan.files)}/{scan.total_files} files, "
+              f"{plural(scan.blobs_scanned, 'blob')} scanned, {format_bytes(scan.bytes_hashed)} hashed",
+              end="", file=sys.stderr, flush=True)
 
     try:
         scan = scan_cache(args.cache_dir, cli.scan_options(args), on_file=on_file if progress else None,

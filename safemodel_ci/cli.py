@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
@@ -108,7 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Scan files and directories (recursively). Formats are detected from content, "
                     "not from file names.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    scan.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
+    scan.add_argument("paths", nargs="+", metavar="PATH",
+                      help="files or directories to scan; - reads a list of paths from standard input, "
+                           "one per line")
+    scan.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                      help="skip paths matching GLOB (the config's exclude syntax, relative to the working "
+                           "directory); repeatable, added to the config's")
     scan.add_argument("--follow-symlinks", action="store_true",
                       help="follow symlinks found in directories even when they point outside the "
                            "scanned paths (default: only links into the scanned paths are followed)")
@@ -133,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--revision", help="branch, tag or commit to scan (default: the main branch)")
     hub.add_argument("--repo-type", choices=("model", "dataset", "space"), default="model",
                      help="repository type (default: model)")
+    hub.add_argument("--jobs", "-j", type=_jobs, default=1, metavar="N",
+                     help="repos scanned at once (default: 1)")
     add_output_options(hub)
     hub.set_defaults(func=cmd_hub)
 
@@ -143,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     cache.add_argument("--cache-dir", metavar="DIR",
                        help="cache to scan (default: HF_HUB_CACHE, or HF_HOME/hub)")
+    cache.add_argument("--repo", action="append", metavar="REPO_ID",
+                       help="scan only this repo (org/name, or datasets/org/name); repeatable")
     add_output_options(cache)
     cache.set_defaults(func=cmd_cache)
 
@@ -188,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.set_defaults(func=cmd_merge)
 
     rules = sub.add_parser("rules", help="list every rule id with its severity and meaning")
-    rules.add_argument("--format", choices=("text", "markdown"), default="text")
+    rules.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     rules.set_defaults(func=cmd_rules)
     return parser
 
@@ -292,7 +302,29 @@ def emit(report: ScanReport, args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://|^(?:www\.)?(?:huggingface\.co|hf\.co)/")
+
+
+def scan_targets(args: argparse.Namespace) -> Optional[List[str]]:
+    """The paths to scan (``-`` replaced by the lines of standard input), or None after a usage error."""
+    paths: List[str] = []
+    for p in args.paths:
+        if p == "-":
+            paths.extend(line.rstrip("\r\n") for line in sys.stdin if line.strip())
+        else:
+            paths.append(p)
+    urls = [p for p in paths if _URL.match(p)]
+    for url in urls:
+        print(f"safemodel: {url} is a URL and scan reads local files only: for a Hugging Face repo use "
+              "`safemodel hub org/name`", file=sys.stderr)
+    return None if urls else paths
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
+    targets = scan_targets(args)
+    if targets is None:
+        return EXIT_USAGE
+    args.paths = targets
     missing = [p for p in args.paths if not os.path.lexists(p)]
     if missing:
         for p in missing:
@@ -308,21 +340,29 @@ def cmd_scan(args: argparse.Namespace) -> int:
     unscanned: List[Tuple[str, str, str]] = []
     paths: List[str] = []
     excluded: List[Dict[str, str]] = []
+    cli_excludes = command_line_excludes(args)
     for p in iter_paths(args.paths, args.follow_symlinks, skipped, unscanned):
-        pattern = cfg.excluding_pattern(p)
+        pattern, where = cfg.excluding_pattern(p), cfg.path or ""
+        if pattern is None:
+            pattern, where = cli_excludes.excluding_pattern(p), "--exclude"
         if pattern is None:
             paths.append(p)
         else:
-            excluded.append({"path": p, "pattern": pattern})
+            excluded.append({"path": p, "pattern": pattern, "config": where})
+    done_bytes = 0
     for result in scan_paths(paths, plan, jobs=args.jobs):
         results.append(result)
+        done_bytes += result.size
         if progress:
-            print(f"\rscanned {len(results)} files", end="", file=sys.stderr, flush=True)
+            from .sources.hub import format_bytes
+
+            print(f"\rscanned {len(results)}/{len(paths)} files, {format_bytes(done_bytes)}", end="",
+                  file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
     results.extend(skipped_result(path, reason) for path, reason in skipped)
     results.extend(skipped_result(path, reason, rule_id) for rule_id, path, reason in unscanned
-                   if not cfg.is_excluded(path))
+                   if not cfg.is_excluded(path) and not cli_excludes.is_excluded(path))
     report = ScanReport(results, fail_on=fail_on(args), excluded=len(excluded))
     config_extra(report, cfg, excluded)
     return emit(report, args)
@@ -333,11 +373,13 @@ def config_extra(report: ScanReport, cfg: Config, excluded: List[Dict[str, str]]
     properties, the job summary) and a one-line note (text), so an exclusion is never silent."""
     if not excluded:
         return
-    report.extra["excluded_by_config"] = [dict(e, config=cfg.path or "") for e in excluded]
-    patterns = sorted({e["pattern"] for e in excluded})
+    report.extra["excluded_by_config"] = [dict(e) for e in excluded]
     notes = list(report.extra.get("notes", ()))
-    notes.append(f"{len(excluded)} file{'s' if len(excluded) != 1 else ''} not scanned: excluded by "
-                 f"{cfg.path} ({', '.join(patterns)})")
+    for where in sorted({e["config"] for e in excluded}):
+        mine = [e for e in excluded if e["config"] == where]
+        patterns = sorted({e["pattern"] for e in mine})
+        notes.append(f"{len(mine)} file{'s' if len(mine) != 1 else ''} not scanned: excluded by "
+                     f"{where or 'the config'} ({', '.join(patterns)})")
     report.extra["notes"] = notes
 
 
@@ -347,6 +389,21 @@ def skipped_result(path: str, reason: str, rule_id: str = "skipped-not-regular")
     rule = RULES_BY_ID[rule_id]
     return FileResult(path=path, findings=[Finding(rule.id, rule.severity, path, reason, rule.remedy,
                                                    unscanned=rule.unscanned)])
+
+
+def command_line_excludes(args: argparse.Namespace) -> Config:
+    """``--exclude`` patterns as a config rooted at the working directory; a bad one is a ConfigError."""
+    from .config import _compiled_glob
+
+    patterns = tuple(p.strip() for p in getattr(args, "exclude", None) or ())
+    for p in patterns:
+        try:
+            if not p:
+                raise re.error("empty pattern")
+            _compiled_glob(p)
+        except re.error as exc:
+            raise ConfigError("--exclude", None, None, f"{p!r}: invalid pattern: {exc}") from None
+    return Config(excludes=patterns)
 
 
 def cmd_hub(args: argparse.Namespace) -> int:
@@ -469,7 +526,13 @@ def _write_text(path: str, text: str, code: int) -> int:
 def cmd_rules(args: argparse.Namespace) -> int:
     from .rules import RULES
 
-    if args.format == "markdown":
+    if args.format == "json":
+        import json
+
+        print(json.dumps([{"id": r.id, "severity": r.severity.name, "unscanned": r.unscanned,
+                           "code_execution": r.code_execution, "title": r.title,
+                           "description": r.description, "remedy": r.remedy} for r in RULES], indent=2))
+    elif args.format == "markdown":
         print("| rule id | severity | what it means | what to do |")
         print("| --- | --- | --- | --- |")
         for r in RULES:

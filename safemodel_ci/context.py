@@ -44,6 +44,10 @@ class Limits:
     max_pickle_memo: int = 1_000_000
     #: Seconds a native parser (libhdf5 through h5py) may take in its isolated child process.
     max_native_parse_seconds: float = 20.0
+    #: ``safemodel hub``: entries and pages of one repo's tree listing (a real page holds 1,000).
+    #: Reaching either is ``unscanned-limit`` for the repo; the files listed so far are scanned.
+    hub_max_tree_entries: int = 200_000
+    hub_max_tree_pages: int = 1_000
 
 
 #: Opens a file next to the one being scanned (same directory or repo), by relative path; None if absent.

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -124,6 +125,23 @@ class FakeHub:
         #: repo_id -> 500: only file downloads (resolve) of that repo fail, the API answers.
         self.fail_resolve: Dict[str, int] = {}
         self.served: Dict[Tuple[str, str], int] = {}
+        # -- a hostile endpoint (each loop below is bounded: HOSTILE_SECONDS, or the client leaving) --
+        #: repo_id -> seconds per byte: file bodies trickle one byte at a time (slow loris).
+        self.trickle_resolve: Dict[str, float] = {}
+        #: repo_id -> seconds per byte: API answers trickle their status line and headers.
+        self.trickle_api: Dict[str, float] = {}
+        #: repo_id -> files per page: the tree listing never ends (each page links to a next one).
+        self.endless_tree: Dict[str, int] = {}
+        #: repo_id -> entries: the tree lists this many folders, 1,000 per page, made as they are sent.
+        self.huge_tree: Dict[str, int] = {}
+        #: repo_id -> bytes: the tree listing is one page this large, streamed as it is made.
+        self.huge_page: Dict[str, int] = {}
+        #: repo_ids whose API answers come gzip-compressed whatever the client asked for.
+        self.gzip_api: set = set()
+        #: repo_ids whose file bodies come gzip-compressed although the client asked for identity.
+        self.gzip_resolve: set = set()
+        #: repo_id -> tree pages answered.
+        self.tree_pages: Dict[str, int] = {}
         self.requests: List[Tuple[str, str, Dict[str, str]]] = []
         self.valid_token: Optional[str] = None
         self._lock = threading.Lock()
@@ -198,6 +216,10 @@ class FakeHub:
             self._server = None
 
 
+#: How long a hostile answer keeps going at most, so that no server thread outlives a test for long.
+HOSTILE_SECONDS = 20.0
+
+
 _API = re.compile(r"^/api/(models|datasets|spaces)/(.+?)(?:/(revision|tree|paths-info)/([^/]+)(?:/(.*))?)?$")
 _RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?(.+?)/resolve/([^/]+)/(.+)$")
 
@@ -212,6 +234,11 @@ class _HubHandler(BaseHTTPRequestHandler):
     # -- helpers --------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes = b"", headers: Optional[Dict[str, str]] = None,
               content_type: str = "application/json", head: bool = False) -> None:
+        if getattr(self, "_gzip_body", False) and status < 400:
+            import gzip
+
+            body = gzip.compress(body)
+            headers = {**(headers or {}), "Content-Encoding": "gzip"}
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         for k, v in (headers or {}).items():
@@ -306,6 +333,11 @@ class _HubHandler(BaseHTTPRequestHandler):
     def _api(self, m: "re.Match[str]", query: Dict[str, List[str]], head: bool) -> None:
         repo_type = _TYPES[m.group(1)]
         repo_id, kind, revision, sub = m.group(2), m.group(3), m.group(4), m.group(5)
+        self._gzip_body = repo_id in self.fake.gzip_api
+        slow = self.fake.trickle_api.get(repo_id)
+        if slow is not None:  # the status line itself, a byte at a time: headers never complete
+            self._trickle(b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 100_000, slow)
+            return
         repo = self._repo(repo_type, repo_id, head)
         if repo is None:
             return
@@ -314,6 +346,11 @@ class _HubHandler(BaseHTTPRequestHandler):
             self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head=head)
             return
         files = repo.commits[sha]
+        if kind == "tree":
+            with self.fake._lock:
+                self.fake.tree_pages[repo_id] = self.fake.tree_pages.get(repo_id, 0) + 1
+            if self._hostile_tree(repo_id, sha, query):
+                return
         if kind in (None, "revision"):
             self._json(200, {"id": repo_id, "sha": sha, "private": False, "gated": repo.gated or False,
                              "siblings": [{"rfilename": p} for p in sorted(files)], "tags": []})
@@ -340,6 +377,63 @@ class _HubHandler(BaseHTTPRequestHandler):
             self._error(404, "EntryNotFound", f"{prefix} does not exist", head=head)
             return
         self._json(200, entries)
+
+    # -- a hostile endpoint --------------------------------------------------------------------------
+    def _trickle(self, data: bytes, seconds_per_byte: float) -> None:
+        """Write ``data`` one byte at a time, for at most HOSTILE_SECONDS or until the client leaves."""
+        end = time.monotonic() + HOSTILE_SECONDS
+        try:
+            for i in range(len(data)):
+                if time.monotonic() > end:
+                    break
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(seconds_per_byte)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    def _hostile_tree(self, repo_id: str, sha: str, query: Dict[str, List[str]]) -> bool:
+        """Answer a tree request the hostile way configured for ``repo_id``; False when none is."""
+        per_page = self.fake.endless_tree.get(repo_id)
+        if per_page is not None:
+            page = int(query.get("cursor", ["0"])[0])
+            entries = [{"type": "file", "oid": "0" * 40, "size": 2, "path": f"page{page}/file{i}.json"}
+                       for i in range(per_page)]
+            nxt = f"/api/models/{repo_id}/tree/{sha}?recursive=true&cursor={page + 1}"
+            self._json(200, entries, headers={"Link": f'<{nxt}>; rel="next"'})
+            return True
+        total = self.fake.huge_tree.get(repo_id)
+        if total is not None:
+            page = int(query.get("cursor", ["0"])[0])
+            first = page * 1000
+            entries = [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f"d/{n:07d}"}
+                       for n in range(first, min(total, first + 1000))]
+            headers = {}
+            if first + 1000 < total:
+                nxt = f"/api/models/{repo_id}/tree/{sha}?recursive=true&cursor={page + 1}"
+                headers["Link"] = f'<{nxt}>; rel="next"'
+            self._json(200, entries, headers=headers)
+            return True
+        size = self.fake.huge_page.get(repo_id)
+        if size is not None:
+            entry = json.dumps({"type": "directory", "oid": "0" * 40, "size": 0, "path": "d/" + "x" * 200})
+            per_chunk = 1000
+            chunk = ("," + ",".join([entry] * per_chunk)).encode()
+            body_len = 1 + len(entry) + ((size // len(chunk)) + 1) * len(chunk) + 1
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(body_len))
+            self.end_headers()
+            try:
+                self.wfile.write(b"[" + entry.encode())
+                for _ in range((size // len(chunk)) + 1):
+                    self.wfile.write(chunk)
+                self.wfile.write(b"]")
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+            return True
+        return False
 
     def _resolve(self, repo_type: str, repo_id: str, revision: str, path: str, head: bool) -> None:
         repo = self._repo(repo_type, repo_id, head)
@@ -374,6 +468,17 @@ class _HubHandler(BaseHTTPRequestHandler):
             start, end = parsed
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        if repo_id in self.fake.gzip_resolve:
+            import gzip
+
+            body = gzip.compress(f.read(start, end))
+            self.send_response(status)
+            for k, v in {**headers, "Content-Encoding": "gzip", "Content-Length": str(len(body))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+            return
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         for k, v in headers.items():
@@ -383,6 +488,10 @@ class _HubHandler(BaseHTTPRequestHandler):
         if head:
             return
         pos = start
+        slow = self.fake.trickle_resolve.get(repo_id)
+        if slow is not None:
+            self._trickle(f.read(start, end), slow)
+            return
         try:
             while pos < end:
                 chunk = f.read(pos, min(end, pos + (256 << 10)))
@@ -413,7 +522,8 @@ def fake_hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fa
     monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    # huggingface_hub 0.x has no stored-tokens file; 1.x and 2.x do.
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"), raising=False)
     try:
         yield server
     finally:

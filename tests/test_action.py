@@ -11,7 +11,7 @@ into step outputs and the action's ``outputs:``; a real pull_request / push even
 What is simulated: ``actions/setup-python`` (a JavaScript action) is not run; its ``python-path``
 output is the interpreter running the tests. The install step (``python -m venv`` + ``pip install
 $GITHUB_ACTION_PATH``) would need the package index for the dependencies: the step tests stand its
-venv in with ``$RUNNER_TEMP/safemodel-venv/bin/python`` linked to the test interpreter (which has
+venv in with ``$RUNNER_TEMP/safemodel-venv/bin/python``, a script running the test interpreter (which has
 safemodel-ci and its dependencies installed), and ``test_install_step_builds_an_isolated_venv`` runs
 the install step itself (dependencies from the machine's package index, or its local mirror) on a copy
 of the action, then the scan from that venv.
@@ -24,6 +24,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -155,13 +156,7 @@ def run_action(workspace: Path, inputs: Mapping[str, str], event_name: str, even
             context["steps"][step_id] = {"outputs": {"python-path": sys.executable}}
             continue
         if "pip install" in step["run"] and not run_install:
-            venv_bin = runner_temp / "safemodel-venv" / "bin"
-            venv_bin.mkdir(parents=True, exist_ok=True)
-            # A wrapper, not a symlink: run through a link, a venv's interpreter no longer finds its
-            # pyvenv.cfg and imports the system's safemodel_ci instead of this checkout's.
-            wrapper = venv_bin / "python"
-            wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
-            wrapper.chmod(0o755)
+            fake_action_venv(runner_temp)
             continue
         step_env = dict(env)
         step_env.update({k: substitute(str(v), context) for k, v in (step.get("env") or {}).items()})
@@ -186,6 +181,34 @@ def run_action(workspace: Path, inputs: Mapping[str, str], event_name: str, even
     outputs = {name: substitute(spec["value"], context) for name, spec in action["outputs"].items()}
     return ActionRun(returncode, "".join(stdout), "".join(stderr), outputs, "".join(summary), workspace,
                      context["steps"])
+
+
+def fake_action_venv(runner_temp: Path) -> Path:
+    """``$RUNNER_TEMP/safemodel-venv/bin/python`` standing in for the install step: runs the test interpreter.
+
+    A script that execs it, not a symlink to it: a venv's interpreter finds its ``pyvenv.cfg`` (and so
+    its site-packages) beside the path it was started by, which for a symlink would be this folder;
+    it would then run as the base interpreter, without safemodel-ci or with another copy of it.
+    """
+    venv_bin = runner_temp / "safemodel-venv" / "bin"
+    venv_bin.mkdir(parents=True, exist_ok=True)
+    wrapper = venv_bin / "python"
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_faked_action_venv_runs_this_safemodel_ci_with_its_dependencies(tmp_path: Path) -> None:
+    """Run from a fresh venv (the README's test command), the stand-in must see that venv's packages."""
+    import safemodel_ci
+
+    python = fake_action_venv(tmp_path)
+    probe = subprocess.run([str(python), "-c", "import sys, yaml, safemodel_ci; "
+                            "print(sys.prefix); print(safemodel_ci.__file__)"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    prefix, location = probe.stdout.split("\n")[:2]
+    assert prefix == sys.prefix and location == safemodel_ci.__file__
 
 
 # ---- a repository with a base and a head commit ---------------------------------------------------

@@ -154,7 +154,7 @@ def test_missing_repo_and_server_error_exit_2_while_other_repos_are_scanned(
     assert "acme/missing: ERROR repository not found (HTTP 404)" in out
     assert "acme/broken: ERROR Hub server error (HTTP 500)" in out
     assert "acme/busy: ERROR rate limited by the Hub (HTTP 429); retry after 1 s" in out
-    assert f"acme/good@{sha}: 1 files" in out  # the notes line with bytes fetched
+    assert f"acme/good@{sha}: 1 file, " in out  # the notes line with bytes fetched
     assert "fetched" in out
 
     code, report, _ = run_json(["hub", "acme/missing", "acme/broken", "acme/good"], capsys)
@@ -206,7 +206,7 @@ def test_revision_is_resolved_to_its_commit_and_reported(
     code = main(["hub", "acme/versions", "--revision", "v1"])
     out, _ = capsys.readouterr()
     assert code == EXIT_OK
-    assert f"acme/versions@{old} (revision v1): 1 files" in out
+    assert f"acme/versions@{old} (revision v1): 1 file, " in out
     code, report, _ = run_json(["hub", "acme/versions"], capsys)
     assert set(by_path(report)) == {f"acme/versions@{new}:config.json", f"acme/versions@{new}:extra.json"}
     code, report, _ = run_json(["hub", "acme/versions@v1", "acme/versions", "--revision", "main"], capsys)
@@ -364,3 +364,128 @@ def test_progress_on_a_terminal_only(hub: FakeHub, monkeypatch: pytest.MonkeyPat
     main(["hub", "acme/progress"])
     err = capsys.readouterr().err
     assert "acme/progress: 2/2 files scanned" in err and "fetched" in err
+
+
+# ---- a hostile endpoint: every loop bounded (time, pages, entries, bytes) ------------------------------
+
+def limits_config(tmp_path: Path, **limits: object) -> str:
+    path = tmp_path / "limits.safemodel.yaml"
+    path.write_text("limits:\n" + "".join(f"  {k}: {v}\n" for k, v in limits.items()))
+    return str(path)
+
+
+def test_slow_loris_file_body_stops_at_the_time_budget(
+        hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    evil = malicious_torch_bin()
+    files = {"pytorch_model.bin": evil, "config.json": b"{}", "a.safetensors": safetensors_bytes(
+        {"w": ("F32", [2], 8)}), "b.pkl": b"\x80\x02}q\x00."}
+    sha = hub.add_commit("acme/loris", files)
+    hub.trickle_resolve["acme/loris"] = 0.05  # a byte every 50 ms: each socket read succeeds
+    config = limits_config(tmp_path, **{"max-seconds-per-file": 1.5})
+    start = time.monotonic()
+    code, report, _ = run_json(["hub", "acme/loris", "--config", config], capsys)
+    elapsed = time.monotonic() - start
+    # One budget of 1.5 s for the first file, then the repo's other files fail at once: the server
+    # would keep trickling for 20 s per file.
+    assert elapsed < 5, elapsed
+    assert code == EXIT_INCOMPLETE
+    results = by_path(report)
+    first, *later = sorted(files)
+    assert any(f["rule_id"] in ("unscanned-limit", "unscanned-unreadable") and "time budget" in f["message"]
+               for f in results[f"acme/loris@{sha}:{first}"]["findings"])
+    for path in later:
+        result = results[f"acme/loris@{sha}:{path}"]
+        assert not result["complete"]
+        assert any("the server stalled past the time budget on" in f["message"] for f in result["findings"])
+
+
+def test_trickled_api_headers_end_the_repo_at_the_time_budget(
+        hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The status line arrives a byte at a time: socket timeouts never fire, the deadline does."""
+    import time
+
+    hub.add_commit("acme/slowapi", {"config.json": b"{}"})
+    good = hub.add_commit("acme/fine", {"config.json": b"{}"})
+    hub.trickle_api["acme/slowapi"] = 0.01
+    config = limits_config(tmp_path, **{"max-seconds-per-file": 1})
+    start = time.monotonic()
+    code, report, _ = run_json(["hub", "acme/slowapi", "acme/fine", "--config", config], capsys)
+    assert time.monotonic() - start < 6
+    assert code == EXIT_INCOMPLETE
+    [error] = report["errors"]
+    assert error["target"] == "acme/slowapi" and "time budget" in error["message"]
+    assert f"acme/fine@{good}:config.json" in by_path(report)  # the next repo is scanned as usual
+
+
+def test_endless_tree_pagination_stops_at_the_page_limit(
+        hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sha = hub.add_commit("acme/endless", {"config.json": b"{}"})
+    hub.endless_tree["acme/endless"] = 3
+    config = limits_config(tmp_path, **{"hub-max-tree-pages": 5})
+    code, report, _ = run_json(["hub", "acme/endless", "--config", config], capsys)
+    assert code == EXIT_INCOMPLETE
+    assert hub.tree_pages["acme/endless"] == 5
+    limit = by_path(report)[f"acme/endless@{sha}"]
+    assert [f["rule_id"] for f in limit["findings"]] == ["unscanned-limit"]
+    assert "hub-max-tree-pages" in limit["findings"][0]["message"]
+    assert limit["findings"][0]["details"] == {"entries": 15, "pages": 5}
+    # The 15 files listed on those pages were scanned (each answers 404 here: unscanned too).
+    assert len(report["files"]) == 16
+
+
+def test_million_entry_tree_stops_at_the_entry_limit_with_bounded_memory(
+        hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+    """Defaults: 200,000 entries. The listing is kept compact and page by page, never whole."""
+    import tracemalloc
+
+    sha = hub.add_commit("acme/million", {"config.json": b"{}"})
+    hub.huge_tree["acme/million"] = 1_000_000
+    tracemalloc.start()
+    try:
+        code, report, _ = run_json(["hub", "acme/million"], capsys)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert code == EXIT_INCOMPLETE
+    assert hub.tree_pages["acme/million"] == 201  # 200 pages of 1,000, then the limit on the next one
+    limit = by_path(report)[f"acme/million@{sha}"]
+    assert "hub-max-tree-entries" in limit["findings"][0]["message"]
+    assert limit["findings"][0]["details"]["entries"] == 200_000
+    assert peak < 64 << 20, peak  # one page of 1,000 folders at a time; folders are not kept
+
+
+def test_api_answers_are_asked_uncompressed_and_a_gzip_one_is_still_read(
+        hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+    sha = hub.add_commit("acme/zipped", {"config.json": b"{}", "sub/model.pkl": b"\x80\x02}q\x00."})
+    hub.gzip_api.add("acme/zipped")  # a server (or proxy) that compresses anyway
+    code, report, _ = run_json(["hub", "acme/zipped"], capsys)
+    assert code == EXIT_OK and report["errors"] == []
+    assert set(by_path(report)) == {f"acme/zipped@{sha}:config.json", f"acme/zipped@{sha}:sub/model.pkl"}
+    api = [{k.lower(): v for k, v in h.items()} for _, path, h in hub.requests if path.startswith("/api/")]
+    assert api and all(h.get("accept-encoding") == "identity" for h in api)
+
+
+def test_encoded_file_bytes_are_refused_not_scanned_as_the_file(
+        hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+    """A server that gzips a range although identity was asked: offsets would not be the file's."""
+    sha = hub.add_commit("acme/gz", {"model.pkl": pickle.dumps(_SystemPayload("echo pwned"), protocol=2)})
+    hub.gzip_resolve.add("acme/gz")
+    code, report, _ = run_json(["hub", "acme/gz"], capsys)
+    result = by_path(report)[f"acme/gz@{sha}:model.pkl"]
+    assert code == EXIT_INCOMPLETE and not result["complete"]
+    assert any(f["rule_id"] == "unscanned-unreadable" and "gzip-encoded" in f["message"]
+               for f in result["findings"])
+
+
+def test_one_huge_tree_page_is_cut_at_the_answer_size_bound(
+        hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+    from safemodel_ci.sources.hub import MAX_API_BODY_BYTES
+
+    sha = hub.add_commit("acme/hugepage", {"config.json": b"{}"})
+    hub.huge_page["acme/hugepage"] = MAX_API_BODY_BYTES + (8 << 20)
+    code, report, _ = run_json(["hub", "acme/hugepage"], capsys)
+    assert code == EXIT_INCOMPLETE
+    limit = by_path(report)[f"acme/hugepage@{sha}"]
+    assert "answer larger than 32.0 MiB" in limit["findings"][0]["message"]

@@ -31,7 +31,7 @@ from ..findings import EXIT_USAGE, FileResult, Finding, ScanReport, sort_finding
 from ..rules import rule
 from ..scanner import ScanOptions, scan_byte_source
 from ..source import ByteSource, FileSource, SourceError
-from .hub import display_repo, format_bytes
+from .hub import display_repo, format_bytes, plural
 
 #: Bytes hashed per read: memory stays bounded whatever the blob size.
 HASH_CHUNK = 1 << 20
@@ -91,6 +91,8 @@ class CacheScan:
     #: Of those, the ones whose result came from the result cache (same content, same name).
     blobs_from_cache: int = 0
     bytes_hashed: int = 0
+    #: Files the scan will go through (for progress: done / total).
+    total_files: int = 0
 
     def summary(self) -> Dict[str, Any]:
         return {"cache_dir": self.cache_dir, "repos": self.repos, "revisions": self.revisions,
@@ -129,8 +131,10 @@ def _mismatch_finding(display: str, mismatch: Tuple[str, str, str], blob: str) -
 
 def scan_cache(cache_dir: Optional[str], options: ScanOptions,
                on_file: Optional[Callable[[CacheScan], None]] = None,
-               result_cache: Optional[ResultCache] = None) -> CacheScan:
+               result_cache: Optional[ResultCache] = None, repos: Optional[List[str]] = None) -> CacheScan:
     """Scan every repo and revision of the cache at ``cache_dir`` (default: huggingface_hub's).
+
+    ``repos`` keeps only those repos, named ``org/name`` (any type) or ``datasets/org/name``.
 
     With ``result_cache``, a blob's result is taken from it when the same content (by sha256) was
     scanned under the same name before, and stored after a scan (see :func:`_scan_blob`).
@@ -138,7 +142,11 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
     from huggingface_hub import scan_cache_dir
 
     info = _list_cache(scan_cache_dir, cache_dir)  # CacheNotFound / ValueError go to the caller
-    result = CacheScan(cache_dir=str(info.cache_dir or cache_dir or ""))
+    if cache_dir is None and getattr(info, "cache_dir", None) is None:  # huggingface_hub 0.x does not say
+        from huggingface_hub import constants
+
+        cache_dir = constants.HF_HUB_CACHE
+    result = CacheScan(cache_dir=str(getattr(info, "cache_dir", None) or cache_dir or ""))
     cache_root = os.path.realpath(result.cache_dir)
     for warning in info.warnings:
         result.errors.append((result.cache_dir, f"corrupted cache entry, not scanned: {warning}"))
@@ -146,9 +154,12 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
     scanned: Dict[str, FileResult] = {}
     #: (realpath, algorithm) -> digest: each blob is hashed once per kind of name pointing at it
     digests: Dict[Tuple[str, str], str] = {}
-    for repo in sorted(info.repos, key=lambda r: (r.repo_type, r.repo_id)):
-        result.repos += 1
+    selected = [r for r in sorted(info.repos, key=lambda r: (r.repo_type, r.repo_id))
+                if repos is None or display_repo(r.repo_id, r.repo_type) in repos or r.repo_id in repos]
+    result.total_files = sum(len(rev.files) for r in selected for rev in r.revisions)
+    for repo in selected:
         label = display_repo(repo.repo_id, repo.repo_type)
+        result.repos += 1
         for revision in sorted(repo.revisions, key=lambda r: r.commit_hash):
             result.revisions += 1
             snapshot = Path(revision.snapshot_path)
@@ -178,7 +189,7 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
                                              cached=True)
                 # The name is checked for every link: another repo's link may name other content.
                 file_result.findings.extend(
-                    _hash_check(real, os.path.basename(cached.blob_path), display, options, digests, result))
+                    _hash_check(real, _blob_name(cached), display, options, digests, result))
                 file_result.findings.extend(options.policy.adjust(f) if hasattr(options.policy, "adjust")
                                             else f for f in link_findings)
                 file_result.findings = sort_findings(file_result.findings)
@@ -256,6 +267,19 @@ def _not_regular(real: str, display: str) -> List[Finding]:
     return [Finding(r.id, r.severity, display, f"resolves to {real}, which is not a regular file (fifo, "
                                                "device or socket): not opened", r.remedy, unscanned=True,
                     details={"target": real})]
+
+
+def _blob_name(cached: Any) -> str:
+    """The blob name the snapshot link names (what the hash check compares the content with).
+
+    huggingface_hub 0.x reports ``blob_path`` with every link resolved, so a blob that is itself a
+    link to other content would be checked under that content's own name; the link's first step
+    is read instead.
+    """
+    try:
+        return os.path.basename(os.readlink(cached.file_path))
+    except OSError:  # not a link (a copied file on a filesystem without symlinks)
+        return os.path.basename(cached.blob_path)
 
 
 def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options: ScanOptions,
@@ -345,28 +369,33 @@ def _hash_check(real: str, name: str, display: str, options: ScanOptions,
 
 def scan_cache_command(args: argparse.Namespace) -> int:
     """``safemodel cache``: scan the local Hugging Face cache."""
-    from huggingface_hub.errors import CacheNotFound
+    from huggingface_hub.utils import CacheNotFound  # in .utils for every version 0.20 to 2.x
 
     from .. import cli
 
     progress = cli.show_progress(args)
 
     def on_file(scan: CacheScan) -> None:
-        print(f"\rcache: {len(scan.files)} files, {scan.blobs_scanned} blobs scanned, "
-              f"{format_bytes(scan.bytes_hashed)} hashed", end="", file=sys.stderr, flush=True)
+        print(f"\rcache: {len(scan.files)}/{scan.total_files} files, "
+              f"{plural(scan.blobs_scanned, 'blob')} scanned, {format_bytes(scan.bytes_hashed)} hashed",
+              end="", file=sys.stderr, flush=True)
 
     try:
         scan = scan_cache(args.cache_dir, cli.scan_options(args), on_file=on_file if progress else None,
-                          result_cache=cli.result_cache(args))
+                          result_cache=cli.result_cache(args), repos=getattr(args, "repo", None))
     except (CacheNotFound, ValueError) as exc:
         print(f"safemodel: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if getattr(args, "repo", None) and scan.repos == 0:
+        print(f"safemodel: {', '.join(args.repo)}: not in the cache {scan.cache_dir}", file=sys.stderr)
         return EXIT_USAGE
     if progress:
         print(file=sys.stderr)
     report = ScanReport(scan.files, fail_on=cli.fail_on(args), errors=scan.errors)
     report.extra = {"cache": scan.summary(),
-                    "notes": [f"cache {scan.cache_dir}: {scan.repos} repos, {scan.revisions} revisions, "
-                              f"{len(scan.files)} files, {scan.blobs_scanned} blobs scanned and hashed "
+                    "notes": [f"cache {scan.cache_dir}: {plural(scan.repos, 'repo')}, "
+                              f"{plural(scan.revisions, 'revision')}, {plural(len(scan.files), 'file')}, "
+                              f"{plural(scan.blobs_scanned, 'blob')} scanned and hashed "
                               f"({format_bytes(scan.bytes_hashed)})" +
                               (f", {scan.blobs_from_cache} results from the result cache"
                                if scan.blobs_from_cache else "")]}

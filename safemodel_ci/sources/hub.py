@@ -10,23 +10,26 @@ The bytes fetched over the network are counted per repo and reported.
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import posixpath
+import re
 import sys
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    TypeVar)
+from urllib.parse import quote, urljoin, urlsplit
 
-from ..context import SiblingOpener
+from ..context import Limits, ScanLimitExceeded, SiblingOpener
 from ..findings import EXIT_USAGE, FileResult, Finding, ScanReport, sort_findings
 from ..rules import rule
 from ..scanner import ScanOptions, scan_byte_source
 from ..source import ByteSource, SourceError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from huggingface_hub import HfApi
-
     from ..cache import ResultCache
 
 #: Bytes per cached block. Reads of consecutive missing blocks go out as one request, so small blocks
@@ -41,6 +44,16 @@ _UNCACHED_READ_BLOCKS = 256
 DEFAULT_RETRIES = 2
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
+#: Seconds one socket operation (a connect, one receive) may block. The whole exchange is bounded by
+#: the file's time budget besides (``limits.max-seconds-per-file``), however the server trickles bytes.
+DEFAULT_SOCKET_TIMEOUT = 30.0
+#: Bytes of one API answer (revision info, one page of the tree listing) read into memory. A real page
+#: of 1,000 tree entries is about 250 KB; the info of a 100,000-file repo about 8 MB.
+MAX_API_BODY_BYTES = 32 << 20
+#: Bytes taken from the socket per read while streaming a body; small enough that the deadline is
+#: checked often, large enough to cost little.
+_CHUNK = 64 << 10
+
 REPO_TYPES = ("model", "dataset", "space")
 #: How a repo type shows in URLs and in reported paths (``datasets/org/name@sha:file``).
 _TYPE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
@@ -54,6 +67,11 @@ def format_bytes(n: int) -> str:
             return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"  # pragma: no cover - loop always returns
+
+
+def plural(n: int, word: str) -> str:
+    """``1 file``, ``2 files``: counts in messages read as English."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def display_repo(repo_id: str, repo_type: str = "model") -> str:
@@ -71,6 +89,13 @@ class FetchStats:
     requests: int = 0
     #: Set once a fetch failed after its retries: later fetches of the repo fail fast instead of waiting.
     failing: bool = False
+    #: The file during whose fetch the server stalled past the time budget: the repo's later fetches
+    #: fail at once instead of each waiting out a budget of its own (a trickling server would
+    #: otherwise cost one full budget per file).
+    stalled: Optional[str] = None
+    #: ``time.monotonic()`` by which the file being scanned must be done (0: none set yet); every HTTP
+    #: exchange of the repo's sources, siblings included, ends by then.
+    deadline: float = 0.0
 
 
 class BlockCache:
@@ -108,6 +133,170 @@ def _origin(url: str) -> Tuple[str, str, Optional[int]]:
     return parts.scheme, (parts.hostname or "").lower(), parts.port
 
 
+class HubDeadline(ScanLimitExceeded, SourceError):
+    """The time budget ran out during an HTTP exchange (a slow, stalled or trickling server).
+
+    Both a limit (readers report ``unscanned-limit``) and a read failure (format detection reports
+    ``unscanned-unreadable``): either way the file is not passed.
+    """
+
+
+class HubStalled(HubDeadline):
+    """The server was still answering when the time budget ran out: it is slow, stalled or hostile."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying (rate limit, server error, network error, short read)."""
+
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class HttpResponse:
+    """What :meth:`HubHttp.get` hands its callback: status, headers, final URL and the raw body."""
+
+    status: int
+    headers: Mapping[str, str]
+    url: str
+    #: Raw (not content-decoded) body chunks as they arrive; raises :class:`HubDeadline` when the
+    #: deadline passes between two chunks.
+    chunks: Iterator[bytes]
+
+    def read(self, limit: int, what: str) -> bytes:
+        """The whole body, or :class:`ScanLimitExceeded` once it passes ``limit`` bytes."""
+        parts: List[bytes] = []
+        got = 0
+        for chunk in self.chunks:
+            got += len(chunk)
+            if got > limit:
+                raise ScanLimitExceeded(f"{what}: answer larger than {format_bytes(limit)}")
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+class HubHttp:
+    """GET requests through huggingface_hub's own HTTP session, each bounded by a deadline.
+
+    huggingface_hub 0.x builds on ``requests``, 1.x on ``httpx`` and 2.x on ``httpx2``; the session
+    its ``get_session()`` returns carries the user's proxy, CA and header settings, so it is the one
+    used, with that library's own transport errors. Every exchange runs in a helper thread that the
+    caller waits for until the deadline: a server that trickles its status line or headers one byte
+    at a time (which resets socket timeouts and loops inside the HTTP library) cannot hold the scan
+    past it. The body is read in chunks as they arrive with the deadline checked between chunks, and
+    every socket operation has a timeout, so an abandoned helper thread ends soon after.
+    """
+
+    def __init__(self, session: Any = None, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT) -> None:
+        if session is None:
+            from huggingface_hub.utils import get_session
+
+            session = get_session()
+        self.session = session
+        self.socket_timeout = socket_timeout
+        #: "requests", "httpx" or "httpx2": the library the session comes from.
+        self.library = type(session).__module__.split(".")[0]
+        lib = importlib.import_module(self.library)
+        errors: List[type] = []
+        if self.library == "requests":
+            errors += [lib.exceptions.ConnectionError, lib.exceptions.Timeout,
+                       lib.exceptions.ChunkedEncodingError]
+            try:  # reading the raw body raises urllib3's own errors, not requests'
+                import urllib3
+
+                errors.append(urllib3.exceptions.HTTPError)
+            except ImportError:  # pragma: no cover - requests depends on urllib3
+                pass
+        elif hasattr(lib, "TransportError"):
+            errors.append(lib.TransportError)
+        #: Exceptions that mean "the network failed" (worth a retry), whatever the library.
+        self.transport_errors: Tuple[type, ...] = tuple(errors)
+
+    def is_transport_error(self, exc: BaseException) -> bool:
+        """Is ``exc`` a network failure of the session's library (or a socket error)?"""
+        return isinstance(exc, self.transport_errors) or (
+            isinstance(exc, OSError) and not isinstance(exc, SourceError))
+
+    def get(self, url: str, headers: Mapping[str, str], deadline: float,
+            handle: Callable[[HttpResponse], _T], what: str) -> _T:
+        """GET ``url`` (following redirects) and return ``handle(response)``, all before ``deadline``.
+
+        ``handle`` runs while the response is open and should read the body through
+        ``response.chunks``; whatever it raises is raised here. :class:`HubDeadline` when the time is up.
+        """
+        box: Dict[str, Any] = {}
+        cancelled = threading.Event()
+
+        def work() -> None:
+            try:
+                box["value"] = self._exchange(url, headers, deadline, handle, cancelled, box)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                box["error"] = exc
+
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HubDeadline(f"{what}: time budget spent before the request")
+        # A daemon thread, not an executor: an abandoned exchange must never delay the process's exit.
+        worker = threading.Thread(target=work, name="safemodel-hub-http", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            cancelled.set()
+            close = box.get("close")
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - best effort: the socket timeout ends it anyway
+                    pass
+            raise HubStalled(f"{what}: no complete answer within the time budget (a slow or stalled "
+                              f"server); raise limits.max-seconds-per-file only for a trusted endpoint")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def _exchange(self, url: str, headers: Mapping[str, str], deadline: float,
+                  handle: Callable[[HttpResponse], _T], cancelled: threading.Event,
+                  box: Dict[str, Any]) -> _T:
+        timeout = max(0.05, min(self.socket_timeout, deadline - time.monotonic()))
+        if self.library == "requests":
+            response = self.session.get(url, headers=dict(headers), stream=True, allow_redirects=True,
+                                        timeout=(timeout, timeout))
+            box["close"] = response.close
+            try:
+                return handle(HttpResponse(response.status_code, response.headers, str(response.url),
+                                           self._requests_chunks(response, deadline, cancelled)))
+            finally:
+                response.close()
+        with self.session.stream("GET", url, headers=dict(headers), follow_redirects=True,
+                                 timeout=timeout) as response:
+            box["close"] = response.close
+            return handle(HttpResponse(response.status_code, response.headers, str(response.url),
+                                       _bounded(response.iter_raw(), deadline, cancelled)))
+
+    @staticmethod
+    def _requests_chunks(response: Any, deadline: float, cancelled: threading.Event) -> Iterator[bytes]:
+        raw = response.raw
+        read1 = getattr(raw, "read1", None)  # urllib3 2: what has arrived, without waiting for more
+
+        def chunks() -> Iterator[bytes]:
+            while True:
+                data = read1(_CHUNK, decode_content=False) if read1 is not None else \
+                    raw.read(_CHUNK, decode_content=False)
+                if not data:
+                    return
+                yield data
+
+        return _bounded(chunks(), deadline, cancelled)
+
+
+def _bounded(chunks: Iterator[bytes], deadline: float, cancelled: threading.Event) -> Iterator[bytes]:
+    for chunk in chunks:
+        if cancelled.is_set() or time.monotonic() > deadline:
+            raise HubStalled("time budget spent while the body was arriving (a trickling server)")
+        if chunk:
+            yield chunk
+
+
 class HubFileSource(ByteSource):
     """One file of a Hub repo at a pinned commit, read with HTTP ``Range`` requests.
 
@@ -120,7 +309,7 @@ class HubFileSource(ByteSource):
     def __init__(self, url: str, size: int, name: str, *, headers: Mapping[str, str],
                  cache: Optional[BlockCache] = None, stats: Optional[FetchStats] = None,
                  block_size: int = DEFAULT_BLOCK_SIZE, retries: int = DEFAULT_RETRIES,
-                 retry_wait: float = 0.5, session: Any = None) -> None:
+                 retry_wait: float = 0.5, session: Any = None, http: Optional[HubHttp] = None) -> None:
         super().__init__()
         self.url = url
         self.name = name
@@ -132,6 +321,7 @@ class HubFileSource(ByteSource):
         self._retries = max(0, retries)
         self._retry_wait = retry_wait
         self._session = session
+        self._http_client = http
         #: Network bytes for this file alone.
         self.bytes_fetched = 0
         #: Where the resolve URL redirected to last (a CDN); reused so each block costs one request.
@@ -170,30 +360,39 @@ class HubFileSource(ByteSource):
         return joined[rel:rel + n]
 
     # -- HTTP -----------------------------------------------------------------------------------
-    def _client(self) -> Any:
-        if self._session is not None:
-            return self._session
-        from huggingface_hub import get_session
+    def _http(self) -> HubHttp:
+        if self._http_client is None:
+            self._http_client = HubHttp(self._session)
+        return self._http_client
 
-        return get_session()
+    def _deadline(self) -> float:
+        """The deadline of the file being scanned (set per file by the repo scan), else a fresh budget."""
+        return self.stats.deadline or time.monotonic() + Limits().max_seconds_per_file
 
     def _fetch(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` from the server, retrying transient failures."""
+        if self.stats.stalled is not None:
+            raise SourceError(f"{self.name}: not fetched: the server stalled past the time budget on "
+                              f"{self.stats.stalled} earlier in this repo (a slow or hostile endpoint)")
         attempt = 0
         while True:
             try:
                 return self._fetch_once(start, end)
+            except HubStalled:
+                self.stats.stalled = self.name
+                raise
             except _Transient as exc:
                 attempt += 1
                 if attempt > self._retries or self.stats.failing:
                     self.stats.failing = True
                     raise SourceError(f"{self.name}: {exc}") from None
                 self._location = None  # a signed CDN URL may have expired: resolve again
-                time.sleep(self._retry_wait * (2 ** (attempt - 1)))
+                wait = self._retry_wait * (2 ** (attempt - 1))
+                if time.monotonic() + wait > self._deadline():
+                    raise HubDeadline(f"{self.name}: {exc}; no time left in the budget to retry") from None
+                time.sleep(wait)
 
     def _fetch_once(self, start: int, end: int) -> bytes:
-        import httpx2  # huggingface_hub's HTTP library
-
         url = self._location or self.url
         headers = dict(self._headers)
         if self._location and _origin(self._location) != _origin(self.url):
@@ -203,56 +402,57 @@ class HubFileSource(ByteSource):
         headers["Accept-Encoding"] = "identity"  # byte offsets must be offsets in the file
         want = end - start
         self.stats.requests += 1
+        http = self._http()
+
+        def handle(response: HttpResponse) -> bytes:
+            status = response.status
+            if status in _RETRY_STATUS:
+                raise _Transient(_status_message(status, response.headers))
+            if status >= 400:
+                raise SourceError(f"{self.name}: {_status_message(status, response.headers)}")
+            if status == 206:
+                got, total = _content_range(response.headers.get("Content-Range"))
+                if got is not None and got != start:
+                    raise SourceError(f"{self.name}: range answered from byte {got}, asked {start}")
+                if total is not None and total != self._size:
+                    # The tree listed another size: not the file that was listed at this commit.
+                    raise SourceError(f"{self.name}: server reports {total} bytes, the tree listed "
+                                      f"{self._size}")
+            elif start != 0:
+                raise SourceError(f"{self.name}: server ignored the Range request (HTTP {status}); "
+                                  "a remote scan needs range support")
+            encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+            if encoding != "identity":  # offsets in an encoded body are not offsets in the file
+                raise SourceError(f"{self.name}: the server sent the bytes {encoding}-encoded although "
+                                  "identity was asked for; a remote scan needs the file's own bytes")
+            if response.url != url:
+                self._location = response.url
+            return self._read_body(response.chunks, want)
+
         try:
-            with self._client().stream("GET", url, headers=headers, follow_redirects=True) as response:
-                status = response.status_code
-                if status in _RETRY_STATUS:
-                    raise _Transient(_status_message(status, response.headers))
-                if status >= 400:
-                    raise SourceError(f"{self.name}: {_status_message(status, response.headers)}")
-                if status == 206:
-                    got, total = _content_range(response.headers.get("Content-Range"))
-                    if got is not None and got != start:
-                        raise SourceError(f"{self.name}: range answered from byte {got}, asked {start}")
-                    if total is not None and total != self._size:
-                        # The tree listed another size: not the file that was listed at this commit.
-                        raise SourceError(f"{self.name}: server reports {total} bytes, the tree listed "
-                                          f"{self._size}")
-                elif start != 0:
-                    raise SourceError(f"{self.name}: server ignored the Range request (HTTP {status}); "
-                                      "a remote scan needs range support")
-                final = str(response.url)
-                if final != url:
-                    self._location = final
-                data = self._read_body(response, want)
-        except httpx2.TransportError as exc:
-            raise _Transient(f"network error: {type(exc).__name__}: {exc}") from None
-        except SourceError:
-            raise
-        except _Transient:
+            data = http.get(url, headers, self._deadline(), handle, self.name)
+        except (SourceError, _Transient, ScanLimitExceeded):
             raise
         except Exception as exc:  # noqa: BLE001 - offline mode and friends: fail closed with a message
+            if http.is_transport_error(exc):
+                raise _Transient(f"network error: {type(exc).__name__}: {exc}") from None
             raise SourceError(f"{self.name}: {type(exc).__name__}: {exc}") from None
         if len(data) < want:
             raise _Transient(f"short read: wanted {want} bytes at offset {start}, got {len(data)}")
         return data
 
-    def _read_body(self, response: Any, want: int) -> bytes:
-        chunks: List[bytes] = []
+    def _read_body(self, chunks: Iterator[bytes], want: int) -> bytes:
+        parts: List[bytes] = []
         got = 0
-        for chunk in response.iter_raw():
+        for chunk in chunks:
             take = chunk[:want - got]
-            chunks.append(take)
+            parts.append(take)
             got += len(take)
             self.bytes_fetched += len(chunk)
             self.stats.bytes_fetched += len(chunk)
             if got >= want:  # a 200 answer to a range request: stop instead of reading the whole file
                 break
-        return b"".join(chunks)
-
-
-class _Transient(Exception):
-    """A failure worth retrying (rate limit, server error, network error, short read)."""
+        return b"".join(parts)
 
 
 def _content_range(value: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
@@ -376,49 +576,91 @@ class HubClientConfig:
         return f"HubClientConfig(endpoint={self.endpoint!r}, token={'***' if self.token else None})"
 
 
-def describe_hub_error(exc: BaseException, config: HubClientConfig, revision: Optional[str]) -> str:
-    """One line saying what went wrong with a repo and what to do, without the token or a traceback."""
-    from huggingface_hub import errors
+def describe_hub_error(exc: BaseException, config: HubClientConfig, revision: Optional[str],
+                       http: Optional[HubHttp] = None) -> str:
+    """One line saying what went wrong with a repo and what to do, without the token or a traceback.
+
+    Knows huggingface_hub's error types (from ``huggingface_hub.utils``, where every version from
+    0.20 to 2.x has them) and the network errors of its HTTP library.
+    """
+    from huggingface_hub import utils as hf_utils
 
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
-    if isinstance(exc, errors.GatedRepoError):
-        hint = "accept its conditions on the Hub, then set HF_TOKEN" if not config.token else \
-            "the token in use has not been granted access: accept the conditions on the Hub with that account"
-        return f"gated repository (HTTP {status}): {hint}"
-    if isinstance(exc, errors.RepositoryNotFoundError):
-        hint = "" if config.token else "; set HF_TOKEN if it is private or gated"
-        return f"repository not found (HTTP {status}): check the id and --repo-type{hint}"
-    if isinstance(exc, errors.RevisionNotFoundError):
-        return f"revision {revision!r} not found (HTTP {status})"
-    if isinstance(exc, errors.OfflineModeIsEnabled):
+    if isinstance(exc, hf_utils.OfflineModeIsEnabled):
         return "HF_HUB_OFFLINE is set: the Hub cannot be reached; unset it to scan remote repos"
-    if isinstance(exc, errors.HfHubHTTPError) and status is not None:
+    if isinstance(exc, hf_utils.HfHubHTTPError) and status is not None:
         headers = response.headers if response is not None else {}
-        return _status_message(int(status), headers)
-    try:
-        import httpx2
-
-        if isinstance(exc, httpx2.TransportError):
-            return f"network error reaching {config.endpoint}: {type(exc).__name__}: {exc}"
-    except ImportError:  # pragma: no cover
-        pass
+        return _api_error_message(int(status), headers, config, revision)
+    if isinstance(exc, ScanLimitExceeded):
+        return f"not scanned: {exc}"
+    if http is not None and http.is_transport_error(exc):
+        return f"network error reaching {config.endpoint}: {type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
+def _api_error_message(status: int, headers: Mapping[str, str], config: HubClientConfig,
+                       revision: Optional[str]) -> str:
+    """The Hub's API errors (told apart by ``X-Error-Code``, as huggingface_hub does) as one line."""
+    code = headers.get("X-Error-Code")
+    if code == "GatedRepo":
+        hint = "accept its conditions on the Hub, then set HF_TOKEN" if not config.token else \
+            "the token in use has not been granted access: accept the conditions on the Hub with that account"
+        return f"gated repository (HTTP {status}): {hint}"
+    if code == "RepoNotFound" or (status == 401 and not code):
+        hint = "" if config.token else "; set HF_TOKEN if it is private or gated"
+        return f"repository not found (HTTP {status}): check the id and --repo-type{hint}"
+    if code == "RevisionNotFound":
+        return f"revision {revision!r} not found (HTTP {status})"
+    return _status_message(status, headers)
+
+
+class _ApiError(Exception):
+    """An API answer that ends a repo's scan; the message says why and what to do."""
+
+
+_SHA = re.compile(r"[0-9a-f]{40}")
+_LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
+
+
+@dataclass
+class TreeListing:
+    """The files of a repo at one commit, kept compact: ``path -> (size, LFS sha256 or None)``."""
+
+    files: Dict[str, Tuple[int, Optional[str]]] = field(default_factory=dict)
+    entries: int = 0
+    pages: int = 0
+    #: Why the listing stopped before its end (a limit reached), or None when it is complete.
+    limit: Optional[str] = None
+
+    def add(self, entry: Any) -> None:
+        """One entry of a tree page; files are kept, folders skipped, a malformed entry is an error."""
+        if not isinstance(entry, dict):
+            raise _ApiError("the tree listing holds an entry that is not an object; not scanned")
+        if entry.get("type") != "file":
+            return
+        path, size, lfs = entry.get("path"), entry.get("size"), entry.get("lfs")
+        if not isinstance(path, str) or not path or not isinstance(size, int) or isinstance(size, bool) \
+                or size < 0:
+            raise _ApiError(f"the tree listing holds a file entry without a usable path and size "
+                            f"({str(path)[:100]!r}); not scanned")
+        sha256 = None
+        if isinstance(lfs, dict):
+            oid = lfs.get("oid", lfs.get("sha256"))
+            sha256 = oid if isinstance(oid, str) and re.fullmatch(r"[0-9a-f]{64}", oid) else None
+        self.files[path] = (size, sha256)
+
+
 class HubRepoScanner:
-    """Scans Hub repos one by one through one ``HfApi`` client."""
+    """Scans Hub repos one by one, through huggingface_hub's HTTP session, every exchange time-bounded."""
 
     def __init__(self, config: HubClientConfig, options: ScanOptions,
-                 api: "Optional[HfApi]" = None,
                  on_progress: Optional[Callable[[HubRepoScan, int, int], None]] = None,
-                 result_cache: "Optional[ResultCache]" = None) -> None:
-        from huggingface_hub import HfApi
-
+                 result_cache: "Optional[ResultCache]" = None, http: Optional[HubHttp] = None) -> None:
         self.config = config
         self.options = options
         self.result_cache = result_cache
-        self.api = api or HfApi(endpoint=config.endpoint, token=config.token or False)
+        self.http = http or HubHttp()
         self.on_progress = on_progress
 
     def _headers(self) -> Dict[str, str]:
@@ -426,33 +668,119 @@ class HubRepoScanner:
 
         return build_hf_headers(token=self.config.token or False, library_name="safemodel-ci")
 
+    def _api_url(self, repo_type: str, repo_id: str, *parts: str) -> str:
+        tail = "".join("/" + quote(p, safe="") for p in parts)
+        return f"{self.config.endpoint}/api/{repo_type}s/{repo_id}{tail}"
+
+    def _api_json(self, url: str, deadline: float, what: str,
+                  revision: Optional[str]) -> Tuple[Any, Optional[str]]:
+        """The JSON of an API answer and the URL of its next page (``Link: <...>; rel="next"``)."""
+        def handle(response: HttpResponse) -> Tuple[bytes, Optional[str]]:
+            if response.status >= 400:
+                raise _ApiError(_api_error_message(response.status, response.headers, self.config, revision))
+            body = response.read(MAX_API_BODY_BYTES, what)
+            encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+            if encoding in ("gzip", "x-gzip", "deflate"):  # sent although identity was asked for
+                body = _inflate(body, encoding, MAX_API_BODY_BYTES, what)
+            elif encoding != "identity":
+                raise _ApiError(f"{what}: the Hub answered in {encoding} encoding; not scanned")
+            return body, response.headers.get("Link")
+
+        # The body is read raw (the bound is on bytes received); ask for it uncompressed.
+        headers = {**self._headers(), "Accept-Encoding": "identity"}
+        body, link = self.http.get(url, headers, deadline, handle, what)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise _ApiError(f"{what}: the Hub's answer is not JSON; not scanned") from None
+        following = None
+        if link:
+            m = _LINK_NEXT.search(link)
+            if m:
+                following = urljoin(url, m.group(1))
+                if _origin(following) != _origin(self.config.endpoint):
+                    # The token goes with every API request: never to a server the user did not name.
+                    raise _ApiError(f"{what}: the next page is on another server ({_origin(following)[1]}); "
+                                    "not followed")
+        return data, following
+
+    def resolve(self, repo_id: str, revision: Optional[str], repo_type: str, deadline: float) -> str:
+        """The commit sha ``revision`` (default: the main branch) points to."""
+        url = self._api_url(repo_type, repo_id, "revision", revision) if revision else \
+            self._api_url(repo_type, repo_id)
+        info, _ = self._api_json(url, deadline, "repo info", revision)
+        sha = info.get("sha") if isinstance(info, dict) else None
+        if not isinstance(sha, str) or not _SHA.fullmatch(sha):
+            raise _ApiError("the Hub did not return the commit sha of this revision; not scanned")
+        return sha
+
+    def list_tree(self, repo_id: str, sha: str, repo_type: str, deadline: float) -> TreeListing:
+        """Every file at ``sha``, page by page, keeping only (path, size, LFS sha256) of each.
+
+        Bounded by ``limits.hub-max-tree-entries``, ``limits.hub-max-tree-pages``, the answer size of
+        one page and the time budget; reaching one ends the listing with :attr:`TreeListing.limit` set.
+        """
+        limits = self.options.limits
+        listing = TreeListing()
+        url: Optional[str] = self._api_url(repo_type, repo_id, "tree", sha) + "?recursive=true&expand=false"
+        while url is not None:
+            if listing.pages >= limits.hub_max_tree_pages:
+                listing.limit = (f"the tree listing goes on past {limits.hub_max_tree_pages} pages "
+                                 "(limits.hub-max-tree-pages)")
+                break
+            listing.pages += 1
+            try:
+                page, url = self._api_json(url, deadline, f"tree listing page {listing.pages}", None)
+            except ScanLimitExceeded as exc:  # the time budget, or a page too large to hold
+                listing.limit = str(exc)
+                break
+            if not isinstance(page, list):
+                raise _ApiError("the tree listing is not a list; not scanned")
+            for entry in page:
+                if listing.entries >= limits.hub_max_tree_entries:
+                    listing.limit = (f"the tree lists more than {limits.hub_max_tree_entries} entries "
+                                     "(limits.hub-max-tree-entries)")
+                    url = None
+                    break
+                listing.entries += 1
+                listing.add(entry)
+            del page  # one page in memory at a time
+        return listing
+
     def scan(self, repo_id: str, revision: Optional[str] = None, repo_type: str = "model") -> HubRepoScan:
         """Resolve ``revision`` to its sha, list the tree there and scan every file by range reads."""
-        from huggingface_hub.hf_api import RepoFile
+        from huggingface_hub import constants
 
         result = HubRepoScan(repo_id=repo_id, repo_type=repo_type, revision=revision)
+        if constants.HF_HUB_OFFLINE:
+            result.error = "HF_HUB_OFFLINE is set: the Hub cannot be reached; unset it to scan remote repos"
+            return result
+        # Resolving and listing share one time budget, the same as one file's.
+        deadline = time.monotonic() + self.options.limits.max_seconds_per_file
         try:
-            info = self.api.repo_info(repo_id, revision=revision, repo_type=repo_type,
-                                      token=self.config.token or False)
-            sha = getattr(info, "sha", None)
-            if not sha:
-                result.error = "the Hub did not return the commit sha of this revision; not scanned"
-                return result
-            result.sha = sha
-            tree = self.api.list_repo_tree(repo_id, recursive=True, revision=sha, repo_type=repo_type,
-                                           token=self.config.token or False)
-            entries = [e for e in tree if isinstance(e, RepoFile)]
+            sha = self.resolve(repo_id, revision, repo_type, deadline)
+        except _ApiError as exc:
+            result.error = str(exc)
+            return result
         except Exception as exc:  # noqa: BLE001 - every failure becomes a message for this repo
-            result.error = describe_hub_error(exc, self.config, revision)
+            result.error = describe_hub_error(exc, self.config, revision, self.http)
+            return result
+        result.sha = sha
+        prefix = f"{result.label}@{sha}:"
+        try:
+            listing = self.list_tree(repo_id, sha, repo_type, deadline)
+        except _ApiError as exc:
+            result.error = str(exc)
+            return result
+        except Exception as exc:  # noqa: BLE001
+            result.error = describe_hub_error(exc, self.config, revision, self.http)
             return result
 
-        sizes = {e.path: int(e.size) for e in entries}
-        lfs_sha256 = {e.path: e.lfs.sha256 for e in entries if e.lfs is not None and e.lfs.get("sha256")}
-        paths = sorted(sizes)
+        files = listing.files
+        paths = sorted(files)
         cache = BlockCache(self.config.cache_blocks)
         headers = self._headers()
         sources: Dict[str, HubFileSource] = {}
-        prefix = f"{result.label}@{sha}:"
 
         def open_file(path: str) -> HubFileSource:
             if path not in sources:
@@ -460,9 +788,10 @@ class HubRepoScanner:
 
                 url = hf_hub_url(repo_id, path, repo_type=repo_type, revision=sha,
                                  endpoint=self.config.endpoint)
-                sources[path] = HubFileSource(url, sizes[path], prefix + path, headers=headers, cache=cache,
-                                              stats=result.stats, block_size=self.config.block_size,
-                                              retries=self.config.retries)
+                sources[path] = HubFileSource(url, files[path][0], prefix + path, headers=headers,
+                                              cache=cache, stats=result.stats,
+                                              block_size=self.config.block_size,
+                                              retries=self.config.retries, http=self.http)
             return sources[path]
 
         def siblings_of(path: str, opened: List[str]) -> SiblingOpener:
@@ -475,7 +804,7 @@ class HubRepoScanner:
                 if inner.startswith("../") or inner == ".." or posixpath.isabs(inner):
                     return None
                 rel = posixpath.join(folder, inner) if folder else inner
-                if rel not in sizes:
+                if rel not in files:
                     return None
                 return open_file(rel)
 
@@ -483,8 +812,8 @@ class HubRepoScanner:
 
         loader_findings = loader_choice_findings(paths, lambda p: prefix + p)
         for n, path in enumerate(paths, 1):
-            file_result = self._scan_file(path, prefix + path, sizes[path], lfs_sha256.get(path), open_file,
-                                          siblings_of, result)
+            size, sha256 = files[path]
+            file_result = self._scan_file(path, prefix + path, size, sha256, open_file, siblings_of, result)
             extra = loader_findings.get(path)
             if extra:
                 file_result.findings = sort_findings(file_result.findings + [
@@ -493,6 +822,8 @@ class HubRepoScanner:
             result.files.append(file_result)
             if self.on_progress is not None:
                 self.on_progress(result, n, len(paths))
+        if listing.limit is not None:
+            result.files.append(listing_limit_result(f"{result.label}@{sha}", listing))
         return result
 
     def _scan_file(self, path: str, display: str, size: int, sha256: Optional[str],
@@ -506,11 +837,42 @@ class HubRepoScanner:
                 repo.from_cache += 1
                 return hit
         opened: List[str] = []
+        # Every HTTP exchange for this file (and the siblings it opens) ends by the file's deadline.
+        repo.stats.deadline = time.monotonic() + self.options.limits.max_seconds_per_file
         file_result = scan_byte_source(open_file(path), display, self.options,
                                        siblings=siblings_of(path, opened))
         if cache is not None and not opened:
             cache.put_by_sha256(sha256, size, display, self.options, file_result)  # type: ignore[arg-type]
         return file_result
+
+
+def _inflate(body: bytes, encoding: str, limit: int, what: str) -> bytes:
+    """A gzip or deflate body, decompressed to at most ``limit`` bytes (else ScanLimitExceeded)."""
+    import zlib
+
+    wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS
+    try:
+        inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        try:  # "deflate" is sometimes raw deflate, without the zlib header
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise _ApiError(f"{what}: the Hub's {encoding} answer does not decompress ({exc})") from None
+    if len(out) > limit:
+        raise ScanLimitExceeded(f"{what}: answer larger than {format_bytes(limit)} once decompressed")
+    return out
+
+
+def listing_limit_result(target: str, listing: TreeListing) -> FileResult:
+    """The repo itself as an ``unscanned-limit`` result: its listing stopped before its end."""
+    r = rule("unscanned-limit")
+    message = (f"{listing.limit}; the {plural(len(listing.files), 'file')} listed in "
+               f"{plural(listing.pages, 'page')} were scanned, the rest of the repo was not")
+    return FileResult(path=target, findings=[Finding(
+        rule_id=r.id, severity=r.severity, path=target, message=message, remedy=r.remedy, unscanned=True,
+        details={"entries": listing.entries, "pages": listing.pages})])
 
 
 # ---- the command ------------------------------------------------------------------------------
@@ -524,8 +886,9 @@ def build_report(scans: Sequence[HubRepoScan], fail_on: Any) -> ScanReport:
         if s.sha is not None:
             rev = f" (revision {s.revision})" if s.revision and s.revision != s.sha else ""
             cached = f" ({s.from_cache} from the result cache)" if s.from_cache else ""
-            notes.append(f"{s.label}@{s.sha}{rev}: {len(s.files)} files{cached}, "
-                         f"{format_bytes(s.stats.bytes_fetched)} fetched in {s.stats.requests} requests")
+            notes.append(f"{s.label}@{s.sha}{rev}: {plural(len(s.files), 'file')}{cached}, "
+                         f"{format_bytes(s.stats.bytes_fetched)} fetched in "
+                         f"{plural(s.stats.requests, 'request')}")
     report = ScanReport(files, fail_on=fail_on, errors=errors)  # type: ignore[arg-type]
     report.extra = {"hub": [s.summary() for s in scans], "notes": notes}
     return report
@@ -552,20 +915,35 @@ def scan_hub_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     progress = cli.show_progress(args)
 
+    lock = threading.Lock()
+    line_open = [False]
+
     def on_progress(scan: HubRepoScan, done: int, total: int) -> None:
         fetched = format_bytes(scan.stats.bytes_fetched)
-        print(f"\r{scan.label}: {done}/{total} files scanned, {fetched} fetched", end="", file=sys.stderr,
-              flush=True)
+        with lock:  # repos scanned at once (--jobs) take turns on the one progress line
+            # A repo's last update ends its line, so the next repo does not overwrite it.
+            print(f"\r{scan.label}: {done}/{total} files scanned, {fetched} fetched",
+                  end="\n" if done == total else "", file=sys.stderr, flush=True)
+            line_open[0] = done != total
 
     scanner = HubRepoScanner(config, cli.scan_options(args), on_progress=on_progress if progress else None,
                              result_cache=cli.result_cache(args))
-    scans = []
-    for target in args.repo_ids:
-        repo_id, revision = parse_repo_target(target, args.revision)
-        scan = scanner.scan(repo_id, revision=revision, repo_type=args.repo_type)
-        if progress:
-            print(file=sys.stderr)
-        scans.append(scan)
+    targets = [parse_repo_target(t, args.revision) for t in args.repo_ids]
+
+    def scan_one(target: Tuple[str, Optional[str]]) -> HubRepoScan:
+        return scanner.scan(target[0], revision=target[1], repo_type=args.repo_type)
+
+    jobs = max(1, min(getattr(args, "jobs", 1) or 1, len(targets)))
+    if jobs == 1:
+        scans = [scan_one(t) for t in targets]
+    else:
+        # Threads: a repo scan waits on the network most of the time. Results keep the order given.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="safemodel-hub") as pool:
+            scans = list(pool.map(scan_one, targets))
+    if progress and line_open[0]:
+        print(file=sys.stderr)
     report = build_report(scans, cli.fail_on(args))
     if getattr(args, "shard_label", None):
         report.extra["shard"] = args.shard_label  # lets 'safemodel merge' notice a missing shard

@@ -32,7 +32,6 @@ import os
 import stat
 import struct
 import sys
-import tempfile
 import zlib
 from array import array
 from typing import Any, Dict, List, Optional, Tuple
@@ -299,6 +298,8 @@ class ResultCache:
                     self._first_store()
                 os.makedirs(directory, exist_ok=True)
                 self._made_dirs.add(directory)
+            import tempfile  # only a store needs it; a lookup or --no-cache run does not
+
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(json.dumps(entry, separators=(",", ":")))  # one write, not json.dump's many

@@ -158,7 +158,6 @@ def _shown(result: FileResult) -> bool:
 
 def render(report: ScanReport) -> str:
     """``path: SEVERITY rule-id message`` per finding, what to do, and the verdict line."""
-    from safemodel_ci.convert import convert_command
     from safemodel_ci.output.text import finding_line, summary_line
 
     lines: List[str] = []
@@ -176,6 +175,9 @@ def render(report: ScanReport) -> str:
         lines.append("")
         lines.append("What to do:")
         lines.extend(f"  - {r}" for r in remedies)
+        # Only a failing commit needs the converter's advice (its module costs ~10 dataclasses).
+        from safemodel_ci.convert import convert_command
+
         for result in report.files:
             command = convert_command(result, report.fail_on)
             if command:

@@ -44,7 +44,6 @@ import secrets
 import stat
 import struct
 import sys
-import tempfile
 import zlib
 from array import array
 from typing import Any, Dict, List, Optional, Tuple
@@ -475,6 +474,8 @@ class ResultCache:
                     self._first_store()
                 os.makedirs(directory, mode=0o700, exist_ok=True)
                 self._made_dirs.add(directory)
+            import tempfile  # only a store needs it; a lookup or --no-cache run does not
+
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
             with os.fdopen(fd, "wb") as fh:
                 fh.write(_MAC_PREFIX + mac + b'",' + body[1:])

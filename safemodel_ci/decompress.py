@@ -12,7 +12,6 @@ from __future__ import annotations
 import bz2
 import lzma
 import os
-import tempfile
 import zlib
 from typing import Any, Callable, Iterator, Optional
 
@@ -49,6 +48,8 @@ class DecompressedSource(ByteSource):
 
     def _append(self, data: bytes) -> None:
         if self._mem is not None and len(self._mem) + len(data) > SPOOL_THRESHOLD:
+            import tempfile  # only a spill needs it; most streams stay in memory
+
             self._file = tempfile.TemporaryFile(prefix="safemodel-")
             self._file.write(self._mem)
             self._mem = None

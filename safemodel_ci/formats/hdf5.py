@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import signal
 import time
 from typing import Any, Dict, Optional
 
@@ -109,6 +107,9 @@ def read_isolated(source: ByteSource, max_bytes: int, seconds: float) -> Dict[st
     """
     if not hasattr(os, "fork"):  # pragma: no cover - Windows
         return read_keras_attributes(source, max_bytes)
+    import select  # here, not at the top: a scan without an HDF5 file never needs them
+    import signal
+
     import h5py  # noqa: F401 - imported before forking so the child does not pay for it
 
     before = source.bytes_read

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Benchmark: what a user waits for on one small file, beside the bare interpreter, in one run.
+
+    python3 bench/startup.py [--python PY]... [--runs 21]
+
+For each Python (default: this one; pass a venv's ``bin/python`` to measure that install), every
+round runs each command once, in a fresh process, one after another (so machine noise spreads over
+all rows alike):
+
+- ``python -c pass``: the interpreter starting and exiting (with that venv's ``site`` and ``.pth``
+  files): the reference, no Python tool starts faster;
+- ``safemodel scan tiny.pkl``: the console script on a 40-byte pickle (result cache off, so every
+  run scans);
+- ``safemodel-pre-commit model.pkl`` from the root of a git repo, as pre-commit runs the hook, with
+  an empty result cache each run (a newly staged model), and again with a warm cache.
+
+The table gives the median and best wall time, the median CPU time (user + system, ``wait4()``
+rusage of the process) and each median as a multiple of the reference's. Goal (issue 20): the scan
+and the hook under 1.6x the bare interpreter's wall time. The fixtures are made with
+``pickle.dumps``; nothing is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+#: The issue's goal for a scan of one small file and the hook on one small model.
+GOAL = 1.6
+
+
+def _fixtures(work: Path) -> Tuple[Path, Path]:
+    tiny = work / "tiny.pkl"
+    tiny.write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
+    repo = work / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    # A small model as a training script pickles one: a state dict of a few named float lists.
+    state = {f"layer{i}.weight": [float(j) / 7 for j in range(64)] for i in range(4)}
+    (repo / "model.pkl").write_bytes(pickle.dumps({"state_dict": state, "epoch": 3}, protocol=4))
+    return tiny, repo
+
+
+def _script(python: str, name: str) -> List[str]:
+    """The console script installed next to ``python`` (what users run), else ``-c`` its entry point."""
+    exe = Path(python).parent / name
+    if exe.exists():
+        return [python, str(exe)]  # the script's shebang is this interpreter: same process either way
+    entry = {"safemodel": "safemodel_ci.cli", "safemodel-pre-commit": "safemodel_ci.hooks.pre_commit"}[name]
+    return [python, "-c", f"import sys; from {entry} import run; sys.argv[0] = {name!r}; run()"]
+
+
+def _once(cmd: Sequence[str], cwd: Path, env: Dict[str, str]) -> Tuple[float, float, int]:
+    """(wall s, CPU s, exit code) of one run; CPU from wait4() rusage of exactly that process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(list(cmd), cwd=str(cwd), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_utime + usage.ru_stime, proc.returncode
+
+
+def measure(python: str, runs: int, work: Path) -> List[Dict[str, object]]:
+    """Every row for one interpreter: label, median/best wall, median CPU, exit codes."""
+    tiny, repo = _fixtures(work)
+    env = dict(os.environ, PRE_COMMIT="1")
+    env.pop("SAFEMODEL_NO_CACHE", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    warm_cache = work / "cache-warm"
+    hook = _script(python, "safemodel-pre-commit") + ["model.pkl"]
+    rows: List[Tuple[str, List[str], Path, bool]] = [
+        ("python -c pass (reference)", [python, "-c", "pass"], work, False),
+        ("safemodel scan tiny.pkl", _script(python, "safemodel") + ["scan", "--no-cache", str(tiny)], work,
+         False),
+        ("pre-commit hook, 1 small model, empty cache", hook, repo, True),
+        ("pre-commit hook, 1 small model, warm cache", hook, repo, False),
+    ]
+    # One untimed run of each: byte-compiles the modules (as pip install does) and fills the warm cache.
+    for _, cmd, cwd, _ in rows:
+        _once(cmd, cwd, dict(env, SAFEMODEL_CACHE_DIR=str(warm_cache)))
+    samples: Dict[str, List[Tuple[float, float, int]]] = {label: [] for label, *_ in rows}
+    for i in range(runs):
+        for label, cmd, cwd, cold in rows:
+            cache = work / f"cache-{i}" if cold else warm_cache
+            samples[label].append(_once(cmd, cwd, dict(env, SAFEMODEL_CACHE_DIR=str(cache))))
+            if cold:
+                shutil.rmtree(cache, ignore_errors=True)
+    out = []
+    for label, *_ in rows:
+        walls = [s[0] for s in samples[label]]
+        cpus = [s[1] for s in samples[label]]
+        out.append({"label": label, "wall": statistics.median(walls), "best": min(walls),
+                    "cpu": statistics.median(cpus), "exits": sorted({s[2] for s in samples[label]})})
+    return out
+
+
+def render(python: str, rows: List[Dict[str, object]], runs: int) -> str:
+    ref = rows[0]
+    lines = [f"`{python}` (Python {_version(python)}), {runs} rounds, {os.cpu_count()} CPUs; "
+             f"goal: under {GOAL}x the reference's wall time", "",
+             "| command | wall s (median) | best s | x reference | CPU s (median) | x reference CPU | exit |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        ratio = r["wall"] / ref["wall"]  # type: ignore[operator]
+        cpu_ratio = r["cpu"] / ref["cpu"] if ref["cpu"] else float("nan")  # type: ignore[operator]
+        verdict = "" if r is ref else (" (goal met)" if ratio < GOAL else " (over goal)")
+        lines.append(f"| {r['label']} | {r['wall']:.3f} | {r['best']:.3f} | {ratio:.2f}{verdict} | "
+                     f"{r['cpu']:.3f} | {cpu_ratio:.2f} | {','.join(map(str, r['exits']))} |")  # type: ignore
+    return "\n".join(lines) + "\n"
+
+
+def _version(python: str) -> str:
+    return subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--python", action="append", metavar="PY",
+                    help="interpreter to measure (repeatable; default: this one)")
+    ap.add_argument("--runs", type=int, default=21, help="rounds (default 21)")
+    args = ap.parse_args(list(argv) or None)
+    over = False
+    for python in args.python or [sys.executable]:
+        work = Path(tempfile.mkdtemp(prefix="safemodel-startup-"))
+        try:
+            rows = measure(python, args.runs, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(render(python, rows, args.runs))
+        over = over or any(r["wall"] / rows[0]["wall"] >= GOAL for r in rows[1:])  # type: ignore[operator]
+    return 1 if over else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -435,3 +435,61 @@ def test_mobile_bytecode_operators_are_judged(lite: Path, tmp_path: Path, new: b
     assert code == 1
     hits = find(result, rule_id)
     assert [h.details["op"] for h in hits] == [new.decode()] and hits[0].member.endswith("bytecode.pkl")
+
+
+# ---- torch's record lookup ignores ASCII case -----------------------------------------------------
+
+
+def _rename(path: Path, out: Path, rename: Callable[[str], str]) -> Path:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members(path):
+            zf.writestr(rename(name), data)
+    out.write_bytes(buf.getvalue())
+    return out
+
+
+def _upper_tail(name: str) -> str:
+    root, _, rest = name.partition("/")
+    return f"{root}/{rest.upper()}"
+
+
+def test_torch_finds_records_whatever_their_case(archives: Dict[str, Path], tmp_path: Path) -> None:
+    """miniz's sorted lookup compares names with MZ_TOLOWER: torch's reader (only its directory is
+    read here, nothing is unpickled or compiled) finds code/ and constants.pkl spelled in capitals."""
+    path = _rename(archives["conv_script"], tmp_path / "upper.pt", _upper_tail)
+    reader = torch._C.PyTorchFileReader(str(path))
+    records = reader.get_all_records()
+    assert "CODE/__TORCH__/TORCH/NN/MODULES/CONV.PY" in records and "constants.pkl" not in records
+    assert reader.has_record("code/__torch__/torch/nn/modules/conv.py") and reader.has_record("constants.pkl")
+    # The benign export stays benign: still TorchScript, its data.pkl resolved as torch.jit does.
+    code, result = scan(path)
+    assert code == 0, [f.to_dict() for f in result.findings]
+    assert find(result, "torch-script-code")[0].details["op_count"] > 0
+
+
+@pytest.mark.parametrize("rename", [lambda n: n.replace("/code/", "/CODE/"), _upper_tail],
+                         ids=["code-folder", "every-member"])
+def test_code_in_capitals_is_judged(archives: Dict[str, Path], tmp_path: Path,
+                                    rename: Callable[[str], str]) -> None:
+    """saves/CODE/__torch__.py is the code torch.jit.load compiles: before the fix it was not judged
+    (exit 0 with 'no code/*.py files')."""
+    code, result = scan(_rename(archives["saves"], tmp_path / "upper.pt", rename))
+    assert code == 1
+    assert [h.details["op"] for h in find(result, "torchscript-dangerous-op")] == ["aten::save"]
+
+
+def test_names_equal_but_for_case_are_duplicates(archives: Dict[str, Path], tmp_path: Path) -> None:
+    saves = dict(members(archives["saves"]))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members(archives["conv_script"]):
+            zf.writestr(name, data)
+        zf.writestr("conv_script/CODE/__torch__/torch/nn/modules/conv.py", next(d for n, d in saves.items() if n.endswith(".py")))
+    path = tmp_path / "twins.pt"
+    path.write_bytes(buf.getvalue())
+    code, result = scan(path)
+    assert code == 1
+    dup = [f for f in find(result, "zip-duplicate-member") if "case-insensitive" in f.message]
+    assert dup and dup[0].details["count"] == 2
+    assert "aten::save" in [h.details["op"] for h in find(result, "torchscript-dangerous-op")]

@@ -214,7 +214,12 @@ def jit_policy(policy: Policy) -> Policy:
 def script_roots(entries: List["CentralEntry"], torch_roots: List[str]) -> List[str]:
     """Roots torch treats as TorchScript: torch.load hands an archive with ``constants.pkl`` to
     torch.jit.load (``_is_torchscript_zip``), and torch.jit.load requires that record."""
-    names = {e.name for e in entries}
+    from .zip import torch_key
+
+    # torch.load's test is exact, torch.jit.load's lookups are not (see torch_key): either way the
+    # jit resolution only relaxes names Python's unpickler cannot import (__torch__.*) or that are
+    # inert list builders, so the case-insensitive reading is the safe one.
+    names = {torch_key(e.name) for e in entries}
     return [r for r in torch_roots if f"{r}/constants.pkl" in names]
 
 
@@ -478,10 +483,14 @@ def judge_code(files: List[CodeFile]) -> None:
 def scan_torchscript(reader: "ZipReader", source: "ByteSource", ctx: ScanContext,
                      entries: List["CentralEntry"], torch_roots: List[str]) -> None:
     """Judge the code of every torch root that carries TorchScript code; report per root."""
+    from .zip import torch_key
+
+    keys = [(torch_key(e.name), e) for e in entries]  # torch_roots are keys too
     for root in torch_roots:
-        code = [e for e in entries if e.name.startswith(root + "/code/") and e.name.endswith(".py")]
-        marked = [e.name for e in entries if e.name.startswith(root + "/code/")
-                  or e.name in (root + "/constants.pkl", root + "/bytecode.pkl")]
+        # torch.jit.load asks for "code/<qualifier path>.py" and finds it case-insensitively.
+        code = [e for k, e in keys if k.startswith(root + "/code/") and k.endswith(".py")]
+        marked = [e.name for k, e in keys if k.startswith(root + "/code/")
+                  or k in (root + "/constants.pkl", root + "/bytecode.pkl")]
         if not marked:
             continue
         ctx.add_format("torchscript")
@@ -495,14 +504,14 @@ def scan_torchscript(reader: "ZipReader", source: "ByteSource", ctx: ScanContext
                 continue
             files.append(parse_code(data, entry.name))
         judge_code(files)
-        for entry in entries:
-            if entry.name == root + "/bytecode.pkl":  # a mobile (lite interpreter) module
+        for key, entry in keys:
+            # A mobile (lite interpreter) module; every copy a case-insensitive lookup may pick.
+            if key == root + "/bytecode.pkl":
                 data = read_member(reader, source, entry, ctx)
                 if data is None:
                     unread.append(entry.name)
                 else:
                     files.append(judge_bytecode(data, entry.name))
-                break
         _report(ctx, root, files, unread, marked)
 
 

@@ -485,7 +485,8 @@ def test_names_equal_but_for_case_are_duplicates(archives: Dict[str, Path], tmp_
     with zipfile.ZipFile(buf, "w") as zf:
         for name, data in members(archives["conv_script"]):
             zf.writestr(name, data)
-        zf.writestr("conv_script/CODE/__torch__/torch/nn/modules/conv.py", next(d for n, d in saves.items() if n.endswith(".py")))
+        hostile = next(d for n, d in saves.items() if n.endswith(".py"))
+        zf.writestr("conv_script/CODE/__torch__/torch/nn/modules/conv.py", hostile)
     path = tmp_path / "twins.pt"
     path.write_bytes(buf.getvalue())
     code, result = scan(path)

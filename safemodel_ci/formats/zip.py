@@ -388,12 +388,13 @@ class ZipReader(FormatReader):
         for raw in counts:
             name = _decode_name(raw, 0)
             folded.setdefault(torch_key(name), []).append(name)
-        for key, names in folded.items():
+        for names in folded.values():
             if len(names) > 1 and torch_roots:
                 ctx.report("zip-duplicate-member",
                            f"{len(names)} entries are one name to torch's case-insensitive record lookup "
                            f"({', '.join(repr(n) for n in names[:5])}): which one torch reads depends on the "
-                           "archive's sort order, zipfile reads each by its exact name; every copy was scanned",
+                           "archive's sort order, zipfile reads each by its exact name; every copy was "
+                           "scanned",
                            details={"name": names[0], "names": names[:20], "count": len(names)})
         self._scan_gaps(source, ctx, directory, spans)
         scan_torchscript(self, source, ctx, entries, torch_roots)

@@ -28,6 +28,7 @@ _REGISTRY: Tuple[Tuple[str, str], ...] = (
     ("gguf", "GgufReader"),
     ("chat_template", "JinjaTemplateReader"),
     ("onnx", "OnnxReader"),
+    ("torchscript_flatbuffer", "FlatbufferModuleReader"),
 )
 
 _readers: List[FormatReader] = []

@@ -515,13 +515,18 @@ def scan_torchscript(reader: "ZipReader", source: "ByteSource", ctx: ScanContext
         _report(ctx, root, files, unread, marked)
 
 
+def _is_code(member: str) -> bool:
+    """A code file (positions are lines) rather than an operator table (positions are offsets)."""
+    return member.lower().endswith(".py")
+
+
 def _report(ctx: ScanContext, root: str, files: List[CodeFile], unread: List[str], marked: List[str]) -> None:
     worst: Dict[Tuple[str, str], Tuple[Use, List[str]]] = {}
     for f in files:
         mctx = ctx.child(f.member)
         if f.error is not None:
-            what = "mobile bytecode does not tokenize as a pickle" if f.member.endswith(".pkl") else \
-                "TorchScript code does not parse as Python"
+            what = "TorchScript code does not parse as Python" if _is_code(f.member) else \
+                "mobile bytecode does not tokenize as a pickle"
             mctx.report("unscanned-parse-error", f"{what} ({f.error}); its ops could not be judged")
             continue
         for use in f.problems:
@@ -533,7 +538,7 @@ def _report(ctx: ScanContext, root: str, files: List[CodeFile], unread: List[str
         sev = use.verdict.severity
         assert sev is not None
         rule_id = "torchscript-dangerous-op" if sev >= Severity.CRITICAL else "torchscript-unknown-op"
-        at = "offset" if member.endswith(".pkl") else "line"
+        at = "line" if _is_code(member) else "offset"
         ctx.child(member).report(
             rule_id, f"TorchScript code uses {what} ({at} {', '.join(lines[:10])}): {use.verdict.reason}",
             severity=sev, details={"op": what, at + "s": [int(x) for x in lines[:50]]})

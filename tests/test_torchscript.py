@@ -494,3 +494,49 @@ def test_names_equal_but_for_case_are_duplicates(archives: Dict[str, Path], tmp_
     dup = [f for f in find(result, "zip-duplicate-member") if "case-insensitive" in f.message]
     assert dup and dup[0].details["count"] == 2
     assert "aten::save" in [h.details["op"] for h in find(result, "torchscript-dangerous-op")]
+
+
+# ---- ops that build tensors torch does not check; names only the text shows ---------------------
+
+
+class SparseBuilder(torch.nn.Module):
+    def forward(self, i: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # Invariants are unchecked by default: out-of-range indices make to_dense write out of bounds.
+        return torch.sparse_coo_tensor(i, v, [4]).to_dense()
+
+
+def test_unchecked_sparse_constructor_is_not_compute(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.pt"
+    torch.jit.save(torch.jit.script(SparseBuilder()), str(path))
+    code, result = scan(path)
+    assert code == 1
+    hits = find(result, "torchscript-unknown-op")
+    assert [h.details["op"] for h in hits] == ["aten::sparse_coo_tensor"]
+    assert "does not check" in hits[0].message
+    assert classify_op("aten", "_sparse_coo_tensor_unsafe").severity == Severity.HIGH
+    assert classify_op("aten", "_nested_view_from_buffer").severity == Severity.HIGH
+
+
+def test_a_declared_method_does_not_hide_a_non_compute_tensor_method() -> None:
+    """x.set_(...) on a tensor is aten::set_ even when some class of the archive declares set_."""
+    code = (b"class C(Module):\n"
+            b"  def set_(self: __torch__.C, s: Tensor) -> Tensor:\n"
+            b"    return s\n"
+            b"def f(x: Tensor, s: Tensor) -> Tensor:\n"
+            b"  return (x).set_(s)\n")
+    parsed = parse_code(code, "a/code/__torch__.py")
+    judge_code([parsed])
+    assert {u.what: u.verdict.severity for u in parsed.problems} == {"aten::set_": Severity.HIGH}
+
+
+@pytest.mark.parametrize("line", [
+    "  y = annotate(\"torch.classes.evilns.Runner\", uninitialized(\"torch.classes.evilns.Runner\"))\n",
+    "  # type: (torch.classes.evilns.Runner) -> Tensor\n",
+])
+def test_custom_classes_named_in_strings_and_type_comments(line: str) -> None:
+    """ScriptTypeParser resolves "torch.classes.ns.Cls" strings and # type: comments; ast shows neither."""
+    code = ("def f(x: Tensor) -> Tensor:\n" + line + "  return x\n").encode()
+    parsed = parse_code(code, "a/code/__torch__.py")
+    judge_code([parsed])
+    assert {u.what: u.verdict.severity for u in parsed.problems} == {
+        "torch.classes.evilns.Runner": Severity.CRITICAL}

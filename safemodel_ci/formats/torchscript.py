@@ -251,6 +251,7 @@ class CodeFile:
     member: str
     tree: Optional[ast.AST] = None
     error: Optional[str] = None
+    text: str = ""
     ops: Dict[str, int] = field(default_factory=dict)
     builtins: Set[str] = field(default_factory=set)
     problems: List[Use] = field(default_factory=list)
@@ -262,6 +263,7 @@ def parse_code(data: bytes, member: str) -> CodeFile:
     try:
         # TorchScript reads bytes as UTF-8 and ignores coding declarations; ast.parse of a str does too.
         text = data.decode("utf-8")
+        out.text = text
         out.tree = ast.parse(text, filename=member)
     except (UnicodeDecodeError, SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         out.error = f"{type(exc).__name__}: {exc}"
@@ -304,6 +306,16 @@ def _chain(node: ast.AST) -> Tuple[Optional[ast.AST], List[str]]:
     return node, parts
 
 
+_CLASS_TEXT = re.compile(r"torch\.classes\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass(frozen=True)
+class _At:
+    """A position in a code file that is no AST node (a match in the raw text)."""
+
+    lineno: int
+
+
 class _Judge(ast.NodeVisitor):
     """Walks one file: every attribute chain, call and name, judged as TorchScript resolves it."""
 
@@ -334,6 +346,11 @@ class _Judge(ast.NodeVisitor):
                         if isinstance(t, ast.Name):
                             self.aliases.setdefault(t.id, []).append((root.id, parts))
         self.visit(tree)
+        # TorchScript also resolves custom classes named in strings (a string annotation
+        # "torch.classes.ns.Cls", ScriptTypeParser) and in "# type:" comments, which ast leaves
+        # out: every such name anywhere in the text is judged.
+        for m in _CLASS_TEXT.finditer(self.out.text):
+            self._class(f"{m.group(1)}.{m.group(2)}", _At(self.out.text.count("\n", 0, m.start()) + 1))
 
     def _op(self, ns: str, name: str, node: ast.AST) -> None:
         qual = f"{ns}::{name}"
@@ -342,7 +359,7 @@ class _Judge(ast.NodeVisitor):
         if v.severity is not None:
             self.out.problems.append(Use(qual, v, getattr(node, "lineno", 0)))
 
-    def _class(self, qual: str, node: ast.AST) -> None:
+    def _class(self, qual: str, node: "ast.AST | _At") -> None:
         v = classify_class(qual)
         self.out.ops[f"torch.classes.{qual}"] = self.out.ops.get(f"torch.classes.{qual}", 0) + 1
         if v.severity is not None:
@@ -405,11 +422,13 @@ class _Judge(ast.NodeVisitor):
                 self._member(name, node)
 
     def _member(self, name: str, node: ast.AST) -> None:
-        if name in self.declared or name in self.t.method_names:
-            return
         qual = f"aten::{name}"
-        if qual in self.t.dangerous_ops or name in LIBRARY_LOADERS:
+        # Judged before the archive's own names: the value may be a tensor, for which the name is
+        # this ATen op whatever method of the same name a class of the archive declares.
+        if qual in self.t.dangerous_ops or qual in self.t.not_compute_ops or name in LIBRARY_LOADERS:
             self._op("aten", name, node)
+            return
+        if name in self.declared or name in self.t.method_names:
             return
         self.out.problems.append(Use(f".{name}", Verdict(
             Severity.HIGH, "neither a member of the archive's classes nor an ATen op or property: the "

@@ -25,6 +25,7 @@ _REGISTRY: Tuple[Tuple[str, str], ...] = (
     ("savedmodel", "SavedModelReader"),
     ("savedmodel", "ChunkedSavedModelReader"),
     ("savedmodel", "KerasMetadataReader"),
+    ("savedmodel_text", "SavedModelTextReader"),
     ("gguf", "GgufReader"),
     ("chat_template", "JinjaTemplateReader"),
     ("onnx", "OnnxReader"),

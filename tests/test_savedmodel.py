@@ -462,3 +462,30 @@ def test_tf1_filename_default_outside_the_folder_is_high(tmp_path: Path) -> None
     hits = _rules(p)["tf-checkpoint-op-misplaced"]
     assert {h.details["op"] for h in hits} == {"SaveV2", "MergeV2Checkpoints", "RestoreV2"}
     assert "/etc/cron.d/model" in hits[0].message
+
+
+def test_saver_def_occurring_twice_is_merged_as_protobuf_merges_it(tmp_path: Path) -> None:
+    """A second saver_def naming only restore_op_name replaces the first's (protobuf merge): the
+    restore TensorFlow runs on load is then the main op's node that writes a checkpoint, not the
+    saver's restore. The scanner read the first saver_def only."""
+    sm = MSG["SavedModel"].FromString(_tf1_saved_model())
+    extra = MSG["SavedModel"]()
+    mg = extra.meta_graphs.add()
+    mg.saver_def.restore_op_name = "save/SaveV2"
+    merged_meta = sm.meta_graphs[0].SerializeToString() + mg.SerializeToString()
+    # One meta graph whose bytes hold two saver_def fields (field 3 twice).
+    data = b"\x08\x01" + b"\x12" + _varint(len(merged_meta)) + merged_meta
+    assert MSG["SavedModel"].FromString(data).meta_graphs[0].saver_def.restore_op_name == "save/SaveV2"
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(data)
+    rules = _rules(p)
+    assert "tf-checkpoint-op-misplaced" in rules, {k: len(v) for k, v in rules.items()}
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out

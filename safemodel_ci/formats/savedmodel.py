@@ -458,13 +458,16 @@ def _init_ops(meta: ProtoView) -> Tuple[str, ...]:
 
 def _saver(meta: ProtoView) -> Optional[SaverInfo]:
     """``MetaGraphDef.saver_def`` (3): filename_tensor_name=1, save_tensor_name=2, restore_op_name=3."""
+    # Protobuf merges a message field that occurs twice, a later scalar replacing an earlier one:
+    # the saver TensorFlow sees is every saver_def occurrence merged, not the first.
+    values: Dict[int, str] = {}
     for f in meta.fields():
         if f.number == 3 and f.wire_type == LEN:
             sd = meta.sub(f)
-            values = {g.number: sd.text_of(g, 4096) for g in sd.fields() if g.number in (1, 2, 3)
-                      and g.wire_type == LEN}
-            if values.get(1):
-                return SaverInfo(values[1], values.get(2, ""), values.get(3, ""), _init_ops(meta))
+            values.update({g.number: sd.text_of(g, 4096) for g in sd.fields() if g.number in (1, 2, 3)
+                           and g.wire_type == LEN})
+    if values.get(1):
+        return SaverInfo(values[1], values.get(2, ""), values.get(3, ""), _init_ops(meta))
     return None
 
 

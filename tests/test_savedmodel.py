@@ -489,3 +489,16 @@ def _varint(n: int) -> bytes:
         out += bytes([b | (0x80 if n else 0)])
         if not n:
             return out
+
+
+@pytest.mark.parametrize("prefix", [b"\x18\x01", b"\xa2\x06\x03abc", b"\x25\x00\x00\x00\x00"],
+                         ids=["varint-field-3", "len-field-100", "fixed32-field-4"])
+def test_savedmodel_starting_with_an_unknown_field_is_still_read(tmp_path: Path, prefix: bytes) -> None:
+    """protobuf skips unknown fields wherever they are; the detector used to demand that the file
+    start with field 1 or 2, so one leading unknown field made a hostile SavedModel 'not a model'."""
+    data = prefix + _saved_model(extra_fn_ops=[("read_secret", "ReadFile", {})])
+    assert MSG["SavedModel"].FromString(data).meta_graphs[0].graph_def.library.function
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(data)
+    hits = _rules(p).get("tf-dangerous-op", [])
+    assert [h.details["op"] for h in hits] == ["ReadFile"]

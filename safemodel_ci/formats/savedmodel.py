@@ -112,7 +112,9 @@ class SaverInfo:
 
 
 def _is_savedmodel(source: ByteSource, head: bytes) -> bool:
-    if not head or head[0] not in (0x08, 0x12):
+    # TensorFlow's parser takes fields in any order and skips unknown ones, so the file may start
+    # with any field: the first byte only has to be a valid tag (field >= 1, wire type 0/1/2/5).
+    if not head or head[0] >> 3 == 0 or head[0] & 7 not in (0, 1, 2, 5):
         return False
     view = ProtoView(source)
     if not looks_like_message(view, {1: VARINT, 2: LEN}, {2}):

@@ -502,3 +502,19 @@ def test_savedmodel_starting_with_an_unknown_field_is_still_read(tmp_path: Path,
     p.write_bytes(data)
     hits = _rules(p).get("tf-dangerous-op", [])
     assert [h.details["op"] for h in hits] == ["ReadFile"]
+
+
+def test_keras_metadata_with_a_leading_unknown_field_or_other_first_node(tmp_path: Path) -> None:
+    import base64
+    import marshal
+
+    code = base64.b64encode(marshal.dumps((lambda x: x).__code__)).decode()
+    md = MSG["SavedMetadata"].FromString(_keras_metadata({
+        "name": "lam", "class_name": "Lambda",
+        "config": {"name": "lam", "function": [code, None, None], "function_type": "lambda"}}))
+    md.nodes[0].identifier = "_generic_user_object"  # the Lambda's node is not the first
+    p = tmp_path / "keras_metadata.pb"
+    p.write_bytes(b"\x10\x07" + md.SerializeToString())  # and an unknown field 2 comes first
+    result = _scan(p)
+    assert "keras-metadata" in result.formats
+    assert [f.rule_id for f in result.findings if f.rule_id == "keras-lambda-code"] == ["keras-lambda-code"]

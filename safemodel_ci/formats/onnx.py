@@ -32,7 +32,15 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from ..context import ScanContext
-from ..protobuf import LEN, VARINT, ProtobufError, ProtoView, looks_like_message, looks_like_truncated_message
+from ..protobuf import (
+    LEN,
+    VARINT,
+    ProtobufError,
+    ProtoView,
+    looks_like_message,
+    looks_like_truncated_message,
+    valid_first_tag,
+)
 from ..source import ByteSource
 from .interface import FormatReader
 
@@ -190,7 +198,7 @@ class _Walk:
 
 
 def _is_onnx(source: ByteSource, head: bytes) -> bool:
-    if not head or head[0] != 0x08:
+    if not valid_first_tag(head):  # onnx.save writes ir_version first; onnx.load takes any order
         return False
     view = ProtoView(source)
     # A cut-off model (ir_version, then a field running past the end) is claimed too, and reported.

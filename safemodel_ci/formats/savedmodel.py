@@ -34,7 +34,15 @@ from typing import Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
-from ..protobuf import LEN, VARINT, ProtobufError, ProtoView, looks_like_message, looks_like_truncated_message
+from ..protobuf import (
+    LEN,
+    VARINT,
+    ProtobufError,
+    ProtoView,
+    looks_like_message,
+    looks_like_truncated_message,
+    valid_first_tag,
+)
 from ..source import ByteSource
 from .interface import FormatReader
 from .keras_config import walk_keras_config
@@ -112,9 +120,7 @@ class SaverInfo:
 
 
 def _is_savedmodel(source: ByteSource, head: bytes) -> bool:
-    # TensorFlow's parser takes fields in any order and skips unknown ones, so the file may start
-    # with any field: the first byte only has to be a valid tag (field >= 1, wire type 0/1/2/5).
-    if not head or head[0] >> 3 == 0 or head[0] & 7 not in (0, 1, 2, 5):
+    if not valid_first_tag(head):  # any field may come first (see valid_first_tag)
         return False
     view = ProtoView(source)
     if not looks_like_message(view, {1: VARINT, 2: LEN}, {2}):
@@ -517,18 +523,20 @@ class ChunkedSavedModelReader(FormatReader):
 # ---- keras_metadata.pb ------------------------------------------------------------------------
 
 def _is_keras_metadata(source: ByteSource, head: bytes) -> bool:
-    if not head or head[0] != 0x0A:
+    if not valid_first_tag(head):  # any field may come first (see valid_first_tag)
         return False
     view = ProtoView(source)
     if not looks_like_message(view, {1: LEN}, {1}):
         return False
     try:
-        for f in view.fields():
-            if f.number == 1:
+        # Any node marks the file (tf-keras reads every node, whichever comes first).
+        for i, f in enumerate(view.fields()):
+            if f.number == 1 and f.wire_type == LEN:
                 node = view.sub(f)
                 for g in node.fields():
-                    if g.number == 4 and g.wire_type == LEN:
-                        return node.text_of(g, 64).startswith("_tf_keras")
+                    if g.number == 4 and g.wire_type == LEN and node.text_of(g, 64).startswith("_tf_keras"):
+                        return True
+            if i >= 4096:
                 return False
     except ProtobufError:
         return False

@@ -540,3 +540,20 @@ def test_custom_classes_named_in_strings_and_type_comments(line: str) -> None:
     judge_code([parsed])
     assert {u.what: u.verdict.severity for u in parsed.problems} == {
         "torch.classes.evilns.Runner": Severity.CRITICAL}
+
+
+class ExportsSave(torch.nn.Module):
+    @torch.jit.export
+    def save(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.save(x)
+
+
+def test_a_method_named_like_a_file_op_is_the_archives_own(tmp_path: Path) -> None:
+    """aten::save takes no self, so self.save(x) can only be the module's method: no finding."""
+    path = tmp_path / "exports_save.pt"
+    torch.jit.save(torch.jit.script(ExportsSave()), str(path))
+    code, result = scan(path)
+    assert code == 0, [f.to_dict() for f in result.findings]

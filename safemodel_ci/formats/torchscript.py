@@ -424,11 +424,15 @@ class _Judge(ast.NodeVisitor):
     def _member(self, name: str, node: ast.AST) -> None:
         qual = f"aten::{name}"
         # Judged before the archive's own names: the value may be a tensor, for which the name is
-        # this ATen op whatever method of the same name a class of the archive declares.
-        if qual in self.t.dangerous_ops or qual in self.t.not_compute_ops or name in LIBRARY_LOADERS:
+        # this ATen op (set_, sparse_resize_ ... take self) whatever method of that name a class of
+        # the archive declares. The dangerous ops take no self, so as a method they are the archive's.
+        if qual in self.t.not_compute_ops:
             self._op("aten", name, node)
             return
         if name in self.declared or name in self.t.method_names:
+            return
+        if qual in self.t.dangerous_ops or name in LIBRARY_LOADERS:
+            self._op("aten", name, node)
             return
         self.out.problems.append(Use(f".{name}", Verdict(
             Severity.HIGH, "neither a member of the archive's classes nor an ATen op or property: the "

@@ -398,6 +398,9 @@ class ZipReader(FormatReader):
                            details={"name": names[0], "names": names[:20], "count": len(names)})
         self._scan_gaps(source, ctx, directory, spans)
         scan_torchscript(self, source, ctx, entries, torch_roots)
+        from .torch_export import scan_export_programs
+
+        scan_export_programs(self, source, ctx, entries)
 
     # -- structure -------------------------------------------------------------------------
     def _torch_roots(self, entries: List[CentralEntry], ctx: ScanContext) -> List[str]:

@@ -177,9 +177,9 @@ RULES: Tuple[Rule, ...] = (
          "this scanner cannot resolve as TorchScript does.",
          "Check which library provides the op and that you trust it; re-export the model with stock ops."),
     Rule("torch-export-guard-code", Severity.CRITICAL, "torch.export program carries Python guard code",
-         "A guards_code entry of a torch.export archive is not a shape comparison. ExportedProgram.module() "
-         "pastes every guard into Python source and exec()s it, so loading the program and building its "
-         "module runs this code.",
+         "A guards_code entry of a torch.export archive is not a shape comparison (ExportedProgram.module() "
+         "pastes every guard into Python source and exec()s it), or a symbolic size expression is not "
+         "plain sympy (torch.export.load reads each with sympy.sympify, which eval()s it).",
          _REPORT, code_execution=True),
     Rule("torch-export-dangerous-target", Severity.CRITICAL, "torch.export program calls a non-operator",
          "A node target of a torch.export archive names a torch/_operator attribute path that is not an "

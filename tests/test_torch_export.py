@@ -108,3 +108,28 @@ def test_verdicts() -> None:
     assert judge_guard("L['x'].__class__") is not None
     assert judge_guard("(lambda: 0)()") is not None
     assert judge_guard("open('/etc/passwd')") is not None
+
+
+def test_symbolic_expressions_are_sympified_at_load(archives: Dict[str, Path], tmp_path: Path) -> None:
+    """expr_str values are read with sympy.sympify (an eval) by torch.export.load itself."""
+    def edit(program: dict) -> None:
+        values = program["graph_module"]["graph"]["sym_int_values"]
+        first = next(iter(values.values()))
+        assert "Symbol(" in first["as_expr"]["expr_str"]  # the real archive has symbolic sizes
+        first["as_expr"]["expr_str"] = "Add(Symbol('s77'), __import__('os').system('id'))"
+
+    code, result = scan(_edit_program(archives["net"], tmp_path / "sym.pt2", edit))
+    assert code == 1
+    hits = find(result, "torch-export-guard-code")
+    assert len(hits) == 1 and "sympify" in hits[0].message
+
+
+def test_sym_expr_verdicts() -> None:
+    from safemodel_ci.formats.torch_export import judge_sym_expr
+
+    assert judge_sym_expr("Add(Symbol('s77', positive=True, integer=True), Integer(1))") is None
+    assert judge_sym_expr("FloorDiv(Symbol('s0', integer=True), Integer(2))") is None
+    assert judge_sym_expr("s77") is None
+    assert judge_sym_expr("Poly('x')") is not None  # Poly would sympify its string again
+    assert judge_sym_expr("Symbol('a(b)')") is not None
+    assert judge_sym_expr("Symbol.__class__") is not None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
 
 from ..context import ScanContext
@@ -120,6 +121,47 @@ def judge_guard(code: str) -> Optional[str]:
     return None
 
 
+#: Names a symbolic expression (``expr_str``, read with ``sympy.sympify``, which eval()s its text) may
+#: use: sympy's core classes in their ``srepr`` form and torch's own sympy functions
+#: (``torch/_export/serde/serialize.py`` ``sympy_functions``). Nothing here parses a string again.
+SYMPY_NAMES = frozenset({
+    "Symbol", "Dummy", "Integer", "Float", "Rational", "Add", "Mul", "Pow", "Max", "Min", "Abs", "Eq", "Ne",
+    "Lt", "Le", "Gt", "Ge", "StrictLessThan", "StrictGreaterThan", "LessThan", "GreaterThan", "Equality",
+    "Unequality", "And", "Or", "Not", "Piecewise", "ExprCondPair", "BooleanTrue", "BooleanFalse", "true",
+    "false", "True", "False", "oo", "zoo", "nan", "Infinity", "NegativeInfinity", "NegativeOne", "One",
+    "Zero", "Half", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
+    "FloorToInt", "CeilDiv", "LShift", "RShift", "IsNonOverlappingAndDenseIndicator", "TruncToFloat",
+    "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "FloatPow", "PowByNatural", "IntTrueDiv",
+    "FloatTrueDiv", "Identity", "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or", "BitwiseFn_bitwise_xor"})
+_SYMBOL = re.compile(r"[a-z]{1,8}[0-9]+\Z|OpaqueUnaryFn_[a-z0-9_]+\Z")
+_PLAIN_STRING = re.compile(r"[A-Za-z0-9_.+-]{0,64}\Z")
+
+
+def judge_sym_expr(text: str) -> Optional[str]:
+    """None when ``text`` is a symbolic-size expression, else why not (sympify eval()s it)."""
+    if len(text) > 100_000:
+        return "is over 100,000 characters"
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        return f"does not parse as an expression ({type(exc).__name__})"
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Expression, ast.Call, ast.Name, ast.Constant, ast.BinOp, ast.UnaryOp,
+                                 ast.Compare, ast.BoolOp, ast.keyword, ast.Load, ast.cmpop, ast.boolop,
+                                 ast.operator, ast.unaryop)):
+            return f"uses {type(node).__name__}"
+        if isinstance(node, ast.Name) and node.id not in SYMPY_NAMES and not _SYMBOL.match(node.id):
+            return f"uses the name {node.id!r}"
+        if isinstance(node, ast.Call) and not isinstance(node.func, ast.Name):
+            return "calls something other than a sympy class"
+        if isinstance(node, ast.keyword) and (node.arg is None or not isinstance(node.value, ast.Constant)):
+            return "passes a keyword that is not a constant"
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)) and \
+                not (isinstance(node.value, str) and _PLAIN_STRING.match(node.value)):
+            return "holds a string that is not a plain symbol name"
+    return None
+
+
 def _walk(obj: Any, path: str, depth: int = 0) -> Iterator[Tuple[str, str, Any]]:
     """(key, path, value) of every dict item, depth first."""
     if depth > 200:
@@ -165,6 +207,15 @@ def scan_export_programs(reader: "ZipReader", source: "ByteSource", ctx: ScanCon
                         "torch-export-unknown-target"
                     mctx.report(rule, f"program node target {value!r} ({where}): {why}", severity=sev,
                                 details={"target": value, "path": where})
+            elif key == "expr_str" or (key == "range_constraints" and isinstance(value, dict)):
+                texts = [value] if key == "expr_str" else list(value)
+                for text in texts:
+                    why = judge_sym_expr(text) if isinstance(text, str) else "is not a string"
+                    if why is not None:
+                        mctx.report("torch-export-guard-code",
+                                    f"symbolic expression {str(text)[:120]!r} ({where}.{key}) {why}: "
+                                    "torch.export.load reads it with sympy.sympify, which eval()s it",
+                                    details={"expression": str(text)[:500], "path": f"{where}.{key}"})
             elif key == "guards_code" and isinstance(value, list):
                 for i, guard in enumerate(value):
                     why = judge_guard(guard) if isinstance(guard, str) else "is not a string"
@@ -175,4 +226,4 @@ def scan_export_programs(reader: "ZipReader", source: "ByteSource", ctx: ScanCon
                                     details={"guard": str(guard)[:500], "index": i})
 
 
-__all__ = ["judge_guard", "judge_target", "program_members", "scan_export_programs"]
+__all__ = ["judge_guard", "judge_sym_expr", "judge_target", "program_members", "scan_export_programs"]

@@ -186,6 +186,12 @@ RULES: Tuple[Rule, ...] = (
          "operator (torch.export.load resolves it to that Python function and running the program calls "
          "it), or an operator that touches files or other processes.",
          _REPORT, code_execution=True),
+    Rule("torch-export-native-code", Severity.HIGH, "torch.export archive ships compiled native code",
+         "An AOTInductor package (data/aotinductor/ in a .pt2 archive): torch.export.load and "
+         "torch._inductor.aoti_load_package extract its shared library and dlopen() it. Native code "
+         "cannot be inspected; loading the file runs it.",
+         "Load it only if you trust its author, or re-export the program without AOTInductor and scan "
+         "that."),
     Rule("torch-export-unknown-target", Severity.HIGH, "torch.export program uses an unknown target",
          "A node target of a torch.export archive is an operator outside the compute allowlist (a custom "
          "namespace needs a native library), an extension operator, or a name the loader leaves "

@@ -133,3 +133,20 @@ def test_sym_expr_verdicts() -> None:
     assert judge_sym_expr("Poly('x')") is not None  # Poly would sympify its string again
     assert judge_sym_expr("Symbol('a(b)')") is not None
     assert judge_sym_expr("Symbol.__class__") is not None
+
+
+def test_aotinductor_shared_library_is_reported(archives: Dict[str, Path], tmp_path: Path) -> None:
+    """A .pt2 carrying data/aotinductor/<model>/*.so (built by hand: no compiler here): the loader
+    dlopen()s it. Before: the ELF member matched no format, exit 0."""
+    path = tmp_path / "aoti.pt2"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(archives["net"]) as zin, zipfile.ZipFile(buf, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+        zout.writestr("net/data/aotinductor/model/model.so", b"\\x7fELF\\x02\\x01\\x01" + b"\\x00" * 57)
+        zout.writestr("net/data/aotinductor/model/model.wrapper.cpp", b"// generated\\n")
+    path.write_bytes(buf.getvalue())
+    code, result = scan(path)
+    assert code == 1
+    hit = find(result, "torch-export-native-code")
+    assert len(hit) == 1 and hit[0].details["count"] == 2

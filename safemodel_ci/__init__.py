@@ -15,3 +15,7 @@ def exit_process(code: int) -> NoReturn:
     """
     gc.freeze()
     raise SystemExit(code)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while worker processes ran: unwind (they are terminated on the way), exit 143."""

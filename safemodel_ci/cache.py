@@ -203,6 +203,8 @@ def load_key(directory: str, create: bool) -> bytes:
 
 def _create_key(directory: str, path: str) -> None:
     """Write a new random key: a private temporary file, then ``link`` (fails if another process won)."""
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(prefix=".tmp-key-", dir=directory)  # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "wb") as fh:

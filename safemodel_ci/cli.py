@@ -9,7 +9,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, exit_process
+from . import Terminated, __version__, exit_process
 from .findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_USAGE, FileResult, Finding, ScanReport, Severity
 from .output import FORMATS, writer
 from .rules import RULES_BY_ID
@@ -556,7 +556,6 @@ def main(argv: Optional[Sequence[str]] = None, config: Optional[Config] = None) 
         return EXIT_USAGE
     if config is not None:
         args._config = config
-    previous = _catch_sigterm()
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -570,32 +569,6 @@ def main(argv: Optional[Sequence[str]] = None, config: Optional[Config] = None) 
         return 143
     except BrokenPipeError as exc:  # a write to standard output outside emit (safemodel rules | head)
         return stdout_failed(exc)
-    finally:
-        if previous is not None:
-            import signal
-
-            signal.signal(signal.SIGTERM, previous)
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived: unwind (worker processes are terminated on the way), exit 143."""
-
-
-def _catch_sigterm() -> "Optional[object]":
-    """Turn SIGTERM into :class:`Terminated` in the main thread; returns the previous handler."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
-        return None
 
 
 def stdout_failed(exc: BaseException) -> int:

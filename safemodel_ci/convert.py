@@ -359,6 +359,25 @@ class TensorPickleReader:
         return Opaque(callee.qualname)
 
 
+class _StorageTable:
+    """Storage records by key. torch.load builds a key's storage once, from its first record, and
+    hands that storage to every later record of the key whatever type and size they state
+    (``loaded_storages`` / ``deserialized_objects``); torch.save never writes one key with two types
+    (it refuses to). A key stated twice differently would make our tensors differ from torch's,
+    so it is refused."""
+
+    def __init__(self) -> None:
+        self.first: Dict[str, StorageRef] = {}
+
+    def resolve(self, ref: StorageRef) -> StorageRef:
+        known = self.first.setdefault(ref.key, ref)
+        if known != ref:
+            raise ConvertError(f"storage {ref.key} is recorded as {known.dtype} x {known.numel} and as "
+                               f"{ref.dtype} x {ref.numel}; torch would read the first for both, "
+                               "not converted")
+        return known
+
+
 def _storage_record(pid: Any) -> Tuple[StorageRef, Any]:
     if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], Global)):
         raise ConvertError(f"persistent record {pid!r:.80} is not a torch storage")
@@ -388,30 +407,53 @@ def _zip_checkpoint(path: str) -> Checkpoint:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise ConvertError(f"not a readable zip: {exc}") from exc
+    from .formats.zip import torch_key
+
+    # Records are found as torch's reader finds them: the folder is the first entry's, and every
+    # lookup ignores ASCII case (torch_key). Names that are one record to torch are ambiguous (which
+    # one miniz picks depends on its sort; zipfile reads the last), so they are refused.
     names = archive.namelist()
-    roots = [n[: -len("/data.pkl")] for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
-    if len(roots) != 1:
-        raise ConvertError("not a torch.save archive (no single <root>/data.pkl); TorchScript and "
+    records: Dict[str, List[str]] = {}
+    for n in names:
+        records.setdefault(torch_key(n), []).append(n)
+    twins = [v for v in records.values() if len(v) > 1]
+    if twins:
+        raise ConvertError(f"entries {', '.join(repr(n) for n in twins[0][:3])} are one record to torch's "
+                           "case-insensitive lookup; which one torch reads is ambiguous, not converted")
+    root = names[0].split("/", 1)[0] if names and "/" in names[0] else ""
+    if not root or any(not n.startswith(root + "/") for n in names):
+        raise ConvertError("not a torch.save archive (torch reads only archives whose entries share the "
+                           "first entry's folder)")
+
+    def record(name: str) -> Optional[str]:
+        found = records.get(torch_key(f"{root}/{name}"))
+        return found[0] if found else None
+
+    data_pkl = record("data.pkl")
+    if data_pkl is None:
+        raise ConvertError("not a torch.save archive (no <root>/data.pkl); TorchScript and "
                            "torch.package archives are not converted")
-    root = roots[0]
-    if f"{root}/constants.pkl" in names or f"{root}/code/" in {n[: len(root) + 6] for n in names}:
+    if record("constants.pkl") or any(k.startswith(torch_key(root) + "/code/") for k in records):
         raise ConvertError("a TorchScript archive; export its weights with torch.save(model.state_dict())")
-    byteorder = archive.read(f"{root}/byteorder") if f"{root}/byteorder" in names else b"little"
-    if byteorder.strip() != b"little":
-        raise ConvertError(f"storages are {byteorder.decode('ascii', 'replace')}-endian; not converted")
+    byteorder_name = record("byteorder")
+    byteorder = archive.read(byteorder_name) if byteorder_name else b"little"
+    if byteorder != b"little":  # torch accepts exactly b"little" / b"big" (and swaps the latter)
+        raise ConvertError(f"storages are {byteorder.decode('ascii', 'replace')!r}-endian; not converted")
+    storages = _StorageTable()
 
     def load(pid: Any) -> StorageRef:
-        return _storage_record(pid)[0]
+        if isinstance(pid, tuple) and len(pid) != 5:
+            raise ConvertError(f"persistent record {pid!r:.80} is not a torch.save storage record")
+        return storages.resolve(_storage_record(pid)[0])
 
-    with archive.open(f"{root}/data.pkl") as fh:
+    with archive.open(data_pkl) as fh:
         obj = TensorPickleReader(io.BufferedReader(fh), load).load()  # type: ignore[arg-type]
 
     def read_storage(ref: StorageRef) -> bytes:
-        name = f"{root}/data/{ref.key}"
-        try:
-            data = archive.read(name)
-        except KeyError:
-            raise ConvertError(f"storage {ref.key} is missing from the archive ({name})") from None
+        name = record(f"data/{ref.key}")
+        if name is None:
+            raise ConvertError(f"storage {ref.key} is missing from the archive ({root}/data/{ref.key})")
+        data = archive.read(name)
         if len(data) < ref.numel * ref.itemsize:
             raise ConvertError(f"storage {ref.key} holds {len(data)} bytes, its record says "
                                f"{ref.numel * ref.itemsize}")
@@ -426,10 +468,13 @@ def _legacy_checkpoint(path: str) -> Checkpoint:
     ``_legacy_save``)."""
     views: Dict[str, Tuple[StorageRef, Any]] = {}
 
+    storages = _StorageTable()
+
     def load(pid: Any) -> StorageRef:
         ref, view = _storage_record(pid)
         if view is not None:
             raise ConvertError("storage views of the legacy format are not converted")
+        ref = storages.resolve(ref)
         views.setdefault(ref.key, (ref, view))
         return ref
 

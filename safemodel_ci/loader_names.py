@@ -70,9 +70,11 @@ def _bindings() -> Dict[str, LoaderBinding]:
         table.append(LoaderBinding(suffix, "numpy.load", "a .npy array, an .npz zip or a pickle",
                                    numpy_formats))
     for suffix in (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib", ".dill", ".sav"):
+        # torch.jit.load reads .pt/.pth too, and takes a flatbuffer module (PTMF) as well as a zip.
+        jit = {"torchscript-flatbuffer"} if suffix in (".pt", ".pth") else set()
         table.append(LoaderBinding(suffix, "pickle-based loaders (pickle, joblib, torch.load, dill)",
                                    "a pickle (plain, joblib-compressed, or in a torch archive)",
-                                   PICKLE_LOADER_FORMATS))
+                                   PICKLE_LOADER_FORMATS | frozenset(jit)))
     return {b.suffix: b for b in table}
 
 

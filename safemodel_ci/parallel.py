@@ -16,6 +16,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
 
+from . import Terminated
 from .cache import _REC, Judged, ResultCache, _read_nonblocking_fd, cached_result, options_fingerprint, \
     scan_file_cached
 from .config import Config
@@ -281,6 +282,7 @@ def _scan_in_processes(paths: List[str], plan: ScanPlan, jobs: int) -> Iterator[
     pending: Deque[Tuple[List[str], "Future[List[FileResult]]"]] = deque()
     batches = _batches(paths, jobs)
     context = multiprocessing.get_context(START_METHOD) if START_METHOD else None
+    previous = _catch_sigterm()
     with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(plan,),
                              mp_context=context) as pool:
 
@@ -318,6 +320,30 @@ def _scan_in_processes(paths: List[str], plan: ScanPlan, jobs: int) -> Iterator[
             # their current batch (the pool's exit would wait for them).
             _terminate_workers(pool)
             raise
+        finally:
+            if previous is not None:
+                import signal
+
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _catch_sigterm() -> "Optional[object]":
+    """While workers run, SIGTERM raises :class:`~safemodel_ci.Terminated` in the main thread, so
+    they are terminated on the way out (the default action would orphan them); returns the
+    previous handler. A serial scan keeps the default and does not import ``signal``."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        return None
 
 
 def _terminate_workers(pool: "object") -> None:

@@ -261,6 +261,15 @@ def _fields_streamed(source: ByteSource, start: int, end: int) -> Iterator[Proto
                                 "not valid here)", pos)
 
 
+def valid_first_tag(head: bytes) -> bool:
+    """The first byte can start a protobuf field (number >= 1, wire type 0, 1, 2 or 5).
+
+    Parsers take fields in any order and skip unknown ones, so a message may start with any field:
+    detectors must not demand that a file start with the field its writer puts first.
+    """
+    return bool(head) and head[0] >> 3 != 0 and head[0] & 7 in (0, 1, 2, 5)
+
+
 def looks_like_message(view: ProtoView, allowed: "dict[int, int]", required: "set[int]",
                        max_fields: int = 1 << 20) -> bool:
     """Trial decode of the top level: every field decodes, known numbers have the expected wire

@@ -187,6 +187,27 @@ RULES: Tuple[Rule, ...] = (
          "prepacked (it needs a native op library), an op the torch registry does not hold, or a name "
          "this scanner cannot resolve as TorchScript does.",
          "Check which library provides the op and that you trust it; re-export the model with stock ops."),
+    Rule("torch-export-guard-code", Severity.CRITICAL, "torch.export program carries Python guard code",
+         "A guards_code entry of a torch.export archive is not a shape comparison (ExportedProgram.module() "
+         "pastes every guard into Python source and exec()s it), or a symbolic size expression is not "
+         "plain sympy (torch.export.load reads each with sympy.sympify, which eval()s it).",
+         _REPORT, code_execution=True),
+    Rule("torch-export-dangerous-target", Severity.CRITICAL, "torch.export program calls a non-operator",
+         "A node target of a torch.export archive names a torch/_operator attribute path that is not an "
+         "operator (torch.export.load resolves it to that Python function and running the program calls "
+         "it), or an operator that touches files or other processes.",
+         _REPORT, code_execution=True),
+    Rule("torch-export-native-code", Severity.HIGH, "torch.export archive ships compiled native code",
+         "An AOTInductor package (data/aotinductor/ in a .pt2 archive): torch.export.load and "
+         "torch._inductor.aoti_load_package extract its shared library and dlopen() it. Native code "
+         "cannot be inspected; loading the file runs it.",
+         "Load it only if you trust its author, or re-export the program without AOTInductor and scan "
+         "that."),
+    Rule("torch-export-unknown-target", Severity.HIGH, "torch.export program uses an unknown target",
+         "A node target of a torch.export archive is an operator outside the compute allowlist (a custom "
+         "namespace needs a native library), an extension operator, or a name the loader leaves "
+         "unresolved.",
+         "Check which library provides the op and that you trust it; re-export with stock ops."),
     Rule("torch-unaccounted-bytes", Severity.MEDIUM, "Legacy torch file has bytes outside its layout",
          "Bytes of a legacy torch.save file belong to none of its five pickles and raw storages. They "
          "were searched for pickle streams, which were scanned.",

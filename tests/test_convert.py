@@ -259,3 +259,80 @@ def test_blocked_checkpoint_gets_the_convert_command_where_users_look(tmp_path: 
         assert expected in text
         assert "convert --fail-on critical " + str(tmp_path / "evil.pt") not in text
         assert "convert " + str(tmp_path / "evil.pt") not in text
+
+
+# ---- the converted tensors are the ones torch.load would return ------------------------------------
+
+
+def _rezip(src: Path, out: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            name, data = edit(info.filename, zin.read(info))
+            zout.writestr(name, data)
+    return out
+
+
+def test_byteorder_record_is_found_as_torch_finds_it(tmp_path: Path) -> None:
+    """torch's has_record("byteorder") ignores case: a BYTEORDER saying "big" makes torch.load swap
+    every storage. The converter read only the exact name and wrote the unswapped bytes."""
+    src = tmp_path / "sd.pt"
+    torch.save({"w": torch.arange(4, dtype=torch.float32)}, src)
+    path = _rezip(src, tmp_path / "big.pt", lambda n, d: (n[:-len("byteorder")] + "BYTEORDER", b"big")
+                  if n.endswith("/byteorder") else (n, d))
+    reader = torch._C.PyTorchFileReader(str(path))  # the directory only: nothing is unpickled
+    assert reader.has_record("byteorder") and bytes(reader.get_record("byteorder")) == b"big"
+    with pytest.raises(conv.ConvertError, match="big"):
+        conv.read_checkpoint(str(path))
+
+
+def test_records_equal_but_for_case_are_refused(tmp_path: Path) -> None:
+    src = tmp_path / "sd.pt"
+    torch.save({"w": torch.ones(4)}, src)
+    extra = tmp_path / "twins.pt"
+    _rezip(src, extra, lambda n, d: (n, d))
+    import zipfile
+
+    with zipfile.ZipFile(extra, "a") as zf:
+        name = next(n for n in zf.namelist() if n.endswith("/data/0"))
+        zf.writestr(name.replace("/data/", "/DATA/"), b"\x00" * 16)
+    with pytest.raises(conv.ConvertError, match="case-insensitive"):
+        conv.read_checkpoint(str(extra))
+
+
+def test_one_storage_recorded_with_two_types_is_refused(tmp_path: Path) -> None:
+    """torch.load builds storage "0" from its first record and gives it to the second too (as float32,
+    4 elements); reading the second record as float16 x 8 would write tensors torch never returns."""
+    import io as _io
+    import pickle
+    import zipfile
+    from collections import OrderedDict
+
+    class Storage:
+        def __init__(self, cls: type, numel: int) -> None:
+            self.cls, self.numel = cls, numel
+
+    class Tensor:
+        def __init__(self, storage: Storage, shape: int) -> None:
+            self.storage, self.shape = storage, shape
+
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (torch._utils._rebuild_tensor_v2,
+                    (self.storage, 0, (self.shape,), (1,), False, OrderedDict()))
+
+    class Writer(pickle.Pickler):
+        def persistent_id(self, obj):  # type: ignore[no-untyped-def]
+            return ("storage", obj.cls, "0", "cpu", obj.numel) if isinstance(obj, Storage) else None
+
+    buf = _io.BytesIO()
+    Writer(buf, protocol=2).dump({"a": Tensor(Storage(torch.FloatStorage, 4), 4),
+                                  "b": Tensor(Storage(torch.HalfStorage, 8), 8)})
+    path = tmp_path / "retyped.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("retyped/data.pkl", buf.getvalue())
+        zf.writestr("retyped/byteorder", b"little")
+        zf.writestr("retyped/data/0", bytes(range(16)))
+        zf.writestr("retyped/version", b"3\n")
+    with pytest.raises(conv.ConvertError, match="torch would read the first"):
+        conv.read_checkpoint(str(path))

@@ -236,3 +236,23 @@ def test_unclosed_group_is_not_a_model(tmp_path: Path) -> None:
     p = tmp_path / "m.onnx"
     p.write_bytes(data)
     assert "onnx" not in _scan(p).formats
+@pytest.mark.parametrize("prefix", [b"\x98\x06\x01", b"\x42\x00"],
+                         ids=["varint-field-99", "empty-graph-field-8"])
+def test_model_not_starting_with_ir_version_is_read(tmp_path: Path, prefix: bytes) -> None:
+    """onnx.load takes fields in any order; the detector demanded ir_version's tag (08) first, so a
+    leading unknown or reordered field made a model with a traversing external_data location
+    'not a model' under a name that binds no loader."""
+    model = _model()
+    init = model.graph.initializer[0]
+    init.data_location = TensorProto.EXTERNAL
+    init.external_data.add(key="location", value="../../etc/passwd")
+    init.ClearField("raw_data")
+    data = prefix + model.SerializeToString()
+    parsed = onnx.ModelProto.FromString(data)  # protobuf's own parser accepts it
+    assert parsed.graph.initializer[0].external_data[0].value == "../../etc/passwd"
+    p = tmp_path / "weights.bin"
+    p.write_bytes(data)
+    result = _scan(p)
+    assert "onnx" in result.formats
+    assert [f.details["problem"] for f in result.findings if f.rule_id == "onnx-external-data-path"] == \
+        ["contains '..'"]

@@ -462,3 +462,59 @@ def test_tf1_filename_default_outside_the_folder_is_high(tmp_path: Path) -> None
     hits = _rules(p)["tf-checkpoint-op-misplaced"]
     assert {h.details["op"] for h in hits} == {"SaveV2", "MergeV2Checkpoints", "RestoreV2"}
     assert "/etc/cron.d/model" in hits[0].message
+
+
+def test_saver_def_occurring_twice_is_merged_as_protobuf_merges_it(tmp_path: Path) -> None:
+    """A second saver_def naming only restore_op_name replaces the first's (protobuf merge): the
+    restore TensorFlow runs on load is then the main op's node that writes a checkpoint, not the
+    saver's restore. The scanner read the first saver_def only."""
+    sm = MSG["SavedModel"].FromString(_tf1_saved_model())
+    extra = MSG["SavedModel"]()
+    mg = extra.meta_graphs.add()
+    mg.saver_def.restore_op_name = "save/SaveV2"
+    merged_meta = sm.meta_graphs[0].SerializeToString() + mg.SerializeToString()
+    # One meta graph whose bytes hold two saver_def fields (field 3 twice).
+    data = b"\x08\x01" + b"\x12" + _varint(len(merged_meta)) + merged_meta
+    assert MSG["SavedModel"].FromString(data).meta_graphs[0].saver_def.restore_op_name == "save/SaveV2"
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(data)
+    rules = _rules(p)
+    assert "tf-checkpoint-op-misplaced" in rules, {k: len(v) for k, v in rules.items()}
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+@pytest.mark.parametrize("prefix", [b"\x18\x01", b"\xa2\x06\x03abc", b"\x25\x00\x00\x00\x00"],
+                         ids=["varint-field-3", "len-field-100", "fixed32-field-4"])
+def test_savedmodel_starting_with_an_unknown_field_is_still_read(tmp_path: Path, prefix: bytes) -> None:
+    """protobuf skips unknown fields wherever they are; the detector used to demand that the file
+    start with field 1 or 2, so one leading unknown field made a hostile SavedModel 'not a model'."""
+    data = prefix + _saved_model(extra_fn_ops=[("read_secret", "ReadFile", {})])
+    assert MSG["SavedModel"].FromString(data).meta_graphs[0].graph_def.library.function
+    p = tmp_path / "saved_model.pb"
+    p.write_bytes(data)
+    hits = _rules(p).get("tf-dangerous-op", [])
+    assert [h.details["op"] for h in hits] == ["ReadFile"]
+
+
+def test_keras_metadata_with_a_leading_unknown_field_or_other_first_node(tmp_path: Path) -> None:
+    import base64
+    import marshal
+
+    code = base64.b64encode(marshal.dumps((lambda x: x).__code__)).decode()
+    md = MSG["SavedMetadata"].FromString(_keras_metadata({
+        "name": "lam", "class_name": "Lambda",
+        "config": {"name": "lam", "function": [code, None, None], "function_type": "lambda"}}))
+    md.nodes[0].identifier = "_generic_user_object"  # the Lambda's node is not the first
+    p = tmp_path / "keras_metadata.pb"
+    p.write_bytes(b"\x10\x07" + md.SerializeToString())  # and an unknown field 2 comes first
+    result = _scan(p)
+    assert "keras-metadata" in result.formats
+    assert [f.rule_id for f in result.findings if f.rule_id == "keras-lambda-code"] == ["keras-lambda-code"]

@@ -435,3 +435,125 @@ def test_mobile_bytecode_operators_are_judged(lite: Path, tmp_path: Path, new: b
     assert code == 1
     hits = find(result, rule_id)
     assert [h.details["op"] for h in hits] == [new.decode()] and hits[0].member.endswith("bytecode.pkl")
+
+
+# ---- torch's record lookup ignores ASCII case -----------------------------------------------------
+
+
+def _rename(path: Path, out: Path, rename: Callable[[str], str]) -> Path:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members(path):
+            zf.writestr(rename(name), data)
+    out.write_bytes(buf.getvalue())
+    return out
+
+
+def _upper_tail(name: str) -> str:
+    root, _, rest = name.partition("/")
+    return f"{root}/{rest.upper()}"
+
+
+def test_torch_finds_records_whatever_their_case(archives: Dict[str, Path], tmp_path: Path) -> None:
+    """miniz's sorted lookup compares names with MZ_TOLOWER: torch's reader (only its directory is
+    read here, nothing is unpickled or compiled) finds code/ and constants.pkl spelled in capitals."""
+    path = _rename(archives["conv_script"], tmp_path / "upper.pt", _upper_tail)
+    reader = torch._C.PyTorchFileReader(str(path))
+    records = reader.get_all_records()
+    assert "CODE/__TORCH__/TORCH/NN/MODULES/CONV.PY" in records and "constants.pkl" not in records
+    assert reader.has_record("code/__torch__/torch/nn/modules/conv.py") and reader.has_record("constants.pkl")
+    # The benign export stays benign: still TorchScript, its data.pkl resolved as torch.jit does.
+    code, result = scan(path)
+    assert code == 0, [f.to_dict() for f in result.findings]
+    assert find(result, "torch-script-code")[0].details["op_count"] > 0
+
+
+@pytest.mark.parametrize("rename", [lambda n: n.replace("/code/", "/CODE/"), _upper_tail],
+                         ids=["code-folder", "every-member"])
+def test_code_in_capitals_is_judged(archives: Dict[str, Path], tmp_path: Path,
+                                    rename: Callable[[str], str]) -> None:
+    """saves/CODE/__torch__.py is the code torch.jit.load compiles: before the fix it was not judged
+    (exit 0 with 'no code/*.py files')."""
+    code, result = scan(_rename(archives["saves"], tmp_path / "upper.pt", rename))
+    assert code == 1
+    assert [h.details["op"] for h in find(result, "torchscript-dangerous-op")] == ["aten::save"]
+
+
+def test_names_equal_but_for_case_are_duplicates(archives: Dict[str, Path], tmp_path: Path) -> None:
+    saves = dict(members(archives["saves"]))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members(archives["conv_script"]):
+            zf.writestr(name, data)
+        hostile = next(d for n, d in saves.items() if n.endswith(".py"))
+        zf.writestr("conv_script/CODE/__torch__/torch/nn/modules/conv.py", hostile)
+    path = tmp_path / "twins.pt"
+    path.write_bytes(buf.getvalue())
+    code, result = scan(path)
+    assert code == 1
+    dup = [f for f in find(result, "zip-duplicate-member") if "case-insensitive" in f.message]
+    assert dup and dup[0].details["count"] == 2
+    assert "aten::save" in [h.details["op"] for h in find(result, "torchscript-dangerous-op")]
+
+
+# ---- ops that build tensors torch does not check; names only the text shows ---------------------
+
+
+class SparseBuilder(torch.nn.Module):
+    def forward(self, i: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # Invariants are unchecked by default: out-of-range indices make to_dense write out of bounds.
+        return torch.sparse_coo_tensor(i, v, [4]).to_dense()
+
+
+def test_unchecked_sparse_constructor_is_not_compute(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.pt"
+    torch.jit.save(torch.jit.script(SparseBuilder()), str(path))
+    code, result = scan(path)
+    assert code == 1
+    hits = find(result, "torchscript-unknown-op")
+    assert [h.details["op"] for h in hits] == ["aten::sparse_coo_tensor"]
+    assert "does not check" in hits[0].message
+    assert classify_op("aten", "_sparse_coo_tensor_unsafe").severity == Severity.HIGH
+    assert classify_op("aten", "_nested_view_from_buffer").severity == Severity.HIGH
+
+
+def test_a_declared_method_does_not_hide_a_non_compute_tensor_method() -> None:
+    """x.set_(...) on a tensor is aten::set_ even when some class of the archive declares set_."""
+    code = (b"class C(Module):\n"
+            b"  def set_(self: __torch__.C, s: Tensor) -> Tensor:\n"
+            b"    return s\n"
+            b"def f(x: Tensor, s: Tensor) -> Tensor:\n"
+            b"  return (x).set_(s)\n")
+    parsed = parse_code(code, "a/code/__torch__.py")
+    judge_code([parsed])
+    assert {u.what: u.verdict.severity for u in parsed.problems} == {"aten::set_": Severity.HIGH}
+
+
+@pytest.mark.parametrize("line", [
+    "  y = annotate(\"torch.classes.evilns.Runner\", uninitialized(\"torch.classes.evilns.Runner\"))\n",
+    "  # type: (torch.classes.evilns.Runner) -> Tensor\n",
+])
+def test_custom_classes_named_in_strings_and_type_comments(line: str) -> None:
+    """ScriptTypeParser resolves "torch.classes.ns.Cls" strings and # type: comments; ast shows neither."""
+    code = ("def f(x: Tensor) -> Tensor:\n" + line + "  return x\n").encode()
+    parsed = parse_code(code, "a/code/__torch__.py")
+    judge_code([parsed])
+    assert {u.what: u.verdict.severity for u in parsed.problems} == {
+        "torch.classes.evilns.Runner": Severity.CRITICAL}
+
+
+class ExportsSave(torch.nn.Module):
+    @torch.jit.export
+    def save(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.save(x)
+
+
+def test_a_method_named_like_a_file_op_is_the_archives_own(tmp_path: Path) -> None:
+    """aten::save takes no self, so self.save(x) can only be the module's method: no finding."""
+    path = tmp_path / "exports_save.pt"
+    torch.jit.script(ExportsSave())._c.save(str(path))  # torch.jit.save would call the module's save()
+    code, result = scan(path)
+    assert code == 0, [f.to_dict() for f in result.findings]

@@ -10,6 +10,7 @@ the reason the scanner reports.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -38,6 +39,16 @@ DANGEROUS = {
 NOT_COMPUTE = {
     "aten::set_": "re-points a tensor at another storage, offset and size",
 }
+#: Constructors and views whose invariants torch does not check (sparse tensors are checked only
+#: under torch.sparse.check_sparse_tensor_invariants, off by default; the nested/alias views take
+#: offsets and strides as given): code that builds one with out-of-range indices or offsets makes
+#: later compute ops (to_dense, matmul ...) read and write outside the tensor's memory, which is how
+#: torch.load's own sparse-tensor memory corruption worked. Matched against the registry by name.
+UNCHECKED = re.compile(r"aten::(_?sparse_(coo|csr|csc|bsr|bsc|compressed)_tensor(_unsafe|_with_dims\w*)?"
+                       r"|sparse_resize_(and_clear_)?|_coalesced_|_nested_view_from_(buffer|jagged)(_copy)?"
+                       r"|_reshape_alias(_copy)?)\Z")
+UNCHECKED_REASON = ("builds a tensor or view whose indices, offsets or strides torch does not check; "
+                    "out-of-range values make later ops read and write outside its memory")
 #: Namespaces that mean distributed communication (process groups, RPC) or debugging loaders.
 DANGEROUS_NAMESPACES = {
     "c10d": "collective communication with other processes (torch.distributed)",
@@ -55,6 +66,9 @@ COMPUTE_CLASS_NAMESPACES = ("quantized", "rnn", "sparse", "mkldnn", "xnnpack", "
 
 def main() -> int:
     schemas = torch._C._jit_get_all_schemas()
+    for s in schemas:
+        if UNCHECKED.match(s.name):
+            NOT_COMPUTE.setdefault(s.name, UNCHECKED_REASON)
     ops: dict = {ns: set() for ns in COMPUTE_NAMESPACES}
     other_ns: set = set()
     fields: set = set()

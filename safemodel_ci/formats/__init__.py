@@ -25,9 +25,11 @@ _REGISTRY: Tuple[Tuple[str, str], ...] = (
     ("savedmodel", "SavedModelReader"),
     ("savedmodel", "ChunkedSavedModelReader"),
     ("savedmodel", "KerasMetadataReader"),
+    ("savedmodel_text", "SavedModelTextReader"),
     ("gguf", "GgufReader"),
     ("chat_template", "JinjaTemplateReader"),
     ("onnx", "OnnxReader"),
+    ("torchscript_flatbuffer", "FlatbufferModuleReader"),
 )
 
 _readers: List[FormatReader] = []

@@ -34,7 +34,15 @@ from typing import Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
-from ..protobuf import LEN, VARINT, ProtobufError, ProtoView, looks_like_message, looks_like_truncated_message
+from ..protobuf import (
+    LEN,
+    VARINT,
+    ProtobufError,
+    ProtoView,
+    looks_like_message,
+    looks_like_truncated_message,
+    valid_first_tag,
+)
 from ..source import ByteSource
 from .interface import FormatReader
 from .keras_config import walk_keras_config
@@ -112,7 +120,7 @@ class SaverInfo:
 
 
 def _is_savedmodel(source: ByteSource, head: bytes) -> bool:
-    if not head or head[0] not in (0x08, 0x12):
+    if not valid_first_tag(head):  # any field may come first (see valid_first_tag)
         return False
     view = ProtoView(source)
     if not looks_like_message(view, {1: VARINT, 2: LEN}, {2}):
@@ -458,13 +466,16 @@ def _init_ops(meta: ProtoView) -> Tuple[str, ...]:
 
 def _saver(meta: ProtoView) -> Optional[SaverInfo]:
     """``MetaGraphDef.saver_def`` (3): filename_tensor_name=1, save_tensor_name=2, restore_op_name=3."""
+    # Protobuf merges a message field that occurs twice, a later scalar replacing an earlier one:
+    # the saver TensorFlow sees is every saver_def occurrence merged, not the first.
+    values: Dict[int, str] = {}
     for f in meta.fields():
         if f.number == 3 and f.wire_type == LEN:
             sd = meta.sub(f)
-            values = {g.number: sd.text_of(g, 4096) for g in sd.fields() if g.number in (1, 2, 3)
-                      and g.wire_type == LEN}
-            if values.get(1):
-                return SaverInfo(values[1], values.get(2, ""), values.get(3, ""), _init_ops(meta))
+            values.update({g.number: sd.text_of(g, 4096) for g in sd.fields() if g.number in (1, 2, 3)
+                           and g.wire_type == LEN})
+    if values.get(1):
+        return SaverInfo(values[1], values.get(2, ""), values.get(3, ""), _init_ops(meta))
     return None
 
 
@@ -512,18 +523,20 @@ class ChunkedSavedModelReader(FormatReader):
 # ---- keras_metadata.pb ------------------------------------------------------------------------
 
 def _is_keras_metadata(source: ByteSource, head: bytes) -> bool:
-    if not head or head[0] != 0x0A:
+    if not valid_first_tag(head):  # any field may come first (see valid_first_tag)
         return False
     view = ProtoView(source)
     if not looks_like_message(view, {1: LEN}, {1}):
         return False
     try:
-        for f in view.fields():
-            if f.number == 1:
+        # Any node marks the file (tf-keras reads every node, whichever comes first).
+        for i, f in enumerate(view.fields()):
+            if f.number == 1 and f.wire_type == LEN:
                 node = view.sub(f)
                 for g in node.fields():
-                    if g.number == 4 and g.wire_type == LEN:
-                        return node.text_of(g, 64).startswith("_tf_keras")
+                    if g.number == 4 and g.wire_type == LEN and node.text_of(g, 64).startswith("_tf_keras"):
+                        return True
+            if i >= 4096:
                 return False
     except ProtobufError:
         return False

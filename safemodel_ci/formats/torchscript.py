@@ -214,7 +214,12 @@ def jit_policy(policy: Policy) -> Policy:
 def script_roots(entries: List["CentralEntry"], torch_roots: List[str]) -> List[str]:
     """Roots torch treats as TorchScript: torch.load hands an archive with ``constants.pkl`` to
     torch.jit.load (``_is_torchscript_zip``), and torch.jit.load requires that record."""
-    names = {e.name for e in entries}
+    from .zip import torch_key
+
+    # torch.load's test is exact, torch.jit.load's lookups are not (see torch_key): either way the
+    # jit resolution only relaxes names Python's unpickler cannot import (__torch__.*) or that are
+    # inert list builders, so the case-insensitive reading is the safe one.
+    names = {torch_key(e.name) for e in entries}
     return [r for r in torch_roots if f"{r}/constants.pkl" in names]
 
 
@@ -246,6 +251,7 @@ class CodeFile:
     member: str
     tree: Optional[ast.AST] = None
     error: Optional[str] = None
+    text: str = ""
     ops: Dict[str, int] = field(default_factory=dict)
     builtins: Set[str] = field(default_factory=set)
     problems: List[Use] = field(default_factory=list)
@@ -257,6 +263,7 @@ def parse_code(data: bytes, member: str) -> CodeFile:
     try:
         # TorchScript reads bytes as UTF-8 and ignores coding declarations; ast.parse of a str does too.
         text = data.decode("utf-8")
+        out.text = text
         out.tree = ast.parse(text, filename=member)
     except (UnicodeDecodeError, SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         out.error = f"{type(exc).__name__}: {exc}"
@@ -299,6 +306,16 @@ def _chain(node: ast.AST) -> Tuple[Optional[ast.AST], List[str]]:
     return node, parts
 
 
+_CLASS_TEXT = re.compile(r"torch\.classes\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass(frozen=True)
+class _At:
+    """A position in a code file that is no AST node (a match in the raw text)."""
+
+    lineno: int
+
+
 class _Judge(ast.NodeVisitor):
     """Walks one file: every attribute chain, call and name, judged as TorchScript resolves it."""
 
@@ -329,6 +346,11 @@ class _Judge(ast.NodeVisitor):
                         if isinstance(t, ast.Name):
                             self.aliases.setdefault(t.id, []).append((root.id, parts))
         self.visit(tree)
+        # TorchScript also resolves custom classes named in strings (a string annotation
+        # "torch.classes.ns.Cls", ScriptTypeParser) and in "# type:" comments, which ast leaves
+        # out: every such name anywhere in the text is judged.
+        for m in _CLASS_TEXT.finditer(self.out.text):
+            self._class(f"{m.group(1)}.{m.group(2)}", _At(self.out.text.count("\n", 0, m.start()) + 1))
 
     def _op(self, ns: str, name: str, node: ast.AST) -> None:
         qual = f"{ns}::{name}"
@@ -337,7 +359,7 @@ class _Judge(ast.NodeVisitor):
         if v.severity is not None:
             self.out.problems.append(Use(qual, v, getattr(node, "lineno", 0)))
 
-    def _class(self, qual: str, node: ast.AST) -> None:
+    def _class(self, qual: str, node: "ast.AST | _At") -> None:
         v = classify_class(qual)
         self.out.ops[f"torch.classes.{qual}"] = self.out.ops.get(f"torch.classes.{qual}", 0) + 1
         if v.severity is not None:
@@ -400,9 +422,15 @@ class _Judge(ast.NodeVisitor):
                 self._member(name, node)
 
     def _member(self, name: str, node: ast.AST) -> None:
+        qual = f"aten::{name}"
+        # Judged before the archive's own names: the value may be a tensor, for which the name is
+        # this ATen op (set_, sparse_resize_ ... take self) whatever method of that name a class of
+        # the archive declares. The dangerous ops take no self, so as a method they are the archive's.
+        if qual in self.t.not_compute_ops:
+            self._op("aten", name, node)
+            return
         if name in self.declared or name in self.t.method_names:
             return
-        qual = f"aten::{name}"
         if qual in self.t.dangerous_ops or name in LIBRARY_LOADERS:
             self._op("aten", name, node)
             return
@@ -478,10 +506,14 @@ def judge_code(files: List[CodeFile]) -> None:
 def scan_torchscript(reader: "ZipReader", source: "ByteSource", ctx: ScanContext,
                      entries: List["CentralEntry"], torch_roots: List[str]) -> None:
     """Judge the code of every torch root that carries TorchScript code; report per root."""
+    from .zip import torch_key
+
+    keys = [(torch_key(e.name), e) for e in entries]  # torch_roots are keys too
     for root in torch_roots:
-        code = [e for e in entries if e.name.startswith(root + "/code/") and e.name.endswith(".py")]
-        marked = [e.name for e in entries if e.name.startswith(root + "/code/")
-                  or e.name in (root + "/constants.pkl", root + "/bytecode.pkl")]
+        # torch.jit.load asks for "code/<qualifier path>.py" and finds it case-insensitively.
+        code = [e for k, e in keys if k.startswith(root + "/code/") and k.endswith(".py")]
+        marked = [e.name for k, e in keys if k.startswith(root + "/code/")
+                  or k in (root + "/constants.pkl", root + "/bytecode.pkl")]
         if not marked:
             continue
         ctx.add_format("torchscript")
@@ -495,15 +527,20 @@ def scan_torchscript(reader: "ZipReader", source: "ByteSource", ctx: ScanContext
                 continue
             files.append(parse_code(data, entry.name))
         judge_code(files)
-        for entry in entries:
-            if entry.name == root + "/bytecode.pkl":  # a mobile (lite interpreter) module
+        for key, entry in keys:
+            # A mobile (lite interpreter) module; every copy a case-insensitive lookup may pick.
+            if key == root + "/bytecode.pkl":
                 data = read_member(reader, source, entry, ctx)
                 if data is None:
                     unread.append(entry.name)
                 else:
                     files.append(judge_bytecode(data, entry.name))
-                break
         _report(ctx, root, files, unread, marked)
+
+
+def _is_code(member: str) -> bool:
+    """A code file (positions are lines) rather than an operator table (positions are offsets)."""
+    return member.lower().endswith(".py")
 
 
 def _report(ctx: ScanContext, root: str, files: List[CodeFile], unread: List[str], marked: List[str]) -> None:
@@ -511,8 +548,8 @@ def _report(ctx: ScanContext, root: str, files: List[CodeFile], unread: List[str
     for f in files:
         mctx = ctx.child(f.member)
         if f.error is not None:
-            what = "mobile bytecode does not tokenize as a pickle" if f.member.endswith(".pkl") else \
-                "TorchScript code does not parse as Python"
+            what = "TorchScript code does not parse as Python" if _is_code(f.member) else \
+                "mobile bytecode does not tokenize as a pickle"
             mctx.report("unscanned-parse-error", f"{what} ({f.error}); its ops could not be judged")
             continue
         for use in f.problems:
@@ -524,7 +561,7 @@ def _report(ctx: ScanContext, root: str, files: List[CodeFile], unread: List[str
         sev = use.verdict.severity
         assert sev is not None
         rule_id = "torchscript-dangerous-op" if sev >= Severity.CRITICAL else "torchscript-unknown-op"
-        at = "offset" if member.endswith(".pkl") else "line"
+        at = "line" if _is_code(member) else "offset"
         ctx.child(member).report(
             rule_id, f"TorchScript code uses {what} ({at} {', '.join(lines[:10])}): {use.verdict.reason}",
             severity=sev, details={"op": what, at + "s": [int(x) for x in lines[:50]]})

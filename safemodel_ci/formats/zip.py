@@ -64,6 +64,14 @@ CRC_CHECK_STORED_MAX = 16 << 20
 DESCRIPTOR_MAX = 24
 #: Files whose presence marks a torch archive root (``torch.save``, TorchScript, torch.package).
 TORCH_ROOT_MARKERS = ("data.pkl", "constants.pkl", "bytecode.pkl")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def torch_key(name: str) -> str:
+    """``name`` as torch's reader looks records up: miniz's sorted-directory search (no
+    ``MZ_ZIP_FLAG_CASE_SENSITIVE``) compares names with ASCII-only ``MZ_TOLOWER``, so
+    ``get_record("code/__torch__.py")`` also finds ``archive/CODE/__torch__.PY``."""
+    return name.translate(_ASCII_LOWER)
 
 
 def torch_pickle_kind(name: str, torch_roots: List[str]) -> str:
@@ -378,7 +386,7 @@ class ZipReader(FormatReader):
             ctx.check_deadline()
             counts[entry.raw_name] = counts.get(entry.raw_name, 0) + 1
             label = entry.name if counts[entry.raw_name] == 1 else f"{entry.name}#{counts[entry.raw_name]}"
-            ectx = script_ctx.get(entry.name.split("/", 1)[0], ctx) if script_ctx else ctx
+            ectx = script_ctx.get(torch_key(entry.name).split("/", 1)[0], ctx) if script_ctx else ctx
             end = self._scan_entry(source, ectx, entry, label, torch_roots)
             if end is not None:
                 spans.append((entry.local_offset, end, entry))
@@ -390,14 +398,32 @@ class ZipReader(FormatReader):
                        f"{count} entries are named {name!r}: torch loads the first, zipfile the last; "
                        f"every copy was scanned (the later ones as {name}#2 ...)",
                        details={"name": name, "count": count})
+        # torch's record lookup ignores ASCII case (torch_key): names that differ only in case are
+        # one record to torch, which of them it reads depends on miniz's sort, zipfile reads each.
+        folded: Dict[str, List[str]] = {}
+        for raw in counts:
+            name = _decode_name(raw, 0)
+            folded.setdefault(torch_key(name), []).append(name)
+        for names in folded.values():
+            if len(names) > 1 and torch_roots:
+                ctx.report("zip-duplicate-member",
+                           f"{len(names)} entries are one name to torch's case-insensitive record lookup "
+                           f"({', '.join(repr(n) for n in names[:5])}): which one torch reads depends on the "
+                           "archive's sort order, zipfile reads each by its exact name; every copy was "
+                           "scanned",
+                           details={"name": names[0], "names": names[:20], "count": len(names)})
         self._scan_gaps(source, ctx, directory, spans)
         scan_torchscript(self, source, ctx, entries, torch_roots)
+        from .torch_export import scan_export_programs
+
+        scan_export_programs(self, source, ctx, entries)
 
     # -- structure -------------------------------------------------------------------------
     def _torch_roots(self, entries: List[CentralEntry], ctx: ScanContext) -> List[str]:
         roots = []
         for e in entries:
-            parts = e.name.split("/")
+            # Roots are kept as torch_key(): torch finds data.pkl, code/ ... case-insensitively.
+            parts = torch_key(e.name).split("/")
             marker = (len(parts) == 2 and parts[1] in TORCH_ROOT_MARKERS) or \
                 (len(parts) == 3 and parts[1:] == [".data", "version"])  # torch.package
             if marker and parts[0] not in roots:
@@ -485,7 +511,8 @@ class ZipReader(FormatReader):
         if entry.name.endswith("/") and csize == 0:
             return end
 
-        is_storage = any(entry.name.startswith(r + "/data/") for r in torch_roots)
+        key = torch_key(entry.name)
+        is_storage = any(key.startswith(r + "/data/") for r in torch_roots)
         encrypted = bool(flags & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION))
         if is_storage or encrypted:
             head = self._member_head(source, entry, data_start, mctx)
@@ -504,7 +531,7 @@ class ZipReader(FormatReader):
             self._scan_storage(source, mctx, entry, local, data_start)
         else:
             self._scan_content(source, mctx, entry, local, data_start,
-                               torch_pickle_kind(entry.name, torch_roots))
+                               torch_pickle_kind(torch_key(entry.name), torch_roots))
         return end
 
     def _scan_storage(self, source: ByteSource, ctx: ScanContext, entry: CentralEntry, local: LocalHeader,

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     cache.add_argument("--cache-dir", metavar="DIR",
                        help="cache to scan (default: HF_HUB_CACHE, or HF_HOME/hub)")
+    cache.add_argument("--no-verify", action="store_true",
+                       help="scan without hashing the blobs: a file changed after download is not "
+                            "detected (the report says 'not verified')")
     add_output_options(cache)
     cache.set_defaults(func=cmd_cache)
 

@@ -66,7 +66,8 @@ def test_cache_is_scanned_per_revision_and_each_blob_once(
     assert summary["blobs_scanned"] == 4  # the shared safetensors blob is read once
     code = main(["cache", "--cache-dir", str(cache)])
     out = capsys.readouterr().out
-    assert "1 repos, 2 revisions, 5 files, 4 blobs scanned and hashed" in out and "PASS" in out
+    assert "1 repos, 2 revisions, 5 files, 4 blobs scanned" in out and "PASS" in out
+    assert "verified: 4 of 4 blobs hashed against their names" in out
 
 
 def test_blob_altered_after_download_is_reported_for_every_revision(

@@ -119,8 +119,12 @@ def digest_bytes(data: bytes, algorithm: str) -> str:
 
 
 def hash_workers() -> int:
-    """Threads hashing blobs: one per CPU this process may run on, at most 8 (past that the disk,
-    not the CPU, is the limit)."""
+    """Threads hashing blobs: ``$SAFEMODEL_HASH_THREADS`` when set (1 for a disk that seeks, where
+    reads in parallel are slower), else one per CPU this process may run on, at most 8 (past that
+    the disk, not the CPU, is the limit)."""
+    configured = os.environ.get("SAFEMODEL_HASH_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return min(64, int(configured))
     try:
         cpus = len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
     except (AttributeError, OSError):

@@ -475,3 +475,16 @@ def test_a_stopped_hash_ends_at_the_next_chunk(tmp_path: Path) -> None:
     stop.set()
     with pytest.raises(HashCancelled):
         hash_blob(str(path), "sha256", stop=stop)
+
+
+def test_hash_threads_follow_the_cpus_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from safemodel_ci.sources.hfcache import hash_workers
+
+    monkeypatch.delenv("SAFEMODEL_HASH_THREADS", raising=False)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    assert hash_workers() == max(1, min(8, cpus))
+    monkeypatch.setenv("SAFEMODEL_HASH_THREADS", "1")
+    assert hash_workers() == 1
+    for junk in ("0", "-3", "many", ""):
+        monkeypatch.setenv("SAFEMODEL_HASH_THREADS", junk)
+        assert hash_workers() == max(1, min(8, cpus))

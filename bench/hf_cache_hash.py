@@ -12,6 +12,7 @@ once however many revisions link to it). The cache is deleted afterwards (unless
 
 Each round runs, one after another, as separate processes:
 
+- ``cat`` of every blob file to /dev/null: reading alone, the speed of the disk (or page cache);
 - ``sha256sum`` on every blob file (the reference: one process, coreutils' own sha256);
 - ``openssl dgst -sha256`` on the same files when ``openssl`` is installed: one thread of the
   library hashlib uses (with the CPU's SHA instructions where it has them), the single-core
@@ -218,6 +219,7 @@ def run(size_gb: float, repeat: int, cold: bool, keep: Optional[str], log: Any) 
                      "--no-cache", "--format", "json", "--output"]
         one_thread = dict(env, SAFEMODEL_HASH_THREADS="1")
         commands: Dict[str, Tuple[List[str], Optional[Path], Dict[str, str]]] = {
+            "cat (read only)": (["cat", "--"] + blobs, None, env),
             "sha256sum": (["sha256sum", "--"] + blobs, None, env)}
         if shutil.which("openssl"):
             commands["openssl dgst -sha256"] = (["openssl", "dgst", "-sha256"] + blobs, None, env)

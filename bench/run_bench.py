@@ -376,6 +376,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each scanner on the small corpus; the table gives the median and the "
                          "best (default 3: single runs on a shared 2-CPU machine vary by 20-30%%)")
+    ap.add_argument("--hf-cache-gb", type=float, default=2.5,
+                    help="size of the Hugging Face cache for the 'safemodel cache' vs sha256sum benchmark "
+                         "(bench/hf_cache_hash.py; built under /tmp and removed; 0 or --skip-big: skipped)")
     ap.add_argument("--install-tools", action="store_true",
                     help="pip install picklescan, modelscan, modelaudit into bench/out/tools-venv first")
     args = ap.parse_args(argv)
@@ -492,6 +495,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = {"runs": [dict(asdict(r), output="", verdicts=len(r.verdicts)) for r in runs],
                "missing": missing, "elapsed": time.time() - t0}
     table = render(runs, truth, sample_truth, missing, meta, args.timeout)
+    if args.hf_cache_gb > 0 and not args.skip_big and "safemodel" in args.tools.split(","):
+        # Issue 20 item 2: its own process (it builds and removes a cache of a few GB under /tmp).
+        log(f"HF cache hashing benchmark ({args.hf_cache_gb} GB)")
+        (out / "hf_cache.json").unlink(missing_ok=True)
+        subprocess.run([sys.executable, str(HERE / "hf_cache_hash.py"), "--size-gb", str(args.hf_cache_gb),
+                        "--json", str(out / "hf_cache.json")], env=env)
+        if (out / "hf_cache.json").is_file():
+            results["hf_cache"] = json.loads((out / "hf_cache.json").read_text())
+            table += "\n" + str(results["hf_cache"]["table"])
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(table)

@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cache to scan (default: HF_HUB_CACHE, or HF_HOME/hub)")
     cache.add_argument("--repo", action="append", metavar="REPO_ID",
                        help="scan only this repo (org/name, or datasets/org/name); repeatable")
+    cache.add_argument("--no-verify", action="store_true",
+                       help="scan without hashing the blobs: a file changed after download is not "
+                            "detected (the report says 'not verified')")
     add_output_options(cache)
     cache.set_defaults(func=cmd_cache)
 

@@ -138,5 +138,9 @@ def merge_reports(paths: Sequence[str], fail_on: Optional[Severity] = None) -> S
     hub = [repo for e in extras for repo in (e.get("hub") or []) if isinstance(e.get("hub"), list)]
     if hub:
         merged_extra["hub"] = hub
+    # `safemodel cache` reports: what each verified (the job summary says it), one entry per report.
+    caches = [e["cache"] for e in extras if isinstance(e.get("cache"), dict)]
+    if caches:
+        merged_extra["cache"] = caches[0] if len(caches) == 1 else caches
     return ScanReport(files, fail_on=fail_on if fail_on is not None else min(levels), errors=errors,
                       extra=merged_extra)

@@ -66,7 +66,8 @@ def test_cache_is_scanned_per_revision_and_each_blob_once(
     assert summary["blobs_scanned"] == 4  # the shared safetensors blob is read once
     code = main(["cache", "--cache-dir", str(cache)])
     out = capsys.readouterr().out
-    assert "1 repo, 2 revisions, 5 files, 4 blobs scanned and hashed" in out and "PASS" in out
+    assert "1 repo, 2 revisions, 5 files, 4 blobs scanned" in out and "PASS" in out
+    assert "verified: 4 of 4 blobs hashed against their names" in out
 
 
 def test_blob_altered_after_download_is_reported_for_every_revision(
@@ -299,3 +300,191 @@ def test_deeply_nested_snapshot_folders(filled_cache: Tuple[Path, str, str],
     assert code == EXIT_OK, report
     rel = "/".join(["d"] * 1200) + "/config.json"
     assert f"acme/cached@{new}:{rel}" in {f["path"] for f in report["files"]}
+
+
+# ---- issue 20 item 2: hashing at the disk's speed, --no-verify ------------------------------------
+
+def _big_json(n: int) -> bytes:
+    return json.dumps({"model": {"vocab": {f"tok{i}": i for i in range(n)}}}).encode()
+
+
+@pytest.fixture()
+def mixed_cache(hub: FakeHub, tmp_path: Path) -> Tuple[Path, str, Dict[str, bytes]]:
+    """Big blobs of both kinds of name (hashed in the pool) beside small ones and a malicious pickle."""
+    files = {"model.safetensors": safetensors_bytes({"w": ("F32", [200_000], 800_000)}),  # LFS, sha256
+             "tokenizer.json": _big_json(40_000),  # > 256 KiB, not LFS: named by its git sha1
+             "config.json": b'{"model_type": "bert"}',
+             "model.pkl": pickle.dumps(_SystemPayload("echo pwned"), protocol=2)}
+    assert len(files["tokenizer.json"]) > (256 << 10)
+    sha = hub.add_commit("acme/mixed", files)
+    cache = tmp_path / "cache"
+    download(hub, cache, "acme/mixed", sorted(files), "main")
+    return cache, sha, files
+
+
+def _blob(cache: Path, sha: str, name: str) -> Path:
+    return Path(os.path.realpath(cache / "models--acme--mixed" / "snapshots" / sha / name))
+
+
+def _tamper(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x01  # the last tensor byte / a digit of the json: still well-formed, only the hash tells
+    path.write_bytes(bytes(data))
+
+
+def _mismatched(report: dict) -> List[str]:
+    return sorted(f["path"] for f in report["files"] for g in f["findings"]
+                  if g["rule_id"] == "cache-blob-mismatch")
+
+
+@pytest.mark.parametrize("cache_flag", [["--no-cache"], []])
+def test_every_tampered_blob_is_found_whichever_thread_hashed_it(
+        mixed_cache: Tuple[Path, str, Dict[str, bytes]], capsys: pytest.CaptureFixture[str],
+        cache_flag: List[str]) -> None:
+    cache, sha, files = mixed_cache
+    code, clean = run_json(["cache", "--cache-dir", str(cache)] + cache_flag, capsys)
+    summary = _cache_summary(clean)
+    assert summary["verified"] is True and _mismatched(clean) == []
+    assert summary["blobs_hashed"] == 4 and summary["bytes_hashed"] == sum(len(d) for d in files.values())
+    names = {name: _blob(cache, sha, name).name for name in files}
+    assert len(names["model.safetensors"]) == 64 and len(names["tokenizer.json"]) == 40  # both kinds, big
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        _tamper(_blob(cache, sha, name))
+    code, report = run_json(["cache", "--cache-dir", str(cache)] + cache_flag, capsys)
+    assert code == EXIT_FINDINGS
+    assert _mismatched(report) == [f"acme/mixed@{sha}:{n}" for n in ("config.json", "model.safetensors",
+                                                                       "tokenizer.json")]
+    by_path = {g["path"]: g for f in report["files"] for g in f["findings"]
+               if g["rule_id"] == "cache-blob-mismatch"}
+    for name in ("model.safetensors", "tokenizer.json"):
+        details = by_path[f"acme/mixed@{sha}:{name}"]["details"]
+        import hashlib
+
+        data = _blob(cache, sha, name).read_bytes()
+        expected = hashlib.sha256(data).hexdigest() if details["algorithm"] == "sha256" else \
+            hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        assert details["expected"] == names[name] and details["actual"] == expected
+    assert "pickle-dangerous-global" in _findings(report, f"acme/mixed@{sha}:model.pkl")
+
+
+def test_no_verify_scans_every_file_but_hashes_nothing_and_says_so(
+        mixed_cache: Tuple[Path, str, Dict[str, bytes]], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from safemodel_ci.sources import hfcache
+
+    cache, sha, files = mixed_cache
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        _tamper(_blob(cache, sha, name))
+
+    def no_hashing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("--no-verify hashed a blob")
+
+    monkeypatch.setattr(hfcache, "hash_blob", no_hashing)
+    monkeypatch.setattr(hfcache, "digest_bytes", no_hashing)
+    code, report = run_json(["cache", "--cache-dir", str(cache), "--no-verify", "--no-cache"], capsys)
+    summary = _cache_summary(report)
+    assert summary["verified"] is False and summary["blobs_hashed"] == 0 and summary["bytes_hashed"] == 0
+    assert "not verified" in summary["verification"]
+    assert summary["blobs_scanned"] == 4 and len(report["files"]) == 4  # still scanned
+    assert _mismatched(report) == []  # not looked for: the summary says so
+    assert code == EXIT_FINDINGS
+    assert "pickle-dangerous-global" in _findings(report, f"acme/mixed@{sha}:model.pkl")
+    assert {f["path"]: f["formats"] for f in report["files"]}[f"acme/mixed@{sha}:model.safetensors"] == \
+        ["safetensors"]
+    # The text note and the job summary (markdown of the JSON report) say it too.
+    main(["cache", "--cache-dir", str(cache), "--no-verify", "--no-cache"])
+    assert "4 blobs scanned; not verified (--no-verify)" in capsys.readouterr().out
+    out = tmp_path / "report.json"
+    main(["cache", "--cache-dir", str(cache), "--no-verify", "--no-cache", "-f", "json", "-o", str(out)])
+    capsys.readouterr()
+    main(["merge", str(out), "--format", "markdown"])
+    assert "**Hugging Face cache" in (md := capsys.readouterr().out) and "not verified" in md
+    monkeypatch.undo()
+    code, verified = run_json(["cache", "--cache-dir", str(cache), "--no-cache"], capsys)
+    assert len(_mismatched(verified)) == 3 and "verified: 4 of 4 blobs" in verified["extra"]["notes"][0]
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (3 << 20) + 7])
+def test_hash_blob_equals_hashlib_and_git(tmp_path: Path, size: int) -> None:
+    import hashlib
+    import shutil
+    import subprocess
+
+    from safemodel_ci.sources.hfcache import digest_bytes, hash_blob
+
+    data = os.urandom(size)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    sha256 = hashlib.sha256(data).hexdigest()
+    git_sha1 = hashlib.sha1(b"blob %d\0" % size + data).hexdigest()
+    for buffer in (None, bytearray(4096), bytearray(3 << 20)):
+        assert hash_blob(str(path), "sha256", buffer).digest == sha256
+        hashed = hash_blob(str(path), "git-sha1", buffer)
+        assert hashed.digest == git_sha1 and hashed.size == size
+    assert digest_bytes(data, "sha256") == sha256 and digest_bytes(data, "git-sha1") == git_sha1
+    if shutil.which("git"):  # git's own object id for the same file
+        out = subprocess.run(["git", "hash-object", "--no-filters", str(path)], capture_output=True,
+                             text=True)
+        assert out.returncode == 0 and out.stdout.strip() == git_sha1
+
+
+def test_the_pool_hashes_each_blob_once_and_equal_to_hashlib(tmp_path: Path) -> None:
+    import hashlib
+
+    from safemodel_ci.sources.hfcache import BlobHasher
+
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"b{i}"
+        path.write_bytes(os.urandom(300_000 + i * 70_001))
+        paths.append(str(path))
+    hasher = BlobHasher(workers=2)
+    try:
+        for p in paths + paths:  # queued twice: hashed once
+            hasher.queue(p, "sha256")
+        hasher.queue(paths[0], "git-sha1")  # the other kind of name: another hash of the same blob
+        for p in reversed(paths):  # taken in another order than queued
+            assert hasher.result(p, "sha256").digest == hashlib.sha256(Path(p).read_bytes()).hexdigest()
+        data = Path(paths[0]).read_bytes()
+        assert hasher.result(paths[0], "git-sha1").digest == \
+            hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        assert hasher.blobs == 12  # distinct blobs
+        assert hasher.bytes == sum(os.path.getsize(p) for p in paths) + len(data)
+        (tmp_path / "gone").write_bytes(b"x" * 400_000)
+        hasher.queue(str(tmp_path / "gone"), "sha256")
+        hasher.close()  # not waited for: dropped or stopped, never an error
+    finally:
+        hasher.close()
+    missing = BlobHasher(workers=1)
+    missing.queue(str(tmp_path / "nowhere"), "sha256")
+    with pytest.raises(OSError):
+        missing.result(str(tmp_path / "nowhere"), "sha256")
+    with pytest.raises(OSError):  # the failure is kept, not retried
+        missing.result(str(tmp_path / "nowhere"), "sha256")
+    missing.close()
+
+
+def test_a_stopped_hash_ends_at_the_next_chunk(tmp_path: Path) -> None:
+    import threading
+
+    from safemodel_ci.sources.hfcache import HashCancelled, hash_blob
+
+    path = tmp_path / "blob"
+    path.write_bytes(b"\0" * (4 << 20))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(HashCancelled):
+        hash_blob(str(path), "sha256", stop=stop)
+
+
+def test_hash_threads_follow_the_cpus_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from safemodel_ci.sources.hfcache import hash_workers
+
+    monkeypatch.delenv("SAFEMODEL_HASH_THREADS", raising=False)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    assert hash_workers() == max(1, min(8, cpus))
+    monkeypatch.setenv("SAFEMODEL_HASH_THREADS", "1")
+    assert hash_workers() == 1
+    for junk in ("0", "-3", "many", ""):
+        monkeypatch.setenv("SAFEMODEL_HASH_THREADS", junk)
+        assert hash_workers() == max(1, min(8, cpus))

@@ -79,6 +79,11 @@ def render_job_summary(report: ScanReport, limit: int = SUMMARY_LIMIT, title: st
     if lfs:
         head += [f"> **Git LFS content missing ({len(lfs)} file{'s' if len(lfs) != 1 else ''}).** "
                  + LFS_ADVICE, ""]  # our own text: its code spans stay code spans
+    caches = report.extra.get("cache")  # safemodel cache (one report, or merged reports: a list)
+    for cache in caches if isinstance(caches, list) else [caches]:
+        if isinstance(cache, dict) and cache.get("verification"):
+            where = f" {md_text(str(cache.get('cache_dir', '')), 200)}" if cache.get("cache_dir") else ""
+            head += [f"**Hugging Face cache{where}:** {md_text(str(cache['verification']), MAX_CELL)}", ""]
     for note in report.extra.get("config_notes", ()):
         head += [f"> **Config:** {md_text(str(note), MAX_CELL)}", ""]
     excluded = list(report.extra.get("excluded_by_config", ()))

@@ -10,6 +10,12 @@ The cache is not trusted further than the files in it: a snapshot link that reso
 cache directory is ``cache-link-outside`` (its target is still scanned), a file not named by a hash
 cannot be checked (``cache-blob-unverified``), and a fifo, device or socket is never opened (its
 type is checked first; ``unscanned-unreadable``).
+
+Hashing runs at the disk's speed: blobs bigger than :attr:`FileSource.SLURP_SIZE` are hashed in a
+pool of threads (:class:`BlobHasher`; hashlib releases the GIL on big updates) while the main
+thread scans, each into a reused buffer, each once; a small blob is hashed from the one read its
+scan is served from. ``verify=False`` (``--no-verify``) scans without hashing, and the summary says
+so.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ import posixpath
 import re
 import stat
 import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from ..cache import ResultCache, _read_nonblocking_fd, tracking_siblings
 from ..context import SiblingOpener
@@ -53,19 +61,162 @@ def expected_digest(name: str) -> Optional[str]:
 
 def file_digest(path: str, algorithm: str) -> str:
     """``sha256`` of the content, or ``git-sha1`` (``sha1("blob <size>\\0" + content)``), streamed."""
+    return hash_blob(path, algorithm).digest
+
+
+class BlobHash(NamedTuple):
+    """A blob's digest, the bytes it was computed over, and the file's stamp when it was opened."""
+
+    digest: str
+    size: int
+    stamp: Tuple[int, int, int]
+
+
+_BUFFERS = threading.local()
+
+
+class HashCancelled(Exception):
+    """The scan ended (interrupted, or an error) while a blob was being hashed."""
+
+
+def hash_blob(path: str, algorithm: str, buffer: Optional[bytearray] = None,
+              stop: Optional[threading.Event] = None) -> BlobHash:
+    """Hash a regular file (``sha256`` or ``git-sha1``) with ``readinto`` into ``buffer`` (default: a
+    buffer kept per thread), so that no chunk is allocated. A fifo or device is refused at once
+    (``OSError``), never waited on. The stamp is taken from the descriptor that is read: a result
+    stored under this digest must first find the file with the same stamp (see :func:`_scan_blob`)."""
+    if buffer is None:
+        buffer = getattr(_BUFFERS, "buffer", None)
+        if buffer is None:
+            buffer = _BUFFERS.buffer = bytearray(HASH_CHUNK)
     fd = _read_nonblocking_fd(path)  # a fifo or device is refused, never waited on
-    if algorithm == "sha256":
-        digest = hashlib.sha256()
-    else:
-        digest = hashlib.sha1()  # noqa: S324 - git's object id, not a security hash
-        digest.update(f"blob {os.fstat(fd).st_size}\0".encode())
-    with os.fdopen(fd, "rb") as fh:
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        st = os.fstat(fd)
+        if algorithm == "sha256":
+            digest = hashlib.sha256()
+        else:
+            digest = hashlib.sha1()  # noqa: S324 - git's object id, not a security hash
+            digest.update(f"blob {st.st_size}\0".encode())
+        view = memoryview(buffer)
+        total = 0
         while True:
-            chunk = fh.read(HASH_CHUNK)
-            if not chunk:
+            if stop is not None and stop.is_set():
+                raise HashCancelled(path)
+            n = fh.readinto(view)
+            if not n:
                 break
-            digest.update(chunk)
-    return digest.hexdigest()
+            # A full buffer is handed over as is (no slice object); the GIL is released meanwhile.
+            digest.update(view if n == len(view) else view[:n])
+            total += n
+    return BlobHash(digest.hexdigest(), total, (st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+def digest_bytes(data: bytes, algorithm: str) -> str:
+    """The digest ``algorithm`` (``sha256`` or ``git-sha1``) of content already in memory."""
+    if algorithm == "sha256":
+        return hashlib.sha256(data).hexdigest()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's object id
+
+
+def hash_workers() -> int:
+    """Threads hashing blobs: ``$SAFEMODEL_HASH_THREADS`` when set (1 for a disk that seeks, where
+    reads in parallel are slower), else one per CPU this process may run on, at most 8 (past that
+    the disk, not the CPU, is the limit)."""
+    configured = os.environ.get("SAFEMODEL_HASH_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return min(64, int(configured))
+    try:
+        cpus = len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+class BlobHasher:
+    """Hashes blobs against their names, each (blob, algorithm) once.
+
+    Big blobs are queued (:meth:`queue`) to a thread pool before the scan starts, in scan order, so
+    the pool hashes ahead of the scan; small ones are recorded (:meth:`record`) from the bytes their
+    scan read.
+    :meth:`result` gives a digest, waiting for the pool if it must, or hashes the file now.
+    Counts (``blobs``, ``bytes``) cover the hashes made for name checks.
+    """
+
+    def __init__(self, workers: Optional[int] = None) -> None:
+        self.workers = workers or hash_workers()
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._futures: Dict[Tuple[str, str], "Future[BlobHash]"] = {}
+        self._done: Dict[Tuple[str, str], BlobHash] = {}
+        self._failed: Dict[Tuple[str, str], OSError] = {}
+        self._wanted: Dict[str, Set[str]] = {}
+        self._stop = threading.Event()
+        self._hashed: Set[str] = set()
+        self.bytes = 0
+
+    @property
+    def blobs(self) -> int:
+        """Distinct blobs hashed (a blob hashed under both kinds of name counts once)."""
+        return len(self._hashed)
+
+    def want(self, real: str, algorithm: str) -> None:
+        """Note that a name of kind ``algorithm`` points at ``real`` (its check will need that hash)."""
+        self._wanted.setdefault(real, set()).add(algorithm)
+
+    def wanted(self, real: str) -> List[str]:
+        """The kinds of hash the names pointing at ``real`` need, sorted."""
+        return sorted(self._wanted.get(real, ()))
+
+    def queue(self, real: str, algorithm: str) -> None:
+        """Start hashing ``real`` in the pool (once per algorithm)."""
+        key = (real, algorithm)
+        if self.has(real, algorithm):
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="safemodel-hash")
+        self._futures[key] = self._pool.submit(hash_blob, real, algorithm, None, self._stop)
+
+    def has(self, real: str, algorithm: str) -> bool:
+        """Whether that hash was made, failed, or is queued."""
+        key = (real, algorithm)
+        return key in self._done or key in self._futures or key in self._failed
+
+    def record(self, real: str, algorithm: str, digest: str, size: int) -> None:
+        """A digest computed by the caller from the bytes it read (a small blob's one read)."""
+        if (real, algorithm) not in self._done:
+            self._account(real, algorithm, BlobHash(digest, size, (0, 0, 0)))
+
+    def result(self, real: str, algorithm: str) -> BlobHash:
+        """The blob's hash: from the pool (waiting for it), recorded, or computed now. ``OSError``
+        when it could not be read."""
+        key = (real, algorithm)
+        done = self._done.get(key)
+        if done is not None:
+            return done
+        if key in self._failed:
+            raise self._failed[key]
+        future = self._futures.pop(key, None)
+        try:
+            hashed = future.result() if future is not None else hash_blob(real, algorithm)
+        except OSError as exc:
+            self._failed[key] = exc  # reported for every name pointing at it, read once
+            raise
+        self._account(real, algorithm, hashed)
+        return hashed
+
+    def _account(self, real: str, algorithm: str, hashed: BlobHash) -> None:
+        self._done[(real, algorithm)] = hashed
+        self._hashed.add(real)
+        self.bytes += hashed.size
+
+    def close(self) -> None:
+        """Stop the pool: queued blobs are dropped and a blob being hashed is left at its next chunk,
+        so an interrupted scan ends at once, not after the biggest blob."""
+        if self._pool is not None:
+            self._stop.set()
+            for future in self._futures.values():
+                future.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def blob_digest_mismatch(path: str, name: str) -> Optional[Tuple[str, str, str]]:
@@ -90,6 +241,10 @@ class CacheScan:
     blobs_scanned: int = 0
     #: Of those, the ones whose result came from the result cache (same content, same name).
     blobs_from_cache: int = 0
+    #: False with ``--no-verify``: no blob was hashed against its name.
+    verified: bool = True
+    #: Distinct blobs hashed against their names, and the bytes those hashes read.
+    blobs_hashed: int = 0
     bytes_hashed: int = 0
     #: Files the scan will go through (for progress: done / total).
     total_files: int = 0
@@ -97,7 +252,17 @@ class CacheScan:
     def summary(self) -> Dict[str, Any]:
         return {"cache_dir": self.cache_dir, "repos": self.repos, "revisions": self.revisions,
                 "files": len(self.files), "blobs_scanned": self.blobs_scanned,
-                "blobs_from_cache": self.blobs_from_cache, "bytes_hashed": self.bytes_hashed}
+                "blobs_from_cache": self.blobs_from_cache, "bytes_hashed": self.bytes_hashed,
+                "verified": self.verified, "blobs_hashed": self.blobs_hashed,
+                "verification": self.verification()}
+
+    def verification(self) -> str:
+        """What was verified, in words (the text note, the JSON extra and the job summary say it)."""
+        if not self.verified:
+            return ("not verified (--no-verify): no blob was hashed, so a cached file changed after "
+                    "download is not detected")
+        return (f"verified: {self.blobs_hashed} of {self.blobs_scanned} blobs hashed against their names "
+                f"({format_bytes(self.bytes_hashed)})")
 
 
 def _snapshot_siblings(snapshot: Path, file_path: Path) -> SiblingOpener:
@@ -131,13 +296,14 @@ def _mismatch_finding(display: str, mismatch: Tuple[str, str, str], blob: str) -
 
 def scan_cache(cache_dir: Optional[str], options: ScanOptions,
                on_file: Optional[Callable[[CacheScan], None]] = None,
-               result_cache: Optional[ResultCache] = None, repos: Optional[List[str]] = None) -> CacheScan:
+               result_cache: Optional[ResultCache] = None, verify: bool = True,
+               repos: Optional[List[str]] = None) -> CacheScan:
     """Scan every repo and revision of the cache at ``cache_dir`` (default: huggingface_hub's).
-
-    ``repos`` keeps only those repos, named ``org/name`` (any type) or ``datasets/org/name``.
 
     With ``result_cache``, a blob's result is taken from it when the same content (by sha256) was
     scanned under the same name before, and stored after a scan (see :func:`_scan_blob`).
+    ``repos`` keeps only those repos, named ``org/name`` (any type) or ``datasets/org/name``.
+    ``verify=False`` skips the hash checks (nothing is hashed but a small blob's result-cache key).
     """
     from huggingface_hub import scan_cache_dir
 
@@ -152,14 +318,73 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
         result.errors.append((result.cache_dir, f"corrupted cache entry, not scanned: {warning}"))
     #: realpath of a blob -> its scan result (hash checks apart), scanned the first time it is seen
     scanned: Dict[str, FileResult] = {}
-    #: (realpath, algorithm) -> digest: each blob is hashed once per kind of name pointing at it
-    digests: Dict[Tuple[str, str], str] = {}
-    selected = [r for r in sorted(info.repos, key=lambda r: (r.repo_type, r.repo_id))
-                if repos is None or display_repo(r.repo_id, r.repo_type) in repos or r.repo_id in repos]
-    result.total_files = sum(len(rev.files) for r in selected for rev in r.revisions)
-    for repo in selected:
-        label = display_repo(repo.repo_id, repo.repo_type)
+    #: Each blob is hashed once per kind of name pointing at it; big ones in threads, ahead of the scan.
+    hasher = BlobHasher() if verify else None
+    result.verified = verify
+    #: (file result, blob, name, display): hash checks made once the scan is done, so the main thread
+    #: never waits for a hash it does not need yet
+    pending: List[Tuple[FileResult, str, str, str]] = []
+    #: The repos in the order they are scanned (and their big blobs queued to be hashed).
+    wanted = repos
+    repos = [r for r in sorted(info.repos, key=lambda r: (r.repo_type, r.repo_id))
+             if wanted is None or display_repo(r.repo_id, r.repo_type) in wanted or r.repo_id in wanted]
+    result.total_files = sum(len(rev.files) for r in repos for rev in r.revisions)
+    try:
+        if hasher is not None:
+            _queue_hashes(hasher, repos)
+        _scan_revisions(repos, options, on_file, result_cache, hasher, result, cache_root, scanned, pending)
+        if hasher is not None:
+            _check_names(pending, hasher, options, on_file, result)
+    finally:
+        if hasher is not None:
+            hasher.close()
+            result.blobs_hashed, result.bytes_hashed = hasher.blobs, hasher.bytes
+    return result
+
+
+def _queue_hashes(hasher: BlobHasher, repos: List[Any]) -> None:
+    """Note the hash every snapshot file's blob name needs, and queue the big regular blobs to the
+    pool, in the order the scan takes them (so the hash a result-cache key needs comes first)."""
+    sizes: Dict[str, int] = {}
+    for repo in repos:
+        for revision in sorted(repo.revisions, key=lambda r: r.commit_hash):
+            for cached in sorted(revision.files, key=lambda f: str(f.file_path)):
+                algorithm = expected_digest(_blob_name(cached))
+                if algorithm is None:
+                    continue
+                real = os.path.realpath(cached.blob_path)
+                hasher.want(real, algorithm)
+                if real not in sizes:
+                    try:
+                        st = os.stat(real)
+                    except OSError:
+                        st = None
+                    # -1: not a regular file (never opened) or gone (the scan says why)
+                    sizes[real] = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else -1
+                if sizes[real] > FileSource.SLURP_SIZE:
+                    hasher.queue(real, algorithm)
+
+
+def _check_names(pending: List[Tuple[FileResult, str, str, str]], hasher: BlobHasher,
+                 options: ScanOptions, on_file: Optional[Callable[[CacheScan], None]],
+                 result: CacheScan) -> None:
+    """Every link's blob name checked against its content's hash (waiting for the pool)."""
+    for file_result, real, name, display in pending:
+        file_result.findings.extend(_hash_check(real, name, display, options, hasher))
+        file_result.findings = sort_findings(file_result.findings)
+        if on_file is not None:
+            result.bytes_hashed = hasher.bytes
+            on_file(result)
+
+
+def _scan_revisions(repos: List[Any], options: ScanOptions, on_file: Optional[Callable[[CacheScan], None]],
+                    result_cache: Optional[ResultCache], hasher: Optional[BlobHasher], result: CacheScan,
+                    cache_root: str, scanned: Dict[str, FileResult],
+                    pending: List[Tuple[FileResult, str, str, str]]) -> None:
+    """Scan each blob once, in order, and show its result under every name that links to it."""
+    for repo in repos:
         result.repos += 1
+        label = display_repo(repo.repo_id, repo.repo_type)
         for revision in sorted(repo.revisions, key=lambda r: r.commit_hash):
             result.revisions += 1
             snapshot = Path(revision.snapshot_path)
@@ -177,7 +402,7 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
                 if first is None:
                     result.blobs_scanned += 1
                     first = _scan_blob(real, display, snapshot, Path(cached.file_path), options,
-                                       result_cache, digests, result)
+                                       result_cache, hasher)
                     scanned[real] = first
                     result.blobs_from_cache += first.cached
                     file_result = FileResult(path=display, size=first.size, formats=list(first.formats),
@@ -187,16 +412,17 @@ def scan_cache(cache_dir: Optional[str], options: ScanOptions,
                     file_result = FileResult(path=display, size=first.size, formats=list(first.formats),
                                              findings=[replace(f, path=display) for f in first.findings],
                                              cached=True)
-                # The name is checked for every link: another repo's link may name other content.
-                file_result.findings.extend(
-                    _hash_check(real, _blob_name(cached), display, options, digests, result))
                 file_result.findings.extend(options.policy.adjust(f) if hasattr(options.policy, "adjust")
                                             else f for f in link_findings)
                 file_result.findings = sort_findings(file_result.findings)
+                if hasher is not None:
+                    # The name is checked for every link: another repo's link may name other content.
+                    pending.append((file_result, real, _blob_name(cached), display))
                 result.files.append(file_result)
                 if on_file is not None:
+                    if hasher is not None:
+                        result.bytes_hashed = hasher.bytes
                     on_file(result)
-    return result
 
 
 def _list_cache(scan_cache_dir: Callable[[Any], Any], cache_dir: Optional[str]) -> Any:
@@ -269,22 +495,8 @@ def _not_regular(real: str, display: str) -> List[Finding]:
                     details={"target": real})]
 
 
-def _blob_name(cached: Any) -> str:
-    """The blob name the snapshot link names (what the hash check compares the content with).
-
-    huggingface_hub 0.x reports ``blob_path`` with every link resolved, so a blob that is itself a
-    link to other content would be checked under that content's own name; the link's first step
-    is read instead.
-    """
-    try:
-        return os.path.basename(os.readlink(cached.file_path))
-    except OSError:  # not a link (a copied file on a filesystem without symlinks)
-        return os.path.basename(cached.blob_path)
-
-
 def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options: ScanOptions,
-               cache: Optional[ResultCache], digests: Dict[Tuple[str, str], str],
-               tally: CacheScan) -> FileResult:
+               cache: Optional[ResultCache], hasher: Optional[BlobHasher]) -> FileResult:
     """Scan one blob, or take its result from ``cache`` when the same content was scanned before
     under the same name (see :func:`_content_key`)."""
     try:
@@ -294,7 +506,8 @@ def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options
         return FileResult(path=display, findings=[Finding(r.id, r.severity, display, f"could not open: {exc}",
                                                           r.remedy, unscanned=True)])
     with source:
-        key = _content_key(source, real, digests, tally) if cache is not None else None
+        from_snapshot = _hash_snapshot(source, real, hasher)
+        key = _content_key(source, real, hasher, from_snapshot) if cache is not None else None
         if cache is not None and key is not None:
             hit = cache.get_by_sha256(key[0], source.size, display, options)
             if hit is not None:
@@ -310,33 +523,45 @@ def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options
         return result
 
 
-def _content_key(source: FileSource, real: str, digests: Dict[Tuple[str, str], str],
-                 tally: CacheScan) -> Optional[Tuple[str, Optional[Tuple[int, int, int]]]]:
+def _hash_snapshot(source: FileSource, real: str, hasher: Optional[BlobHasher]) -> Dict[str, str]:
+    """A small blob's name-check digests, from the one read its scan is served from (no second read);
+    recorded in ``hasher``. Returns them by algorithm (empty for a big blob, or without verifying)."""
+    if hasher is None:
+        return {}
+    try:
+        whole = source.snapshot()
+    except SourceError:
+        return {}
+    if whole is None:
+        return {}
+    out: Dict[str, str] = {}
+    for algorithm in hasher.wanted(real):
+        if not hasher.has(real, algorithm):  # queued when it was big at listing time: that one counts
+            out[algorithm] = digest_bytes(whole, algorithm)
+            hasher.record(real, algorithm, out[algorithm], len(whole))
+    return out
+
+
+def _content_key(source: FileSource, real: str, hasher: Optional[BlobHasher],
+                 from_snapshot: Dict[str, str]) -> Optional[Tuple[str, Optional[Tuple[int, int, int]]]]:
     """The sha256 of a blob's content as its result-cache key, when it is cheap to have, and the
     file's stamp when that hash was taken apart from the scan's reads (else None).
 
     A small blob is hashed from the one read every reader is then served from. A bigger blob only
-    when it is named by its sha256 (an LFS file): the name check needs that hash anyway, and gets
-    this one. Other big blobs have no key (hashing them would read them whole for a cache).
+    when a name pointing at it is its sha256 (an LFS file) and names are verified: the name check
+    needs that hash anyway (the pool made it, or is making it), and the key is the same hash. Other
+    big blobs have no key (hashing them would read them whole for a cache).
     """
-    named_by_sha256 = expected_digest(os.path.basename(real)) == "sha256"
     try:
         whole = source.snapshot()
         if whole is not None:
-            digest, stamp = hashlib.sha256(whole).hexdigest(), None
-        elif named_by_sha256:
-            stamp = _stamp(real)
-            if stamp is None:
-                return None
-            digest = file_digest(real, "sha256")
-        else:
-            return None
-    except (OSError, SourceError):
+            return from_snapshot.get("sha256") or hashlib.sha256(whole).hexdigest(), None
+        if hasher is not None and hasher.has(real, "sha256"):
+            hashed = hasher.result(real, "sha256")
+            return hashed.digest, hashed.stamp
+    except (OSError, SourceError, HashCancelled):
         return None
-    if named_by_sha256:
-        digests[(real, "sha256")] = digest
-        tally.bytes_hashed += source.size
-    return digest, stamp
+    return None
 
 
 def _stamp(path: str) -> Optional[Tuple[int, int, int]]:
@@ -348,19 +573,16 @@ def _stamp(path: str) -> Optional[Tuple[int, int, int]]:
 
 
 def _hash_check(real: str, name: str, display: str, options: ScanOptions,
-                digests: Dict[Tuple[str, str], str], result: CacheScan) -> List[Finding]:
+                hasher: BlobHasher) -> List[Finding]:
     algorithm = expected_digest(name)
     if algorithm is None:
         return []
-    actual = digests.get((real, algorithm))
-    if actual is None:
-        try:
-            actual = digests[(real, algorithm)] = file_digest(real, algorithm)
-        except OSError as exc:
-            r = rule("unscanned-unreadable")
-            return [Finding(r.id, r.severity, display, f"could not hash the blob: {exc}", r.remedy,
-                            unscanned=True)]
-        result.bytes_hashed += os.path.getsize(real)
+    try:
+        actual = hasher.result(real, algorithm).digest
+    except OSError as exc:
+        r = rule("unscanned-unreadable")
+        return [Finding(r.id, r.severity, display, f"could not hash the blob: {exc}", r.remedy,
+                        unscanned=True)]
     if actual == name:
         return []
     finding = _mismatch_finding(display, (algorithm, name, actual), name)
@@ -382,7 +604,8 @@ def scan_cache_command(args: argparse.Namespace) -> int:
 
     try:
         scan = scan_cache(args.cache_dir, cli.scan_options(args), on_file=on_file if progress else None,
-                          result_cache=cli.result_cache(args), repos=getattr(args, "repo", None))
+                          result_cache=cli.result_cache(args), verify=not getattr(args, "no_verify", False),
+                          repos=getattr(args, "repo", None))
     except (CacheNotFound, ValueError) as exc:
         print(f"safemodel: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -395,8 +618,20 @@ def scan_cache_command(args: argparse.Namespace) -> int:
     report.extra = {"cache": scan.summary(),
                     "notes": [f"cache {scan.cache_dir}: {plural(scan.repos, 'repo')}, "
                               f"{plural(scan.revisions, 'revision')}, {plural(len(scan.files), 'file')}, "
-                              f"{plural(scan.blobs_scanned, 'blob')} scanned and hashed "
-                              f"({format_bytes(scan.bytes_hashed)})" +
+                              f"{plural(scan.blobs_scanned, 'blob')} scanned" +
                               (f", {scan.blobs_from_cache} results from the result cache"
-                               if scan.blobs_from_cache else "")]}
+                               if scan.blobs_from_cache else "") + f"; {scan.verification()}"]}
     return cli.emit(report, args)
+
+
+def _blob_name(cached: Any) -> str:
+    """The blob name the snapshot link names (what the hash check compares the content with).
+
+    huggingface_hub 0.x reports ``blob_path`` with every link resolved, so a blob that is itself a
+    link to other content would be checked under that content's own name; the link's first step
+    is read instead.
+    """
+    try:
+        return os.path.basename(os.readlink(cached.file_path))
+    except OSError:  # not a link (a copied file on a filesystem without symlinks)
+        return os.path.basename(cached.blob_path)

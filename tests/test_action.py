@@ -527,10 +527,9 @@ def test_install_step_builds_an_isolated_venv_and_the_action_runs_from_it(tmp_pa
     assert run.outputs["blocking"] == "true"
 
 
-def test_readme_workflow_uses_the_actions_real_inputs_and_outputs() -> None:
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## GitHub Action"):]
-    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+def test_docs_workflow_uses_the_actions_real_inputs_and_outputs() -> None:
+    page = (REPO_ROOT / "docs" / "github-action.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(.*?)```", page, re.S)
     assert block is not None
     workflow = yaml.safe_load(block.group(1))
     assert set(workflow[True]) == {"pull_request", "push", "schedule"}  # YAML 1.1 reads "on" as True

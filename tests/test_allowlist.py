@@ -267,7 +267,7 @@ def test_committed_table_is_what_the_generator_makes_here(tmp_path: Path) -> Non
     if not env:
         pytest.skip(
             f"the committed table was generated for other versions than {part['versions']}; "
-            "regenerate it (README: The pickle allowlist)"
+            "regenerate it (docs/formats.md: The pickle allowlist)"
         )
     data = json.loads((REPO / "safemodel_ci" / "data" / "allowlist.json").read_text())
     last_env = list(table.environments)[-1]

@@ -273,10 +273,9 @@ def test_ignore_matching(tmp_path: Path) -> None:
     assert cfg.ignore_for(str(tmp_path / "other" / "model.pt"), "cd" * 32) is None
 
 
-def test_readme_example_is_a_valid_config(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Configuration", 1)[1]
-    example = section.split("```yaml", 1)[1].split("```", 1)[0]
+def test_docs_example_is_a_valid_config(tmp_path: Path) -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    example = page.split("```yaml", 1)[1].split("```", 1)[0]
     cfg = load_yaml(tmp_path, example)
     assert cfg.allow_globals and cfg.ignores and cfg.excludes and cfg.severity_overrides
 

@@ -4,7 +4,7 @@ The hook repo is a snapshot of this working tree committed into a temporary git 
 tests see uncommitted work; in CI the snapshot equals the clone). pre-commit builds the hook's
 virtualenv once per session (``PRE_COMMIT_HOME`` is a session temp dir) with ``pip install .``,
 offline, from a wheelhouse: ``$SAFEMODEL_WHEELHOUSE`` or ``.pytest_cache/d/safemodel-wheelhouse``,
-filled from the package index on the first run only (see the README's Development section).
+filled from the package index on the first run only (see docs/development.md).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -71,22 +72,29 @@ def released() -> bool:
     return bool(m and re.fullmatch(r"\d{4}-\d{2}-\d{2}", m.group(1)))
 
 
+def user_docs() -> List[str]:
+    """The README and every page under docs/: what users copy install commands from."""
+    return ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))
+
+
 def test_readme_installs_from_git_until_a_release_exists() -> None:
     if released():
         pytest.skip("released: tags and the PyPI package exist")
-    readme = read("README.md")
-    assert not re.search(r"^\s*rev: v\d", readme, re.M), "pre-commit rev: a tag that does not exist yet"
-    assert not re.search(r"uses: safemodel-ci/safemodel-ci@v\d", readme), "an Action tag that does not exist"
+    assert len(user_docs()) > 1, "docs/ pages not found"
     from_pypi = []
-    for line in readme.splitlines():
-        if "pip install" not in line:
-            continue
-        tokens = shlex.split(line.split("pip install", 1)[1].split("`")[0].split("&&")[0], comments=True)
-        for i, token in enumerate(tokens):
-            if re.fullmatch(r"safemodel-ci(\[[\w,]+\])?", token) and tokens[i + 1:i + 2] != ["@"]:
-                from_pypi.append(line)
+    for name in user_docs():
+        text = read(name)
+        assert not re.search(r"^\s*rev: v\d", text, re.M), f"{name}: pre-commit rev: a tag not yet made"
+        assert not re.search(r"uses: safemodel-ci/safemodel-ci@v\d", text), f"{name}: an Action tag to come"
+        for line in text.splitlines():
+            if "pip install" not in line:
+                continue
+            tokens = shlex.split(line.split("pip install", 1)[1].split("`")[0].split("&&")[0], comments=True)
+            for i, token in enumerate(tokens):
+                if re.fullmatch(r"safemodel-ci(\[[\w,]+\])?", token) and tokens[i + 1:i + 2] != ["@"]:
+                    from_pypi.append(f"{name}: {line}")
     assert not from_pypi, f"pip install from PyPI before a release: {from_pypi}"
-    assert "git+https://github.com/safemodel-ci/safemodel-ci@<commit-sha>" in readme
+    assert "git+https://github.com/safemodel-ci/safemodel-ci@<commit-sha>" in read("README.md")
 
 
 def test_ci_runs_the_readme_test_command_and_the_declared_hub_range() -> None:

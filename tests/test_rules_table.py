@@ -1,4 +1,4 @@
-"""The rules table is the single source: ids are unique and stable-looking, and the README shows it."""
+"""The rules table is the single source: ids are unique and stable-looking, and docs/rules.md shows it."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ def test_rule_ids_are_unique_kebab_case_with_text() -> None:
         assert r.title and r.description and r.remedy, r.id
 
 
-def test_readme_rules_table_is_generated_from_the_rules(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_docs_rules_table_is_generated_from_the_rules(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["rules", "--format", "markdown"]) == 0
     generated = capsys.readouterr().out
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    shown = readme.split("<!-- rules:start -->\n", 1)[1].split("<!-- rules:end -->", 1)[0]
+    page = (REPO_ROOT / "docs" / "rules.md").read_text(encoding="utf-8")
+    shown = page.split("<!-- rules:start -->\n", 1)[1].split("<!-- rules:end -->", 1)[0]
     assert shown == generated, \
-        "README rules table is stale: regenerate with `safemodel rules --format markdown`"
+        "docs/rules.md rules table is stale: regenerate with `safemodel rules --format markdown`"

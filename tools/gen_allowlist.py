@@ -21,7 +21,7 @@ modules, resolves each name to the object it denotes and judges *that object*:
 Versions: pickled paths differ between library versions (``numpy.core`` / ``numpy._core``, pandas
 1.5 / 2.x / 3.x, scikit-learn's private modules), so the table is the union of several
 environments. Each environment runs ``collect`` and the parts are merged; an entry found in only
-some environments lists them in ``envs``. To regenerate (see the README, "The pickle allowlist")::
+some environments lists them in ``envs``. To regenerate (see docs/formats.md, "The pickle allowlist")::
 
     # in every environment (one venv per library set), from the repository root:
     VENV/bin/python tools/gen_allowlist.py collect --env NAME --out /tmp/NAME.json

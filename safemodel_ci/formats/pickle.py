@@ -24,6 +24,7 @@ import gc
 import re
 import struct
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -164,6 +165,25 @@ class PSet(Sym):
         self.dropped = 0
 
 
+class _CBytes(bytes):
+    """Bytes a call returned (``_codecs.encode``, ``bytes(...)``): the VM knows their value, but an
+    operation on them is judged like one on any call result (accepted), not like one on a literal."""
+
+    __slots__ = ()
+
+
+class _CByteArray(bytearray):
+    """A bytearray a call returned (see :class:`_CBytes`)."""
+
+
+def _computed(value: Any) -> Any:
+    if type(value) is bytes:
+        return _CBytes(value)
+    if type(value) is bytearray:
+        return _CByteArray(value)
+    return value
+
+
 class _NotLiteral(Exception):
     pass
 
@@ -247,6 +267,50 @@ class _FastReader(SourceReader):
                 self._pos += idx + 1 - rel
                 return self._buf[rel:idx + 1]
         return super().readline(limit)
+
+
+class _FrameBufferReader(_FastReader):
+    """How the C unpickler reads a stream from a file object without ``peek`` (an ``io.BytesIO``, as
+    ``torch.load`` gives it): a FRAME is read into a buffer in one piece, and a read the rest of the
+    buffer cannot satisfy drops that rest and reads on from the file, after the frame. Where a frame
+    ends inside an opcode, that reader sees other opcodes than ``pickle.loads`` does."""
+
+    region_end = -1  #: end of the frame being read from the buffer; -1: none
+
+    def _leave_region(self, n: int) -> None:
+        end = self.region_end
+        if end >= 0 and self._pos < end < self._pos + n:
+            self._pos = end  # the rest of the buffer is dropped
+            self.region_end = -1
+
+    def read(self, n: int) -> bytes:
+        self._leave_region(n)
+        return super().read(n)
+
+    def skip(self, n: int) -> int:
+        self._leave_region(n)
+        return super().skip(n)
+
+    def readline(self, limit: int = 1 << 16) -> bytes:
+        end = self.region_end
+        if end >= 0 and self._pos < end:
+            line = self.source.read_at(self._pos, min(end - self._pos, limit))
+            if b"\n" not in line:
+                self._pos = end
+                self.region_end = -1
+        return super().readline(limit)
+
+    def frame(self, size: int) -> bool:
+        """FRAME of ``size`` bytes: False when the data ends first (the C unpickler fails)."""
+        end = self.region_end
+        if end >= 0 and self._pos + size <= end:
+            return True  # inside the buffer already: _pickle only rewinds
+        if end >= 0 and self._pos < end:
+            self._pos = end
+        if size > self.remaining():
+            return False
+        self.region_end = self._pos + size
+        return True
 
 
 class _Latin1OfUtf8:
@@ -362,6 +426,11 @@ class _PickleVM:
     #: Where the last FRAME ends; -1 once a FRAME ran past the end of the data (only
     #: ``pickle._Unpickler`` goes on then, see ``frame``).
     _frame_end = 0
+    #: A frame did not end at an opcode boundary we saw (see ``frame``): scan_pickle_at then also
+    #: walks the stream as a BytesIO-fed C unpickler reads it (:class:`_FrameBufferReader`).
+    frames_irregular = False
+    #: This VM reads like the C unpickler on a BytesIO (frames as buffers that drop their rest).
+    lossy = False
 
     def __init__(self, source: ByteSource, ctx: Optional[ScanContext], start: int, end: Optional[int],
                  *, torch_archive: bool = False, silent: bool = False, policy: Any = None,
@@ -370,7 +439,7 @@ class _PickleVM:
         self.ctx = ctx
         self.silent = silent or ctx is None
         self.policy = policy if policy is not None else (ctx.policy if ctx is not None else None)
-        self.reader = _FastReader(source, start, end)
+        self.reader = (_FrameBufferReader if self.lossy else _FastReader)(source, start, end)
         self.start = start
         self.torch_archive = torch_archive
         limits = ctx.limits if ctx is not None else None
@@ -644,14 +713,14 @@ class _PickleVM:
         if argv is None:
             return Obj(callee)
         if path == "_codecs.encode" and kind == "REDUCE":
-            return self._codecs_encode(argv)
+            return _computed(self._codecs_encode(argv))
         if path in ("builtins.bytes", "builtins.bytearray") and kind in ("REDUCE", "NEWOBJ"):
             value = self._codecs_encode(argv) if len(argv) == 2 else (
                 argv[0] if argv and isinstance(argv[0], (bytes, bytearray, BigData)) else
                 (b"" if not argv else Obj(callee)))
             if path == "builtins.bytearray" and isinstance(value, bytes):
-                return bytearray(value)
-            return value
+                return _CByteArray(value)
+            return _computed(value)
         if path in _BYTES_IO:
             return Obj(callee, {"bytes": argv[0] if argv else b""})
         if path in ("copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__") and argv \
@@ -767,7 +836,8 @@ class _PickleVM:
         if not isinstance(target, _SYMBOLIC):
             # A value the stream built itself has no append/extend (a bytearray takes bytes):
             # both unpicklers raise, except _pickle on an empty APPENDS, which does nothing.
-            if items and not (isinstance(target, bytearray) and all(_is_byte(v) for v in items)):
+            if (items or self._frame_end < 0) and not (
+                    isinstance(target, bytearray) and all(_is_byte(v) for v in items)):
                 raise _Broken(pos, f"{kind} to {describe(target)} (the loader raises)")
             return
         # Anything else: the loader calls target.append / target.extend, a method call.
@@ -925,6 +995,8 @@ class _PickleVM:
                     result.end = self.reader.tell()
                     result.complete = True
                     result.top = self.stack[-1] if self.stack else None
+                    if self._frame_end > 0 and result.end > self._frame_end:
+                        self.frames_irregular = True
                     break
                 except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as exc:
                     raise _Broken(pos, f"invalid argument: {exc}") from None
@@ -932,6 +1004,8 @@ class _PickleVM:
             result.error = exc.reason
             result.end = None
             self.broken = exc
+            if self._frame_end != 0:
+                self.frames_irregular = True
         else:
             self.broken = None
         finally:
@@ -1014,7 +1088,7 @@ class _PickleVM:
             try:  # the common case inline (a function call per opcode shows in protocol 0 streams)
                 value = float(line)
             except ValueError:
-                value = _parse_float_line(line)
+                value = _parse_float_line(line, self._frame_end >= 0)
             self._push(value)
 
         @op(b"I")
@@ -1026,11 +1100,11 @@ class _PickleVM:
                     return
                 except ValueError:
                     pass
-            self._push(_parse_int_line(line))
+            self._push(_parse_int_line(line, self._frame_end >= 0))
 
         @op(b"L")
         def long_(self: _PickleVM, pos: int) -> None:
-            self._push(_parse_long_line(self._line(pos)))
+            self._push(_parse_long_line(self._line(pos), self._frame_end >= 0))
 
         @op(b"J")
         def binint(self: _PickleVM, pos: int) -> None:
@@ -1093,7 +1167,12 @@ class _PickleVM:
             content = self._line(pos)
             if len(content) < 2 or content[0] != content[-1] or content[:1] not in (b"'", b'"'):
                 raise _Broken(pos, "the STRING opcode argument must be quoted")
-            value = codecs.escape_decode(content[1:-1])[0]  # both unpicklers: ValueError on a bad escape
+            if b"\\" in content:  # both unpicklers: ValueError on a bad escape (an unknown one warns)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    value = codecs.escape_decode(content[1:-1])[0]
+            else:
+                value = content[1:-1]
             self._push(_py2_str(value) if len(value) <= MAX_INLINE_BYTES
                        else BigData("str", len(value), None))
 
@@ -1333,7 +1412,7 @@ class _PickleVM:
                 else:
                     target.dropped += len(items)
             elif not isinstance(target, _SYMBOLIC):
-                if items:  # _pickle does nothing for no items; otherwise there is no add()
+                if items or self._frame_end < 0:  # _pickle does nothing for no items
                     raise _Broken(pos, f"ADDITEMS to {describe(target)} (the loader raises)")
             else:
                 self._mutating_call(target, items, pos, "ADDITEMS")
@@ -1353,7 +1432,7 @@ class _PickleVM:
             try:
                 index = int(line) if len(line) < 20 else _memo_index(line)
             except ValueError:
-                index = _memo_index(line)
+                index = _memo_index(line, self._frame_end >= 0)
             self._memo_get(index, pos)
 
         @op(b"h")
@@ -1370,7 +1449,7 @@ class _PickleVM:
             try:
                 index = int(line) if len(line) < 20 else _memo_index(line)
             except ValueError:
-                index = _memo_index(line)
+                index = _memo_index(line, self._frame_end >= 0)
             if index.__class__ is tuple:  # a huge index (kept as its digits)
                 if index[1][:1] == b"-":
                     raise _Broken(pos, "negative memo index")
@@ -1411,6 +1490,14 @@ class _PickleVM:
             size = struct.unpack("<Q", self._read(8, pos))[0]
             if size > sys.maxsize:
                 raise _Broken(pos, f"FRAME of {size} bytes (over sys.maxsize)")
+            if self.lossy:
+                if not self.reader.frame(size):  # type: ignore[attr-defined]
+                    raise _Broken(pos, f"FRAME of {size} bytes runs past the end of the data")
+                return
+            if self._frame_end > 0 and pos != self._frame_end:
+                # Not where the previous frame ends: some opcode may straddle a frame's end, and a C
+                # unpickler reading from a BytesIO (torch.load) would read other opcodes.
+                self.frames_irregular = True
             here = self.reader.tell()
             # pickle.py refuses a FRAME that starts before the current frame ends (its opcode or its
             # 9 bytes must end it exactly); _pickle only needs the whole frame to be there.
@@ -1426,16 +1513,24 @@ class _PickleVM:
         return d
 
 
+class _LossyPickleVM(_PickleVM):
+    """The VM reading as the C unpickler does from a file object without ``peek``."""
+
+    lossy = True
+
+
 _CALL_KINDS = frozenset({"REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
 #: Values whose behaviour is only known when the pickle runs (imports, what calls return): the VM
 #: accepts any operation on them. Everything else is a value the stream built, with known behaviour.
-_SYMBOLIC = (Global, Obj, Opaque)
+_SYMBOLIC = (Global, Obj, Opaque, _CBytes, _CByteArray)
 _NOT_ITERABLE = frozenset({type(None), bool, int, float})
 _HASHABLE = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 def _unhashable(value: Any, depth: int = 0) -> bool:
     """Whether ``hash(value)`` raises for a value the stream built (lists, dicts, sets, bytearrays)."""
+    if isinstance(value, _SYMBOLIC):
+        return False
     if isinstance(value, (PList, PDict, bytearray)):
         return True
     if isinstance(value, PSet):
@@ -1459,6 +1554,8 @@ def _is_byte(value: Any) -> bool:
 
 def _truthy(value: Any) -> bool:
     """``bool(value)`` as the loader would see it; values known only at load time count as true."""
+    if isinstance(value, _SYMBOLIC):
+        return True
     if value is None or isinstance(value, (bool, int, float, str, bytes, bytearray, tuple)):
         return bool(value)
     if isinstance(value, PList):
@@ -1562,8 +1659,12 @@ def _py_int0(text: bytes) -> Any:
     return Opaque("a huge integer")
 
 
-def _parse_int_line(line: bytes) -> Any:
-    """The value INT pushes (``line`` without its newline); ValueError when neither unpickler reads it."""
+def _parse_int_line(line: bytes, c_too: bool = True) -> Any:
+    """The value INT pushes (``line`` without its newline); ValueError when neither unpickler reads it.
+
+    ``c_too`` False: only ``pickle._Unpickler`` is still reading (the C one failed on a FRAME that
+    runs past the end of the data), so only its forms count. The same for the other parsers.
+    """
     if line == b"00":
         return False
     if line == b"01":
@@ -1571,7 +1672,8 @@ def _parse_int_line(line: bytes) -> Any:
     try:
         return _py_int0(line)  # pickle._Unpickler
     except ValueError:
-        pass
+        if not c_too:
+            raise
     text = _c_string(line)  # _pickle: strtol, then PyLong_FromString
     if not text:
         if line:  # "\0...": strtol reads no digit and stops at the terminating NUL: 0
@@ -1589,7 +1691,7 @@ def _parse_int_line(line: bytes) -> Any:
     return _py_int0(text)  # out of range for a C long, or not C syntax
 
 
-def _parse_long_line(line: bytes) -> Any:
+def _parse_long_line(line: bytes, c_too: bool = True) -> Any:
     """The value LONG pushes: one trailing 'L' dropped, then ``int(text, 0)`` (C: up to a NUL)."""
     if line[-1:] == b"L":
         line = line[:-1]
@@ -1597,14 +1699,14 @@ def _parse_long_line(line: bytes) -> Any:
         return _py_int0(line)
     except ValueError:
         text = _c_string(line)
-        if text is line:
+        if text is line or not c_too:
             raise
         return _py_int0(text)
 
 
-def _memo_index(line: bytes) -> Any:
+def _memo_index(line: bytes, c_too: bool = True) -> Any:
     """The memo index of GET/PUT: ``int(line)`` (C: up to a NUL). Huge indices are kept as text."""
-    for text in (line, _c_string(line)) if b"\0" in line else (line,):
+    for text in (line, _c_string(line)) if c_too and b"\0" in line else (line,):
         if len(text) <= 64:
             try:
                 return int(text)
@@ -1618,12 +1720,13 @@ def _memo_index(line: bytes) -> Any:
     raise ValueError("invalid memo index")
 
 
-def _parse_float_line(line: bytes) -> float:
+def _parse_float_line(line: bytes, c_too: bool = True) -> float:
     """The value FLOAT pushes; ValueError when neither unpickler reads it."""
     try:
         return float(line)  # pickle._Unpickler
     except ValueError:
-        pass
+        if not c_too:
+            raise
     text = _c_string(line)  # _pickle: strict syntax up to a NUL; an overflow is an error
     if text is line or not _C_FLOAT.match(text):
         raise ValueError("could not convert string to float")
@@ -1713,6 +1816,8 @@ def scan_pickle_at(source: ByteSource, ctx: ScanContext, offset: int = 0, end: O
     """
     vm = _PickleVM(source, ctx, offset, end, torch_archive=torch_archive)
     result = vm.run()
+    if vm.frames_irregular:
+        _second_reading(vm, result, source, ctx, offset, end, torch_archive)
     vm.flush()
     broken = vm.broken
     if broken is not None and broken.limit:
@@ -1726,6 +1831,28 @@ def scan_pickle_at(source: ByteSource, ctx: ScanContext, offset: int = 0, end: O
                    "inspected",
                    offset=broken.offset, details={"start": offset, "reason": broken.reason})
     return result
+
+
+def _second_reading(vm: _PickleVM, result: PickleStreamResult, source: ByteSource, ctx: ScanContext,
+                    offset: int, end: Optional[int], torch_archive: bool) -> None:
+    """Frames that do not end at opcode boundaries: walk the stream again as torch.load's C unpickler
+    (fed an io.BytesIO) reads it, and add what that reading imports and calls to ``vm``'s findings."""
+    other = _LossyPickleVM(source, ctx, offset, end, torch_archive=torch_archive)
+    res = other.run()
+    differs = (res.complete != result.complete or res.end != result.end
+               or set(res.globals) != set(result.globals))
+    for key, rec in other.records.items():
+        vm.records.setdefault(key, rec)
+    vm._pending_nested.extend(other._pending_nested)
+    seen = set(result.globals)
+    result.globals.extend(g for g in res.globals if g not in seen)
+    if res.complete and not result.complete:
+        result.complete, result.end, result.top = True, res.end, res.top
+    if differs:
+        vm._anomaly("polyglot", "frames split opcodes",
+                    "FRAME boundaries fall inside opcodes: the C unpickler reading from a BytesIO "
+                    "(torch.load) and pickle.loads read different opcodes; both readings were scanned",
+                    offset, "FRAME")
 
 
 def scan_pickle_stream(source: ByteSource, ctx: ScanContext, start: int = 0,

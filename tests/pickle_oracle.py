@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Set, Tuple
 
 #: Per child process: CPU seconds and address space.
 CHILD_CPU_SECONDS = 300
@@ -112,6 +112,60 @@ def run_oracle(streams: Sequence[bytes]) -> List[OracleResult]:
                 results.append(OracleResult(*(Outcome("killed", error=why) for _ in _KINDS)))
                 start += 1
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison with the VM (used by tests/test_pickle_differential.py and fuzz/fuzz_readers.py).
+
+def _mapped(module: str, name: str) -> Tuple[str, str]:
+    import _compat_pickle
+
+    """The name the unpickler's own find_class imports (Python 2 names mapped, as fix_imports does)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    if module in _compat_pickle.IMPORT_MAPPING:
+        return _compat_pickle.IMPORT_MAPPING[module], name
+    return module, name
+
+
+def vm_outcome(data: bytes) -> Tuple[bool, Set[Tuple[str, str]], bool, List[str]]:
+    """(reached STOP, globals reported, clean, finding rule ids) of the VM on one stream."""
+    from safemodel_ci.context import Limits, ScanContext
+    from safemodel_ci.findings import Severity
+    from safemodel_ci.formats.pickle import scan_pickle_at
+    from safemodel_ci.policy import Policy
+    from safemodel_ci.source import BytesSource
+
+    ctx = ScanContext("stream.pkl", Policy(), Limits())
+    result = scan_pickle_at(BytesSource(data), ctx)
+    bad = [f.rule_id for f in ctx.findings if f.unscanned or f.severity > Severity.INFO]
+    return result.complete, set(result.globals), result.complete and not bad, bad
+
+
+def violations(streams: Sequence[bytes], oracle: Sequence[OracleResult]) -> Tuple[List[str], Dict[str, int]]:
+    """Every disagreement with the oracle, described; and counts of what the streams did."""
+    problems: List[str] = []
+    counts = {"streams": len(streams), "cpython_stop": 0, "both_raise": 0, "killed": 0, "vm_stop": 0}
+    for data, ref in zip(streams, oracle):
+        stop, globs, clean, bad = vm_outcome(data)
+        counts["vm_stop"] += stop
+        counts["cpython_stop"] += ref.stops
+        counts["both_raise"] += ref.both_raise
+        counts["killed"] += any(o.status == "killed" for o in ref.outcomes)
+        shown = repr(data[:300]) + ("..." if len(data) > 300 else "")
+        if ref.stops and not stop:
+            problems.append(f"CPython reaches STOP ({[o.status for o in ref.outcomes]}), the VM does "
+                            f"not ({bad}): {shown}")
+        missing = [g for g in ref.globals if g not in globs and _mapped(*g) not in globs]
+        if missing:
+            problems.append(f"globals CPython resolves that the VM does not report: {missing[:5]}: {shown}")
+        # joblib's own unpickler reads an array's raw bytes after a NumpyArrayWrapper's BUILD, which
+        # plain unpicklers run as opcodes: the VM walks it as joblib.load does (a real loader).
+        joblib = any(g[1] == "NumpyArrayWrapper" for g in ref.globals)
+        if ref.both_raise and clean and not joblib:
+            problems.append(f"every unpickler raises ({[o.error for o in ref.outcomes]}) but the VM "
+                            f"reports the stream clean: {shown}")
+    return problems, counts
 
 
 # ---------------------------------------------------------------------------------------------

@@ -247,9 +247,25 @@ def describe(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------
 
+_DEFAULT_MAX_LINE = Limits().max_in_memory_bytes + 1
+
+
 class _FastReader(SourceReader):
     """:class:`SourceReader` with an inlined fast path for reads inside the current buffer: the VM
-    reads a byte or a few per opcode, and millions of opcodes make the general path the hot spot."""
+    reads a byte or a few per opcode, and millions of opcodes make the general path the hot spot.
+
+    It also holds the VM's per-stream reading state (see :class:`_PickleVM`)."""
+
+    def __init__(self, source: ByteSource, start: int = 0, end: Optional[int] = None) -> None:
+        super().__init__(source, start, end)
+        #: Longest text argument line read, with its newline (``max-in-memory-bytes``).
+        self.max_line = _DEFAULT_MAX_LINE
+        #: Where the last FRAME ends; -1 once a FRAME ran past the end of the data (only
+        #: ``pickle._Unpickler`` goes on then, see the VM's ``frame``).
+        self.frame_end = 0
+        #: Which unpicklers still read the stream (``_PY | _C``): where only one accepts a form,
+        #: the other has failed, and a later form only that other one accepts breaks the walk.
+        self.alive = 3
 
     def read(self, n: int) -> bytes:
         rel = self._pos - self._buf_start
@@ -418,14 +434,10 @@ def _verdict_rank(v: GlobalVerdict) -> int:
 class _PickleVM:
     """One pass over one pickle, from ``start`` to its STOP."""
 
-    # Class-level defaults, set on an instance only when they differ: an instance with more than 30
-    # attributes no longer shares its attribute keys, and every attribute access in the opcode loop
-    # gets slower (5M opcodes: +5% instructions).
-    #: Longest text argument line read, with its newline (``max-in-memory-bytes``).
-    max_line = Limits().max_in_memory_bytes + 1
-    #: Where the last FRAME ends; -1 once a FRAME ran past the end of the data (only
-    #: ``pickle._Unpickler`` goes on then, see ``frame``).
-    _frame_end = 0
+    # Per-stream reading state lives on the reader (``max_line``, ``frame_end``, ``alive``): an
+    # instance with more than 30 attributes no longer shares its attribute keys, and every attribute
+    # access in the opcode loop gets slower (5M opcodes: +5% instructions); a class-level default
+    # read through an instance is slower still.
     #: A frame did not end at an opcode boundary we saw (see ``frame``): scan_pickle_at then also
     #: walks the stream as a BytesIO-fed C unpickler reads it (:class:`_FrameBufferReader`).
     frames_irregular = False
@@ -445,8 +457,8 @@ class _PickleVM:
         limits = ctx.limits if ctx is not None else None
         self.max_stack = limits.max_pickle_stack if limits else 1_000_000
         self.max_memo = limits.max_pickle_memo if limits else 1_000_000
-        if limits is not None and limits.max_in_memory_bytes + 1 != self.max_line:
-            self.max_line = limits.max_in_memory_bytes + 1
+        if limits is not None:
+            self.reader.max_line = limits.max_in_memory_bytes + 1
         self.stack: List[Any] = []
         self.metastack: List[List[Any]] = []
         self.memo: Dict[int, Any] = {}
@@ -483,8 +495,11 @@ class _PickleVM:
         Both unpicklers read a whole line whatever its length; a line longer than
         ``max-in-memory-bytes`` is a scan limit (``unscanned-limit``), not a malformed pickle.
         """
-        limit = self.max_line
-        line = self.reader.readline(limit)
+        reader = self.reader
+        limit = reader.max_line
+        line = reader.readline(limit)
+        if reader.frame_end > 0:
+            self._crosses_frame(len(line), pos)
         if line[-1:] == b"\n":
             return line[:-1]
         if len(line) >= limit:
@@ -499,7 +514,7 @@ class _PickleVM:
         ``readline()[:-1]`` drops the last byte of an unterminated line, or gives '' when nothing is
         left. That import is judged before the stream is reported broken.
         """
-        limit = self.max_line
+        limit = self.reader.max_line
         parts: List[str] = []
         for _ in range(2):
             line = self.reader.readline(limit) if self.reader.remaining() else b""
@@ -548,6 +563,21 @@ class _PickleVM:
                 decoder.decode(chunk, final=offset >= end)
         except UnicodeDecodeError as exc:
             raise _Broken(pos, f"invalid argument: {exc}") from None
+
+    def _crosses_frame(self, n: int, pos: int) -> None:
+        """pickle.py fails on a read that starts inside a frame and ends past it."""
+        end = self.reader._pos
+        if end - n < self.reader.frame_end < end:
+            self.frames_irregular = True
+            self._kill(_PY, pos, "an argument crosses the end of a FRAME")
+
+    def _kill(self, who: int, pos: int, why: str) -> None:
+        """The unpickler(s) ``who`` fail here; the walk breaks when none is left."""
+        alive = self.reader.alive & ~who
+        if not alive:
+            raise _Broken(pos, f"{why}, and the other unpickler failed earlier (the loader raises)")
+        if alive != self.reader.alive:
+            self.reader.alive = alive
 
     # -- stack ---------------------------------------------------------------------------------
     def _push(self, value: Any) -> None:
@@ -836,9 +866,10 @@ class _PickleVM:
         if not isinstance(target, _SYMBOLIC):
             # A value the stream built itself has no append/extend (a bytearray takes bytes):
             # both unpicklers raise, except _pickle on an empty APPENDS, which does nothing.
-            if (items or self._frame_end < 0) and not (
-                    isinstance(target, bytearray) and all(_is_byte(v) for v in items)):
-                raise _Broken(pos, f"{kind} to {describe(target)} (the loader raises)")
+            if not (isinstance(target, bytearray) and all(_is_byte(v) for v in items)):
+                if items:
+                    raise _Broken(pos, f"{kind} to {describe(target)} (the loader raises)")
+                self._kill(_PY, pos, f"empty {kind} to {describe(target)}")  # pickle.py looks up extend
             return
         # Anything else: the loader calls target.append / target.extend, a method call.
         self._mutating_call(target, items, pos, kind)
@@ -995,7 +1026,7 @@ class _PickleVM:
                     result.end = self.reader.tell()
                     result.complete = True
                     result.top = self.stack[-1] if self.stack else None
-                    if self._frame_end > 0 and result.end > self._frame_end:
+                    if self.reader.frame_end > 0 and result.end > self.reader.frame_end:
                         self.frames_irregular = True
                     break
                 except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as exc:
@@ -1004,7 +1035,7 @@ class _PickleVM:
             result.error = exc.reason
             result.end = None
             self.broken = exc
-            if self._frame_end != 0:
+            if self.reader.frame_end != 0:
                 self.frames_irregular = True
         else:
             self.broken = None
@@ -1088,7 +1119,15 @@ class _PickleVM:
             try:  # the common case inline (a function call per opcode shows in protocol 0 streams)
                 value = float(line)
             except ValueError:
-                value = _parse_float_line(line, self._frame_end >= 0)
+                value, py_ok = _parse_float_line(line, bool(self.reader.alive & _C))
+                if not py_ok:
+                    self._kill(_PY, pos, "a FLOAT form only _pickle reads")
+                self._push(value)
+                return
+            # _pickle reads what float() reads, but for whitespace, underscores and an overflow.
+            if (value - value != 0.0 or b"_" in line or line[:1].isspace() or line[-1:].isspace()) \
+                    and self.reader.alive & _C and not _c_float_ok(line, value):
+                self._kill(_C, pos, "a FLOAT form only pickle.py reads")
             self._push(value)
 
         @op(b"I")
@@ -1100,11 +1139,17 @@ class _PickleVM:
                     return
                 except ValueError:
                     pass
-            self._push(_parse_int_line(line, self._frame_end >= 0))
+            value, py_ok = _parse_int_line(line, bool(self.reader.alive & _C))
+            if not py_ok:
+                self._kill(_PY, pos, "an INT form only _pickle reads")
+            self._push(value)
 
         @op(b"L")
         def long_(self: _PickleVM, pos: int) -> None:
-            self._push(_parse_long_line(self._line(pos), self._frame_end >= 0))
+            value, py_ok = _parse_long_line(self._line(pos), bool(self.reader.alive & _C))
+            if not py_ok:
+                self._kill(_PY, pos, "a LONG form only _pickle reads")
+            self._push(value)
 
         @op(b"J")
         def binint(self: _PickleVM, pos: int) -> None:
@@ -1412,8 +1457,9 @@ class _PickleVM:
                 else:
                     target.dropped += len(items)
             elif not isinstance(target, _SYMBOLIC):
-                if items or self._frame_end < 0:  # _pickle does nothing for no items
+                if items:  # _pickle does nothing for no items, pickle.py looks up add()
                     raise _Broken(pos, f"ADDITEMS to {describe(target)} (the loader raises)")
+                self._kill(_PY, pos, f"empty ADDITEMS to {describe(target)}")
             else:
                 self._mutating_call(target, items, pos, "ADDITEMS")
 
@@ -1430,9 +1476,13 @@ class _PickleVM:
         def get(self: _PickleVM, pos: int) -> None:
             line = self._line(pos)
             try:
-                index = int(line) if len(line) < 20 else _memo_index(line)
+                if len(line) >= 20:
+                    raise ValueError
+                index = int(line)
             except ValueError:
-                index = _memo_index(line, self._frame_end >= 0)
+                index, py_ok = _memo_index(line, bool(self.reader.alive & _C))
+                if not py_ok:
+                    self._kill(_PY, pos, "a memo index only _pickle reads")
             self._memo_get(index, pos)
 
         @op(b"h")
@@ -1447,9 +1497,13 @@ class _PickleVM:
         def put(self: _PickleVM, pos: int) -> None:
             line = self._line(pos)
             try:
-                index = int(line) if len(line) < 20 else _memo_index(line)
+                if len(line) >= 20:
+                    raise ValueError
+                index = int(line)
             except ValueError:
-                index = _memo_index(line, self._frame_end >= 0)
+                index, py_ok = _memo_index(line, bool(self.reader.alive & _C))
+                if not py_ok:
+                    self._kill(_PY, pos, "a memo index only _pickle reads")
             if index.__class__ is tuple:  # a huge index (kept as its digits)
                 if index[1][:1] == b"-":
                     raise _Broken(pos, "negative memo index")
@@ -1494,21 +1548,23 @@ class _PickleVM:
                 if not self.reader.frame(size):  # type: ignore[attr-defined]
                     raise _Broken(pos, f"FRAME of {size} bytes runs past the end of the data")
                 return
-            if self._frame_end > 0 and pos != self._frame_end:
+            if self.reader.frame_end > 0 and pos != self.reader.frame_end:
                 # Not where the previous frame ends: some opcode may straddle a frame's end, and a C
                 # unpickler reading from a BytesIO (torch.load) would read other opcodes.
                 self.frames_irregular = True
             here = self.reader.tell()
             # pickle.py refuses a FRAME that starts before the current frame ends (its opcode or its
             # 9 bytes must end it exactly); _pickle only needs the whole frame to be there.
-            py_ok = self._frame_end >= 0 and (pos + 1 >= self._frame_end or here == self._frame_end)
+            fe = self.reader.frame_end
+            py_ok = fe >= 0 and (pos + 1 >= fe or here == fe)
+            if not py_ok:
+                self._kill(_PY, pos, "a FRAME before the current frame ends")
             if size <= self.reader.remaining():
-                self._frame_end = here + size
-            elif py_ok:
-                # _pickle fails here; pickle._Unpickler reads what there is as the frame and goes on.
-                self._frame_end = -1
+                self.reader.frame_end = here + size
             else:
-                raise _Broken(pos, f"FRAME of {size} bytes runs past the end of the data")
+                # _pickle fails here; pickle._Unpickler reads what there is as the frame and goes on.
+                self._kill(_C, pos, f"a FRAME of {size} bytes runs past the end of the data")
+                self.reader.frame_end = -1
 
         return d
 
@@ -1642,6 +1698,9 @@ _C_STRTOL = _LazyRegex(_WS + rb"([+-]?)(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0
 _C_FLOAT = _LazyRegex(rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)\Z",
                       re.IGNORECASE)
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+_INF = float("inf")
+#: The two unpicklers, as bits of ``_FastReader.alive``.
+_PY, _C = 1, 2
 
 
 def _c_string(line: bytes) -> bytes:
@@ -1659,22 +1718,27 @@ def _py_int0(text: bytes) -> Any:
     return Opaque("a huge integer")
 
 
-def _parse_int_line(line: bytes, c_too: bool = True) -> Any:
-    """The value INT pushes (``line`` without its newline); ValueError when neither unpickler reads it.
+def _parse_int_line(line: bytes, c_too: bool = True) -> Tuple[Any, bool]:
+    """(value INT pushes, whether pickle.py reads it); ValueError when neither unpickler reads it.
 
     ``c_too`` False: only ``pickle._Unpickler`` is still reading (the C one failed on a FRAME that
     runs past the end of the data), so only its forms count. The same for the other parsers.
     """
     if line == b"00":
-        return False
+        return False, True
     if line == b"01":
-        return True
+        return True, True
     try:
-        return _py_int0(line)  # pickle._Unpickler
+        return _py_int0(line), True  # pickle._Unpickler
     except ValueError:
         if not c_too:
             raise
-    text = _c_string(line)  # _pickle: strtol, then PyLong_FromString
+    return _c_int(line), False
+
+
+def _c_int(line: bytes) -> Any:
+    """INT as _pickle reads it: strtol, then PyLong_FromString, on the C string."""
+    text = _c_string(line)
     if not text:
         if line:  # "\0...": strtol reads no digit and stops at the terminating NUL: 0
             return 0
@@ -1691,49 +1755,59 @@ def _parse_int_line(line: bytes, c_too: bool = True) -> Any:
     return _py_int0(text)  # out of range for a C long, or not C syntax
 
 
-def _parse_long_line(line: bytes, c_too: bool = True) -> Any:
-    """The value LONG pushes: one trailing 'L' dropped, then ``int(text, 0)`` (C: up to a NUL)."""
+def _parse_long_line(line: bytes, c_too: bool = True) -> Tuple[Any, bool]:
+    """(value LONG pushes, whether pickle.py reads it): one trailing 'L' dropped, then ``int(text,
+    0)`` (C: up to a NUL)."""
     if line[-1:] == b"L":
         line = line[:-1]
     try:
-        return _py_int0(line)
+        return _py_int0(line), True
     except ValueError:
         text = _c_string(line)
         if text is line or not c_too:
             raise
-        return _py_int0(text)
+        return _py_int0(text), False
 
 
-def _memo_index(line: bytes, c_too: bool = True) -> Any:
-    """The memo index of GET/PUT: ``int(line)`` (C: up to a NUL). Huge indices are kept as text."""
+def _memo_index(line: bytes, c_too: bool = True) -> Tuple[Any, bool]:
+    """(memo index of GET/PUT, whether pickle.py reads it): ``int(line)`` (C: up to a NUL). Huge
+    indices are kept as text."""
     for text in (line, _c_string(line)) if c_too and b"\0" in line else (line,):
         if len(text) <= 64:
             try:
-                return int(text)
+                return int(text), text is line
             except ValueError:
                 continue
         if _PY_INT10.match(text) is not None:
             digits = text.strip().replace(b"_", b"")
             sign = b"-" if digits[:1] == b"-" else b""
             digits = digits.lstrip(b"+-").lstrip(b"0") or b"0"
-            return int(sign + digits) if len(digits) <= 64 else ("huge", sign + digits)
+            return (int(sign + digits) if len(digits) <= 64 else ("huge", sign + digits)), text is line
     raise ValueError("invalid memo index")
 
 
-def _parse_float_line(line: bytes, c_too: bool = True) -> float:
-    """The value FLOAT pushes; ValueError when neither unpickler reads it."""
+def _parse_float_line(line: bytes, c_too: bool = True) -> Tuple[float, bool]:
+    """(value FLOAT pushes, whether pickle.py reads it); ValueError when neither unpickler reads it."""
     try:
-        return float(line)  # pickle._Unpickler
+        return float(line), True  # pickle._Unpickler
     except ValueError:
         if not c_too:
             raise
     text = _c_string(line)  # _pickle: strict syntax up to a NUL; an overflow is an error
-    if text is line or not _C_FLOAT.match(text):
+    if text is line:
         raise ValueError("could not convert string to float")
-    value = float(text)
-    if value in (float("inf"), float("-inf")) and b"inf" not in text.lower():
-        raise ValueError("float overflow")
-    return value
+    value = float(text) if _C_FLOAT.match(text) else None
+    if value is None or not _c_float_ok(text, value):
+        raise ValueError("could not convert string to float")
+    return value, False
+
+
+def _c_float_ok(text: bytes, value: float) -> bool:
+    """Whether ``PyOS_string_to_double`` reads ``text`` (already read by float() as ``value``): strict
+    syntax (no whitespace, no underscores), and no overflow to infinity."""
+    if not _C_FLOAT.match(text):
+        return False
+    return not (value in (_INF, -_INF) and b"inf" not in text.lower())
 
 
 def _py2_str(data: bytes) -> str:

@@ -165,12 +165,17 @@ def test_mutated_streams_100k() -> None:
     total: Dict[str, int] = {}
     all_streams = list(mutated_streams(seeds, 100_000, seed=int(os.environ.get("SAFEMODEL_DIFF_SEED", "7")),
                                        long_lines=(4096, 4097, 65_537, 70_000, (1 << 20) + 3)))
+    problems: List[str] = []
     for i in range(0, len(all_streams), 5000):
-        counts = check(all_streams[i:i + 5000])
+        batch = all_streams[i:i + 5000]
+        found, counts = violations(batch, run_oracle(batch))
+        problems += found
         for k, v in counts.items():
             total[k] = total.get(k, 0) + v
-    print("differential totals:", total)
+    print("differential totals:", total, "disagreements:", len(problems))
     assert total["streams"] == 100_000
+    shown = "\n".join(p[:600] for p in problems[:15])
+    assert not problems, f"{len(problems)} disagreements, first ones:\n{shown}"
 
 
 # ---------------------------------------------------------------------------------------------

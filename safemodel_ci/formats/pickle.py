@@ -1292,7 +1292,9 @@ class _PickleVM:
         @op(b"\x98")
         def readonly_buffer(self: _PickleVM, pos: int) -> None:
             top = self._top(pos)
-            if not isinstance(top, (bytes, bytearray, _SYMBOLIC)) and not (
+            # An imported class or function is no buffer (allowlisted imports are such; any other
+            # import is a finding already).
+            if isinstance(top, Global) or not isinstance(top, (bytes, bytearray, _SYMBOLIC)) and not (
                     isinstance(top, BigData) and top.kind.startswith("bytes")):
                 raise _Broken(pos, f"READONLY_BUFFER on {describe(top)}, which is not a buffer (the loader "
                               "raises)")
@@ -1483,6 +1485,8 @@ class _PickleVM:
                 index, py_ok = _memo_index(line, bool(self.reader.alive & _C))
                 if not py_ok:
                     self._kill(_PY, pos, "a memo index only _pickle reads")
+            if index.__class__ is tuple or index > sys.maxsize:  # _pickle: OverflowError
+                self._kill(_C, pos, "a memo index over sys.maxsize")
             self._memo_get(index, pos)
 
         @op(b"h")
@@ -1504,6 +1508,8 @@ class _PickleVM:
                 index, py_ok = _memo_index(line, bool(self.reader.alive & _C))
                 if not py_ok:
                     self._kill(_PY, pos, "a memo index only _pickle reads")
+            if index.__class__ is tuple or index > sys.maxsize:  # _pickle: OverflowError
+                self._kill(_C, pos, "a memo index over sys.maxsize")
             if index.__class__ is tuple:  # a huge index (kept as its digits)
                 if index[1][:1] == b"-":
                     raise _Broken(pos, "negative memo index")

@@ -110,6 +110,13 @@ class Opaque(Sym):
         self.record = record
 
 
+class _HugeInt(Sym):
+    """An integer too long to convert (over 4000 digits): an int to every operation, value unknown."""
+
+    __slots__ = ()
+    what = "a huge integer"
+
+
 class BigData(Sym):
     """A str/bytes payload not held in memory: its kind, length and (for raw bytes) source offset."""
 
@@ -235,7 +242,7 @@ def describe(value: Any) -> str:
         return f"the imported object {value.path}"
     if isinstance(value, Obj):
         return f"the result of calling {value.cls.path}" if value.cls else "a computed object"
-    if isinstance(value, Opaque):
+    if isinstance(value, (Opaque, _HugeInt)):
         return value.what
     if isinstance(value, BigData):
         return f"a {value.kind} of {value.length} bytes"
@@ -725,7 +732,10 @@ class _PickleVM:
 
     def _call(self, callee: Any, args: Any, kind: str, pos: int, kwargs: Any = None) -> Any:
         """What calling ``callee(*args)`` returns, symbolically; records the call site."""
-        if not isinstance(callee, _SYMBOLIC):
+        if not isinstance(callee, _SYMBOLIC) or (kind in ("NEWOBJ", "NEWOBJ_EX")
+                                                  and not isinstance(callee, Global)):
+            # NEWOBJ takes a class: an imported one (what a call or a persistent load returns is an
+            # instance, and _pickle checks for a type).
             raise _Broken(pos, f"{kind} calls {describe(callee)}, which is not callable (the loader raises)")
         if type(args) in _NOT_ITERABLE or (kwargs is not None and not _is_kwargs(kwargs)):
             raise _Broken(pos, f"{kind} with arguments {describe(args)} (the loader raises TypeError)")
@@ -910,8 +920,14 @@ class _PickleVM:
             slots = None
             if isinstance(state, tuple) and len(state) == 2:
                 state, slots = state
-            if _truthy(state) or _truthy(slots):
+            # pickle.py: a false state and slot state do nothing; _pickle: only a None state does, and
+            # a slot state must be a dict (empty here).
+            py_ok = not _truthy(state) and not _truthy(slots)
+            c_ok = state is None and (slots is None or isinstance(slots, PDict) and not _truthy(slots))
+            if not (py_ok or c_ok):
                 raise _Broken(pos, f"BUILD sets the state of {describe(inst)} (the loader raises)")
+            if not (py_ok and c_ok):
+                self._kill(_C if py_ok else _PY, pos, f"BUILD on {describe(inst)}")
             return
         self._note_call(inst, "BUILD", pos)
         self._check_escaped_loaders([state], pos)
@@ -1175,7 +1191,7 @@ class _PickleVM:
                 raise _Broken(pos, "LONG4 with a negative byte count")
             data = self._payload(n, pos, "bytes")
             self._push(int.from_bytes(data, "little", signed=True) if isinstance(data, bytes) and n <= 4096
-                       else Opaque("a huge integer"))
+                       else _HugeInt())
 
         @op(b"N")
         def none(self: _PickleVM, pos: int) -> None:
@@ -1585,7 +1601,7 @@ _CALL_KINDS = frozenset({"REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"
 #: Values whose behaviour is only known when the pickle runs (imports, what calls return): the VM
 #: accepts any operation on them. Everything else is a value the stream built, with known behaviour.
 _SYMBOLIC = (Global, Obj, Opaque, _CBytes, _CByteArray)
-_NOT_ITERABLE = frozenset({type(None), bool, int, float})
+_NOT_ITERABLE = frozenset({type(None), bool, int, float, _HugeInt})
 _HASHABLE = frozenset({str, int, float, bool, bytes, type(None)})
 
 
@@ -1634,7 +1650,7 @@ def _truthy(value: Any) -> bool:
 def _is_kwargs(value: Any) -> bool:
     """NEWOBJ_EX keyword arguments: a dict with str keys (values known at load time: accepted)."""
     if isinstance(value, _SYMBOLIC):
-        return True
+        return not isinstance(value, Global)  # a class or function is no mapping
     return isinstance(value, PDict) and all(isinstance(k, (str, *_SYMBOLIC)) for k, _ in value.pairs)
 
 
@@ -1721,7 +1737,7 @@ def _py_int0(text: bytes) -> Any:
         return int(text, 0)
     if _PY_INT0.match(text) is None:
         raise ValueError("invalid integer literal")
-    return Opaque("a huge integer")
+    return _HugeInt()
 
 
 def _parse_int_line(line: bytes, c_too: bool = True) -> Tuple[Any, bool]:
@@ -1752,7 +1768,7 @@ def _c_int(line: bytes) -> Any:
     m = _C_STRTOL.match(text)
     if m is not None:
         if len(text) > _SHORT_NUMBER:
-            return Opaque("a huge integer")
+            return _HugeInt()
         sign, hexd, octd, decd = m.groups()
         mag = int(hexd, 16) if hexd is not None else (int(octd, 8) if octd is not None else int(decd))
         value = -mag if sign == b"-" else mag

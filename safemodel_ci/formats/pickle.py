@@ -514,6 +514,40 @@ class _PickleVM:
                           "rest of the stream was not inspected", limit=True)
         raise _Broken(pos, "stream ends inside a text argument")
 
+    def _ascii_line(self, pos: int) -> Any:
+        """A PERSID line: ASCII, any length up to the limit, read in pieces and kept only when short
+        (binary data starting with 'P', a zip's local headers, may be one long ASCII line)."""
+        reader = self.reader
+        limit = reader.max_line
+        piece = reader.readline(MAX_INLINE_BYTES)
+        if piece[-1:] == b"\n":
+            if reader.frame_end > 0:
+                self._crosses_frame(len(piece), pos)
+            return piece[:-1].decode("ascii")
+        total = len(piece)
+        while True:
+            if not piece.isascii():
+                raise _Broken(pos, "invalid argument: a non-ASCII byte in a PERSID argument")
+            if total >= limit:
+                raise _Broken(pos, f"text argument longer than {limit - 1} bytes (max-in-memory-bytes); "
+                              "the rest of the stream was not inspected", limit=True)
+            if not piece:
+                raise _Broken(pos, "stream ends inside a text argument")
+            piece = reader.readline(min(MAX_INLINE_BYTES, limit - total))
+            total += len(piece)
+            if piece[-1:] == b"\n":
+                if not piece.isascii():
+                    raise _Broken(pos, "invalid argument: a non-ASCII byte in a PERSID argument")
+                return BigData("str", total - 1, None)
+
+    def _ascii_precheck(self, pos: int) -> None:
+        """An ASCII argument line (PERSID, INST) with a non-ASCII byte in its first 64 KiB fails in
+        both unpicklers: say so without reading the rest of a long line into memory (binary data
+        that happens to start with 'P', a zip's "PK", would otherwise be read up to the limit)."""
+        head = self.reader.peek(1 << 16)
+        if len(head) == 1 << 16 and b"\n" not in head and not head.isascii():
+            raise _Broken(pos, "invalid argument: a non-ASCII byte in an ASCII text argument")
+
     def _name_lines(self, pos: int, encoding: str, opcode: str) -> Tuple[str, str]:
         """The module and name lines of GLOBAL/INST.
 
@@ -1207,7 +1241,7 @@ class _PickleVM:
 
         @op(b"P")
         def persid(self: _PickleVM, pos: int) -> None:
-            pid = self._line(pos).decode("ascii")
+            pid = self._ascii_line(pos)
             self.persistent_ids.append(pid)
             self._push(Opaque("a persistent object"))
 
@@ -1352,6 +1386,7 @@ class _PickleVM:
 
         @op(b"i")
         def inst(self: _PickleVM, pos: int) -> None:
+            self._ascii_precheck(pos)
             module, name = self._name_lines(pos, "ascii", "INST")
             klass = self._global(module, name, pos, "INST")
             args = self._pop_mark(pos)

@@ -1802,9 +1802,10 @@ def _c_int(line: bytes) -> Any:
         raise ValueError("empty INT argument")
     m = _C_STRTOL.match(text)
     if m is not None:
-        if len(text) > _SHORT_NUMBER:
-            return _HugeInt()
         sign, hexd, octd, decd = m.groups()
+        digits = (hexd if hexd is not None else octd if octd is not None else decd).lstrip(b"0")
+        if len(digits) > 24:  # past a C long whatever the base: strtol overflows
+            return _py_int0(text)
         mag = int(hexd, 16) if hexd is not None else (int(octd, 8) if octd is not None else int(decd))
         value = -mag if sign == b"-" else mag
         if _LONG_MIN <= value <= _LONG_MAX:

@@ -10,6 +10,12 @@ driver reports it as ``scanner-error``) or a scan of one input taking over 2 sec
 a reader stuck waiting without using the CPU is caught by the scanner's own time limits). An input
 over the limit is timed again in a plain interpreter (instrumented code runs several times slower)
 and counts only if it is slow there too.
+
+``--oracle``: inputs that start with a pickle opcode are also collected and, every 256 of them, run
+through CPython's own unpicklers made inert (``tests/pickle_oracle.py``, in a resource-limited child
+process); a disagreement with the pickle VM (CPython reaches STOP and the VM does not, a global
+CPython resolves that the VM does not report, or a stream CPython refuses that the VM passes clean)
+is a crash, and the streams of that batch are written to ``oracle-mismatch-*.pkl``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -99,6 +106,32 @@ def instrument_package(atheris) -> None:  # type: ignore[no-untyped-def]
     print(f"INFO: instrumented {count} safemodel_ci functions", file=sys.stderr)
 
 
+_ORACLE_BATCH: List[bytes] = []
+_PICKLE_FIRST = frozenset(b"(.012FIJKLMNPQRSTUVXabcdeghijlopqrstu}])G\x80\x81\x82\x83\x84\x85\x86\x87\x88"
+                          b"\x89\x8a\x8b\x8c\x8d\x8e\x8f\x90\x91\x92\x93\x94\x95\x96\x97\x98BC")
+
+
+def oracle_input(data: bytes, batch: int = 256) -> None:
+    """Collect pickle-looking inputs; check a full batch against the CPython oracle."""
+    if not data or data[0] not in _PICKLE_FIRST or len(data) > 1 << 20:
+        return
+    _ORACLE_BATCH.append(bytes(data))
+    if len(_ORACLE_BATCH) < batch:
+        return
+    from pickle_oracle import run_oracle, violations
+
+    streams = _ORACLE_BATCH[:]
+    del _ORACLE_BATCH[:]
+    problems, _counts = violations(streams, run_oracle(streams))
+    if problems:
+        import hashlib
+
+        for stream in streams:
+            Path(f"oracle-mismatch-{hashlib.sha1(stream).hexdigest()[:12]}.pkl").write_bytes(stream)
+        raise ReaderCrash(f"{len(problems)} disagreements with the CPython oracle in the last {len(streams)} "
+                          f"pickle inputs (written to oracle-mismatch-*.pkl): {problems[0][:500]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +145,8 @@ def main() -> None:
     parser.add_argument("--instrument", choices=("package", "all"), default="package",
                         help="coverage of safemodel_ci's own functions only (default: starts in seconds) "
                              "or of every loaded module, stdlib zipfile/tarfile/json included (minutes)")
+    parser.add_argument("--oracle", action="store_true",
+                        help="also check pickle inputs against CPython's unpicklers (tests/pickle_oracle.py)")
     parser.add_argument("--time-one", type=Path, metavar="FILE", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.time_one:
@@ -133,7 +168,12 @@ def main() -> None:
         atheris.instrument_all()
     else:
         instrument_package(atheris)
-    atheris.Setup(argv, lambda data: one_input(data, args.reader, args.max_seconds, retime=True))
+    def test_one(data: bytes) -> None:
+        one_input(data, args.reader, args.max_seconds, retime=True)
+        if args.oracle:
+            oracle_input(data)
+
+    atheris.Setup(argv, test_one)
     atheris.Fuzz()
 
 

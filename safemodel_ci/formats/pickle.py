@@ -23,10 +23,12 @@ import codecs
 import gc
 import re
 import struct
+import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, NoReturn, Optional, Sequence, Tuple
 
-from ..context import ScanContext
+from ..context import Limits, ScanContext
 from ..findings import Severity
 from ..npdtype import DType, DtypeUnsure, PickledDtype, from_pickled
 from ..pickle_policy import NESTED_LOADERS, full_name
@@ -40,8 +42,6 @@ MAX_INLINE_BYTES = 1 << 20
 MAX_RETAINED_BYTES = 32 << 20
 #: Items kept in lists/dicts/sets per stream; items appended beyond it are counted, not kept.
 MAX_RETAINED_ITEMS = 200_000
-#: Longest text line (protocol 0 argument) held in memory.
-MAX_LINE = 1 << 20
 #: Protocol 0/1 detection: this many valid opcodes make a file a pickle even before its STOP.
 TRIAL_OPS = 100_000
 #: Findings of one kind kept per stream (the rest are counted in the last one's details).
@@ -111,6 +111,13 @@ class Opaque(Sym):
         self.record = record
 
 
+class _HugeInt(Sym):
+    """An integer too long to convert (over 4000 digits): an int to every operation, value unknown."""
+
+    __slots__ = ()
+    what = "a huge integer"
+
+
 class BigData(Sym):
     """A str/bytes payload not held in memory: its kind, length and (for raw bytes) source offset."""
 
@@ -166,6 +173,25 @@ class PSet(Sym):
         self.dropped = 0
 
 
+class _CBytes(bytes):
+    """Bytes a call returned (``_codecs.encode``, ``bytes(...)``): the VM knows their value, but an
+    operation on them is judged like one on any call result (accepted), not like one on a literal."""
+
+    __slots__ = ()
+
+
+class _CByteArray(bytearray):
+    """A bytearray a call returned (see :class:`_CBytes`)."""
+
+
+def _computed(value: Any) -> Any:
+    if type(value) is bytes:
+        return _CBytes(value)
+    if type(value) is bytearray:
+        return _CByteArray(value)
+    return value
+
+
 class _NotLiteral(Exception):
     pass
 
@@ -217,7 +243,7 @@ def describe(value: Any) -> str:
         return f"the imported object {value.path}"
     if isinstance(value, Obj):
         return f"the result of calling {value.cls.path}" if value.cls else "a computed object"
-    if isinstance(value, Opaque):
+    if isinstance(value, (Opaque, _HugeInt)):
         return value.what
     if isinstance(value, BigData):
         return f"a {value.kind} of {value.length} bytes"
@@ -229,9 +255,25 @@ def describe(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------
 
+_DEFAULT_MAX_LINE = Limits().max_in_memory_bytes + 1
+
+
 class _FastReader(SourceReader):
     """:class:`SourceReader` with an inlined fast path for reads inside the current buffer: the VM
-    reads a byte or a few per opcode, and millions of opcodes make the general path the hot spot."""
+    reads a byte or a few per opcode, and millions of opcodes make the general path the hot spot.
+
+    It also holds the VM's per-stream reading state (see :class:`_PickleVM`)."""
+
+    def __init__(self, source: ByteSource, start: int = 0, end: Optional[int] = None) -> None:
+        super().__init__(source, start, end)
+        #: Longest text argument line read, with its newline (``max-in-memory-bytes``).
+        self.max_line = _DEFAULT_MAX_LINE
+        #: Where the last FRAME ends; -1 once a FRAME ran past the end of the data (only
+        #: ``pickle._Unpickler`` goes on then, see the VM's ``frame``).
+        self.frame_end = 0
+        #: Which unpicklers still read the stream (``_PY | _C``): where only one accepts a form,
+        #: the other has failed, and a later form only that other one accepts breaks the walk.
+        self.alive = 3
 
     def read(self, n: int) -> bytes:
         rel = self._pos - self._buf_start
@@ -249,6 +291,50 @@ class _FastReader(SourceReader):
                 self._pos += idx + 1 - rel
                 return self._buf[rel:idx + 1]
         return super().readline(limit)
+
+
+class _FrameBufferReader(_FastReader):
+    """How the C unpickler reads a stream from a file object without ``peek`` (an ``io.BytesIO``, as
+    ``torch.load`` gives it): a FRAME is read into a buffer in one piece, and a read the rest of the
+    buffer cannot satisfy drops that rest and reads on from the file, after the frame. Where a frame
+    ends inside an opcode, that reader sees other opcodes than ``pickle.loads`` does."""
+
+    region_end = -1  #: end of the frame being read from the buffer; -1: none
+
+    def _leave_region(self, n: int) -> None:
+        end = self.region_end
+        if end >= 0 and self._pos < end < self._pos + n:
+            self._pos = end  # the rest of the buffer is dropped
+            self.region_end = -1
+
+    def read(self, n: int) -> bytes:
+        self._leave_region(n)
+        return super().read(n)
+
+    def skip(self, n: int) -> int:
+        self._leave_region(n)
+        return super().skip(n)
+
+    def readline(self, limit: int = 1 << 16) -> bytes:
+        end = self.region_end
+        if end >= 0 and self._pos < end:
+            line = self.source.read_at(self._pos, min(end - self._pos, limit))
+            if b"\n" not in line:
+                self._pos = end
+                self.region_end = -1
+        return super().readline(limit)
+
+    def frame(self, size: int) -> bool:
+        """FRAME of ``size`` bytes: False when the data ends first (the C unpickler fails)."""
+        end = self.region_end
+        if end >= 0 and self._pos + size <= end:
+            return True  # inside the buffer already: _pickle only rewinds
+        if end >= 0 and self._pos < end:
+            self._pos = end
+        if size > self.remaining():
+            return False
+        self.region_end = self._pos + size
+        return True
 
 
 class _Latin1OfUtf8:
@@ -287,11 +373,14 @@ class _Latin1OfUtf8:
 class _Broken(Exception):
     """The stream cannot be parsed further at ``offset``. ``reported``: a nested VM said so already."""
 
-    def __init__(self, offset: int, reason: str, reported: bool = False) -> None:
+    def __init__(self, offset: int, reason: str, reported: bool = False, limit: bool = False) -> None:
         super().__init__(reason)
         self.offset = offset
         self.reason = reason
         self.reported = reported
+        #: A scan limit stopped the walk (the stream may be fine): ``unscanned-limit``, and detection
+        #: counts the stream as a pickle.
+        self.limit = limit
 
 
 class _Stop(Exception):
@@ -353,6 +442,16 @@ def _verdict_rank(v: GlobalVerdict) -> int:
 class _PickleVM:
     """One pass over one pickle, from ``start`` to its STOP."""
 
+    # Per-stream reading state lives on the reader (``max_line``, ``frame_end``, ``alive``): an
+    # instance with more than 30 attributes no longer shares its attribute keys, and every attribute
+    # access in the opcode loop gets slower (5M opcodes: +5% instructions); a class-level default
+    # read through an instance is slower still.
+    #: A frame did not end at an opcode boundary we saw (see ``frame``): scan_pickle_at then also
+    #: walks the stream as a BytesIO-fed C unpickler reads it (:class:`_FrameBufferReader`).
+    frames_irregular = False
+    #: This VM reads like the C unpickler on a BytesIO (frames as buffers that drop their rest).
+    lossy = False
+
     def __init__(self, source: ByteSource, ctx: Optional[ScanContext], start: int, end: Optional[int],
                  *, torch_archive: bool = False, silent: bool = False, policy: Any = None,
                  max_ops: Optional[int] = None) -> None:
@@ -360,12 +459,14 @@ class _PickleVM:
         self.ctx = ctx
         self.silent = silent or ctx is None
         self.policy = policy if policy is not None else (ctx.policy if ctx is not None else None)
-        self.reader = _FastReader(source, start, end)
+        self.reader = (_FrameBufferReader if self.lossy else _FastReader)(source, start, end)
         self.start = start
         self.torch_archive = torch_archive
         limits = ctx.limits if ctx is not None else None
         self.max_stack = limits.max_pickle_stack if limits else 1_000_000
         self.max_memo = limits.max_pickle_memo if limits else 1_000_000
+        if limits is not None:
+            self.reader.max_line = limits.max_in_memory_bytes + 1
         self.stack: List[Any] = []
         self.metastack: List[List[Any]] = []
         self.memo: Dict[int, Any] = {}
@@ -396,28 +497,84 @@ class _PickleVM:
             raise _Broken(pos, f"stream ends inside an opcode argument (wanted {n} bytes)")
         return data
 
-    def _line(self, pos: int, limit: int = MAX_LINE) -> bytes:
-        """One protocol-0 argument line, without its newline."""
-        line = self.reader.readline(limit)
-        if not line.endswith(b"\n"):
-            if len(line) >= limit:
-                raise _Broken(pos, f"text argument longer than {limit} bytes")
-            raise _Broken(pos, "stream ends inside a text argument")
-        return line[:-1]
+    def _line(self, pos: int) -> bytes:
+        """One protocol-0 argument line, without its newline, of any length up to the in-memory limit.
 
-    def _long_line(self, pos: int) -> Tuple[Optional[bytes], int]:
-        """A text line that may be huge: (content or None when too long to keep, length)."""
-        line = self.reader.readline(MAX_LINE)
-        if line.endswith(b"\n"):
-            return line[:-1], len(line) - 1
-        total = len(line)
+        Both unpicklers read a whole line whatever its length; a line longer than
+        ``max-in-memory-bytes`` is a scan limit (``unscanned-limit``), not a malformed pickle.
+        """
+        reader = self.reader
+        limit = reader.max_line
+        line = reader.readline(limit)
+        if reader.frame_end > 0:
+            self._crosses_frame(len(line), pos)
+        if line[-1:] == b"\n":
+            return line[:-1]
+        if len(line) >= limit:
+            raise _Broken(pos, f"text argument longer than {limit - 1} bytes (max-in-memory-bytes); the "
+                          "rest of the stream was not inspected", limit=True)
+        raise _Broken(pos, "stream ends inside a text argument")
+
+    def _ascii_line(self, pos: int) -> Any:
+        """A PERSID line: ASCII, any length up to the limit, read in pieces and kept only when short
+        (binary data starting with 'P', a zip's local headers, may be one long ASCII line)."""
+        reader = self.reader
+        limit = reader.max_line
+        piece = reader.readline(MAX_INLINE_BYTES)
+        if piece[-1:] == b"\n":
+            if reader.frame_end > 0:
+                self._crosses_frame(len(piece), pos)
+            return piece[:-1].decode("ascii")
+        total = len(piece)
         while True:
-            if self.reader.remaining() == 0:
+            if not piece.isascii():
+                raise _Broken(pos, "invalid argument: a non-ASCII byte in a PERSID argument")
+            if total >= limit:
+                raise _Broken(pos, f"text argument longer than {limit - 1} bytes (max-in-memory-bytes); "
+                              "the rest of the stream was not inspected", limit=True)
+            if not piece:
                 raise _Broken(pos, "stream ends inside a text argument")
-            chunk = self.reader.readline(MAX_LINE)
-            total += len(chunk)
-            if chunk.endswith(b"\n"):
-                return None, total - 1
+            piece = reader.readline(min(MAX_INLINE_BYTES, limit - total))
+            total += len(piece)
+            if piece[-1:] == b"\n":
+                if not piece.isascii():
+                    raise _Broken(pos, "invalid argument: a non-ASCII byte in a PERSID argument")
+                return BigData("str", total - 1, None)
+
+    def _ascii_precheck(self, pos: int) -> None:
+        """An ASCII argument line (PERSID, INST) with a non-ASCII byte in its first 64 KiB fails in
+        both unpicklers: say so without reading the rest of a long line into memory (binary data
+        that happens to start with 'P', a zip's "PK", would otherwise be read up to the limit)."""
+        head = self.reader.peek(1 << 16)
+        if len(head) == 1 << 16 and b"\n" not in head and not head.isascii():
+            raise _Broken(pos, "invalid argument: a non-ASCII byte in an ASCII text argument")
+
+    def _name_lines(self, pos: int, encoding: str, opcode: str) -> Tuple[str, str]:
+        """The module and name lines of GLOBAL/INST.
+
+        At the end of the data, ``pickle._Unpickler`` (joblib's unpickler) still imports: its
+        ``readline()[:-1]`` drops the last byte of an unterminated line, or gives '' when nothing is
+        left. That import is judged before the stream is reported broken.
+        """
+        limit = self.reader.max_line
+        parts: List[str] = []
+        for _ in range(2):
+            line = self.reader.readline(limit) if self.reader.remaining() else b""
+            if line[-1:] == b"\n":
+                parts.append(line[:-1].decode(encoding))
+                continue
+            if len(line) >= limit:
+                raise _Broken(pos, f"text argument longer than {limit - 1} bytes (max-in-memory-bytes); "
+                              "the rest of the stream was not inspected", limit=True)
+            try:
+                parts.append(line[:-1].decode(encoding))
+                while len(parts) < 2:
+                    parts.append("")
+                self._global(parts[0], parts[1], pos, opcode)
+            except UnicodeDecodeError:
+                pass
+            raise _Broken(pos, "stream ends inside a text argument")
+        return parts[0], parts[1]
 
     def _payload(self, n: int, pos: int, kind: str) -> Any:
         """A length-prefixed payload: bytes in memory, or a placeholder when large."""
@@ -433,6 +590,36 @@ class _PickleVM:
         data = self._read(n, pos)
         self.retained_bytes += n
         return data
+
+    def _check_utf8(self, offset: int, n: int, pos: int) -> None:
+        """Both unpicklers decode BINUNICODE as UTF-8 (surrogatepass): a payload too large to keep is
+        still decoded, piecewise, so an invalid one breaks the walk where the loader fails."""
+        decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+        end = offset + n
+        try:
+            while offset < end:
+                chunk = self.source.read_at(offset, min(MAX_INLINE_BYTES, end - offset))
+                if not chunk:
+                    break
+                offset += len(chunk)
+                decoder.decode(chunk, final=offset >= end)
+        except UnicodeDecodeError as exc:
+            raise _Broken(pos, f"invalid argument: {exc}") from None
+
+    def _crosses_frame(self, n: int, pos: int) -> None:
+        """pickle.py fails on a read that starts inside a frame and ends past it."""
+        end = self.reader._pos
+        if end - n < self.reader.frame_end < end:
+            self.frames_irregular = True
+            self._kill(_PY, pos, "an argument crosses the end of a FRAME")
+
+    def _kill(self, who: int, pos: int, why: str) -> None:
+        """The unpickler(s) ``who`` fail here; the walk breaks when none is left."""
+        alive = self.reader.alive & ~who
+        if not alive:
+            raise _Broken(pos, f"{why}, and the other unpickler failed earlier (the loader raises)")
+        if alive != self.reader.alive:
+            self.reader.alive = alive
 
     # -- stack ---------------------------------------------------------------------------------
     def _push(self, value: Any) -> None:
@@ -585,6 +772,13 @@ class _PickleVM:
 
     def _call(self, callee: Any, args: Any, kind: str, pos: int, kwargs: Any = None) -> Any:
         """What calling ``callee(*args)`` returns, symbolically; records the call site."""
+        if not isinstance(callee, _SYMBOLIC) or (kind in ("NEWOBJ", "NEWOBJ_EX")
+                                                  and not isinstance(callee, Global)):
+            # NEWOBJ takes a class: an imported one (what a call or a persistent load returns is an
+            # instance, and _pickle checks for a type).
+            raise _Broken(pos, f"{kind} calls {describe(callee)}, which is not callable (the loader raises)")
+        if type(args) in _NOT_ITERABLE or (kwargs is not None and not _is_kwargs(kwargs)):
+            raise _Broken(pos, f"{kind} with arguments {describe(args)} (the loader raises TypeError)")
         self._note_call(callee, kind, pos)
         extra = [kwargs] if kwargs is not None else []
         direct_loader = isinstance(callee, Global) and callee.loader and kind in ("REDUCE", "INST", "OBJ")
@@ -599,14 +793,14 @@ class _PickleVM:
         if argv is None:
             return Obj(callee)
         if path == "_codecs.encode" and kind == "REDUCE":
-            return self._codecs_encode(argv)
+            return _computed(self._codecs_encode(argv))
         if path in ("builtins.bytes", "builtins.bytearray") and kind in ("REDUCE", "NEWOBJ"):
             value = self._codecs_encode(argv) if len(argv) == 2 else (
                 argv[0] if argv and isinstance(argv[0], (bytes, bytearray, BigData)) else
                 (b"" if not argv else Obj(callee)))
             if path == "builtins.bytearray" and isinstance(value, bytes):
-                return bytearray(value)
-            return value
+                return _CByteArray(value)
+            return _computed(value)
         if path in _BYTES_IO:
             return Obj(callee, {"bytes": argv[0] if argv else b""})
         if path in ("copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__") and argv \
@@ -719,6 +913,14 @@ class _PickleVM:
             else:
                 target.dropped += len(items)
             return
+        if not isinstance(target, _SYMBOLIC):
+            # A value the stream built itself has no append/extend (a bytearray takes bytes):
+            # both unpicklers raise, except _pickle on an empty APPENDS, which does nothing.
+            if not (isinstance(target, bytearray) and all(_is_byte(v) for v in items)):
+                if items:
+                    raise _Broken(pos, f"{kind} to {describe(target)} (the loader raises)")
+                self._kill(_PY, pos, f"empty {kind} to {describe(target)}")  # pickle.py looks up extend
+            return
         # Anything else: the loader calls target.append / target.extend, a method call.
         self._mutating_call(target, items, pos, kind)
 
@@ -733,10 +935,17 @@ class _PickleVM:
         if len(pairs) % 2:
             raise _Broken(pos, f"{kind} with an odd number of items")
         if isinstance(target, PDict):
+            for key in pairs[0::2]:
+                if type(key) not in _HASHABLE and _unhashable(key):
+                    raise _Broken(pos, f"{kind} with the unhashable key {describe(key)} (the loader raises)")
             if self._keep(len(pairs) // 2):
                 target.add_pairs(zip(pairs[0::2], pairs[1::2]))
             else:
                 target.dropped += len(pairs) // 2
+            return
+        if not isinstance(target, _SYMBOLIC):
+            if pairs and not _item_assignable(target, pairs):
+                raise _Broken(pos, f"{kind} on {describe(target)} (the loader raises)")
             return
         self._mutating_call(target, pairs, pos, kind)
 
@@ -746,6 +955,20 @@ class _PickleVM:
             self._anomaly("pickle-global-mutation", inst.path,
                           f"BUILD sets attributes of the imported object {inst.path} itself (not of "
                           "an instance): it rewrites a module, class or function for later use", pos, "BUILD")
+        if not isinstance(inst, _SYMBOLIC):
+            # No __setstate__ and no __dict__: pickle.py accepts only a false state (and slot state).
+            slots = None
+            if isinstance(state, tuple) and len(state) == 2:
+                state, slots = state
+            # pickle.py: a false state and slot state do nothing; _pickle: only a None state does, and
+            # a slot state must be a dict (empty here).
+            py_ok = not _truthy(state) and not _truthy(slots)
+            c_ok = state is None and (slots is None or isinstance(slots, PDict) and not _truthy(slots))
+            if not (py_ok or c_ok):
+                raise _Broken(pos, f"BUILD sets the state of {describe(inst)} (the loader raises)")
+            if not (py_ok and c_ok):
+                self._kill(_C if py_ok else _PY, pos, f"BUILD on {describe(inst)}")
+            return
         self._note_call(inst, "BUILD", pos)
         self._check_escaped_loaders([state], pos)
         if not isinstance(inst, Obj) or inst.cls is None:
@@ -877,6 +1100,8 @@ class _PickleVM:
                     result.end = self.reader.tell()
                     result.complete = True
                     result.top = self.stack[-1] if self.stack else None
+                    if self.reader.frame_end > 0 and result.end > self.reader.frame_end:
+                        self.frames_irregular = True
                     break
                 except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as exc:
                     raise _Broken(pos, f"invalid argument: {exc}") from None
@@ -884,6 +1109,8 @@ class _PickleVM:
             result.error = exc.reason
             result.end = None
             self.broken = exc
+            if self.reader.frame_end != 0:
+                self.frames_irregular = True
         else:
             self.broken = None
         finally:
@@ -962,24 +1189,41 @@ class _PickleVM:
 
         @op(b"F")
         def float_(self: _PickleVM, pos: int) -> None:
-            self._push(float(self._line(pos, 4096)))
+            line = self._line(pos)
+            try:  # the common case inline (a function call per opcode shows in protocol 0 streams)
+                value = float(line)
+            except ValueError:
+                value, py_ok = _parse_float_line(line, bool(self.reader.alive & _C))
+                if not py_ok:
+                    self._kill(_PY, pos, "a FLOAT form only _pickle reads")
+                self._push(value)
+                return
+            # _pickle reads what float() reads, but for whitespace, underscores and an overflow.
+            if (value - value != 0.0 or b"_" in line or line[:1].isspace() or line[-1:].isspace()) \
+                    and self.reader.alive & _C and not _c_float_ok(line, value):
+                self._kill(_C, pos, "a FLOAT form only pickle.py reads")
+            self._push(value)
 
         @op(b"I")
         def int_(self: _PickleVM, pos: int) -> None:
             line = self._line(pos)
-            if line == b"00":
-                self._push(False)
-            elif line == b"01":
-                self._push(True)
-            else:
-                self._push(_parse_int(line))
+            if len(line) < 20 and line != b"00" and line != b"01":
+                try:  # the common case inline
+                    self._push(int(line, 0))
+                    return
+                except ValueError:
+                    pass
+            value, py_ok = _parse_int_line(line, bool(self.reader.alive & _C))
+            if not py_ok:
+                self._kill(_PY, pos, "an INT form only _pickle reads")
+            self._push(value)
 
         @op(b"L")
         def long_(self: _PickleVM, pos: int) -> None:
-            line = self._line(pos)
-            if line.endswith(b"L"):
-                line = line[:-1]
-            self._push(_parse_int(line))
+            value, py_ok = _parse_long_line(self._line(pos), bool(self.reader.alive & _C))
+            if not py_ok:
+                self._kill(_PY, pos, "a LONG form only _pickle reads")
+            self._push(value)
 
         @op(b"J")
         def binint(self: _PickleVM, pos: int) -> None:
@@ -1005,7 +1249,7 @@ class _PickleVM:
                 raise _Broken(pos, "LONG4 with a negative byte count")
             data = self._payload(n, pos, "bytes")
             self._push(int.from_bytes(data, "little", signed=True) if isinstance(data, bytes) and n <= 4096
-                       else Opaque("a huge integer"))
+                       else _HugeInt())
 
         @op(b"N")
         def none(self: _PickleVM, pos: int) -> None:
@@ -1021,7 +1265,7 @@ class _PickleVM:
 
         @op(b"P")
         def persid(self: _PickleVM, pos: int) -> None:
-            pid = self._line(pos).decode("ascii")
+            pid = self._ascii_line(pos)
             self.persistent_ids.append(pid)
             self._push(Opaque("a persistent object"))
 
@@ -1039,17 +1283,22 @@ class _PickleVM:
 
         @op(b"S")
         def string(self: _PickleVM, pos: int) -> None:
-            content, length = self._long_line(pos)
-            if content is None:
-                self._push(BigData("str", length, None))
-                return
+            content = self._line(pos)
             if len(content) < 2 or content[0] != content[-1] or content[:1] not in (b"'", b'"'):
                 raise _Broken(pos, "the STRING opcode argument must be quoted")
-            self._push(_py2_str(codecs.escape_decode(content[1:-1])[0]))
+            if b"\\" in content:  # both unpicklers: ValueError on a bad escape (an unknown one warns)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    value = codecs.escape_decode(content[1:-1])[0]
+            else:
+                value = content[1:-1]
+            self._push(_py2_str(value) if len(value) <= MAX_INLINE_BYTES
+                       else BigData("str", len(value), None))
 
         @op(b"T")
         def binstring(self: _PickleVM, pos: int) -> None:
-            n = struct.unpack("<i", self._read(4, pos))[0]
+            # Unsigned: _pickle reads the length with calc_binsize (pickle.py refuses a negative one).
+            n = struct.unpack("<I", self._read(4, pos))[0]
             data = self._payload(n, pos, "str8")  # raw bytes are the latin-1 encoding of the value
             self._push(_py2_str(data) if isinstance(data, bytes) else data)
 
@@ -1059,14 +1308,23 @@ class _PickleVM:
 
         @op(b"V")
         def unicode_(self: _PickleVM, pos: int) -> None:
-            content, length = self._long_line(pos)
-            self._push(BigData("str", length, None) if content is None
-                       else str(content, "raw-unicode-escape"))
+            content = self._line(pos)
+            if len(content) <= MAX_INLINE_BYTES:
+                self._push(str(content, "raw-unicode-escape"))
+                return
+            # Checked piecewise (a bad escape is an error in both unpicklers), not kept.
+            decoder = codecs.getincrementaldecoder("raw-unicode-escape")()
+            for i in range(0, len(content), MAX_INLINE_BYTES):
+                decoder.decode(content[i:i + MAX_INLINE_BYTES])
+            decoder.decode(b"", final=True)
+            self._push(BigData("str", len(content), None))
 
         def text(self: _PickleVM, n: int, pos: int) -> Any:
             data = self._payload(n, pos, "str")
             if isinstance(data, bytes):
                 return str(data, "utf-8", "surrogatepass")
+            if isinstance(data, BigData) and data.offset is not None:
+                self._check_utf8(data.offset, n, pos)  # not kept, but invalid UTF-8 fails the load
             return data
 
         @op(b"X")
@@ -1100,11 +1358,20 @@ class _PickleVM:
 
         @op(b"\x97")
         def next_buffer(self: _PickleVM, pos: int) -> None:
-            self._push(Opaque("an out-of-band buffer"))
+            # pickle.load / torch.load / joblib.load / np.load pass no out-of-band buffers: both
+            # unpicklers raise here.
+            raise _Broken(pos, "NEXT_BUFFER: the stream refers to out-of-band data, which loaders do not "
+                          "give (the loader raises)")
 
         @op(b"\x98")
         def readonly_buffer(self: _PickleVM, pos: int) -> None:
-            self._top(pos)
+            top = self._top(pos)
+            # An imported class or function is no buffer (allowlisted imports are such; any other
+            # import is a finding already).
+            if isinstance(top, Global) or not isinstance(top, (bytes, bytearray, _SYMBOLIC)) and not (
+                    isinstance(top, BigData) and top.kind.startswith("bytes")):
+                raise _Broken(pos, f"READONLY_BUFFER on {describe(top)}, which is not a buffer (the loader "
+                              "raises)")
 
         @op(b"a")
         def append(self: _PickleVM, pos: int) -> None:
@@ -1123,8 +1390,7 @@ class _PickleVM:
 
         @op(b"c")
         def global_(self: _PickleVM, pos: int) -> None:
-            module = self._line(pos, 4096).decode("utf-8")
-            name = self._line(pos, 4096).decode("utf-8")
+            module, name = self._name_lines(pos, "utf-8", "GLOBAL")
             self._push(self._global(module, name, pos, "GLOBAL"))
 
         @op(b"\x93")
@@ -1144,8 +1410,8 @@ class _PickleVM:
 
         @op(b"i")
         def inst(self: _PickleVM, pos: int) -> None:
-            module = self._line(pos, 4096).decode("ascii")
-            name = self._line(pos, 4096).decode("ascii")
+            self._ascii_precheck(pos)
+            module, name = self._name_lines(pos, "ascii", "INST")
             klass = self._global(module, name, pos, "INST")
             args = self._pop_mark(pos)
             self._push(self._call(klass, tuple(args), "INST", pos))
@@ -1262,16 +1528,22 @@ class _PickleVM:
             items = self._pop_mark(pos)
             target = self._top(pos)
             if isinstance(target, PSet) and not target.frozen:
+                _check_hashable(items, pos, "ADDITEMS")
                 if self._keep(len(items)):
                     target.items.extend(items)
                 else:
                     target.dropped += len(items)
+            elif not isinstance(target, _SYMBOLIC):
+                if items:  # _pickle does nothing for no items, pickle.py looks up add()
+                    raise _Broken(pos, f"ADDITEMS to {describe(target)} (the loader raises)")
+                self._kill(_PY, pos, f"empty ADDITEMS to {describe(target)}")
             else:
                 self._mutating_call(target, items, pos, "ADDITEMS")
 
         @op(b"\x91")
         def frozenset_(self: _PickleVM, pos: int) -> None:
             items = self._pop_mark(pos)
+            _check_hashable(items, pos, "FROZENSET")
             kept = self._keep(len(items))
             fs = PSet(items if kept else (), frozen=True)
             fs.dropped = 0 if kept else len(items)
@@ -1279,7 +1551,18 @@ class _PickleVM:
 
         @op(b"g")
         def get(self: _PickleVM, pos: int) -> None:
-            self._memo_get(int(self._line(pos, 64)), pos)
+            line = self._line(pos)
+            try:
+                if len(line) >= 20:
+                    raise ValueError
+                index = int(line)
+            except ValueError:
+                index, py_ok = _memo_index(line, bool(self.reader.alive & _C))
+                if not py_ok:
+                    self._kill(_PY, pos, "a memo index only _pickle reads")
+            if index.__class__ is tuple or index > sys.maxsize:  # _pickle: OverflowError
+                self._kill(_C, pos, "a memo index over sys.maxsize")
+            self._memo_get(index, pos)
 
         @op(b"h")
         def binget(self: _PickleVM, pos: int) -> None:
@@ -1291,7 +1574,27 @@ class _PickleVM:
 
         @op(b"p")
         def put(self: _PickleVM, pos: int) -> None:
-            self._memo_put(int(self._line(pos, 64)), pos)
+            line = self._line(pos)
+            try:
+                if len(line) >= 20:
+                    raise ValueError
+                index = int(line)
+            except ValueError:
+                index, py_ok = _memo_index(line, bool(self.reader.alive & _C))
+                if not py_ok:
+                    self._kill(_PY, pos, "a memo index only _pickle reads")
+            if index.__class__ is tuple or index > sys.maxsize:  # _pickle: OverflowError
+                self._kill(_C, pos, "a memo index over sys.maxsize")
+            if index.__class__ is tuple:  # a huge index (kept as its digits)
+                if index[1][:1] == b"-":
+                    raise _Broken(pos, "negative memo index")
+                if not self.stack:
+                    raise _Broken(pos, "stack underflow")
+                if len(self.memo) >= self.max_memo and index not in self.memo:
+                    raise _Broken(pos, f"memo larger than {self.max_memo} entries (limit)")
+                self.memo[index] = self.stack[-1]  # type: ignore[index]
+            else:
+                self._memo_put(index, pos)
 
         @op(b"q")
         def binput(self: _PickleVM, pos: int) -> None:
@@ -1320,13 +1623,107 @@ class _PickleVM:
         @op(b"\x95")
         def frame(self: _PickleVM, pos: int) -> None:
             size = struct.unpack("<Q", self._read(8, pos))[0]
-            if size > self.reader.remaining():
-                raise _Broken(pos, f"FRAME of {size} bytes runs past the end of the data")
+            if size > sys.maxsize:
+                raise _Broken(pos, f"FRAME of {size} bytes (over sys.maxsize)")
+            if self.lossy:
+                if not self.reader.frame(size):  # type: ignore[attr-defined]
+                    raise _Broken(pos, f"FRAME of {size} bytes runs past the end of the data")
+                return
+            if self.reader.frame_end > 0 and pos != self.reader.frame_end:
+                # Not where the previous frame ends: some opcode may straddle a frame's end, and a C
+                # unpickler reading from a BytesIO (torch.load) would read other opcodes.
+                self.frames_irregular = True
+            here = self.reader.tell()
+            # pickle.py refuses a FRAME that starts before the current frame ends (its opcode or its
+            # 9 bytes must end it exactly); _pickle only needs the whole frame to be there.
+            fe = self.reader.frame_end
+            py_ok = fe >= 0 and (pos + 1 >= fe or here == fe)
+            if not py_ok:
+                self._kill(_PY, pos, "a FRAME before the current frame ends")
+            if size <= self.reader.remaining():
+                self.reader.frame_end = here + size
+            else:
+                # _pickle fails here; pickle._Unpickler reads what there is as the frame and goes on.
+                self._kill(_C, pos, f"a FRAME of {size} bytes runs past the end of the data")
+                self.reader.frame_end = -1
 
         return d
 
 
+class _LossyPickleVM(_PickleVM):
+    """The VM reading as the C unpickler does from a file object without ``peek``."""
+
+    lossy = True
+
+
 _CALL_KINDS = frozenset({"REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
+#: Values whose behaviour is only known when the pickle runs (imports, what calls return): the VM
+#: accepts any operation on them. Everything else is a value the stream built, with known behaviour.
+_SYMBOLIC = (Global, Obj, Opaque, _CBytes, _CByteArray)
+_NOT_ITERABLE = frozenset({type(None), bool, int, float, _HugeInt})
+_HASHABLE = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def _unhashable(value: Any, depth: int = 0) -> bool:
+    """Whether ``hash(value)`` raises for a value the stream built (lists, dicts, sets, bytearrays)."""
+    if isinstance(value, _SYMBOLIC):
+        return False
+    if isinstance(value, (PList, PDict, bytearray)):
+        return True
+    if isinstance(value, PSet):
+        return not value.frozen
+    if isinstance(value, BigData):
+        return value.kind == "bytearray"
+    if isinstance(value, tuple) and depth < 50:
+        return any(type(v) not in _HASHABLE and _unhashable(v, depth + 1) for v in value)
+    return False
+
+
+def _check_hashable(items: Sequence[Any], pos: int, kind: str) -> None:
+    for item in items:
+        if type(item) not in _HASHABLE and _unhashable(item):
+            raise _Broken(pos, f"{kind} with the unhashable item {describe(item)} (the loader raises)")
+
+
+def _is_byte(value: Any) -> bool:
+    return isinstance(value, int) and 0 <= value < 256
+
+
+def _truthy(value: Any) -> bool:
+    """``bool(value)`` as the loader would see it; values known only at load time count as true."""
+    if isinstance(value, _SYMBOLIC):
+        return True
+    if value is None or isinstance(value, (bool, int, float, str, bytes, bytearray, tuple)):
+        return bool(value)
+    if isinstance(value, PList):
+        return bool(value) or bool(value.dropped)
+    if isinstance(value, PDict):
+        return bool(value.pairs) or bool(value.dropped)
+    if isinstance(value, PSet):
+        return bool(value.items) or bool(value.dropped)
+    if isinstance(value, BigData):
+        return value.length != 0
+    return True
+
+
+def _is_kwargs(value: Any) -> bool:
+    """NEWOBJ_EX keyword arguments: a dict with str keys (values known at load time: accepted)."""
+    if isinstance(value, _SYMBOLIC):
+        return not isinstance(value, Global)  # a class or function is no mapping
+    return isinstance(value, PDict) and all(isinstance(k, (str, *_SYMBOLIC)) for k, _ in value.pairs)
+
+
+def _item_assignable(target: Any, pairs: Sequence[Any]) -> bool:
+    """Whether ``target[key] = value`` works for every pair, on a value the stream built."""
+    if isinstance(target, (PList, bytearray)):
+        size = len(target) + (target.dropped if isinstance(target, PList) else 0)
+        for key, value in zip(pairs[0::2], pairs[1::2]):
+            if not isinstance(key, int) or not -size <= key < size:
+                return False
+            if isinstance(target, bytearray) and not _is_byte(value):
+                return False
+        return True
+    return False
 #: Opcodes a pickler writes right after an import: MARK, memo PUTs, EMPTY_TUPLE.
 _AFTER_IMPORT = frozenset(b"(pqr\x94)")
 _IDENTIFIER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
@@ -1337,11 +1734,162 @@ _DISPATCH = _PickleVM._build_dispatch()
 _TABLE: List[Optional[Callable[[_PickleVM, int], None]]] = [_DISPATCH.get(i) for i in range(256)]
 
 
-def _parse_int(line: bytes) -> Any:
-    text = line.strip()
-    if len(text) > 4000:  # int() refuses more than 4300 digits; keep scanning, value unknown
-        return Opaque("a huge integer")
-    return int(text, 0)
+# ---------------------------------------------------------------------------------------------
+# Protocol-0 number arguments, exactly as the two unpicklers read them. A stream must be walked to
+# its STOP whenever EITHER of them would load it (torch and numpy use the C ``_pickle``, joblib uses
+# ``pickle._Unpickler``), so each parser accepts the union of the two and rejects the rest:
+#
+# - ``pickle._Unpickler``: ``int(line, 0)`` (INT, LONG), ``int(line)`` (GET, PUT), ``float(line)``
+#   (FLOAT) on the bytes of the line: whitespace around, a sign, underscores between digits.
+# - ``_pickle``: the line is a C string, so it ends at its first NUL byte; INT tries ``strtol(s, 0)``
+#   first (C syntax: a leading 0 means octal, no underscores) and then ``PyLong_FromString(s, 0)``;
+#   LONG, GET, PUT use ``PyLong_FromString`` (base 0, 10, 10); FLOAT uses
+#   ``PyOS_string_to_double`` (no whitespace, no underscores, an overflow is an error).
+#
+# Values of lines longer than :data:`_SHORT_NUMBER` are not computed (decimal conversion is quadratic
+# and the 4300-digit limit of Python >= 3.11 is off in some loaders): their syntax is checked with
+# the same grammar and the value is opaque.
+
+_SHORT_NUMBER = 4000
+
+
+class _LazyRegex:
+    """A pattern compiled when first used: only unusual lines need these, and every scan process
+    would otherwise pay for compiling them at start-up."""
+
+    def __init__(self, pattern: bytes, flags: int = 0) -> None:
+        self._args = (pattern, flags)
+        self._compiled: Optional["re.Pattern[bytes]"] = None
+
+    def match(self, text: bytes) -> Optional["re.Match[bytes]"]:
+        if self._compiled is None:
+            self._compiled = re.compile(*self._args)
+        return self._compiled.match(text)
+
+
+_WS = rb"[ \t\n\r\x0b\x0c]*"
+#: ``int(text, 0)`` / ``PyLong_FromString(text, NULL, 0)``.
+_PY_INT0 = _LazyRegex(_WS + rb"[+-]?(?:0[xX](?:_?[0-9a-fA-F])+|0[oO](?:_?[0-7])+|0[bB](?:_?[01])+|0(?:_?0)*"
+                      rb"|[1-9](?:_?[0-9])*)" + _WS + rb"\Z")
+#: ``int(text)`` / ``PyLong_FromString(text, NULL, 10)``.
+_PY_INT10 = _LazyRegex(_WS + rb"[+-]?[0-9](?:_?[0-9])*" + _WS + rb"\Z")
+#: What C ``strtol(s, &end, 0)`` consumes entirely.
+_C_STRTOL = _LazyRegex(_WS + rb"([+-]?)(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))\Z")
+#: What ``PyOS_string_to_double`` consumes entirely.
+_C_FLOAT = _LazyRegex(rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)\Z",
+                      re.IGNORECASE)
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+_INF = float("inf")
+#: The two unpicklers, as bits of ``_FastReader.alive``.
+_PY, _C = 1, 2
+
+
+def _c_string(line: bytes) -> bytes:
+    """The line as ``_pickle`` sees it: a C string ends at its first NUL."""
+    nul = line.find(b"\0")
+    return line if nul < 0 else line[:nul]
+
+
+def _py_int0(text: bytes) -> Any:
+    """``int(text, 0)``; ValueError when invalid."""
+    if len(text) <= _SHORT_NUMBER:  # under the 4300-digit limit: int() decides
+        return int(text, 0)
+    if _PY_INT0.match(text) is None:
+        raise ValueError("invalid integer literal")
+    return _HugeInt()
+
+
+def _parse_int_line(line: bytes, c_too: bool = True) -> Tuple[Any, bool]:
+    """(value INT pushes, whether pickle.py reads it); ValueError when neither unpickler reads it.
+
+    ``c_too`` False: only ``pickle._Unpickler`` is still reading (the C one failed on a FRAME that
+    runs past the end of the data), so only its forms count. The same for the other parsers.
+    """
+    if line == b"00":
+        return False, True
+    if line == b"01":
+        return True, True
+    try:
+        return _py_int0(line), True  # pickle._Unpickler
+    except ValueError:
+        if not c_too:
+            raise
+    return _c_int(line), False
+
+
+def _c_int(line: bytes) -> Any:
+    """INT as _pickle reads it: strtol, then PyLong_FromString, on the C string."""
+    text = _c_string(line)
+    if not text:
+        if line:  # "\0...": strtol reads no digit and stops at the terminating NUL: 0
+            return 0
+        raise ValueError("empty INT argument")
+    m = _C_STRTOL.match(text)
+    if m is not None:
+        sign, hexd, octd, decd = m.groups()
+        digits = (hexd if hexd is not None else octd if octd is not None else decd).lstrip(b"0")
+        if len(digits) > 24:  # past a C long whatever the base: strtol overflows
+            return _py_int0(text)
+        mag = int(hexd, 16) if hexd is not None else (int(octd, 8) if octd is not None else int(decd))
+        value = -mag if sign == b"-" else mag
+        if _LONG_MIN <= value <= _LONG_MAX:
+            return bool(value) if len(line) == 2 and value in (0, 1) else value
+    return _py_int0(text)  # out of range for a C long, or not C syntax
+
+
+def _parse_long_line(line: bytes, c_too: bool = True) -> Tuple[Any, bool]:
+    """(value LONG pushes, whether pickle.py reads it): one trailing 'L' dropped, then ``int(text,
+    0)`` (C: up to a NUL)."""
+    if line[-1:] == b"L":
+        line = line[:-1]
+    try:
+        return _py_int0(line), True
+    except ValueError:
+        text = _c_string(line)
+        if text is line or not c_too:
+            raise
+        return _py_int0(text), False
+
+
+def _memo_index(line: bytes, c_too: bool = True) -> Tuple[Any, bool]:
+    """(memo index of GET/PUT, whether pickle.py reads it): ``int(line)`` (C: up to a NUL). Huge
+    indices are kept as text."""
+    for text in (line, _c_string(line)) if c_too and b"\0" in line else (line,):
+        if len(text) <= 64:
+            try:
+                return int(text), text is line
+            except ValueError:
+                continue
+        if _PY_INT10.match(text) is not None:
+            digits = text.strip().replace(b"_", b"")
+            sign = b"-" if digits[:1] == b"-" else b""
+            digits = digits.lstrip(b"+-").lstrip(b"0") or b"0"
+            return (int(sign + digits) if len(digits) <= 64 else ("huge", sign + digits)), text is line
+    raise ValueError("invalid memo index")
+
+
+def _parse_float_line(line: bytes, c_too: bool = True) -> Tuple[float, bool]:
+    """(value FLOAT pushes, whether pickle.py reads it); ValueError when neither unpickler reads it."""
+    try:
+        return float(line), True  # pickle._Unpickler
+    except ValueError:
+        if not c_too:
+            raise
+    text = _c_string(line)  # _pickle: strict syntax up to a NUL; an overflow is an error
+    if text is line:
+        raise ValueError("could not convert string to float")
+    value = float(text) if _C_FLOAT.match(text) else None
+    if value is None or not _c_float_ok(text, value):
+        raise ValueError("could not convert string to float")
+    return value, False
+
+
+def _c_float_ok(text: bytes, value: float) -> bool:
+    """Whether ``PyOS_string_to_double`` reads ``text`` (already read by float() as ``value``): strict
+    syntax (no whitespace, no underscores), and no overflow to infinity."""
+    if not _C_FLOAT.match(text):
+        return False
+    return not (value in (_INF, -_INF) and b"inf" not in text.lower())
 
 
 def _py2_str(data: bytes) -> str:
@@ -1431,12 +1979,15 @@ def looks_like_pickle(source: ByteSource, offset: int = 0) -> bool:
     head = source.read_at(offset, 3)
     if len(head) < 2 or head[0] not in _OPCODES:
         return False
-    if head[0] == 0x80 and 2 <= head[1] <= 5:
+    if head[0] == 0x80 and head[1] <= 5:
+        # PROTO 0-5 and an opcode: both unpicklers accept the header (pickle.dumps writes PROTO only
+        # from protocol 2, a hand-made stream may start with PROTO 0 or 1); no text starts so.
         return len(head) == 3 and head[2] in _OPCODES
     vm = _PickleVM(source, None, offset, None, silent=True, max_ops=TRIAL_OPS)
     result = vm.run()
-    # Complete, or valid through a long run of opcodes (a big protocol 0 pickle): a pickle.
-    if result.complete or vm.out_of_ops:
+    # Complete, valid through a long run of opcodes (a big protocol 0 pickle), or stopped by a scan
+    # limit (a text argument longer than max-in-memory-bytes): a pickle, scanned as far as it goes.
+    if result.complete or vm.out_of_ops or (vm.broken is not None and vm.broken.limit):
         return True
     # Broken after an import of an identifier-like name that was then called, or followed by what a
     # pickler writes after an import (MARK, memo PUT, an empty tuple): a loader runs that import
@@ -1454,15 +2005,43 @@ def scan_pickle_at(source: ByteSource, ctx: ScanContext, offset: int = 0, end: O
     """
     vm = _PickleVM(source, ctx, offset, end, torch_archive=torch_archive)
     result = vm.run()
+    if vm.frames_irregular:
+        _second_reading(vm, result, source, ctx, offset, end, torch_archive)
     vm.flush()
     broken = vm.broken
-    if broken is not None and not broken.reported:
+    if broken is not None and broken.limit:
+        ctx.report("unscanned-limit", f"pickle starting at offset {offset}: {broken.reason} (offset "
+                   f"{broken.offset}); opcodes before it run when it is loaded", offset=broken.offset,
+                   details={"start": offset, "reason": broken.reason})
+    elif broken is not None and not broken.reported:
         ctx.report("pickle-broken-stream",
                    f"pickle starting at offset {offset} is broken at offset {broken.offset}: "
                    f"{broken.reason}; opcodes before the break run when it is loaded, the rest was not "
                    "inspected",
                    offset=broken.offset, details={"start": offset, "reason": broken.reason})
     return result
+
+
+def _second_reading(vm: _PickleVM, result: PickleStreamResult, source: ByteSource, ctx: ScanContext,
+                    offset: int, end: Optional[int], torch_archive: bool) -> None:
+    """Frames that do not end at opcode boundaries: walk the stream again as torch.load's C unpickler
+    (fed an io.BytesIO) reads it, and add what that reading imports and calls to ``vm``'s findings."""
+    other = _LossyPickleVM(source, ctx, offset, end, torch_archive=torch_archive)
+    res = other.run()
+    differs = (res.complete != result.complete or res.end != result.end
+               or set(res.globals) != set(result.globals))
+    for key, rec in other.records.items():
+        vm.records.setdefault(key, rec)
+    vm._pending_nested.extend(other._pending_nested)
+    seen = set(result.globals)
+    result.globals.extend(g for g in res.globals if g not in seen)
+    if res.complete and not result.complete:
+        result.complete, result.end, result.top = True, res.end, res.top
+    if differs:
+        vm._anomaly("polyglot", "frames split opcodes",
+                    "FRAME boundaries fall inside opcodes: the C unpickler reading from a BytesIO "
+                    "(torch.load) and pickle.loads read different opcodes; both readings were scanned",
+                    offset, "FRAME")
 
 
 def scan_pickle_stream(source: ByteSource, ctx: ScanContext, start: int = 0,
@@ -1481,7 +2060,7 @@ def scan_pickle_stream(source: ByteSource, ctx: ScanContext, start: int = 0,
             result = nxt
             continue
         trailing = source.read_at(pos, min(64, stop - pos))
-        strong_header = len(trailing) >= 3 and trailing[0] == 0x80 and 2 <= trailing[1] <= 5 \
+        strong_header = len(trailing) >= 3 and trailing[0] == 0x80 and trailing[1] <= 5 \
             and trailing[2] in _OPCODES
         if vm.records or vm._pending_nested or strong_header:
             # Another pickle.load would run these opcodes before failing: they count; and a

@@ -106,18 +106,29 @@ def _run_reader(reader: FormatReader, source: ByteSource, ctx: ScanContext) -> N
         ctx.report("scanner-error", f"{reader.name} reader failed: {type(exc).__name__}: {exc}")
 
 
-def scan_source(source: ByteSource, ctx: ScanContext) -> None:
-    """Sniff ``source`` and scan it with every applicable reader, reporting into ``ctx``."""
+def _sniff(source: ByteSource, ctx: ScanContext) -> Tuple[Optional[bytes], Optional[List[FormatReader]]]:
+    """The head and the readers that detect ``source``; a failure is reported into ``ctx`` (head
+    None: nothing could be read; readers None: detection itself failed)."""
     try:
         head = source.head(HEAD_SIZE)
-        found = detect(source, head)
     except SourceError as exc:
         ctx.report("unscanned-unreadable", f"could not read: {exc}")
-        return
+        return None, None
+    try:
+        return head, detect(source, head)
+    except SourceError as exc:
+        ctx.report("unscanned-unreadable", f"could not read: {exc}")
+        return None, None
     except Exception as exc:  # noqa: BLE001
         ctx.report("scanner-error", f"format detection failed: {type(exc).__name__}: {exc}")
-        return
-    _scan_found(source, ctx, found)
+        return head, None
+
+
+def scan_source(source: ByteSource, ctx: ScanContext) -> None:
+    """Sniff ``source`` and scan it with every applicable reader, reporting into ``ctx``."""
+    _, found = _sniff(source, ctx)
+    if found is not None:
+        _scan_found(source, ctx, found)
 
 
 def reader_named(name: str) -> FormatReader:
@@ -135,15 +146,10 @@ def scan_claimed(source: ByteSource, ctx: ScanContext, fmt: str) -> None:
     and what it cannot read is its finding (never "not this format", never a pass). Readers whose
     detectors also accept the content run as well (a polyglot is read every way)."""
     claimed = reader_named(fmt)
-    try:
-        head = source.head(HEAD_SIZE)
-        found = detect(source, head)
-    except SourceError as exc:
-        ctx.report("unscanned-unreadable", f"could not read: {exc}")
+    head, detected = _sniff(source, ctx)
+    if head is None:
         return
-    except Exception as exc:  # noqa: BLE001
-        ctx.report("scanner-error", f"format detection failed: {type(exc).__name__}: {exc}")
-        found = []
+    found = detected if detected is not None else []
     if fmt == "pickle" and any(r.name != fmt for r in found) and pickle_fails_at_once(head):
         # Another format reads these bytes and every unpickler raises on the first byte before
         # doing anything (not an opcode, or an opcode that pops from the empty stack): the

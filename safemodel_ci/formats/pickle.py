@@ -656,6 +656,23 @@ class _PickleVM:
             raise _Broken(pos, "stack underflow")
         memo[index] = stack[-1]
 
+    def _memo_line_index(self, pos: int) -> Any:
+        """A GET/PUT text argument as each unpickler reads it (int() for pickle.py, strtol or
+        PyLong_FromString for _pickle); a form only one reads stops the other. A huge index stays
+        a tuple of its digits."""
+        line = self._line(pos)
+        try:
+            if len(line) >= 20:
+                raise ValueError
+            index: Any = int(line)
+        except ValueError:
+            index, py_ok = _memo_index(line, bool(self.reader.alive & _C))
+            if not py_ok:
+                self._kill(_PY, pos, "a memo index only _pickle reads")
+        if index.__class__ is tuple or index > sys.maxsize:  # _pickle: OverflowError
+            self._kill(_C, pos, "a memo index over sys.maxsize")
+        return index
+
     def _memo_get(self, index: int, pos: int) -> None:
         if index not in self.memo:
             raise _Broken(pos, f"memo value not found at index {index}")
@@ -1551,17 +1568,7 @@ class _PickleVM:
 
         @op(b"g")
         def get(self: _PickleVM, pos: int) -> None:
-            line = self._line(pos)
-            try:
-                if len(line) >= 20:
-                    raise ValueError
-                index = int(line)
-            except ValueError:
-                index, py_ok = _memo_index(line, bool(self.reader.alive & _C))
-                if not py_ok:
-                    self._kill(_PY, pos, "a memo index only _pickle reads")
-            if index.__class__ is tuple or index > sys.maxsize:  # _pickle: OverflowError
-                self._kill(_C, pos, "a memo index over sys.maxsize")
+            index = self._memo_line_index(pos)
             self._memo_get(index, pos)
 
         @op(b"h")
@@ -1574,17 +1581,7 @@ class _PickleVM:
 
         @op(b"p")
         def put(self: _PickleVM, pos: int) -> None:
-            line = self._line(pos)
-            try:
-                if len(line) >= 20:
-                    raise ValueError
-                index = int(line)
-            except ValueError:
-                index, py_ok = _memo_index(line, bool(self.reader.alive & _C))
-                if not py_ok:
-                    self._kill(_PY, pos, "a memo index only _pickle reads")
-            if index.__class__ is tuple or index > sys.maxsize:  # _pickle: OverflowError
-                self._kill(_C, pos, "a memo index over sys.maxsize")
+            index = self._memo_line_index(pos)
             if index.__class__ is tuple:  # a huge index (kept as its digits)
                 if index[1][:1] == b"-":
                     raise _Broken(pos, "negative memo index")

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import List
 
@@ -412,7 +413,8 @@ def _cli_in_child(tmp_path: Path, args: List[str], cwd: Path, env: "dict | None"
 
 @pytest.mark.parametrize("text,expected", [
     (BILLION_LAUGHS, "alias"),
-    ("exclude: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested deeper"),
+    # PyYAML 6.0.4 has a nesting limit of its own that may refuse first; either refusal is bounded.
+    ("exclude: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested deeper|maximum nesting depth"),
     ("fail-on: high\n" + "# padding\n" * 200_000, "larger than"),
 ], ids=["billion-laughs", "deep-nesting", "oversized"])
 def test_hostile_yaml_is_refused_with_bounded_work(text: str, expected: str, tmp_path: Path) -> None:
@@ -422,7 +424,7 @@ def test_hostile_yaml_is_refused_with_bounded_work(text: str, expected: str, tmp
     args = ["scan", "--no-cache", "-j", "1", "--config", str(cfg), str(model)]
     proc = _cli_in_child(tmp_path, args, tmp_path)
     assert proc.returncode == 3, (proc.returncode, proc.stderr[-500:])
-    assert "invalid config" in proc.stderr and expected in proc.stderr
+    assert "invalid config" in proc.stderr and re.search(expected, proc.stderr), proc.stderr[-500:]
 
 
 def test_a_few_aliases_are_still_fine(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .context import Limits
 from .findings import Severity
@@ -682,13 +682,3 @@ def _glob_regex(glob: str) -> str:
             i += 1
     return "".join(out)
 
-
-def config_summary(config: Config) -> Mapping[str, Any]:
-    """What a report may say about the config in force (file and counts, no reasons)."""
-    return {
-        "path": config.path,
-        "allow_globals": len(config.allow_globals),
-        "ignores": len(config.ignores),
-        "excludes": len(config.excludes),
-        "severity_overrides": len(config.severity_overrides),
-    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional
 
 from .findings import Finding, Severity
 from .rules import rule
@@ -115,7 +115,7 @@ class ScanContext:
             unscanned=r.unscanned,
             details=dict(details or {}),
         )
-        finding = self.policy.adjust(finding) if hasattr(self.policy, "adjust") else finding
+        finding = self.policy.adjust(finding)
         self._state.findings.append(finding)
         return finding
 
@@ -218,6 +218,3 @@ class ScanContext:
         """Name of the innermost member or file (an extension hint for messages only)."""
         name = self.member.rsplit(":", 1)[-1] if self.member else self.path
         return os.path.basename(name.replace("\\", "/"))
-
-    def state_dict(self) -> Dict[str, Any]:  # pragma: no cover - debugging aid
-        return {"path": self.path, "member": self.member, "depth": self.depth}

@@ -412,8 +412,7 @@ def _scan_revisions(repos: List[Any], options: ScanOptions, on_file: Optional[Ca
                     file_result = FileResult(path=display, size=first.size, formats=list(first.formats),
                                              findings=[replace(f, path=display) for f in first.findings],
                                              cached=True)
-                file_result.findings.extend(options.policy.adjust(f) if hasattr(options.policy, "adjust")
-                                            else f for f in link_findings)
+                file_result.findings.extend(options.policy.adjust(f) for f in link_findings)
                 file_result.findings = sort_findings(file_result.findings)
                 if hasher is not None:
                     # The name is checked for every link: another repo's link may name other content.
@@ -586,7 +585,7 @@ def _hash_check(real: str, name: str, display: str, options: ScanOptions,
     if actual == name:
         return []
     finding = _mismatch_finding(display, (algorithm, name, actual), name)
-    return [options.policy.adjust(finding) if hasattr(options.policy, "adjust") else finding]
+    return [options.policy.adjust(finding)]
 
 
 def scan_cache_command(args: argparse.Namespace) -> int:

@@ -817,7 +817,7 @@ class HubRepoScanner:
             extra = loader_findings.get(path)
             if extra:
                 file_result.findings = sort_findings(file_result.findings + [
-                    self.options.policy.adjust(f) if hasattr(self.options.policy, "adjust") else f
+                    self.options.policy.adjust(f)
                     for f in extra])
             result.files.append(file_result)
             if self.on_progress is not None:

@@ -229,6 +229,9 @@ _RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?(.+?)/resolve/([^/]+)/(.+)$")
 class _HubHandler(BaseHTTPRequestHandler):
     fake: FakeHub
     protocol_version = "HTTP/1.1"
+    #: Headers and body go out in two writes; with Nagle the body waits for the ACK of the headers,
+    #: which the client delays (up to 40 ms on Linux loopback). Real Hub front ends answer at once.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep test output quiet
         pass

@@ -255,7 +255,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = run(args.repos, args.files, args.latency_ms, args.jobs, args.timeout, sys.stderr)
     goals = verdict(results)
     results["goals"] = goals
-    print(table(results, goals))
+    results["table"] = table(results, goals)
+    print(results["table"])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     failed = any("error" in r for r in results["runs"])

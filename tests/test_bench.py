@@ -60,6 +60,7 @@ def test_hub_many_repos_bench_quick_run(tmp_path: Path) -> None:
     assert header in proc.stdout
     assert "| --jobs 3 vs --jobs 1 (wall) |" in proc.stdout and "| peak RSS (largest run) |" in proc.stdout
     results = json.loads(out.read_text())
+    assert results["table"] in proc.stdout  # what run_bench.py appends to its results
     runs = {r["jobs"]: r for r in results["runs"]}
     assert set(runs) == {1, 3}
     for r in runs.values():

@@ -379,6 +379,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--hf-cache-gb", type=float, default=2.5,
                     help="size of the Hugging Face cache for the 'safemodel cache' vs sha256sum benchmark "
                          "(bench/hf_cache_hash.py; built under /tmp and removed; 0 or --skip-big: skipped)")
+    ap.add_argument("--hub-repos", type=int, default=200,
+                    help="repos for the 'safemodel hub --jobs 1' vs '--jobs 8' benchmark against the test "
+                         "Hub server at 50 ms a request (bench/hub_many_repos.py; 0 or --skip-big: skipped)")
     ap.add_argument("--install-tools", action="store_true",
                     help="pip install picklescan, modelscan, modelaudit into bench/out/tools-venv first")
     args = ap.parse_args(argv)
@@ -504,6 +507,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if (out / "hf_cache.json").is_file():
             results["hf_cache"] = json.loads((out / "hf_cache.json").read_text())
             table += "\n" + str(results["hf_cache"]["table"])
+    if args.hub_repos > 0 and not args.skip_big and "safemodel" in args.tools.split(","):
+        # Issue 20 item 1: its own process (it runs the test Hub server on 127.0.0.1).
+        log(f"Hub benchmark ({args.hub_repos} repos, --jobs 1 and 8)")
+        (out / "hub.json").unlink(missing_ok=True)
+        subprocess.run([sys.executable, str(HERE / "hub_many_repos.py"), "--repos", str(args.hub_repos),
+                        "--json", str(out / "hub.json")], env=env)
+        if (out / "hub.json").is_file():
+            results["hub"] = json.loads((out / "hub.json").read_text())
+            table += "\n" + str(results["hub"]["table"])
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(table)

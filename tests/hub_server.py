@@ -119,7 +119,9 @@ FileSpec = Union[bytes, Path, Tuple[Path, str]]
 class FakeHub:
     """The server and its repos. ``fail_status[repo_id] = 500`` makes every answer about that repo a 500."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
+        #: Seconds every request waits before it is answered (a distant server: the benchmark's 50 ms).
+        self.latency = latency
         self.repos: Dict[Tuple[str, str], HubRepo] = {}
         self.fail_status: Dict[str, int] = {}
         #: repo_id -> 500: only file downloads (resolve) of that repo fail, the API answers.
@@ -227,6 +229,9 @@ _RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?(.+?)/resolve/([^/]+)/(.+)$")
 class _HubHandler(BaseHTTPRequestHandler):
     fake: FakeHub
     protocol_version = "HTTP/1.1"
+    #: Headers and body go out in two writes; with Nagle the body waits for the ACK of the headers,
+    #: which the client delays (up to 40 ms on Linux loopback). Real Hub front ends answer at once.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep test output quiet
         pass
@@ -282,18 +287,26 @@ class _HubHandler(BaseHTTPRequestHandler):
         return repo
 
     # -- verbs ----------------------------------------------------------------------------------
+    def _wait(self) -> None:
+        """The injected latency: each request waits in its own handler thread, as on a real network."""
+        if self.fake.latency > 0:
+            time.sleep(self.fake.latency)
+
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         with self.fake.answering():
             self._record()
+            self._wait()
             self._dispatch(head=False)
 
     def do_HEAD(self) -> None:  # noqa: N802
         with self.fake.answering():
             self._record()
+            self._wait()
             self._dispatch(head=True)
 
     def do_POST(self) -> None:  # noqa: N802
         self._record()
+        self._wait()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)

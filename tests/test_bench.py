@@ -44,3 +44,35 @@ def test_hf_cache_bench_quick_run(tmp_path: Path) -> None:
     assert result["verified"]["bytes_hashed"] == result["bytes"] and result["verified"]["blobs_hashed"] == 79
     assert "| `safemodel cache` |" in proc.stdout and "x sha256sum" in proc.stdout
     assert {p.name for p in Path("/tmp").glob("safemodel-hfcache-*")} == before
+
+
+def test_hub_many_repos_bench_quick_run(tmp_path: Path) -> None:
+    """bench/hub_many_repos.py on 6 repos of 2 files at 20 ms a request: every file of every repo
+    scanned clean in both runs (a fresh process per run, so a race in first-use set-up shows), the
+    server answers resolve + tree + one range read a file, and 3 jobs beat 1 (the 6x goal is for
+    200 repos at 50 ms; at this size start-up dominates, so the run may miss it and exit 1)."""
+    out = tmp_path / "hub.json"
+    script = BENCH.parent / "hub_many_repos.py"
+    proc = subprocess.run([sys.executable, str(script), "--repos", "6", "--files", "2", "--latency-ms", "20",
+                           "--jobs", "1,3", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    header = "| jobs | wall s | CPU s | peak RSS MB | files | requests | server requests | exit |"
+    assert header in proc.stdout
+    assert "| --jobs 3 vs --jobs 1 (wall) |" in proc.stdout and "| peak RSS (largest run) |" in proc.stdout
+    results = json.loads(out.read_text())
+    assert results["table"] in proc.stdout  # what run_bench.py appends to its results
+    runs = {r["jobs"]: r for r in results["runs"]}
+    assert set(runs) == {1, 3}
+    for r in runs.values():
+        assert "error" not in r, r
+        assert r["exit_code"] == 0 and r["files"] == 12 and r["repo_errors"] == 0
+        assert r["server_requests"] == 6 * (2 + 2) and r["requests"] == 12
+        # Python, huggingface_hub and the scanner: tens of MB; the bench process itself stays small.
+        assert 15 < r["max_rss_mb"] < 300 and results["bench_rss_mb"] < 100
+        # 24 requests at 20 ms each, one at a time, is the floor of the single-job run.
+        assert r["wall_s"] > (0.48 if r["jobs"] == 1 else 0.16)
+    assert runs[3]["wall_s"] < runs[1]["wall_s"]
+    speedup = next(g for g in results["goals"] if g["goal"].startswith("--jobs 3"))
+    assert speedup["value"] == pytest.approx(runs[1]["wall_s"] / runs[3]["wall_s"])
+    assert speedup["met"] == (speedup["value"] >= 6) and (proc.returncode == 0) == all(
+        g["met"] for g in results["goals"])

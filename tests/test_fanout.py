@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Iterator, List
 
@@ -138,3 +139,51 @@ def test_workflow_example_runs_these_commands() -> None:
     assert merge["needs"] == "scan" and merge["if"] == "always()"
     merged = [step["run"] for step in merge["steps"] if "run" in step and "safemodel merge" in step["run"]]
     assert merged[-1] == "safemodel merge shard-*.json"  # the last step carries the verdict
+
+
+def test_readers_are_built_once_when_threads_ask_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hub --jobs N`` scans in threads; the reader list, built on first use, must be built once.
+    Before: threads that found it empty each appended every reader, and every file scanned in a fresh
+    process read as "valid as safetensors and as safetensors" (a false HIGH polyglot finding, exit 1)."""
+    import importlib
+    import threading
+    import types
+
+    from safemodel_ci import formats
+
+    def slow_import(name: str) -> types.ModuleType:
+        time.sleep(0.002)  # widen the window an unguarded check-then-fill leaves open
+        return importlib.import_module(name)
+
+    monkeypatch.setattr(formats, "_readers", [])
+    monkeypatch.setattr(formats, "importlib", types.SimpleNamespace(import_module=slow_import))
+    start = threading.Barrier(8)
+    got: List[List[str]] = []
+
+    def ask() -> None:
+        start.wait()
+        got.append([r.name for r in formats.readers()])
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    want = [getattr(importlib.import_module(f"safemodel_ci.formats.{m}"), c).name
+            for m, c in formats._REGISTRY]
+    assert len(got) == 8 and all(names == want for names in got)
+
+
+def test_jobs_scan_the_same_as_one_at_a_time(hub: FakeHub, tmp_path: Path) -> None:
+    """``--jobs 4`` gives the report ``--jobs 1`` gives, repos in the order listed."""
+    repos = _repos(hub)
+    listing = tmp_path / "repos.txt"
+    listing.write_text("\n".join(repos) + "\n")
+    reports = []
+    for jobs in (1, 4):
+        out = tmp_path / f"j{jobs}.json"
+        assert main(["hub", "--repos-file", str(listing), "--format", "json", "-q", "--no-cache",
+                     "--jobs", str(jobs), "-o", str(out)]) == EXIT_FINDINGS
+        reports.append(json.loads(out.read_text()))
+    assert reports[0]["files"] == reports[1]["files"] and reports[0]["summary"] == reports[1]["summary"]
+    assert [r["repo_id"] for r in reports[1]["extra"]["hub"]] == repos

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from typing import List, Tuple
 
 from .interface import FormatReader
@@ -33,12 +34,18 @@ _REGISTRY: Tuple[Tuple[str, str], ...] = (
 )
 
 _readers: List[FormatReader] = []
+#: Threads scanning at once (``hub --jobs``) must build the list once: two threads that both found it
+#: empty each appended every reader, and every file then read as "safetensors and as safetensors" (a
+#: false polyglot finding).
+_readers_lock = threading.Lock()
 
 
 def readers() -> List[FormatReader]:
-    """All format readers, instantiated once per process."""
+    """All format readers, instantiated once per process (thread-safe)."""
     if not _readers:
-        for module, cls in _REGISTRY:
-            mod = importlib.import_module(f"{__name__}.{module}")
-            _readers.append(getattr(mod, cls)())
+        with _readers_lock:
+            if not _readers:
+                built = [getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
+                         for module, cls in _REGISTRY]
+                _readers.extend(built)  # one step: another thread sees no reader or every reader
     return _readers

@@ -71,7 +71,8 @@ def test_hub_many_repos_bench_quick_run(tmp_path: Path) -> None:
         assert 15 < r["max_rss_mb"] < 300 and results["bench_rss_mb"] < 100
         # 24 requests at 20 ms each, one at a time, is the floor of the single-job run.
         assert r["wall_s"] > (0.48 if r["jobs"] == 1 else 0.16)
-    assert runs[3]["wall_s"] < runs[1]["wall_s"]
+    # Whether more jobs are faster is the benchmark's verdict, not this test's (no timed asserts):
+    # the test checks that the verdict is computed from the runs it reports.
     speedup = next(g for g in results["goals"] if g["goal"].startswith("--jobs 3"))
     assert speedup["value"] == pytest.approx(runs[1]["wall_s"] / runs[3]["wall_s"])
     assert speedup["met"] == (speedup["value"] >= 6) and (proc.returncode == 0) == all(

@@ -130,6 +130,14 @@ RULES: Tuple[Rule, ...] = (
          "BUILD, SETITEM or APPEND is applied to an imported object itself (a module, class or function), "
          "not to an instance: the pickle changes code or tables that later imports and calls use.",
          _CONVERT, code_execution=True),
+    Rule("pickle-calls-built-object", Severity.CRITICAL, "Pickle calls an object it built",
+         "REDUCE, OBJ or INST (or an admitted function that calls its argument, such as "
+         "torch._tensor._rebuild_from_type_v2) calls an object the pickle built or loaded, not an imported "
+         "global. The call runs that object's __call__, which the allowlist never judged: an admitted "
+         "class whose instances dispatch by a name they hold (numpy.ma.extras._fromnxfunction_single"
+         "('load')) or call what they wrap (numpy.vectorize) reaches any function. Library pickles never "
+         "do this.",
+         _CONVERT, code_execution=True),
     Rule("pickle-trailing-data", Severity.INFO, "Bytes after the last pickle",
          "The file continues after its last pickle with bytes that are not a pickle; they import and "
          "call nothing, and pickle.load ignores them.",

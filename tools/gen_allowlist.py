@@ -134,6 +134,10 @@ EXCLUDED: Dict[str, str] = {
     "numpy._core._dtype_ctypes": "ctypes conversions",
     "numpy.core._dtype_ctypes": "ctypes conversions",
     "numpy.lib._datasource": "DataSource opens local files and URLs",
+    # numpy < 2.2: an instance's __call__ runs getattr(numpy, <the name it was made with>)(...), so
+    # _fromnxfunction_single('load') reaches numpy.load, memmap ... without importing them
+    **{f"numpy.ma.extras._fromnxfunction{s}": "calls getattr(numpy, name) for the name it holds"
+       for s in ("", "_single", "_args", "_allargs", "_seq")},
     "numpy.lib._datasource_impl": "DataSource opens local files and URLs",
     "numpy.lib.format": "reads and writes .npy files",
     "numpy.random._examples": "cffi / numba examples",

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Iterable, List, NoReturn, Optional, Sequ
 from ..context import Limits, ScanContext
 from ..findings import Severity
 from ..npdtype import DType, DtypeUnsure, PickledDtype, from_pickled
-from ..pickle_policy import NESTED_LOADERS, full_name
+from ..pickle_policy import ARGUMENT_CALLERS, NESTED_LOADERS, full_name
 from ..policy import GlobalVerdict
 from ..source import ByteSource, BytesSource, SourceReader
 from .interface import FormatReader
@@ -797,6 +797,10 @@ class _PickleVM:
         if type(args) in _NOT_ITERABLE or (kwargs is not None and not _is_kwargs(kwargs)):
             raise _Broken(pos, f"{kind} with arguments {describe(args)} (the loader raises TypeError)")
         self._note_call(callee, kind, pos)
+        if not isinstance(callee, Global):
+            # The callee is an instance the stream made (or a loaded/persistent object): the call runs
+            # its type's __call__, which no allowlist entry admits.
+            self._built_call(callee, f"{kind} calls {describe(callee)}", pos, kind)
         extra = [kwargs] if kwargs is not None else []
         direct_loader = isinstance(callee, Global) and callee.loader and kind in ("REDUCE", "INST", "OBJ")
         self._check_escaped_loaders([args, *extra] if not direct_loader else [*extra], pos)
@@ -804,6 +808,11 @@ class _PickleVM:
             return Obj(None)
         path = callee.path
         argv = tuple(args) if isinstance(args, (tuple, PList)) else None
+        if argv is not None and kind in ("REDUCE", "INST", "OBJ"):
+            for i in ARGUMENT_CALLERS.get(path, ()):
+                if i < len(argv) and isinstance(argv[i], Sym) and not isinstance(argv[i], Global):
+                    self._built_call(argv[i], f"{path} calls its argument {i} ({describe(argv[i])})",
+                                     pos, kind)
         if direct_loader:
             self._nested(callee, argv, pos)
             return Opaque(f"the object {path} loads")
@@ -829,6 +838,15 @@ class _PickleVM:
             rest = argv[1:] if path != "copyreg._reconstructor" else ()
             return self._construct(cls, rest, kind if path != "copyreg._reconstructor" else "NEWOBJ")
         return self._construct(callee, argv, kind)
+
+    def _built_call(self, target: Any, what: str, pos: int, opcode: str) -> None:
+        """Report a call whose callable is not an imported global (its __call__ was never judged)."""
+        cls = target.cls.path if isinstance(target, Obj) and target.cls is not None else None
+        reason = (f"{what}: the call runs the __call__ of "
+                  f"{'an instance of ' + cls if cls else 'an object built at load time'}, which no "
+                  "allowlist entry admits (an admitted class's instance can dispatch to any function)")
+        self._anomaly("pickle-calls-built-object", f"{opcode} at offset {pos}", reason, pos, opcode,
+                      key=str(pos))
 
     def _construct(self, cls: Global, argv: Sequence[Any], kind: str) -> Obj:
         if cls.path == "numpy.dtype" and argv:

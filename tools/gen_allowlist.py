@@ -1383,6 +1383,14 @@ def collect(env: str, log: Callable[[str], None] = lambda s: None) -> Dict[str, 
             elif kind == "ufunc" and mod.__name__ in UFUNC_MODULES:
                 allow[path] = ("ufunc", target)
 
+    # The name pickle writes for an admitted ufunc (pickle.whichmodule: scipy 1.17 pickles
+    # scipy.special.expit as scipy.special._special_ufuncs.expit) is admitted too, or the library's
+    # own pickle of a ufunc fails the scan.
+    for kind, target in list(allow.values()):
+        if kind == "ufunc" and target not in allow and target not in dangerous and \
+                in_scope(target.rpartition(".")[0]):
+            allow[target] = ("ufunc", target)
+
     log(
         f"  {len(allow)} admitted, {len(dangerous)} dangerous names, {len(rejected)} seen but left out, "
         f"{time.process_time() - started:.1f} s CPU"

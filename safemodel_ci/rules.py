@@ -142,6 +142,12 @@ RULES: Tuple[Rule, ...] = (
          "The file continues after its last pickle with bytes that are not a pickle; they import and "
          "call nothing, and pickle.load ignores them.",
          "Nothing to do if the file comes from a trusted tool; otherwise re-export it."),
+    Rule("torch-tar-link", Severity.CRITICAL, "Legacy torch tar member is a link",
+         "The storages, tensors or pickle member of a legacy torch tar checkpoint is a symlink, hard link "
+         "or other non-regular member. torch.load extracts storages and tensors with tarfile's default "
+         "filter and unpickles them from disk, so a link makes it unpickle an arbitrary local file "
+         "(or another member) that this scan never saw.",
+         _CONVERT, code_execution=True),
     Rule("torch-stack-global", Severity.MEDIUM, "STACK_GLOBAL in a torch archive pickle",
          "torch.save writes protocol 2 pickles by default, which import with GLOBAL only, and torch's "
          "weights-only loader rejects STACK_GLOBAL: the archive's data.pkl was written with a higher "

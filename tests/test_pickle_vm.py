@@ -332,6 +332,8 @@ def test_admitted_callable_that_calls_its_argument_is_not_handed_a_built_instanc
     import numpy as np
     import torch
 
+    import copyreg
+
     inst = np.vectorize(np.exp)
     cases = [
         Reduce(torch._tensor._rebuild_from_type_v2, inst, torch.Tensor, (1.0,), {}),
@@ -339,6 +341,9 @@ def test_admitted_callable_that_calls_its_argument_is_not_handed_a_built_instanc
                inst, 1.0, (), None, None),
         Reduce(torch.ao.quantization.fake_quantize.FakeQuantize, inst),
     ]
+    fake_quantize = torch.ao.quantization.fake_quantize.FakeQuantize
+    # copyreg._reconstructor(cls, base, state) runs base.__init__(obj, state): state is observer
+    cases.append(Reduce(copyreg._reconstructor, fake_quantize, fake_quantize, inst))
     for case in cases:
         result = scan(pickle.dumps(case, protocol=2))
         assert "pickle-calls-built-object" in rules(result), case.func

@@ -834,6 +834,12 @@ class _PickleVM:
             self._note_call(argv[0], f"{kind} via {path}", pos)
             if path == "copyreg._reconstructor" and len(argv) > 1:  # runs base.__init__(obj, state)
                 self._note_call(argv[1], f"{kind} via {path}", pos)
+                base = argv[1]
+                if isinstance(base, Global) and 0 in ARGUMENT_CALLERS.get(base.path, ()) and len(argv) > 2 \
+                        and isinstance(argv[2], Sym) and not isinstance(argv[2], Global):
+                    # state is __init__'s first argument, which that __init__ calls
+                    self._built_call(argv[2], f"{path} runs {base.path}.__init__, which calls its argument "
+                                     f"0 ({describe(argv[2])})", pos, kind)
             cls = argv[0]
             rest = argv[1:] if path != "copyreg._reconstructor" else ()
             return self._construct(cls, rest, kind if path != "copyreg._reconstructor" else "NEWOBJ")

@@ -132,8 +132,9 @@ RULES: Tuple[Rule, ...] = (
          _CONVERT, code_execution=True),
     Rule("pickle-calls-built-object", Severity.CRITICAL, "Pickle calls an object it built",
          "REDUCE, OBJ or INST (or an admitted function that calls its argument, such as "
-         "torch._tensor._rebuild_from_type_v2) calls an object the pickle built or loaded, not an imported "
-         "global. The call runs that object's __call__, which the allowlist never judged: an admitted "
+         "torch._tensor._rebuild_from_type_v2, or a BUILD after a state that stored __setstate__ on the "
+         "instance) calls an object the pickle built or loaded, not an imported global. "
+         "The call runs that object's __call__, which the allowlist never judged: an admitted "
          "class whose instances dispatch by a name they hold (numpy.ma.extras._fromnxfunction_single"
          "('load')) or call what they wrap (numpy.vectorize) reaches any function. Library pickles never "
          "do this.",

@@ -355,6 +355,25 @@ def test_admitted_callable_that_calls_its_argument_is_not_handed_a_built_instanc
     assert "pickle-calls-built-object" not in rules(scan(ok))
 
 
+def test_state_that_gives_an_instance_its_own_setstate_is_critical() -> None:
+    """pickle.py and _pickle find BUILD's hook with getattr(inst, '__setstate__'), which reads the
+    instance's __dict__: BUILD {'__setstate__': f} then BUILD x calls f(x). A library's own pickle
+    (numpy.vectorize keeps '__name__' in its state) does not trip it."""
+    import numpy as np
+
+    vec = pickle.dumps(np.vectorize(np.exp), protocol=2)
+    assert "pickle-calls-built-object" not in rules(scan(vec))
+    body = vec[2:-1]
+    one = b"G?\xf0\x00\x00\x00\x00\x00\x00"
+    dict_state = (b"\x80\x02cargparse\nNamespace\n)R}X\x0c\x00\x00\x00__setstate__" + body + b"sb"
+                  + one + b"b.")
+    slot_state = (b"\x80\x02cargparse\nNamespace\n)RN}X\x0c\x00\x00\x00__setstate__" + body + b"s\x86b"
+                  + one + b"b.")
+    for data in (dict_state, slot_state):
+        f = only(scan(data), "pickle-calls-built-object")
+        assert f.severity is Severity.CRITICAL and "__setstate__" in f.message
+
+
 def test_name_dispatching_numpy_ma_helpers_are_not_admitted() -> None:
     """numpy.ma.extras._fromnxfunction* call getattr(numpy, name): withdrawn from the generated table."""
     from safemodel_ci.pickle_policy import load_table

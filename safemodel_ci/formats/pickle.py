@@ -971,6 +971,24 @@ class _PickleVM:
                           f"{kind} modifies the imported object {target.path} itself", pos, kind)
         self._note_call(target, kind, pos)
         self._check_escaped_loaders(values, pos)
+        if kind.startswith("SETITEM") and "__setstate__" in [k for k in values[0::2] if isinstance(k, str)]:
+            # a mapping class whose __getattr__ reads its items would hand the value to a later BUILD
+            self._state_hook(pos, kind)
+
+    def _check_state_hook(self, state: Any, pos: int, kind: str) -> None:
+        """BUILD's state (dict state or slot state) that gives the instance its own __setstate__."""
+        parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+        for part in parts:
+            if isinstance(part, PDict) and any(isinstance(k, str) and k == "__setstate__"
+                                               for k, _ in part.pairs):
+                self._state_hook(pos, kind)
+
+    def _state_hook(self, pos: int, kind: str) -> None:
+        # Both unpicklers find __setstate__ with getattr(inst, '__setstate__'), which reads the
+        # instance's own attributes: the next BUILD on this object calls the stored value with its
+        # state, a call of something no allowlist entry judged as a call target.
+        self._built_call(None, f"{kind} stores a __setstate__ on an instance; the next BUILD on it calls "
+                         "that value with its state", pos, kind)
 
     def _setitems(self, target: Any, pairs: List[Any], pos: int, kind: str) -> None:
         if len(pairs) % 2:
@@ -1012,6 +1030,7 @@ class _PickleVM:
             return
         self._note_call(inst, "BUILD", pos)
         self._check_escaped_loaders([state], pos)
+        self._check_state_hook(state, pos, "BUILD")
         if not isinstance(inst, Obj) or inst.cls is None:
             return
         path = inst.cls.path

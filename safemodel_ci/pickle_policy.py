@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import re
-from typing import AbstractSet, Any, FrozenSet, Mapping, NamedTuple, Optional, Tuple
+from typing import AbstractSet, Any, Dict, FrozenSet, Mapping, NamedTuple, Optional, Tuple
 
 from .findings import Severity
 from .policy import GlobalVerdict
@@ -157,6 +157,27 @@ NESTED_LOADERS = {
     "joblib.numpy_pickle.load": "file", "numpy.load": "file", "numpy.lib.npyio.load": "file",
     "numpy.lib._npyio_impl.load": "file", "torch.load": "file", "torch.serialization.load": "file",
     "torch.storage._load_from_bytes": "file", "pandas.read_pickle": "pickle",
+}
+
+#: Admitted callables that call some of their positional arguments while the pickle loads (a
+#: function's body, a class's __init__ run by REDUCE/INST/OBJ), by argument index: such an argument
+#: must be an imported global (judged as any import), not an object the stream built, whose __call__
+#: the allowlist never judged. Found by reading the __init__ of every admitted class for calls of a
+#: parameter (tools/gen_allowlist.py admits classes, not what their constructors call).
+ARGUMENT_CALLERS: Dict[str, Tuple[int, ...]] = {
+    "torch._tensor._rebuild_from_type_v2": (0,),  # ret = func(*args)
+    "torch.ao.quantization.fake_quantize.FakeQuantize": (0,),  # observer(**observer_kwargs)
+    "torch.ao.quantization._learnable_fake_quantize._LearnableFakeQuantize": (0,),
+    "numpy.lib._iotools.StringConverter": (0,),  # dtype_or_func(default)
+    "scipy.optimize._differentiable_functions.ScalarFunction": (0, 3, 4),  # fun(x0), grad, hess
+    "scipy.optimize._differentiable_functions.VectorFunction": (0, 2, 3),  # fun(x0), jac, hess
+    "scipy.optimize._differentiable_functions._ScalarHessWrapper": (0, 2),
+    "scipy.optimize._basinhopping.BasinHoppingRunner": (1,),  # minimizer(x0)
+    "scipy.optimize._differentialevolution.DifferentialEvolutionSolver": (0,),
+    "scipy.sparse.linalg._eigen.arpack.arpack._SymmetricArpackParams": (3, 5, 6),
+    "scipy.sparse.linalg._eigen.arpack.arpack._UnsymmetricArpackParams": (3, 5, 6),
+    "scipy.special._orthogonal.orthopoly1d": (4, 7),  # wfunc, eval_func
+    "scipy.stats._sampling.CustomDistPINV": (0,),  # pdf
 }
 
 _DUNDER = re.compile(r"__[A-Za-z0-9_]+__\Z")

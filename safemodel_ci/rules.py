@@ -130,10 +130,25 @@ RULES: Tuple[Rule, ...] = (
          "BUILD, SETITEM or APPEND is applied to an imported object itself (a module, class or function), "
          "not to an instance: the pickle changes code or tables that later imports and calls use.",
          _CONVERT, code_execution=True),
+    Rule("pickle-calls-built-object", Severity.CRITICAL, "Pickle calls an object it built",
+         "REDUCE, OBJ or INST (or an admitted function that calls its argument, such as "
+         "torch._tensor._rebuild_from_type_v2, or a BUILD after a state that stored __setstate__ on the "
+         "instance) calls an object the pickle built or loaded, not an imported global. "
+         "The call runs that object's __call__, which the allowlist never judged: an admitted "
+         "class whose instances dispatch by a name they hold (numpy.ma.extras._fromnxfunction_single"
+         "('load')) or call what they wrap (numpy.vectorize) reaches any function. Library pickles never "
+         "do this.",
+         _CONVERT, code_execution=True),
     Rule("pickle-trailing-data", Severity.INFO, "Bytes after the last pickle",
          "The file continues after its last pickle with bytes that are not a pickle; they import and "
          "call nothing, and pickle.load ignores them.",
          "Nothing to do if the file comes from a trusted tool; otherwise re-export it."),
+    Rule("torch-tar-link", Severity.CRITICAL, "Legacy torch tar member is a link",
+         "The storages, tensors or pickle member of a legacy torch tar checkpoint is a symlink, hard link "
+         "or other non-regular member. torch.load extracts storages and tensors with tarfile's default "
+         "filter and unpickles them from disk, so a link makes it unpickle an arbitrary local file "
+         "(or another member) that this scan never saw.",
+         _CONVERT, code_execution=True),
     Rule("torch-stack-global", Severity.MEDIUM, "STACK_GLOBAL in a torch archive pickle",
          "torch.save writes protocol 2 pickles by default, which import with GLOBAL only, and torch's "
          "weights-only loader rejects STACK_GLOBAL: the archive's data.pkl was written with a higher "

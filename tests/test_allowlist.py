@@ -418,6 +418,27 @@ def test_real_scipy_sparse_matrices_pass(tmp_path: Path, capsys: pytest.CaptureF
     _assert_clean(tmp_path, capsys, at_least=3 * len(objects))
 
 
+def test_every_public_ufunc_pickled_by_its_library_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pickle writes a ufunc under pickle.whichmodule's name (scipy 1.17: scipy.special.expit is
+    scipy.special._special_ufuncs.expit; numpy.strings.* under numpy._core._multiarray_umath): that
+    name is admitted, as the public one is (a sklearn FunctionTransformer(func=expit) holds one)."""
+    np = pytest.importorskip("numpy")
+    special = pytest.importorskip("scipy.special")
+    objects = {}
+    for mod in (np, special, getattr(np, "strings", None)):
+        if mod is None:
+            continue
+        for attr in sorted(dir(mod)):
+            value = getattr(mod, attr, None)
+            if isinstance(value, np.ufunc) and not attr.startswith("_"):
+                objects[f"{mod.__name__}.{attr}"] = value
+    assert len(objects) > 300
+    (tmp_path / "ufuncs.pkl").write_bytes(pickle.dumps(list(objects.values()), protocol=4))
+    _assert_clean(tmp_path, capsys, at_least=1)
+
+
 def test_real_xgboost_and_lightgbm_estimators_pass(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -157,6 +157,36 @@ def test_legacy_tar_format(tmp_path: Path) -> None:
 
 
 @needs_vm
+@pytest.mark.parametrize("link", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+@pytest.mark.parametrize("name", ["storages", "tensors", "pickle"])
+def test_legacy_tar_member_that_is_a_link_is_critical(tmp_path: Path, name: str, link: bytes) -> None:
+    """torch.load's legacy_load runs tar.extract('storages'/'tensors', tmpdir) with tarfile's default
+    filter (fully trusted before Python 3.14) and pickle.loads the extracted path, and reads 'pickle'
+    with extractfile: a link member makes it unpickle a file (or member) the scan never saw."""
+    regular = {"sys_info": pickle.dumps({"little_endian": True}, protocol=2),
+               "pickle": pickle.dumps({"w": 1}, protocol=2),
+               "tensors": pickle.dumps(0, protocol=2),
+               "storages": _legacy_tar_storages()}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for member, data in regular.items():
+            info = tarfile.TarInfo(member)
+            if member == name:
+                info.type = link
+                info.linkname = str(tmp_path / "planted.pkl") if link == tarfile.SYMTYPE else "sys_info"
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    path = tmp_path / "linked.pt"
+    path.write_bytes(buf.getvalue())
+    code, result = scan(path)
+    assert code == 1
+    hits = find(result, "torch-tar-link")
+    assert len(hits) == 1 and name in hits[0].message and hits[0].offset is not None
+
+
+@needs_vm
 def test_corpus_legacy_checkpoint(corpus_dir: Path) -> None:
     result = assert_benign(corpus_dir / "pytorch_model.bin")
     assert "torch-legacy" in result.formats

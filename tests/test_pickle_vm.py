@@ -303,6 +303,90 @@ def test_allowed_loader_handed_to_another_callable_is_critical() -> None:
     assert "pickle-nested-opaque" in rules(scan(data))
 
 
+def test_calling_an_instance_the_stream_built_is_critical() -> None:
+    """REDUCE on an object the pickle built runs its type's __call__, which no allowlist entry judged:
+    numpy.ma.extras._fromnxfunction_single('load')(path) is getattr(numpy, 'load')(path) and
+    numpy.vectorize(f)(x) calls f. Both classes are real and the pickles are written by pickle.dumps."""
+    import numpy as np
+    import numpy.ma.extras as ma_extras
+
+    for proto in (2, 4):
+        data = pickle.dumps(Reduce(np.vectorize(np.exp), 1.0), protocol=proto)
+        f = only(scan(data), "pickle-calls-built-object")
+        assert f.severity is Severity.CRITICAL and "numpy.vectorize" in f.message
+    # numpy < 2.2 (the table's old and mid environments): _fromnxfunction_single is a class whose
+    # instance's __call__ is getattr(numpy, name)(...); numpy 2.4 made it a decorator, so by opcodes
+    assert callable(ma_extras._fromnxfunction_single)
+    data = (b"\x80\x02cnumpy.ma.extras\n_fromnxfunction_single\nX\x04\x00\x00\x00load\x85R"
+            b"X\x0b\x00\x00\x00/etc/passwd\x85R.")
+    assert "pickle-calls-built-object" in rules(scan(data))
+    # OBJ and INST call the class operand the same way when it is an instance
+    vec = pickle.dumps(np.vectorize(np.exp), protocol=2)[2:-1]
+    data = b"\x80\x02(" + vec + b"G?\xf0\x00\x00\x00\x00\x00\x00o."
+    assert "pickle-calls-built-object" in rules(scan(data))
+
+
+def test_admitted_callable_that_calls_its_argument_is_not_handed_a_built_instance() -> None:
+    """_rebuild_from_type_v2(func, ...) and constructors such as ScalarFunction(fun, x0, ...) and
+    FakeQuantize(observer) call an argument while loading: an instance there is an unjudged call."""
+    import numpy as np
+    import torch
+
+    import copyreg
+
+    inst = np.vectorize(np.exp)
+    cases = [
+        Reduce(torch._tensor._rebuild_from_type_v2, inst, torch.Tensor, (1.0,), {}),
+        Reduce(__import__("scipy.optimize._differentiable_functions", fromlist=["x"]).ScalarFunction,
+               inst, 1.0, (), None, None),
+        Reduce(torch.ao.quantization.fake_quantize.FakeQuantize, inst),
+    ]
+    fake_quantize = torch.ao.quantization.fake_quantize.FakeQuantize
+    # copyreg._reconstructor(cls, base, state) runs base.__init__(obj, state): state is observer
+    cases.append(Reduce(copyreg._reconstructor, fake_quantize, fake_quantize, inst))
+    for case in cases:
+        result = scan(pickle.dumps(case, protocol=2))
+        assert "pickle-calls-built-object" in rules(result), case.func
+        # every import is admitted: the call is the finding
+        assert "pickle-unknown-global" not in rules(result)
+    # the same callables handed an imported global are judged by that import alone
+    ok = pickle.dumps(Reduce(torch._tensor._rebuild_from_type_v2, torch._utils._rebuild_tensor_v2,
+                             torch.Tensor, (), {}), protocol=2)
+    assert "pickle-calls-built-object" not in rules(scan(ok))
+
+
+def test_state_that_gives_an_instance_its_own_setstate_is_critical() -> None:
+    """pickle.py and _pickle find BUILD's hook with getattr(inst, '__setstate__'), which reads the
+    instance's __dict__: BUILD {'__setstate__': f} then BUILD x calls f(x). A library's own pickle
+    (numpy.vectorize keeps '__name__' in its state) does not trip it."""
+    import numpy as np
+
+    vec = pickle.dumps(np.vectorize(np.exp), protocol=2)
+    assert "pickle-calls-built-object" not in rules(scan(vec))
+    body = vec[2:-1]
+    one = b"G?\xf0\x00\x00\x00\x00\x00\x00"
+    dict_state = (b"\x80\x02cargparse\nNamespace\n)R}X\x0c\x00\x00\x00__setstate__" + body + b"sb"
+                  + one + b"b.")
+    slot_state = (b"\x80\x02cargparse\nNamespace\n)RN}X\x0c\x00\x00\x00__setstate__" + body + b"s\x86b"
+                  + one + b"b.")
+    for data in (dict_state, slot_state):
+        f = only(scan(data), "pickle-calls-built-object")
+        assert f.severity is Severity.CRITICAL and "__setstate__" in f.message
+
+
+def test_name_dispatching_numpy_ma_helpers_are_not_admitted() -> None:
+    """numpy.ma.extras._fromnxfunction* call getattr(numpy, name): withdrawn from the generated table."""
+    from safemodel_ci.pickle_policy import load_table
+
+    table = load_table()
+    for suffix in ("", "_single", "_args", "_allargs", "_seq"):
+        data = (b"\x80\x02cnumpy.ma.extras\n_fromnxfunction" + suffix.encode()
+                + b"\nX\x04\x00\x00\x00load\x85R.")
+        result = scan(data)
+        assert "pickle-unknown-global" in rules(result) or "pickle-dangerous-global" in rules(result)
+        assert f"numpy.ma.extras._fromnxfunction{suffix}" not in table.allow
+
+
 def test_nesting_depth_is_limited() -> None:
     import _pickle
 

@@ -134,6 +134,10 @@ EXCLUDED: Dict[str, str] = {
     "numpy._core._dtype_ctypes": "ctypes conversions",
     "numpy.core._dtype_ctypes": "ctypes conversions",
     "numpy.lib._datasource": "DataSource opens local files and URLs",
+    # numpy < 2.2: an instance's __call__ runs getattr(numpy, <the name it was made with>)(...), so
+    # _fromnxfunction_single('load') reaches numpy.load, memmap ... without importing them
+    **{f"numpy.ma.extras._fromnxfunction{s}": "calls getattr(numpy, name) for the name it holds"
+       for s in ("", "_single", "_args", "_allargs", "_seq")},
     "numpy.lib._datasource_impl": "DataSource opens local files and URLs",
     "numpy.lib.format": "reads and writes .npy files",
     "numpy.random._examples": "cffi / numba examples",
@@ -1378,6 +1382,14 @@ def collect(env: str, log: Callable[[str], None] = lambda s: None) -> Dict[str, 
                 dangerous[path] = target
             elif kind == "ufunc" and mod.__name__ in UFUNC_MODULES:
                 allow[path] = ("ufunc", target)
+
+    # The name pickle writes for an admitted ufunc (pickle.whichmodule: scipy 1.17 pickles
+    # scipy.special.expit as scipy.special._special_ufuncs.expit) is admitted too, or the library's
+    # own pickle of a ufunc fails the scan.
+    for kind, target in list(allow.values()):
+        if kind == "ufunc" and target not in allow and target not in dangerous and \
+                in_scope(target.rpartition(".")[0]):
+            allow[target] = ("ufunc", target)
 
     log(
         f"  {len(allow)} admitted, {len(dangerous)} dangerous names, {len(rejected)} seen but left out, "

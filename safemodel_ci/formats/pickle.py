@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Iterable, List, NoReturn, Optional, Sequ
 from ..context import Limits, ScanContext
 from ..findings import Severity
 from ..npdtype import DType, DtypeUnsure, PickledDtype, from_pickled
-from ..pickle_policy import NESTED_LOADERS, full_name
+from ..pickle_policy import ARGUMENT_CALLERS, NESTED_LOADERS, full_name
 from ..policy import GlobalVerdict
 from ..source import ByteSource, BytesSource, SourceReader
 from .interface import FormatReader
@@ -797,6 +797,10 @@ class _PickleVM:
         if type(args) in _NOT_ITERABLE or (kwargs is not None and not _is_kwargs(kwargs)):
             raise _Broken(pos, f"{kind} with arguments {describe(args)} (the loader raises TypeError)")
         self._note_call(callee, kind, pos)
+        if not isinstance(callee, Global):
+            # The callee is an instance the stream made (or a loaded/persistent object): the call runs
+            # its type's __call__, which no allowlist entry admits.
+            self._built_call(callee, f"{kind} calls {describe(callee)}", pos, kind)
         extra = [kwargs] if kwargs is not None else []
         direct_loader = isinstance(callee, Global) and callee.loader and kind in ("REDUCE", "INST", "OBJ")
         self._check_escaped_loaders([args, *extra] if not direct_loader else [*extra], pos)
@@ -804,6 +808,11 @@ class _PickleVM:
             return Obj(None)
         path = callee.path
         argv = tuple(args) if isinstance(args, (tuple, PList)) else None
+        if argv is not None and kind in ("REDUCE", "INST", "OBJ"):
+            for i in ARGUMENT_CALLERS.get(path, ()):
+                if i < len(argv) and isinstance(argv[i], Sym) and not isinstance(argv[i], Global):
+                    self._built_call(argv[i], f"{path} calls its argument {i} ({describe(argv[i])})",
+                                     pos, kind)
         if direct_loader:
             self._nested(callee, argv, pos)
             return Opaque(f"the object {path} loads")
@@ -825,10 +834,25 @@ class _PickleVM:
             self._note_call(argv[0], f"{kind} via {path}", pos)
             if path == "copyreg._reconstructor" and len(argv) > 1:  # runs base.__init__(obj, state)
                 self._note_call(argv[1], f"{kind} via {path}", pos)
+                base = argv[1]
+                if isinstance(base, Global) and 0 in ARGUMENT_CALLERS.get(base.path, ()) and len(argv) > 2 \
+                        and isinstance(argv[2], Sym) and not isinstance(argv[2], Global):
+                    # state is __init__'s first argument, which that __init__ calls
+                    self._built_call(argv[2], f"{path} runs {base.path}.__init__, which calls its argument "
+                                     f"0 ({describe(argv[2])})", pos, kind)
             cls = argv[0]
             rest = argv[1:] if path != "copyreg._reconstructor" else ()
             return self._construct(cls, rest, kind if path != "copyreg._reconstructor" else "NEWOBJ")
         return self._construct(callee, argv, kind)
+
+    def _built_call(self, target: Any, what: str, pos: int, opcode: str) -> None:
+        """Report a call whose callable is not an imported global (its __call__ was never judged)."""
+        cls = target.cls.path if isinstance(target, Obj) and target.cls is not None else None
+        reason = (f"{what}: the call runs the __call__ of "
+                  f"{'an instance of ' + cls if cls else 'an object built at load time'}, which no "
+                  "allowlist entry admits (an admitted class's instance can dispatch to any function)")
+        self._anomaly("pickle-calls-built-object", f"{opcode} at offset {pos}", reason, pos, opcode,
+                      key=str(pos))
 
     def _construct(self, cls: Global, argv: Sequence[Any], kind: str) -> Obj:
         if cls.path == "numpy.dtype" and argv:
@@ -947,6 +971,24 @@ class _PickleVM:
                           f"{kind} modifies the imported object {target.path} itself", pos, kind)
         self._note_call(target, kind, pos)
         self._check_escaped_loaders(values, pos)
+        if kind.startswith("SETITEM") and "__setstate__" in [k for k in values[0::2] if isinstance(k, str)]:
+            # a mapping class whose __getattr__ reads its items would hand the value to a later BUILD
+            self._state_hook(pos, kind)
+
+    def _check_state_hook(self, state: Any, pos: int, kind: str) -> None:
+        """BUILD's state (dict state or slot state) that gives the instance its own __setstate__."""
+        parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+        for part in parts:
+            if isinstance(part, PDict) and any(isinstance(k, str) and k == "__setstate__"
+                                               for k, _ in part.pairs):
+                self._state_hook(pos, kind)
+
+    def _state_hook(self, pos: int, kind: str) -> None:
+        # Both unpicklers find __setstate__ with getattr(inst, '__setstate__'), which reads the
+        # instance's own attributes: the next BUILD on this object calls the stored value with its
+        # state, a call of something no allowlist entry judged as a call target.
+        self._built_call(None, f"{kind} stores a __setstate__ on an instance; the next BUILD on it calls "
+                         "that value with its state", pos, kind)
 
     def _setitems(self, target: Any, pairs: List[Any], pos: int, kind: str) -> None:
         if len(pairs) % 2:
@@ -988,6 +1030,7 @@ class _PickleVM:
             return
         self._note_call(inst, "BUILD", pos)
         self._check_escaped_loaders([state], pos)
+        self._check_state_hook(state, pos, "BUILD")
         if not isinstance(inst, Obj) or inst.cls is None:
             return
         path = inst.cls.path

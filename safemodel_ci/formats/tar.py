@@ -73,6 +73,19 @@ class TarReader(FormatReader):
             ctx.add_format("torch-legacy-tar")
         for info in members:
             ctx.check_deadline()
+            if torch_tar and info.name in ("pickle", "storages", "tensors") and not info.isfile():
+                # torch.load extracts storages/tensors into a temporary directory with tarfile's default
+                # (fully trusted) filter and opens them there, and reads pickle through extractfile: a
+                # link makes it unpickle a file outside the archive (or another member) instead.
+                what = ("a symlink to " if info.issym() else "a hard link to " if info.islnk() else "")
+                ctx.child(info.name).report(
+                    "torch-tar-link",
+                    f"legacy torch tar member {info.name!r} is not a regular file "
+                    f"({what or 'tar type '}{info.linkname if what else repr(info.type)}); torch.load "
+                    "would unpickle what it points to, which is not in this file",
+                    offset=info.offset, details={"type": info.type.decode("latin-1"),
+                                                 "linkname": info.linkname})
+                continue
             if not info.isfile():
                 continue
             if info.sparse:

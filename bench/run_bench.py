@@ -498,24 +498,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = {"runs": [dict(asdict(r), output="", verdicts=len(r.verdicts)) for r in runs],
                "missing": missing, "elapsed": time.time() - t0}
     table = render(runs, truth, sample_truth, missing, meta, args.timeout)
+    def side_benchmark(key: str, script: str, options: List[str], what: str) -> str:
+        """Run one of the other bench scripts in its own process; its table, or "" if it failed."""
+        log(what)
+        target = out / f"{key}.json"
+        target.unlink(missing_ok=True)
+        subprocess.run([sys.executable, str(HERE / script), *options, "--json", str(target)], env=env)
+        if not target.is_file():
+            return ""
+        results[key] = json.loads(target.read_text())
+        return "\n" + str(results[key]["table"])
+
     if args.hf_cache_gb > 0 and not args.skip_big and "safemodel" in args.tools.split(","):
         # Issue 20 item 2: its own process (it builds and removes a cache of a few GB under /tmp).
-        log(f"HF cache hashing benchmark ({args.hf_cache_gb} GB)")
-        (out / "hf_cache.json").unlink(missing_ok=True)
-        subprocess.run([sys.executable, str(HERE / "hf_cache_hash.py"), "--size-gb", str(args.hf_cache_gb),
-                        "--json", str(out / "hf_cache.json")], env=env)
-        if (out / "hf_cache.json").is_file():
-            results["hf_cache"] = json.loads((out / "hf_cache.json").read_text())
-            table += "\n" + str(results["hf_cache"]["table"])
+        table += side_benchmark("hf_cache", "hf_cache_hash.py", ["--size-gb", str(args.hf_cache_gb)],
+                                f"HF cache hashing benchmark ({args.hf_cache_gb} GB)")
     if args.hub_repos > 0 and not args.skip_big and "safemodel" in args.tools.split(","):
         # Issue 20 item 1: its own process (it runs the test Hub server on 127.0.0.1).
-        log(f"Hub benchmark ({args.hub_repos} repos, --jobs 1 and 8)")
-        (out / "hub.json").unlink(missing_ok=True)
-        subprocess.run([sys.executable, str(HERE / "hub_many_repos.py"), "--repos", str(args.hub_repos),
-                        "--json", str(out / "hub.json")], env=env)
-        if (out / "hub.json").is_file():
-            results["hub"] = json.loads((out / "hub.json").read_text())
-            table += "\n" + str(results["hub"]["table"])
+        table += side_benchmark("hub", "hub_many_repos.py", ["--repos", str(args.hub_repos)],
+                                f"Hub benchmark ({args.hub_repos} repos, --jobs 1 and 8)")
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(table)

@@ -7,7 +7,7 @@ import errno
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import Terminated, __version__, exit_process
 from .findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_USAGE, FileResult, Finding, ScanReport, Severity
@@ -276,13 +276,17 @@ def show_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty() and not os.environ.get("CI")
 
 
-def emit(report: ScanReport, args: argparse.Namespace) -> int:
-    """Write the report where asked and return the exit code."""
+def emit(report: ScanReport, args: argparse.Namespace,
+         render: "Optional[Callable[[ScanReport], str]]" = None) -> int:
+    """Write the report where asked (``render``, else the writer of ``--format``) and return the
+    exit code."""
     from .output.interface import escape_surrogates
 
     report = shown_report(report, args)
+    if render is None:
+        render = writer(args.format, repo_root=getattr(args, "repo_root", None)).render
     # A non-UTF-8 file name is shown as \xNN (the JSON report keeps it as a \udcNN escape).
-    text = escape_surrogates(writer(args.format, repo_root=getattr(args, "repo_root", None)).render(report))
+    text = escape_surrogates(render(report))
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as fh:
@@ -508,22 +512,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.format == "markdown":
         from .output.job_summary import render_job_summary
 
-        text = render_job_summary(report)
-        if args.output:
-            return _write_text(args.output, text, report.exit_code)
-        sys.stdout.write(text)
-        return report.exit_code
+        return emit(report, args, render=render_job_summary)
     return emit(report, args)
-
-
-def _write_text(path: str, text: str, code: int) -> int:
-    try:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    except OSError as exc:
-        print(f"safemodel: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return code
 
 
 def cmd_rules(args: argparse.Namespace) -> int:

@@ -200,6 +200,17 @@ def _varint(data: memoryview, pos: int, stop: int, base: int) -> "tuple[int, int
             raise ProtobufError("varint longer than 10 bytes", base + begin)
 
 
+def read_varint(data: "bytes | memoryview", pos: int, stop: int) -> "tuple[int, int]":
+    """The varint at ``pos`` and the position after it (as protobuf reads one: at most 10 bytes,
+    kept to 64 bits). Raises :class:`OutOfData` when ``stop`` comes first, :class:`ProtobufError`
+    when it runs over 10 bytes."""
+    return _varint(data, pos, stop, 0)  # type: ignore[arg-type]
+
+
+#: The data ended before what was being read did (more data may complete it).
+OutOfData = _OutOfData
+
+
 def _fields_streamed(source: ByteSource, start: int, end: int) -> Iterator[ProtoField]:
     """Field headers read with small windowed reads; values of LEN fields are skipped, not read."""
     window = 4096  # enough for the headers of a run of small fields; big values are skipped

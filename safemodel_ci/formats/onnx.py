@@ -32,7 +32,7 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from ..context import ScanContext
-from ..protobuf import LEN, VARINT, ProtobufError, ProtoView
+from ..protobuf import LEN, VARINT, OutOfData, ProtobufError, ProtoView, read_varint
 from ..source import ByteSource, BytesSource
 from .interface import FormatReader
 
@@ -198,52 +198,34 @@ _TAG_START = frozenset(b for b in range(256) if (b & 7) in (0, 1, 2, 3, 5) and (
 
 
 def _head_may_be_message(head: bytes) -> bool:
-    """Cheap first pass over the head alone (a plain loop: detection runs on every file and
-    member): False when it already fails to decode as protobuf (most files: pickles, text,
-    archives), True when it decodes, runs past its end or holds a group (decided on the whole)."""
+    """Cheap first pass over the head alone (detection runs on every file and member): False when
+    it already fails to decode as protobuf (most files: pickles, text, archives), True when it
+    decodes, runs past its end or holds a group (decided on the whole)."""
     pos = 0
     n = len(head)
-    while pos < n:
-        tag = 0
-        shift = 0
-        while True:  # the tag varint
-            if pos >= n:
-                return True
-            b = head[pos]
-            pos += 1
-            tag |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-            if shift >= 70:
+    try:
+        while pos < n:
+            tag, pos = read_varint(head, pos, n)
+            wire = tag & 7
+            if tag >> 3 == 0:
                 return False
-        wire = tag & 7
-        if tag >> 3 == 0:
-            return False
-        if wire == 0 or wire == 2:
-            value = 0
-            shift = 0
-            while True:
-                if pos >= n:
-                    return True
-                b = head[pos]
-                pos += 1
-                value |= (b & 0x7F) << shift
-                if b < 0x80:
-                    break
-                shift += 7
-                if shift >= 70:
-                    return False
-            if wire == 2:
-                pos += value
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 3:
-            return True
-        else:
-            return False
+            if wire == 0:
+                _, pos = read_varint(head, pos, n)
+            elif wire == 2:
+                length, pos = read_varint(head, pos, n)
+                pos += length
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            elif wire == 3:
+                return True
+            else:
+                return False
+    except OutOfData:
+        return True
+    except ProtobufError:
+        return False
     return True
 
 

@@ -303,11 +303,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
         for p in missing:
             print(f"safemodel: {p}: no such file or directory", file=sys.stderr)
         return EXIT_USAGE
-    from .parallel import ScanPlan, scan_paths
+    from .parallel import scan_paths
 
     settings = settings_of(args)
-    cfg = settings.config
-    plan = ScanPlan(options=settings.options, config=cfg, cache_dir=settings.cache_dir)
+    plan = settings.scan_plan()
+    cfg = plan.config
     progress = show_progress(settings)
     results: List[FileResult] = []
     skipped: List[Tuple[str, str]] = []

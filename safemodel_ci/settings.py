@@ -25,6 +25,7 @@ from .findings import EXIT_USAGE, Severity
 if TYPE_CHECKING:  # pragma: no cover
     from .cache import ResultCache
     from .config import Config
+    from .parallel import ScanPlan
     from .scanner import ScanOptions
 
 #: What ``--fail-on info`` (and the hook's) is told: INFO never fails a run.
@@ -179,6 +180,12 @@ class Settings:
                 directory = None
         self._cache_dir = directory
         return directory
+
+    def scan_plan(self) -> "ScanPlan":
+        """How local files are scanned: the options, the config (ignores) and the cache directory."""
+        from .parallel import ScanPlan
+
+        return ScanPlan(options=self.options, config=self.config, cache_dir=self.cache_dir)
 
     def result_cache(self) -> "Optional[ResultCache]":
         """The result cache to use, or None (see :attr:`cache_dir`)."""

@@ -265,28 +265,31 @@ def from_hook_args(args: argparse.Namespace) -> Settings:
 
 
 class InputError(ValueError):
-    """An Action input that cannot be used; the message names the input."""
+    """An Action input that cannot be used; the message names the input (exit code 3)."""
 
 
-def from_action_inputs(fail_on: Optional[str], config_path: Optional[str],
+def action_fail_on(text: str) -> Optional[Severity]:
+    """The Action's ``fail-on`` input (empty: None, the config's or high). Raises :class:`InputError`."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return parse_fail_on(text, info_message="info never fails a run")
+    except ValueError as exc:
+        raise InputError(f"input fail-on: {exc}") from None
+
+
+def from_action_inputs(fail_on: Optional[Severity], config_path: Optional[str],
                        config_override: "Optional[Config]" = None, *, output: Optional[str] = None
                        ) -> Settings:
-    """The settings of the GitHub Action's scan: its ``fail-on`` and ``config`` inputs (``config_override``:
-    the base branch's config of a pull request), a JSON report to ``output``, no progress messages.
-
-    Raises :class:`InputError` (``input fail-on: ...``) for a bad ``fail-on``.
-    """
-    threshold = None
-    if fail_on:
-        try:
-            threshold = parse_fail_on(fail_on, info_message="info never fails a run")
-        except ValueError as exc:
-            raise InputError(f"input fail-on: {exc}") from None
+    """The settings of the GitHub Action's scans: its ``fail-on`` input (see :func:`action_fail_on`),
+    its ``config`` input unless ``config_override`` (the base branch's config of a pull request) is
+    used instead, a JSON report to ``output`` and no progress messages (the log is the Action's)."""
     return Settings(config_path=(config_path or None) if config_override is None else None,
-                    config_override=config_override, fail_on_flag=threshold, format="json",
+                    config_override=config_override, fail_on_flag=fail_on, format="json",
                     output=output, quiet=True)
 
 
 __all__ = ["Settings", "UsageParser", "InputError", "FAIL_ON_INFO", "parse_fail_on", "parse_jobs",
            "fail_on_type", "severity_type", "jobs_type", "from_namespace", "from_hook_args",
-           "add_hook_options", "from_action_inputs"]
+           "add_hook_options", "action_fail_on", "from_action_inputs"]

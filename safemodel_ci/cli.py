@@ -522,16 +522,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .fanout import FanoutError, merge_reports
 
+    settings = settings_of(args)
     try:
-        report = merge_reports(args.reports, fail_on=args.fail_on)
+        # Without --fail-on, the strictest of the reports' (not the config's: merge reads none).
+        report = merge_reports(args.reports, fail_on=settings.fail_on_flag)
     except FanoutError as exc:
         print(f"safemodel merge: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.format == "markdown":
+    if settings.format == "markdown":
         from .output.job_summary import render_job_summary
 
-        return emit(report, args, render=render_job_summary)
-    return emit(report, args)
+        return emit(report, settings, render=render_job_summary)
+    return emit(report, settings)
 
 
 def cmd_rules(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from safemodel_ci.output import writer
 from safemodel_ci.output.github import annotation_lines, workflow_command
 from safemodel_ci.output.job_summary import SUMMARY_LIMIT, md_text, render_job_summary
 from safemodel_ci.output.text import summary_line
+from safemodel_ci.settings import InputError, Settings, action_fail_on, from_action_inputs
 
 PREFIX = "SAFEMODEL_ACTION_"
 #: A commit id: sha1 (40) or sha256 (64) hex digits. Anything else is refused before git sees it.
@@ -48,8 +49,9 @@ PR_EVENTS = ("pull_request", "pull_request_target")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u0085\u2028\u2029\ud800-\udfff]")
 
 
-class UsageError(Exception):
-    """A bad input value: reported as an error annotation, exit code 3."""
+#: A bad input value: reported as an error annotation, exit code 3 (the settings module raises it for
+#: the inputs it reads).
+UsageError = InputError
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class ActionInputs:
     paths: Tuple[str, ...]
     changed_only: bool
     hub_repos: Tuple[str, ...]
-    fail_on: Optional[str]
+    #: The ``fail-on`` input, parsed by the settings module (None: the config's, else high).
+    fail_on: Optional[Severity]
     sarif_file: str
     summary: bool
     annotations: bool
@@ -82,18 +85,11 @@ def read_inputs(env: Mapping[str, str]) -> ActionInputs:
     """Parse the ``SAFEMODEL_ACTION_*`` variables ``action.yml`` sets from the inputs."""
     paths = tuple(line.strip() for line in env.get(PREFIX + "PATHS", "").splitlines() if line.strip())
     hub = tuple(r for r in re.split(r"[\s,]+", env.get(PREFIX + "HUB_REPOS", "")) if r)
-    fail_on = env.get(PREFIX + "FAIL_ON", "").strip() or None
-    if fail_on is not None:
-        try:
-            if Severity.parse(fail_on) is Severity.INFO:
-                raise ValueError("info never fails a run")
-        except ValueError as exc:
-            raise UsageError(f"input fail-on: {exc}") from None
     return ActionInputs(
         paths=paths,
         changed_only=_bool(env, "CHANGED_ONLY", False),
         hub_repos=hub,
-        fail_on=fail_on,
+        fail_on=action_fail_on(env.get(PREFIX + "FAIL_ON", "")),
         sarif_file=env.get(PREFIX + "SARIF_FILE", "").strip(),
         summary=_bool(env, "SUMMARY", True),
         annotations=_bool(env, "ANNOTATIONS", True),
@@ -310,9 +306,10 @@ def _inside(path: str, roots: Sequence[str]) -> bool:
 
 # ---- running the CLI -----------------------------------------------------------------------------
 
-def run_cli(command: str, options: Sequence[str], operands: Sequence[str], config: Optional[Config] = None
+def run_cli(command: str, operands: Sequence[str], settings: Settings
             ) -> Tuple[int, Optional[ScanReport], str]:
-    """Run ``safemodel COMMAND OPTIONS --format json -o tmp -- OPERANDS`` in process.
+    """Run ``safemodel COMMAND -- OPERANDS`` in process with the Action's ``settings``, its JSON report
+    going to a temporary file.
 
     Returns (exit code, report or None, everything it printed).
     """
@@ -322,8 +319,8 @@ def run_cli(command: str, options: Sequence[str], operands: Sequence[str], confi
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
-                code = cli.main([command, *options, "--format", "json", "--output", out, "--quiet",
-                                 "--", *operands], config=config)
+                code = cli.main([command, "--", *operands],
+                                settings=dataclasses.replace(settings, output=out))
             except SystemExit as exc:  # argparse exits on usage errors
                 code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
         report = None
@@ -448,11 +445,7 @@ def run(env: Mapping[str, str]) -> int:
     for command in choice.commands:
         print(command)
 
-    common: List[str] = []
-    if inputs.fail_on:
-        common += ["--fail-on", inputs.fail_on]
-    if inputs.config and choice.config is None:
-        common += ["--config", inputs.config]
+    settings = from_action_inputs(inputs.fail_on, inputs.config, choice.config)
 
     roots = list(inputs.paths) or ([] if inputs.hub_repos else ["."])
     targets = roots
@@ -482,12 +475,12 @@ def run(env: Mapping[str, str]) -> int:
     code = 0
     log_parts: List[str] = []
     if targets:
-        code, report, log = run_cli("scan", common, targets, config=choice.config)
+        code, report, log = run_cli("scan", targets, settings)
         log_parts.append(log)
         if report is not None:
             reports.append(report)
     if inputs.hub_repos and code != EXIT_USAGE:
-        hub_code, report, log = run_cli("hub", common, inputs.hub_repos, config=choice.config)
+        hub_code, report, log = run_cli("hub", inputs.hub_repos, settings)
         log_parts.append(log)
         if hub_code == EXIT_USAGE:
             code = EXIT_USAGE
@@ -504,8 +497,7 @@ def run(env: Mapping[str, str]) -> int:
                            "(group 'safemodel messages').")
 
     # The CLI settled fail-on (the input, else the config's, else high); its report says which.
-    fail_on = Severity.parse(inputs.fail_on) if inputs.fail_on else (
-        reports[0].fail_on if reports else Severity.HIGH)
+    fail_on = inputs.fail_on or (reports[0].fail_on if reports else Severity.HIGH)
     report = merge(reports, fail_on)
     if choice.notes:
         report.extra["config_notes"] = list(choice.notes)

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 
 from safemodel_ci import exit_process
 from safemodel_ci.findings import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, FileResult, ScanReport, Severity
+from safemodel_ci.settings import UsageParser, add_hook_options, from_hook_args
 
 # The scanner, config and cache modules are imported only once a staged file is selected: a commit
 # of source files then costs a start-up and one small read per file (see the README's numbers).
@@ -81,37 +82,13 @@ def select_files(filenames: Sequence[str], every_file: bool = False) -> List[str
             if MODEL_NAME_RE.search(name.replace("\\", "/")) or content_reason(name) is not None]
 
 
-def _fail_on(text: str) -> Severity:
-    try:
-        sev = Severity.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if sev is Severity.INFO:
-        raise argparse.ArgumentTypeError("fail-on must be low, medium, high or critical")
-    return sev
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors exit 3 (2 means "could not scan fully" for every safemodel entry point)."""
-
-    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The hook's command line: what pre-commit passes, plus the two knobs a config may set in args."""
-    parser = _Parser(prog=PROG, description="Scan the model files pre-commit passes in; fail the "
-                                            "commit when one could run code when loaded.")
+    """The hook's command line: what pre-commit passes, plus the knobs a config may set in args (the
+    settings module's hook options: --fail-on, --config, --no-cache)."""
+    parser = UsageParser(prog=PROG, description="Scan the model files pre-commit passes in; fail the "
+                                                "commit when one could run code when loaded.")
     parser.add_argument("filenames", nargs="*", metavar="FILE", help="files to scan (from pre-commit)")
-    parser.add_argument("--fail-on", type=_fail_on, default=None, metavar="SEVERITY",
-                        help="lowest severity that blocks the commit: low, medium, high (default), "
-                             "critical")
-    parser.add_argument("--config", metavar="FILE",
-                        help="config file (default: .safemodel.yaml, or pyproject.toml with "
-                             "[tool.safemodel], found from the repository root)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="do not read or write the result cache (also: SAFEMODEL_NO_CACHE=1)")
+    add_hook_options(parser)
     parser.add_argument("--every-file", action="store_true",
                         help="scan every file passed by content, whatever its name or first bytes "
                              "(the safemodel-scan-all hook); default: files named like models, and "
@@ -197,23 +174,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     selected = select_files(args.filenames, args.every_file)
     if not selected:
         return EXIT_OK  # nothing staged is, or may be, a model
-    from safemodel_ci.cache import cache_disabled_by_env, default_cache_dir
-    from safemodel_ci.config import ConfigError, load_config
-    from safemodel_ci.parallel import ScanPlan, scan_paths
-    from safemodel_ci.scanner import ScanOptions
+    from safemodel_ci.config import ConfigError
+    from safemodel_ci.parallel import scan_paths
 
+    settings = from_hook_args(args)
     try:
-        config = load_config(args.config)
+        plan = settings.scan_plan()
     except ConfigError as exc:
         print(f"{PROG}: invalid config: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    fail_on = next((s for s in (args.fail_on, config.fail_on) if s is not None), Severity.HIGH)
-    use_cache = not args.no_cache and not cache_disabled_by_env()
-    plan = ScanPlan(options=ScanOptions(policy=config.policy(), limits=config.limits), config=config,
-                    cache_dir=default_cache_dir() if use_cache else None)
-    targets = [p for p in scan_targets(selected) if not config.is_excluded(p)]
-    # pre-commit already runs batches of files in parallel processes: scan each batch in-process.
-    report = ScanReport(list(scan_paths(targets, plan, jobs=1)), fail_on=fail_on)
+    targets = [p for p in scan_targets(selected) if not plan.config.is_excluded(p)]
+    report = ScanReport(list(scan_paths(targets, plan, jobs=settings.jobs)), fail_on=settings.fail_on)
     sys.stdout.write(render(report))
     return report.exit_code
 

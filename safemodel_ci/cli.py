@@ -7,18 +7,21 @@ import errno
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import Terminated, __version__, exit_process
 from .findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_USAGE, FileResult, Finding, ScanReport, Severity
 from .output import FORMATS, writer
 from .rules import RULES_BY_ID
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError
 from .scanner import ScanOptions
+from .settings import Settings, UsageParser, fail_on_type, from_namespace, jobs_type, severity_type
 from .sources.paths import iter_paths
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cache import ResultCache
+    from .sources.hfcache import CacheScan
+    from .sources.hub import HubRepoScan
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -30,37 +33,32 @@ exit codes:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on usage errors; 2 means "incomplete scan" here, so use 3."""
-
-    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _severity(text: str) -> Severity:
-    try:
-        sev = Severity.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if sev is Severity.INFO:
-        raise argparse.ArgumentTypeError("fail-on must be low, medium, high or critical")
-    return sev
+#: Usage errors exit 3 (2 means "incomplete scan"); the value parsers are the settings module's, shared
+#: with the hook and the Action.
+_Parser = UsageParser
+_severity = fail_on_type
+_any_severity = severity_type
+_jobs = jobs_type
 
 
-def _any_severity(text: str) -> Severity:
-    try:
-        return Severity.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def settings_of(args: "Union[argparse.Namespace, Settings]") -> Settings:
+    """The settings of a parsed command line, built once (:func:`main` builds them before the command
+    runs; a caller holding only a parsed namespace gets them built here). Settings pass through."""
+    if isinstance(args, Settings):
+        return args
+    built = getattr(args, "_settings", None)
+    if built is None:
+        built = from_namespace(args)
+        args._settings = built
+    return built
 
 
-def shown_report(report: ScanReport, args: argparse.Namespace) -> ScanReport:
+def shown_report(report: ScanReport, args: "Union[argparse.Namespace, Settings]") -> ScanReport:
     """The report as it is written: ``--min-severity``, else INFO left out of text unless ``--show-info``.
     The exit code and verdict are the run's either way (see :meth:`ScanReport.filtered`)."""
-    minimum = getattr(args, "min_severity", None)
-    text = getattr(args, "format", "text") == "text"
-    if minimum is None and text and not getattr(args, "show_info", False):
+    settings = settings_of(args)
+    minimum = settings.min_severity
+    if minimum is None and settings.format == "text" and not settings.show_info:
         minimum = Severity.LOW
     return report.filtered(minimum) if minimum is not None and minimum > Severity.INFO else report
 
@@ -206,95 +204,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _jobs(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--jobs wants a positive number, not {text!r}")
-    return n
+# Views of a command line's settings (see :class:`~safemodel_ci.settings.Settings`), by the names
+# the commands and the tests use.
 
-
-def config(args: argparse.Namespace) -> Config:
+def config(args: "Union[argparse.Namespace, Settings]") -> Config:
     """The config in force (``--config`` or the one found from the working directory), loaded once.
 
     Raises :class:`ConfigError` (exit code 3 in :func:`main`) when it is invalid.
     """
-    loaded = getattr(args, "_config", None)
-    if loaded is None:
-        loaded = load_config(getattr(args, "config", None))
-        args._config = loaded
-    return loaded
+    return settings_of(args).config
 
 
-def scan_options(args: argparse.Namespace) -> ScanOptions:
+def scan_options(args: "Union[argparse.Namespace, Settings]") -> ScanOptions:
     """The scan options a command line asks for (policy and limits from the config)."""
-    cfg = config(args)
-    return ScanOptions(policy=cfg.policy(), limits=cfg.limits)
+    return settings_of(args).options
 
 
-def fail_on(args: argparse.Namespace) -> Severity:
+def fail_on(args: "Union[argparse.Namespace, Settings]") -> Severity:
     """``--fail-on``, else the config's ``fail-on``, else high."""
-    if args.fail_on is not None:
-        return args.fail_on
-    cfg = config(args)
-    return cfg.fail_on if cfg.fail_on is not None else Severity.HIGH
+    return settings_of(args).fail_on
 
 
-def cache_dir(args: argparse.Namespace) -> Optional[str]:
+def cache_dir(args: "Union[argparse.Namespace, Settings]") -> Optional[str]:
     """The result cache directory, or None with ``--no-cache`` / ``SAFEMODEL_NO_CACHE=1``, or when
     the directory may be written by someone else (a warning says so; the scan runs uncached)."""
-    from .cache import cache_disabled_by_env, check_cache_dir, default_cache_dir
-
-    if getattr(args, "no_cache", False) or cache_disabled_by_env():
-        return None
-    known = getattr(args, "_cache_dir", False)
-    if known is not False:
-        return known
-    directory: Optional[str] = default_cache_dir()
-    problem = check_cache_dir(directory)
-    if problem is not None:
-        print(f"safemodel: warning: result cache not used: {problem}", file=sys.stderr)
-        directory = None
-    args._cache_dir = directory
-    return directory
+    return settings_of(args).cache_dir
 
 
-def result_cache(args: argparse.Namespace) -> "Optional[ResultCache]":
+def result_cache(args: "Union[argparse.Namespace, Settings]") -> "Optional[ResultCache]":
     """The result cache a command uses, or None (``--no-cache``, ``SAFEMODEL_NO_CACHE=1``)."""
-    directory = cache_dir(args)
-    if directory is None:
-        return None
-    from .cache import ResultCache
-
-    return ResultCache(directory)
+    return settings_of(args).result_cache()
 
 
-def show_progress(args: argparse.Namespace) -> bool:
+def show_progress(args: "Union[argparse.Namespace, Settings]") -> bool:
     """Progress goes to a terminal only: never in CI logs, never when quiet."""
-    return not args.quiet and sys.stderr.isatty() and not os.environ.get("CI")
+    return settings_of(args).show_progress()
 
 
-def emit(report: ScanReport, args: argparse.Namespace,
+def emit(report: ScanReport, args: "Union[argparse.Namespace, Settings]",
          render: "Optional[Callable[[ScanReport], str]]" = None) -> int:
     """Write the report where asked (``render``, else the writer of ``--format``) and return the
     exit code."""
     from .output.interface import escape_surrogates
 
-    report = shown_report(report, args)
+    settings = settings_of(args)
+    report = shown_report(report, settings)
     if render is None:
-        render = writer(args.format, repo_root=getattr(args, "repo_root", None)).render
+        render = writer(settings.format, repo_root=settings.repo_root).render
     # A non-UTF-8 file name is shown as \xNN (the JSON report keeps it as a \udcNN escape).
     text = escape_surrogates(render(report))
-    if args.output:
+    if settings.output:
         try:
-            with open(args.output, "w", encoding="utf-8") as fh:
+            with open(settings.output, "w", encoding="utf-8") as fh:
                 fh.write(text)
         except OSError as exc:
-            print(f"safemodel: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"safemodel: cannot write {settings.output}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
-        if args.format != "text":
+        if settings.format != "text":
             # The verdict still shows in the log when the report itself goes to a file.
             from .output.text import summary_line
             print(summary_line(report), file=sys.stderr)
@@ -337,18 +303,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
         for p in missing:
             print(f"safemodel: {p}: no such file or directory", file=sys.stderr)
         return EXIT_USAGE
-    from .parallel import ScanPlan, scan_paths
+    from .parallel import scan_paths
 
-    cfg = config(args)
-    plan = ScanPlan(options=scan_options(args), config=cfg, cache_dir=cache_dir(args))
-    progress = show_progress(args)
+    settings = settings_of(args)
+    plan = settings.scan_plan()
+    cfg = plan.config
+    progress = show_progress(settings)
     results: List[FileResult] = []
     skipped: List[Tuple[str, str]] = []
     unscanned: List[Tuple[str, str, str]] = []
     paths: List[str] = []
     excluded: List[Dict[str, str]] = []
-    cli_excludes = command_line_excludes(args)
-    for p in iter_paths(args.paths, args.follow_symlinks, skipped, unscanned):
+    cli_excludes = settings.command_line_excludes()
+    for p in iter_paths(args.paths, settings.follow_symlinks, skipped, unscanned):
         pattern, where = cfg.excluding_pattern(p), cfg.path or ""
         if pattern is None:
             pattern, where = cli_excludes.excluding_pattern(p), "--exclude"
@@ -357,7 +324,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         else:
             excluded.append({"path": p, "pattern": pattern, "config": where})
     done_bytes = 0
-    for result in scan_paths(paths, plan, jobs=args.jobs):
+    for result in scan_paths(paths, plan, jobs=settings.jobs):
         results.append(result)
         done_bytes += result.size
         if progress:
@@ -370,9 +337,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     results.extend(skipped_result(path, reason) for path, reason in skipped)
     results.extend(skipped_result(path, reason, rule_id) for rule_id, path, reason in unscanned
                    if not cfg.is_excluded(path) and not cli_excludes.is_excluded(path))
-    report = ScanReport(results, fail_on=fail_on(args), excluded=len(excluded))
+    report = ScanReport(results, fail_on=settings.fail_on, excluded=len(excluded))
     config_extra(report, cfg, excluded)
-    return emit(report, args)
+    return emit(report, settings)
 
 
 def config_extra(report: ScanReport, cfg: Config, excluded: List[Dict[str, str]]) -> None:
@@ -398,19 +365,9 @@ def skipped_result(path: str, reason: str, rule_id: str = "skipped-not-regular")
                                                    unscanned=rule.unscanned)])
 
 
-def command_line_excludes(args: argparse.Namespace) -> Config:
+def command_line_excludes(args: "Union[argparse.Namespace, Settings]") -> Config:
     """``--exclude`` patterns as a config rooted at the working directory; a bad one is a ConfigError."""
-    from .config import _compiled_glob
-
-    patterns = tuple(p.strip() for p in getattr(args, "exclude", None) or ())
-    for p in patterns:
-        try:
-            if not p:
-                raise re.error("empty pattern")
-            _compiled_glob(p)
-        except re.error as exc:
-            raise ConfigError("--exclude", None, None, f"{p!r}: invalid pattern: {exc}") from None
-    return Config(excludes=patterns)
+    return settings_of(args).command_line_excludes()
 
 
 def cmd_hub(args: argparse.Namespace) -> int:
@@ -421,24 +378,84 @@ def cmd_hub(args: argparse.Namespace) -> int:
         if not targets:
             print("safemodel hub: name at least one repo, or --repos-file", file=sys.stderr)
             return EXIT_USAGE
+        shard_label = None
         if args.shard:
             k, n = parse_shard(args.shard)
-            args.repo_ids = select_shard(targets, k, n)
-            args.shard_label = f"{k}/{n}"
-        else:
-            args.repo_ids = targets
+            targets = select_shard(targets, k, n)
+            shard_label = f"{k}/{n}"
     except FanoutError as exc:
         print(f"safemodel hub: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from .sources.hub import scan_hub_command  # imports huggingface_hub only when asked
+    # huggingface_hub is imported only when a hub command runs.
+    from .sources.hub import HubClientConfig, HubRepoScanner, build_report, parse_repo_target, scan_repos
 
-    return scan_hub_command(args)
+    settings = settings_of(args)
+    try:
+        client = HubClientConfig.from_environment()
+    except Exception as exc:  # noqa: BLE001 - e.g. an OIDC token exchange (HF_OIDC_RESOURCE) that failed
+        print(f"safemodel: cannot get a Hugging Face token: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = show_progress(settings)
+    line = _HubProgressLine()
+    scanner = HubRepoScanner(client, settings.options, on_progress=line.update if progress else None,
+                             result_cache=settings.result_cache())
+    scans = scan_repos(scanner, [parse_repo_target(t, args.revision) for t in targets],
+                       repo_type=args.repo_type, jobs=settings.jobs or 1)
+    if progress and line.open:
+        print(file=sys.stderr)
+    report = build_report(scans, settings.fail_on)
+    if shard_label:
+        report.extra["shard"] = shard_label  # lets 'safemodel merge' notice a missing shard
+    return emit(report, settings)
+
+
+class _HubProgressLine:
+    """One progress line per repo on standard error; repos scanned at once (``--jobs``) take turns."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        #: A repo's line is still open (its last update ends it).
+        self.open = False
+
+    def update(self, scan: "HubRepoScan", done: int, total: int) -> None:
+        from .sources.hub import format_bytes
+
+        fetched = format_bytes(scan.stats.bytes_fetched)
+        with self._lock:
+            # A repo's last update ends its line, so the next repo does not overwrite it.
+            print(f"\r{scan.label}: {done}/{total} files scanned, {fetched} fetched",
+                  end="\n" if done == total else "", file=sys.stderr, flush=True)
+            self.open = done != total
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .sources.hfcache import scan_cache_command
+    from huggingface_hub.utils import CacheNotFound  # in .utils for every version 0.20 to 2.x
 
-    return scan_cache_command(args)
+    from .sources.hfcache import cache_report, scan_cache
+    from .sources.hub import format_bytes, plural
+
+    settings = settings_of(args)
+    progress = show_progress(settings)
+
+    def on_file(scan: "CacheScan") -> None:
+        print(f"\rcache: {len(scan.files)}/{scan.total_files} files, "
+              f"{plural(scan.blobs_scanned, 'blob')} scanned, {format_bytes(scan.bytes_hashed)} hashed",
+              end="", file=sys.stderr, flush=True)
+
+    try:
+        scan = scan_cache(args.cache_dir, settings.options, on_file=on_file if progress else None,
+                          result_cache=settings.result_cache(), verify=not args.no_verify, repos=args.repo)
+    except (CacheNotFound, ValueError) as exc:
+        print(f"safemodel: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.repo and scan.repos == 0:
+        print(f"safemodel: {', '.join(args.repo)}: not in the cache {scan.cache_dir}", file=sys.stderr)
+        return EXIT_USAGE
+    if progress:
+        print(file=sys.stderr)
+    return emit(cache_report(scan, settings.fail_on), settings)
 
 
 CONVERT_EXIT_CODES_HELP = """exit codes:
@@ -459,8 +476,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"safemodel convert: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    threshold = fail_on(args)
-    options = scan_options(args)
+    settings = settings_of(args)
+    threshold = settings.fail_on
+    options = settings.options
     worst = 0
     for path in args.paths:
         if not os.path.isfile(path):
@@ -504,16 +522,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .fanout import FanoutError, merge_reports
 
+    settings = settings_of(args)
     try:
-        report = merge_reports(args.reports, fail_on=args.fail_on)
+        # Without --fail-on, the strictest of the reports' (not the config's: merge reads none).
+        report = merge_reports(args.reports, fail_on=settings.fail_on_flag)
     except FanoutError as exc:
         print(f"safemodel merge: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.format == "markdown":
+    if settings.format == "markdown":
         from .output.job_summary import render_job_summary
 
-        return emit(report, args, render=render_job_summary)
-    return emit(report, args)
+        return emit(report, settings, render=render_job_summary)
+    return emit(report, settings)
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
@@ -539,16 +559,17 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None, config: Optional[Config] = None) -> int:
-    """Run a command line. ``config``: the config to use instead of ``--config`` or the look-up (the
-    GitHub Action passes the base branch's config of a pull request)."""
+def main(argv: Optional[Sequence[str]] = None, config: Optional[Config] = None,
+         settings: Optional[Settings] = None) -> int:
+    """Run a command line. ``config``: the config to use instead of ``--config`` or the look-up.
+    ``settings``: the settings to run with instead of those of the command line's options (the
+    GitHub Action maps its inputs to settings and passes only the command and its operands)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    if config is not None:
-        args._config = config
+    args._settings = settings if settings is not None else from_namespace(args, config)
     try:
         return int(args.func(args))
     except ConfigError as exc:

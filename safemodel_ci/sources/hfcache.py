@@ -20,7 +20,6 @@ so.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import posixpath
@@ -35,7 +34,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from ..cache import ResultCache, _read_nonblocking_fd, tracking_siblings
 from ..context import SiblingOpener
-from ..findings import EXIT_USAGE, FileResult, Finding, ScanReport, sort_findings
+from ..findings import FileResult, Finding, ScanReport, Severity, sort_findings
 from ..rules import rule
 from ..scanner import ScanOptions, scan_byte_source
 from ..source import ByteSource, FileSource, SourceError
@@ -588,39 +587,17 @@ def _hash_check(real: str, name: str, display: str, options: ScanOptions,
     return [options.policy.adjust(finding)]
 
 
-def scan_cache_command(args: argparse.Namespace) -> int:
-    """``safemodel cache``: scan the local Hugging Face cache."""
-    from huggingface_hub.utils import CacheNotFound  # in .utils for every version 0.20 to 2.x
-
-    from .. import cli
-
-    progress = cli.show_progress(args)
-
-    def on_file(scan: CacheScan) -> None:
-        print(f"\rcache: {len(scan.files)}/{scan.total_files} files, "
-              f"{plural(scan.blobs_scanned, 'blob')} scanned, {format_bytes(scan.bytes_hashed)} hashed",
-              end="", file=sys.stderr, flush=True)
-
-    try:
-        scan = scan_cache(args.cache_dir, cli.scan_options(args), on_file=on_file if progress else None,
-                          result_cache=cli.result_cache(args), verify=not getattr(args, "no_verify", False),
-                          repos=getattr(args, "repo", None))
-    except (CacheNotFound, ValueError) as exc:
-        print(f"safemodel: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if getattr(args, "repo", None) and scan.repos == 0:
-        print(f"safemodel: {', '.join(args.repo)}: not in the cache {scan.cache_dir}", file=sys.stderr)
-        return EXIT_USAGE
-    if progress:
-        print(file=sys.stderr)
-    report = ScanReport(scan.files, fail_on=cli.fail_on(args), errors=scan.errors)
+def cache_report(scan: CacheScan, fail_on: Severity) -> ScanReport:
+    """The report of a cache scan: its files and errors, and a note saying what was scanned and
+    verified (``safemodel cache`` writes it)."""
+    report = ScanReport(scan.files, fail_on=fail_on, errors=scan.errors)
     report.extra = {"cache": scan.summary(),
                     "notes": [f"cache {scan.cache_dir}: {plural(scan.repos, 'repo')}, "
                               f"{plural(scan.revisions, 'revision')}, {plural(len(scan.files), 'file')}, "
                               f"{plural(scan.blobs_scanned, 'blob')} scanned" +
                               (f", {scan.blobs_from_cache} results from the result cache"
                                if scan.blobs_from_cache else "") + f"; {scan.verification()}"]}
-    return cli.emit(report, args)
+    return report
 
 
 def _blob_name(cached: Any) -> str:

@@ -1,20 +1,19 @@
 """Hugging Face Hub repos scanned in place: HTTP range reads through a block cache, nothing downloaded whole.
 
-``safemodel hub REPO_ID...`` resolves the requested revision to its commit sha, lists the tree at that
-sha and hands every file to the scanner as a :class:`HubFileSource`. Readers ask that source for the
-bytes they need (a safetensors header, a zip's central directory and pickle members, HDF5 attributes)
-and only those blocks are fetched, with ``Range`` requests through huggingface_hub's HTTP session.
+``safemodel hub REPO_ID...`` (the command line runs :func:`scan_repos` and prints its report) resolves
+the requested revision to its commit sha, lists the tree at that sha and hands every file to the
+scanner as a :class:`HubFileSource`. Readers ask that source for the bytes they need (a safetensors
+header, a zip's central directory and pickle members, HDF5 attributes) and only those blocks are
+fetched, with ``Range`` requests through huggingface_hub's HTTP session.
 The bytes fetched over the network are counted per repo and reported.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import posixpath
 import re
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -24,7 +23,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping,
 from urllib.parse import quote, urljoin, urlsplit
 
 from ..context import Limits, ScanLimitExceeded, SiblingOpener
-from ..findings import EXIT_USAGE, FileResult, Finding, ScanReport, sort_findings
+from ..findings import FileResult, Finding, ScanReport, sort_findings
 from ..rules import rule
 from ..scanner import ScanOptions, scan_byte_source
 from ..source import ByteSource, SourceError
@@ -904,47 +903,19 @@ def parse_repo_target(target: str, default_revision: Optional[str] = None) -> Tu
     return repo_id, (revision if sep and revision else default_revision)
 
 
-def scan_hub_command(args: argparse.Namespace) -> int:
-    """``safemodel hub``: scan each repo, report errors per repo, keep going."""
-    from .. import cli
-
-    try:
-        config = HubClientConfig.from_environment()
-    except Exception as exc:  # noqa: BLE001 - e.g. an OIDC token exchange (HF_OIDC_RESOURCE) that failed
-        print(f"safemodel: cannot get a Hugging Face token: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    progress = cli.show_progress(args)
-
-    lock = threading.Lock()
-    line_open = [False]
-
-    def on_progress(scan: HubRepoScan, done: int, total: int) -> None:
-        fetched = format_bytes(scan.stats.bytes_fetched)
-        with lock:  # repos scanned at once (--jobs) take turns on the one progress line
-            # A repo's last update ends its line, so the next repo does not overwrite it.
-            print(f"\r{scan.label}: {done}/{total} files scanned, {fetched} fetched",
-                  end="\n" if done == total else "", file=sys.stderr, flush=True)
-            line_open[0] = done != total
-
-    scanner = HubRepoScanner(config, cli.scan_options(args), on_progress=on_progress if progress else None,
-                             result_cache=cli.result_cache(args))
-    targets = [parse_repo_target(t, args.revision) for t in args.repo_ids]
+def scan_repos(scanner: HubRepoScanner, targets: Sequence[Tuple[str, Optional[str]]],
+               repo_type: str = "model", jobs: int = 1) -> List[HubRepoScan]:
+    """Scan each ``(repo_id, revision)`` target with ``scanner``, ``jobs`` repos at once; an error is
+    kept per repo (:attr:`HubRepoScan.error`) and the others go on. Results keep the order given."""
 
     def scan_one(target: Tuple[str, Optional[str]]) -> HubRepoScan:
-        return scanner.scan(target[0], revision=target[1], repo_type=args.repo_type)
+        return scanner.scan(target[0], revision=target[1], repo_type=repo_type)
 
-    jobs = max(1, min(getattr(args, "jobs", 1) or 1, len(targets)))
+    jobs = max(1, min(jobs or 1, len(targets)))
     if jobs == 1:
-        scans = [scan_one(t) for t in targets]
-    else:
-        # Threads: a repo scan waits on the network most of the time. Results keep the order given.
-        from concurrent.futures import ThreadPoolExecutor
+        return [scan_one(t) for t in targets]
+    # Threads: a repo scan waits on the network most of the time.
+    from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="safemodel-hub") as pool:
-            scans = list(pool.map(scan_one, targets))
-    if progress and line_open[0]:
-        print(file=sys.stderr)
-    report = build_report(scans, cli.fail_on(args))
-    if getattr(args, "shard_label", None):
-        report.extra["shard"] = args.shard_label  # lets 'safemodel merge' notice a missing shard
-    return cli.emit(report, args)
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="safemodel-hub") as pool:
+        return list(pool.map(scan_one, targets))

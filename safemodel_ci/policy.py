@@ -10,24 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from typing import FrozenSet, Mapping, NamedTuple, Optional
+from typing import FrozenSet, Mapping
 
+from . import pickle_policy
 from .findings import Finding, Severity
+from .pickle_policy import GlobalVerdict
 from .rules import RULES_BY_ID
-
-
-class GlobalVerdict(NamedTuple):
-    """How the policy judges one imported global. ``rule_id`` None means allowed.
-
-    ``allowed_by`` is set when a config entry allowed what the built-in tables would report
-    (``turned_off`` is that rule id): the scan then reports an INFO ``allowed-by-config`` finding.
-    """
-
-    rule_id: Optional[str]
-    severity: Severity
-    reason: str
-    allowed_by: Optional[str] = None
-    turned_off: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -43,9 +31,7 @@ class Policy:
 
     def classify_global(self, module: str, name: str) -> GlobalVerdict:
         """Judge ``module.name`` (already mapped from Python 2 names, dotted ``name`` allowed)."""
-        from .pickle_policy import classify_global
-
-        return classify_global(module, name, self.allow_globals, self.allow_reasons)
+        return pickle_policy.classify_global(module, name, self.allow_globals, self.allow_reasons)
 
     def adjust(self, finding: Finding) -> Finding:
         """Apply ``severity-overrides``; never lowers a code-execution finding."""
@@ -59,8 +45,6 @@ class Policy:
 
     def fingerprint(self) -> str:
         """Stable hash of everything in the policy (part of the result-cache key)."""
-        from . import pickle_policy
-
         data = {
             "allow": sorted(self.allow_globals),
             "overrides": sorted((k, int(v)) for k, v in self.severity_overrides.items()),
@@ -69,3 +53,6 @@ class Policy:
             "tables": pickle_policy.tables_version(),
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+__all__ = ["GlobalVerdict", "Policy"]

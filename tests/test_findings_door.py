@@ -206,3 +206,72 @@ def test_findings_are_constructed_in_one_place() -> None:
                 if name == "Finding":
                     calls.append(f"{path.relative_to(PACKAGE).as_posix()}:{node.lineno}")
     assert [c.split(":")[0] for c in calls] == ["rules.py"], calls
+
+
+# ---- locations are data ------------------------------------------------------------------------------
+
+def test_a_location_formats_every_kind_of_place() -> None:
+    from safemodel_ci.findings import HF_CACHE, HUB, LOCAL, Location
+
+    local = Location.local("models/m.pt").inside("archive/data.pkl").inside("inner.pkl")
+    assert (local.kind, local.display, local.member) == (LOCAL, "models/m.pt", "archive/data.pkl:inner.pkl")
+    assert str(local) == "models/m.pt:archive/data.pkl:inner.pkl"
+    assert local.file == Location.local("models/m.pt")
+    hub = Location.in_repo(HUB, "datasets/acme/x", "f" * 40, "sub/model.bin")
+    assert str(hub.inside("data.pkl")) == f"datasets/acme/x@{'f' * 40}:sub/model.bin:data.pkl"
+    assert Location.in_repo(HUB, "acme/x", None).display == "acme/x"
+    cached = Location.in_repo(HF_CACHE, "acme/x", "e" * 40, "config.json")
+    assert cached.display == f"acme/x@{'e' * 40}:config.json" and cached.is_repo
+    # A finding follows its location; placing a result moves every finding, member chains kept.
+    finding = Policy().finding("pickle-unknown-global", local, "imports a.b", offset=7)
+    assert (finding.path, finding.member, finding.offset) == ("models/m.pt", "archive/data.pkl:inner.pkl", 7)
+    placed = FileResult("models/m.pt", findings=[finding]).placed(hub)
+    assert placed.path == hub.display and placed.findings[0].path == hub.display
+    assert placed.findings[0].location == hub.inside("archive/data.pkl").inside("inner.pkl")
+
+
+def test_writers_format_locations_and_parse_no_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local file whose name reads like a Hub file is a local file (at fe36ae4 SARIF linked it to
+    the Hub when it did not exist any more); a cache file links to its Hub page."""
+    from safemodel_ci.findings import HF_CACHE, Location, ScanReport
+    from safemodel_ci.output import writer
+
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    odd = "acme/x@" + "a" * 40 + ":gone.pkl"  # a relative local path, absent
+    cached = Location.in_repo(HF_CACHE, "acme/x", "b" * 40, "sub dir/m.pkl")
+    policy = Policy()
+    report = ScanReport([
+        FileResult(odd, findings=[policy.finding("pickle-unknown-global", Location.local(odd), "x")]),
+        FileResult(cached.display, location=cached,
+                   findings=[policy.finding("pickle-unknown-global", cached, "y")]),
+    ])
+    log = json.loads(writer("sarif", repo_root=str(tmp_path)).render(report))
+    uris = [r["locations"][0]["physicalLocation"]["artifactLocation"] for r in log["runs"][0]["results"]]
+    assert uris[0]["uri"].startswith("file:///") and uris[0]["uri"].endswith("%3Agone.pkl")
+    assert uris[1] == {"uri": f"https://huggingface.co/acme/x/blob/{'b' * 40}/sub%20dir/m.pkl"}
+    annotations = writer("github", repo_root=str(tmp_path)).render(report)
+    assert "file=" not in annotations.splitlines()[1]  # the cache file: no checkout path to annotate
+
+
+def test_a_report_read_back_from_json_keeps_hub_locations(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Report schema v1 carries names: reading one back (safemodel merge, the Action) is the one place
+    a name is taken apart, and a name that exists as a local path stays local."""
+    from safemodel_ci.findings import HUB, LOCAL, Location
+
+    sha = "c" * 40
+    policy = Policy()
+    hub = Location.in_repo(HUB, "spaces/acme/app", sha, "weights/m.pkl")
+    original = FileResult(hub.display, location=hub,
+                          findings=[policy.finding("pickle-unknown-global", hub.inside("data.pkl"), "z")])
+    back = FileResult.from_dict(json.loads(json.dumps(original.to_dict())))
+    assert back.location == hub and back.findings[0].location == hub.inside("data.pkl")
+    assert back.to_dict() == original.to_dict()
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / f"name@{sha}:m.pkl").write_bytes(b"x")  # a local file named like a Hub file
+    monkeypatch.chdir(tmp_path)
+    assert Location.parse(f"org/name@{sha}:m.pkl") == Location.local(f"org/name@{sha}:m.pkl")
+    assert Location.parse(f"org/other@{sha}:m.pkl") == Location.in_repo(HUB, "org/other", sha, "m.pkl")
+    assert Location.parse("org/name@" + sha).kind == LOCAL  # a file name, not a target
+    assert Location.parse("org/name@" + sha, target=True) == Location.in_repo(HUB, "org/name", sha)
+    assert Location.parse("not a repo/x@y:z").kind == LOCAL

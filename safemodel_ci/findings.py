@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 #: Exit codes shared by every entry point (CLI, pre-commit hook, GitHub Action, Hub commands).
 EXIT_OK = 0
@@ -43,15 +43,15 @@ HUB = "hub"
 HF_CACHE = "hf-cache"
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
     """Where a finding (or a file, or a whole target) is, as data: the writers format it.
 
     ``kind`` says where the bytes came from (:data:`LOCAL`, :data:`STDIN`, :data:`HUB`,
     :data:`HF_CACHE`); ``repo`` and ``revision`` name a Hub repo (``org/name``, with a
     ``datasets/`` or ``spaces/`` prefix for those types) at a commit; ``path`` is the local path, or
     the path inside the repo (empty for the repo itself); ``members`` is the chain of containers
-    inside the file, outermost first.
+    inside the file, outermost first. Immutable, hashable and picklable (a named tuple: cheap to make
+    once per finding).
     """
 
     kind: str = LOCAL
@@ -93,15 +93,15 @@ class Location:
     @property
     def file(self) -> "Location":
         """The same file, without the member chain."""
-        return replace(self, members=()) if self.members else self
+        return self._replace(members=()) if self.members else self
 
     def inside(self, member: Optional[str]) -> "Location":
         """A member inside this location (the chain grows by one)."""
-        return replace(self, members=self.members + (member,)) if member else self
+        return self._replace(members=self.members + (member,)) if member else self
 
     def at(self, file: "Location") -> "Location":
         """This member chain inside another ``file`` (a result shown under the name its source gave it)."""
-        return replace(file, members=self.members) if self.members else file.file
+        return file._replace(members=self.members) if self.members else file.file
 
     def __str__(self) -> str:
         member = self.member

@@ -369,7 +369,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     policy = plan.options.policy
     results.extend(skipped_result(path, reason, policy=policy) for path, reason in skipped)
-    results.extend(skipped_result(path, reason, rule_id, policy) for rule_id, path, reason in unscanned
+    results.extend(skipped_result(path, reason, rule_id, policy=policy) for rule_id, path, reason in unscanned
                    if not cfg.is_excluded(path) and not cli_excludes.is_excluded(path))
     report = ScanReport(results, fail_on=fail_on(args), excluded=len(excluded))
     config_extra(report, cfg, excluded)
@@ -391,10 +391,11 @@ def config_extra(report: ScanReport, cfg: Config, excluded: List[Dict[str, str]]
     report.extra["notes"] = notes
 
 
-def skipped_result(path: str, reason: str, rule_id: str = "skipped-not-regular",
-                   policy: Policy = Policy()) -> FileResult:
+def skipped_result(path: str, reason: str, rule_id: str = "skipped-not-regular", *,
+                   policy: Policy) -> FileResult:
     """A finding for a path the walk passed over (a notice for a link to a directory scanned
-    anyway; unscanned for a directory link leaving the scanned paths or an unlistable directory)."""
+    anyway; unscanned for a directory link leaving the scanned paths or an unlistable directory),
+    judged by the scan's ``policy`` like every other finding."""
     at = Location.local(path)
     return FileResult(path=path, location=at, findings=[policy.finding(rule_id, at, reason)])
 

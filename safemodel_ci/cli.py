@@ -10,9 +10,9 @@ import sys
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import Terminated, __version__, exit_process
-from .findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_USAGE, FileResult, Finding, ScanReport, Severity
+from .findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_USAGE, FileResult, Location, ScanReport, Severity
 from .output import FORMATS, writer
-from .rules import RULES_BY_ID
+from .policy import Policy
 from .config import Config, ConfigError
 from .scanner import ScanOptions
 from .settings import Settings, UsageParser, fail_on_type, from_namespace, jobs_type, severity_type
@@ -334,8 +334,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
-    results.extend(skipped_result(path, reason) for path, reason in skipped)
-    results.extend(skipped_result(path, reason, rule_id) for rule_id, path, reason in unscanned
+    policy = plan.options.policy
+    results.extend(skipped_result(path, reason, policy=policy) for path, reason in skipped)
+    results.extend(skipped_result(path, reason, rule_id, policy=policy) for rule_id, path, reason in unscanned
                    if not cfg.is_excluded(path) and not cli_excludes.is_excluded(path))
     report = ScanReport(results, fail_on=settings.fail_on, excluded=len(excluded))
     config_extra(report, cfg, excluded)
@@ -357,12 +358,13 @@ def config_extra(report: ScanReport, cfg: Config, excluded: List[Dict[str, str]]
     report.extra["notes"] = notes
 
 
-def skipped_result(path: str, reason: str, rule_id: str = "skipped-not-regular") -> FileResult:
+def skipped_result(path: str, reason: str, rule_id: str = "skipped-not-regular", *,
+                   policy: Policy) -> FileResult:
     """A finding for a path the walk passed over (a notice for a link to a directory scanned
-    anyway; unscanned for a directory link leaving the scanned paths or an unlistable directory)."""
-    rule = RULES_BY_ID[rule_id]
-    return FileResult(path=path, findings=[Finding(rule.id, rule.severity, path, reason, rule.remedy,
-                                                   unscanned=rule.unscanned)])
+    anyway; unscanned for a directory link leaving the scanned paths or an unlistable directory),
+    judged by the scan's ``policy`` like every other finding."""
+    at = Location.local(path)
+    return FileResult(path=path, location=at, findings=[policy.finding(rule_id, at, reason)])
 
 
 def command_line_excludes(args: "Union[argparse.Namespace, Settings]") -> Config:

@@ -7,8 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional
 
-from .findings import Finding, Severity
-from .rules import rule
+from .findings import Finding, Location, Severity
 from .source import ByteSource
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,19 +102,10 @@ class ScanContext:
                severity: Optional[Severity] = None, details: Optional[Mapping[str, Any]] = None,
                remedy: Optional[str] = None) -> Finding:
         """Record a finding of ``rule_id`` at this context's member (and ``offset`` inside it)."""
-        r = rule(rule_id)
-        finding = Finding(
-            rule_id=r.id,
-            severity=r.severity if severity is None else severity,
-            path=self.path,
-            member=self.member,
-            offset=offset,
-            message=message,
-            remedy=remedy or r.remedy,
-            unscanned=r.unscanned,
-            details=dict(details or {}),
-        )
-        finding = self.policy.adjust(finding)
+        # The one door (rules table, then the policy). The file is named as the source displays
+        # it; the source places its result where the bytes came from (FileResult.placed).
+        finding = self.policy.finding(rule_id, Location.local(self.path, self.member), message,
+                                      offset=offset, details=details, severity=severity, remedy=remedy)
         self._state.findings.append(finding)
         return finding
 

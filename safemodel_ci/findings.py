@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 #: Exit codes shared by every entry point (CLI, pre-commit hook, GitHub Action, Hub commands).
 EXIT_OK = 0
@@ -35,11 +36,122 @@ class Severity(enum.IntEnum):
             raise ValueError(f"unknown severity {text!r} (expected one of: {names})") from None
 
 
+#: Kinds of :class:`Location`: where the bytes of a reported file came from.
+LOCAL = "file"
+STDIN = "stdin"
+HUB = "hub"
+HF_CACHE = "hf-cache"
+
+
+class Location(NamedTuple):
+    """Where a finding (or a file, or a whole target) is, as data: the writers format it.
+
+    ``kind`` says where the bytes came from (:data:`LOCAL`, :data:`STDIN`, :data:`HUB`,
+    :data:`HF_CACHE`); ``repo`` and ``revision`` name a Hub repo (``org/name``, with a
+    ``datasets/`` or ``spaces/`` prefix for those types) at a commit; ``path`` is the local path, or
+    the path inside the repo (empty for the repo itself); ``members`` is the chain of containers
+    inside the file, outermost first. Immutable, hashable and picklable (a named tuple: cheap to make
+    once per finding).
+    """
+
+    kind: str = LOCAL
+    path: str = ""
+    repo: Optional[str] = None
+    revision: Optional[str] = None
+    members: Tuple[str, ...] = ()
+
+    @classmethod
+    def local(cls, path: str, member: Optional[str] = None) -> "Location":
+        """A local file (``member``: the member path inside it, as a reader names it)."""
+        return cls(LOCAL, path, members=(member,) if member else ())
+
+    @classmethod
+    def in_repo(cls, kind: str, repo: str, revision: Optional[str], path: str = "") -> "Location":
+        """A file of a Hub repo at ``revision`` (``path`` empty: the repo itself)."""
+        return cls(kind, path, repo=repo, revision=revision)
+
+    @property
+    def is_repo(self) -> bool:
+        """True for a Hub repo or a file of one (on the Hub or in the local Hugging Face cache)."""
+        return self.repo is not None
+
+    @property
+    def display(self) -> str:
+        """How every report names the file: the local path, or ``repo[@revision][:path]``."""
+        if self.repo is None:
+            return self.path
+        text = self.repo
+        if self.revision:
+            text += f"@{self.revision}"
+        return f"{text}:{self.path}" if self.path else text
+
+    @property
+    def member(self) -> Optional[str]:
+        """The member chain as reports show it (``outer:inner``), None at the top of the file."""
+        return ":".join(self.members) if self.members else None
+
+    @property
+    def file(self) -> "Location":
+        """The same file, without the member chain."""
+        return self._replace(members=()) if self.members else self
+
+    def inside(self, member: Optional[str]) -> "Location":
+        """A member inside this location (the chain grows by one)."""
+        return self._replace(members=self.members + (member,)) if member else self
+
+    def at(self, file: "Location") -> "Location":
+        """This member chain inside another ``file`` (a result shown under the name its source gave it)."""
+        return file._replace(members=self.members) if self.members else file.file
+
+    def __str__(self) -> str:
+        member = self.member
+        return f"{self.display}:{member}" if member else self.display
+
+    @classmethod
+    def parse(cls, text: str, member: Optional[str] = None, target: bool = False) -> "Location":
+        """The location that ``text`` names in a report read back from JSON (``safemodel merge``,
+        the Action): the one place a displayed name is taken apart, because report schema v1
+        carries names, not locations. Writers never parse; they format :class:`Location`.
+
+        ``org/name@revision:path`` (``datasets/`` or ``spaces/`` prefix allowed) is a Hub file and,
+        for a ``target`` (a whole-target error), ``org/name[@revision]`` is a Hub repo; unless such a
+        path exists locally. Anything else is a local path.
+        """
+        members = (member,) if member else ()
+        head, colon, inner = text.partition(":")
+        repo, at, revision = head.partition("@")
+        if colon:
+            hub = bool(at and inner) and _revision(revision) and _repo_id(repo)
+        else:
+            hub = target and (not at or _revision(revision)) and _repo_id(repo)
+        if not hub or os.path.lexists(text):
+            return cls(LOCAL, text, members=members)
+        return cls(HUB, inner, repo=repo, revision=revision or None, members=members)
+
+
+def _repo_id(text: str) -> bool:
+    """``org/name``, ``datasets/org/name`` or ``spaces/org/name``; no whitespace, ``@`` or ``:``."""
+    parts = text.split("/")
+    if len(parts) == 3 and parts[0] in ("datasets", "spaces"):
+        parts = parts[1:]
+    return len(parts) == 2 and all(p and not any(c.isspace() or c in "@:" for c in p) for p in parts)
+
+
+def _revision(text: str) -> bool:
+    """A revision as reports print it: letters, digits, ``.``, ``_``, ``-``."""
+    return bool(text) and all(c.isascii() and (c.isalnum() or c in "._-") for c in text)
+
+
 @dataclass(frozen=True)
 class Finding:
     """One thing found in one file.
 
-    ``member`` is the path inside a container (nested containers joined with ``:``), ``offset`` the
+    Made by :meth:`safemodel_ci.policy.Policy.finding` (a rule id of the rules table, a
+    :class:`Location`, judged by the policy); readers report through ``ScanContext.report``, which
+    goes through the same door.
+
+    ``location`` is where it is, as data; ``path`` (the file as reports name it) and ``member`` (the
+    path inside a container, nested containers joined with ``:``) follow from it. ``offset`` is the
     byte offset inside the innermost member (or the file), ``unscanned`` marks findings that mean the
     file could not be fully inspected (those never make a file clean).
     """
@@ -53,10 +165,20 @@ class Finding:
     offset: Optional[int] = None
     unscanned: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: Where it is; None (a finding made from ``path`` and ``member`` alone) means a local file.
+    location: Location = None  # type: ignore[assignment]
 
-    @property
-    def location(self) -> str:
-        return f"{self.path}:{self.member}" if self.member else self.path
+    def __post_init__(self) -> None:
+        # One truth: path and member follow the location when there is one.
+        if self.location is None:
+            object.__setattr__(self, "location", Location.local(self.path, self.member))
+        else:
+            object.__setattr__(self, "path", self.location.display)
+            object.__setattr__(self, "member", self.location.member)
+
+    def placed(self, file: Location) -> "Finding":
+        """The same finding in another file location (its member chain kept)."""
+        return replace(self, location=self.location.at(file))
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -96,6 +218,19 @@ class FileResult:
     findings: List[Finding] = field(default_factory=list)
     bytes_read: int = 0
     cached: bool = False
+    #: Where the file is; None (a result made from ``path`` alone) means a local file.
+    location: Location = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.location is None:
+            self.location = Location.local(self.path)
+        else:
+            self.path = self.location.display
+
+    def placed(self, file: Location) -> "FileResult":
+        """This result under the location its source gives the file, every finding with it (a
+        source scans bytes under their displayed name and says where they are)."""
+        return replace(self, location=file, findings=[f.placed(file) for f in self.findings])
 
     @property
     def complete(self) -> bool:
@@ -117,13 +252,17 @@ class FileResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FileResult":
-        return cls(
+        """A result read back from a JSON report or the result cache (its location from its name,
+        see :meth:`Location.parse`)."""
+        result = cls(
             path=data["path"],
             size=int(data.get("size", 0)),
             formats=list(data.get("formats", [])),
             findings=[Finding.from_dict(f) for f in data.get("findings", [])],
             bytes_read=int(data.get("bytes_read", 0)),
         )
+        where = Location.parse(result.path)
+        return result.placed(where) if where.kind != LOCAL else result
 
 
 @dataclass
@@ -141,6 +280,14 @@ class ScanReport:
     hidden: Dict[str, int] = field(default_factory=dict)
     #: On a copy made by :meth:`filtered`: the report of the whole run (counts, kinds of files).
     whole: Optional["ScanReport"] = field(default=None, repr=False)
+    #: Where each target of ``errors`` is (a Hub repo), by the target's name.
+    targets: Dict[str, Location] = field(default_factory=dict)
+
+    def target_location(self, target: str) -> Location:
+        """Where an error's target is: as its source said, else as its name reads (a report read
+        back from JSON, see :meth:`Location.parse`)."""
+        where = self.targets.get(target)
+        return where if where is not None else Location.parse(target, target=True)
 
     def filtered(self, min_severity: Severity) -> "ScanReport":
         """A copy that lists only findings at or above ``min_severity`` (``--min-severity``, and the
@@ -162,7 +309,7 @@ class ScanReport:
                     hidden[f.severity.name] = hidden.get(f.severity.name, 0) + 1
             files.append(result if len(kept) == len(result.findings) else replace(result, findings=kept))
         return ScanReport(files, self.fail_on, list(self.errors), dict(self.extra), excluded=self.excluded,
-                          hidden=hidden, whole=self.whole or self)
+                          hidden=hidden, whole=self.whole or self, targets=dict(self.targets))
 
     @property
     def findings(self) -> List[Finding]:

@@ -13,16 +13,16 @@ import gc
 import hashlib
 import os
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
 
 from . import Terminated
 from .cache import _REC, Judged, ResultCache, _read_nonblocking_fd, cached_result, options_fingerprint, \
     scan_file_cached
 from .config import Config
-from .findings import FileResult, Finding, Severity
+from .findings import FileResult, Location, Severity
 from .formats import readers
-from .rules import RULES_BY_ID
+from .policy import Policy
 from .scanner import ScanOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,8 +132,9 @@ def judged_sha256(path: str, judged: Judged) -> Optional[str]:
 
 
 def apply_ignores(result: FileResult, path: str, config: Config,
-                  judged: Optional[Judged] = None) -> FileResult:
-    """Replace the findings of a file pinned by an ``ignore`` entry with one ``ignored-by-config``.
+                  judged: Optional[Judged] = None, policy: Optional[Policy] = None) -> FileResult:
+    """Replace the findings of a file pinned by an ``ignore`` entry with one ``ignored-by-config``
+    (made through ``policy``, default the config's, like every finding).
 
     Only files with something to suppress are hashed, so clean files cost nothing here. The hash
     is of the exact bytes the scan judged (``judged``, see :func:`judged_sha256`), never of a second
@@ -149,18 +150,14 @@ def apply_ignores(result: FileResult, path: str, config: Config,
     if entry is None:
         return result
     suppressed = Counter(f.rule_id for f in result.findings)
-    rule = RULES_BY_ID["ignored-by-config"]
-    note = Finding(
-        rule_id=rule.id, severity=rule.severity, path=result.path,
-        message=f"accepted by {entry.origin} (sha256 {digest[:12]}…): {entry.reason}; "
-                f"{sum(suppressed.values())} finding(s) not counted: " +
-                ", ".join(f"{k} x{v}" for k, v in sorted(suppressed.items())),
-        remedy=rule.remedy,
+    note = (policy or config.policy()).finding(
+        "ignored-by-config", result.location,
+        f"accepted by {entry.origin} (sha256 {digest[:12]}…): {entry.reason}; "
+        f"{sum(suppressed.values())} finding(s) not counted: " +
+        ", ".join(f"{k} x{v}" for k, v in sorted(suppressed.items())),
         details={"sha256": digest, "reason": entry.reason, "entry": entry.origin,
-                 "suppressed": dict(sorted(suppressed.items()))},
-    )
-    return FileResult(path=result.path, size=result.size, formats=list(result.formats), findings=[note],
-                      bytes_read=result.bytes_read, cached=result.cached)
+                 "suppressed": dict(sorted(suppressed.items()))})
+    return replace(result, formats=list(result.formats), findings=[note])
 
 
 class _Scanner:
@@ -175,7 +172,8 @@ class _Scanner:
         judged: Optional[List[Judged]] = [] if self.plan.config.ignores else None
         result = scan_file_cached(path, self.plan.options, self.cache, fingerprint=self.fingerprint,
                                   lookup=lookup, judged=judged)
-        return apply_ignores(result, path, self.plan.config, judged[0] if judged else None)
+        return apply_ignores(result, path, self.plan.config, judged[0] if judged else None,
+                             self.plan.options.policy)
 
     def cached(self, path: str) -> Optional[FileResult]:
         """The cached result for ``path`` (ignores applied), or None: nothing is scanned."""
@@ -186,7 +184,8 @@ class _Scanner:
                                judged=judged)
         if result is None:
             return None
-        return apply_ignores(result, path, self.plan.config, judged[0] if judged else None)
+        return apply_ignores(result, path, self.plan.config, judged[0] if judged else None,
+                             self.plan.options.policy)
 
 
 _worker: Optional[_Scanner] = None
@@ -230,12 +229,11 @@ def _batches(paths: List[str], jobs: int) -> Iterator[List[str]]:
         yield batch
 
 
-def _failed(path: str, error: BaseException) -> FileResult:
+def _failed(path: str, error: BaseException, policy: Policy) -> FileResult:
     """A worker died (killed, out of memory): the file is reported unscanned, never clean."""
-    rule = RULES_BY_ID["scanner-error"]
-    return FileResult(path=path, findings=[Finding(
-        rule.id, rule.severity, path, f"worker process failed: {type(error).__name__}: {error}",
-        rule.remedy, unscanned=True)])
+    at = Location.local(path)
+    return FileResult(path=path, location=at, findings=[policy.finding(
+        "scanner-error", at, f"worker process failed: {type(error).__name__}: {error}")])
 
 
 def scan_paths(paths: Iterable[str], plan: ScanPlan, jobs: Optional[int] = None,
@@ -290,7 +288,7 @@ def _scan_in_processes(paths: List[str], plan: ScanPlan, jobs: int) -> Iterator[
             try:
                 return pool.submit(_scan_batch, batch)
             except RuntimeError as exc:  # the pool broke (a worker died): the rest fail closed
-                return _failed_future([_failed(p, exc) for p in batch])
+                return _failed_future([_failed(p, exc, plan.options.policy) for p in batch])
 
         # A bounded window of batches in flight: memory stays small for any number of files.
         # The workers are forked at the first submit. Objects frozen then are never visited by the
@@ -310,7 +308,7 @@ def _scan_in_processes(paths: List[str], plan: ScanPlan, jobs: int) -> Iterator[
                 try:
                     results = future.result()
                 except Exception as exc:  # noqa: BLE001 - BrokenProcessPool and the like
-                    results = [_failed(p, exc) for p in batch]
+                    results = [_failed(p, exc, plan.options.policy) for p in batch]
                 yield from results
                 nxt = next(batches, None)
                 if nxt is not None:

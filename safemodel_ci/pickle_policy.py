@@ -28,13 +28,28 @@ import re
 from typing import AbstractSet, Any, Dict, FrozenSet, Mapping, NamedTuple, Optional, Tuple
 
 from .findings import Severity
-from .policy import GlobalVerdict
 
 #: The generated table (see ``tools/gen_allowlist.py`` and the README, "The pickle allowlist").
 DATA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "allowlist.json")
 
 #: Bumped whenever the code's tables change; the data file's hash is added to it (``tables_version``).
 _CODE_TABLES_VERSION = "2"
+
+
+class GlobalVerdict(NamedTuple):
+    """How the policy judges one imported global. ``rule_id`` None means allowed.
+
+    ``allowed_by`` is set when a config entry allowed what the built-in tables would report
+    (``turned_off`` is that rule id): the scan then reports an INFO ``allowed-by-config`` finding.
+    Defined here, beside the tables that make it, so that ``policy`` imports this module and not
+    the other way round (``policy`` re-exports it).
+    """
+
+    rule_id: Optional[str]
+    severity: Severity
+    reason: str
+    allowed_by: Optional[str] = None
+    turned_off: Optional[str] = None
 
 
 class AllowTable(NamedTuple):
@@ -295,4 +310,5 @@ def classify_global(module: str, name: str, extra_allow: AbstractSet[str] = froz
 
 # TABLES_VERSION and SAFE_GLOBALS are module attributes made on first use (``__getattr__`` above).
 __all__ = ["TABLES_VERSION", "SAFE_GLOBALS", "DANGEROUS_PREFIXES",  # noqa: F822 "NESTED_LOADERS", "AllowTable",
+           "GlobalVerdict",
            "builtin_verdict", "classify_global", "dangerous_reason", "full_name", "load_table"]

@@ -10,24 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from typing import FrozenSet, Mapping, NamedTuple, Optional
+from typing import Any, FrozenSet, Mapping, Optional
 
-from .findings import Finding, Severity
-from .rules import RULES_BY_ID
-
-
-class GlobalVerdict(NamedTuple):
-    """How the policy judges one imported global. ``rule_id`` None means allowed.
-
-    ``allowed_by`` is set when a config entry allowed what the built-in tables would report
-    (``turned_off`` is that rule id): the scan then reports an INFO ``allowed-by-config`` finding.
-    """
-
-    rule_id: Optional[str]
-    severity: Severity
-    reason: str
-    allowed_by: Optional[str] = None
-    turned_off: Optional[str] = None
+from . import pickle_policy
+from .findings import Finding, Location, Severity
+from .pickle_policy import GlobalVerdict
+from .rules import RULES_BY_ID, rule
 
 
 @dataclass(frozen=True)
@@ -43,24 +31,33 @@ class Policy:
 
     def classify_global(self, module: str, name: str) -> GlobalVerdict:
         """Judge ``module.name`` (already mapped from Python 2 names, dotted ``name`` allowed)."""
-        from .pickle_policy import classify_global
+        return pickle_policy.classify_global(module, name, self.allow_globals, self.allow_reasons)
 
-        return classify_global(module, name, self.allow_globals, self.allow_reasons)
+    def finding(self, rule_id: str, at: Location, message: str, *, offset: Optional[int] = None,
+                details: Optional[Mapping[str, Any]] = None, severity: Optional[Severity] = None,
+                remedy: Optional[str] = None) -> Finding:
+        """The one door for findings: a finding of ``rule_id`` (severity and remedy from the rules
+        table) at ``at``, judged by this policy. ``ScanContext.report``, the sources, the CLI and
+        the worker pool all make findings here, so a ``severity-overrides`` entry reaches every one.
+        """
+        return self.judge(rule(rule_id).finding(at, message, offset=offset, details=details,
+                                                severity=severity, remedy=remedy))
 
-    def adjust(self, finding: Finding) -> Finding:
-        """Apply ``severity-overrides``; never lowers a code-execution finding."""
+    def judge(self, finding: Finding) -> Finding:
+        """Apply ``severity-overrides``; never lowers a code-execution finding. Idempotent."""
         new = self.severity_overrides.get(finding.rule_id)
         if new is None or new == finding.severity:
             return finding
-        rule = RULES_BY_ID.get(finding.rule_id)
-        if rule is not None and rule.code_execution and new < finding.severity:
+        r = RULES_BY_ID.get(finding.rule_id)
+        if r is not None and r.code_execution and new < finding.severity:
             return finding
         return replace(finding, severity=new)
 
+    #: The former name of :meth:`judge`.
+    adjust = judge
+
     def fingerprint(self) -> str:
         """Stable hash of everything in the policy (part of the result-cache key)."""
-        from . import pickle_policy
-
         data = {
             "allow": sorted(self.allow_globals),
             "overrides": sorted((k, int(v)) for k, v in self.severity_overrides.items()),
@@ -69,3 +66,6 @@ class Policy:
             "tables": pickle_policy.tables_version(),
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+__all__ = ["GlobalVerdict", "Policy"]

@@ -8,9 +8,9 @@ severity, they make the verdict "incomplete" (exit code 2) so a file is never re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .findings import Severity
+from .findings import Finding, Location, Severity
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,19 @@ class Rule:
     unscanned: bool = False
     #: True for findings that mean "loading this runs code": config may not lower them.
     code_execution: bool = False
+
+    def finding(self, at: Location, message: str, *, offset: Optional[int] = None,
+                details: Optional[Mapping[str, Any]] = None, severity: Optional[Severity] = None,
+                remedy: Optional[str] = None) -> Finding:
+        """A finding of this rule at ``at``: severity, remedy and ``unscanned`` from the table
+        (``severity`` and ``remedy`` only where a reader must say more than the table does).
+
+        Not judged by a policy: scanning code makes findings through
+        :meth:`safemodel_ci.policy.Policy.finding` (or ``ScanContext.report``), which calls this.
+        """
+        return Finding(self.id, self.severity if severity is None else severity, at.display, message,
+                       remedy or self.remedy, offset=offset, unscanned=self.unscanned,
+                       details=dict(details or {}), location=at)
 
 
 _CONVERT = "Convert the model to safetensors, or load it only if you trust its author."

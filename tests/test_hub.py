@@ -285,12 +285,14 @@ def test_block_cache_turns_many_small_reads_into_few_requests(hub: FakeHub) -> N
 
 
 def test_loader_choice_findings_per_folder() -> None:
+    from safemodel_ci.findings import HUB, Location
+    from safemodel_ci.policy import Policy
     from safemodel_ci.sources.hub import loader_choice_findings
 
     found = loader_choice_findings(
         ["pytorch_model.bin", "model.safetensors", "unet/diffusion_pytorch_model.bin",
          "vae/diffusion_pytorch_model.bin", "vae/diffusion_pytorch_model.safetensors", "training_args.bin"],
-        lambda p: "r@s:" + p)
+        lambda p: Location.in_repo(HUB, "r", "s", p), Policy())
     assert {p: [f.rule_id for f in fs] for p, fs in found.items()} == {
         "pytorch_model.bin": ["repo-pickle-beside-safetensors"],
         "unet/diffusion_pytorch_model.bin": ["repo-loader-picks-pickle"],

@@ -11,7 +11,7 @@ from typing import Any, Dict
 import pytest
 
 from safemodel_ci import cli
-from safemodel_ci.findings import FileResult, Finding, ScanReport, Severity
+from safemodel_ci.findings import HUB, FileResult, Finding, Location, ScanReport, Severity
 from safemodel_ci.output import sarif as sarif_module
 from safemodel_ci.output import writer
 from safemodel_ci.rules import RULES
@@ -141,10 +141,11 @@ def test_paths_outside_the_root_and_hub_files(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     root.mkdir()
     outside = str(tmp_path / "elsewhere.pkl")
-    hub = "org/name@" + "a" * 40 + ":sub dir/model.bin"
+    hub = Location.in_repo(HUB, "org/name", "a" * 40, "sub dir/model.bin")  # as the Hub source places it
     log = render(ScanReport([
         FileResult(outside, findings=[f("pickle-unknown-global", Severity.HIGH, outside)]),
-        FileResult(hub, findings=[f("pickle-unknown-global", Severity.HIGH, hub)]),
+        FileResult(hub.display, location=hub,
+                   findings=[f("pickle-unknown-global", Severity.HIGH, hub.display, location=hub)]),
     ]), root)
     uris = [r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
             for r in log["runs"][0]["results"]]

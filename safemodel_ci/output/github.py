@@ -22,7 +22,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 from ..findings import FileResult, Finding, ScanReport, Severity
 from ..rules import RULES_BY_ID
 from .interface import ReportWriter, escape_surrogates
-from .repo_paths import find_repo_root, repo_relative
+from .repo_paths import find_repo_root, local_path, repo_relative
 from .text import summary_line
 
 LEVELS = ("error", "warning", "notice")
@@ -104,7 +104,8 @@ def file_annotation(result: FileResult, fail_on: Severity, root: str) -> Optiona
         lines.append("What to do: " + " ".join(remedies[:3]))
     if any(f.rule_id == LFS_RULE for f in result.findings):
         lines.append(LFS_ADVICE)
-    relative = repo_relative(result.path, root)
+    local = local_path(result.location)
+    relative = repo_relative(local, root) if local is not None else None
     props: Dict[str, Optional[str]] = {"file": relative, "line": "1" if relative else None, "title": title}
     return level_index, workflow_command(LEVELS[level_index], props, "\n".join(lines))
 

@@ -51,14 +51,15 @@ def _verdict(report: ScanReport) -> str:
 
 
 def _row(finding: Finding, fail_on: Severity) -> str:
-    where = md_text(finding.member, 200) if finding.member else ""
+    member = finding.location.member
+    where = md_text(member, 200) if member else ""
     if finding.offset is not None:
         where += f"{' ' if where else ''}@{finding.offset}"
     level = finding_level(finding, fail_on)
     severity = "UNSCANNED" if finding.unscanned else finding.severity.name
     if level == "error":
         severity = f"**{severity}**"
-    return (f"| {md_text(finding.path, 300)} | {where} | {severity} | `{finding.rule_id}` | "
+    return (f"| {md_text(finding.location.display, 300)} | {where} | {severity} | `{finding.rule_id}` | "
             f"{md_text(finding.message, MAX_CELL)} |")
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
-import re
 from typing import Optional
 from urllib.parse import quote
+
+from ..findings import Location
 
 #: Characters kept as they are in a URI path segment (RFC 3986 unreserved, plus the separator).
 _URI_SAFE = "/-._~"
@@ -35,39 +36,25 @@ def find_repo_root(explicit: Optional[str] = None) -> str:
         probe = parent
 
 
-#: How ``safemodel hub`` names a file: ``[datasets/|spaces/]org/name@<sha>:path/in/repo``.
-_HUB_PATH = re.compile(r"^((?:datasets/|spaces/)?[^/@:\s]+/[^/@:\s]+)@([0-9A-Za-z._-]+):(.+)$", re.S)
-
-
-def hub_url(path: str) -> Optional[str]:
-    """The Hub web URL of a file reported by ``safemodel hub``, or None for other paths.
-
-    A path that exists locally is always a local file, whatever it looks like.
-    """
-    match = _HUB_PATH.match(path)
-    if match is None or os.path.lexists(path):
+def hub_url(location: Location) -> Optional[str]:
+    """The Hub web URL of a Hub (or Hugging Face cache) location: a file at its revision, or the
+    repo itself (at its revision when known); None for a local file."""
+    if location.repo is None:
         return None
-    repo, revision, inner = match.groups()
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    return f"{endpoint}/{quote(repo, safe='/')}/blob/{quote(revision, safe='')}/{path_to_uri(inner)}"
+    repo = f"{endpoint}/{quote(location.repo, safe='/')}"
+    revision = quote(location.revision, safe="") if location.revision else None
+    if not location.path:
+        return repo + (f"/tree/{revision}" if revision else "")
+    return f"{repo}/blob/{revision or 'main'}/{path_to_uri(location.path)}"
 
 
-_HUB_REPO = re.compile(r"^((?:datasets/|spaces/)?[^/@:\s]+/[^/@:\s]+)(?:@([0-9A-Za-z._-]+))?$")
-
-
-def hub_repo_url(target: str) -> Optional[str]:
-    """The Hub web URL of a repo named ``org/name[@revision]`` (a ``safemodel hub`` error target)."""
-    match = _HUB_REPO.match(target)
-    if match is None or os.path.lexists(target):
+def local_path(location: Location) -> Optional[str]:
+    """The local filesystem path of a location, or None when it names something else (a Hub or
+    cache file, a URL given as a target)."""
+    if location.repo is not None or "://" in location.path:
         return None
-    repo, revision = match.groups()
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    return f"{endpoint}/{quote(repo, safe='/')}" + (f"/tree/{quote(revision, safe='')}" if revision else "")
-
-
-def is_remote(path: str) -> bool:
-    """True for reported paths that name something other than a local file (a URL, a Hub file)."""
-    return "://" in path or hub_url(path) is not None
+    return location.path
 
 
 @functools.lru_cache(maxsize=64)
@@ -79,11 +66,9 @@ def _realpath(path: str) -> str:
 def repo_relative(path: str, root: str) -> Optional[str]:
     """``path`` as a ``/``-separated path relative to ``root``, or None when it lies outside it.
 
-    The path is resolved lexically against the current directory (not through symlinks: the
-    repository's own name for a file is what code scanning shows).
+    ``path`` is a local path (see :func:`local_path`). It is resolved lexically against the current
+    directory (not through symlinks: the repository's own name for a file is what code scanning shows).
     """
-    if is_remote(path):
-        return None
     absolute = os.path.normpath(os.path.join(os.getcwd(), path))
     root_abs = os.path.normpath(root)
     real_root = _realpath(root_abs)

@@ -28,10 +28,10 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import __version__
-from ..findings import Finding, ScanReport, Severity
+from ..findings import Finding, Location, ScanReport, Severity
 from ..rules import RULES, RULES_BY_ID, Rule
 from .interface import ReportWriter, escape_surrogates
-from .repo_paths import file_uri, find_repo_root, hub_repo_url, hub_url, is_remote, path_to_uri, repo_relative
+from .repo_paths import file_uri, find_repo_root, hub_url, local_path, path_to_uri, repo_relative
 
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_VERSION = "2.1.0"
@@ -115,7 +115,7 @@ class SarifWriter(ReportWriter):
     def sarif(self, report: ScanReport) -> Dict[str, Any]:
         """The SARIF log as a dict."""
         root = find_repo_root(self.repo_root)
-        locations: Dict[str, Dict[str, Any]] = {}  # per path: findings of one file share it
+        locations: Dict[Location, Dict[str, Any]] = {}  # per file: findings of one file share it
         rules = list(RULES)
         index = {r.id: i for i, r in enumerate(rules)}
 
@@ -128,13 +128,14 @@ class SarifWriter(ReportWriter):
                                 finding.remedy, unscanned=finding.unscanned)
                     index[rule.id] = len(rules)
                     rules.append(rule)
-                if finding.path not in locations:
-                    locations[finding.path] = self._location(finding.path, root)
+                where = finding.location.file
+                if where not in locations:
+                    locations[where] = self._location(where, root)
                 entries.append((self._rank(finding, report.fail_on),
-                                self._result(finding, index[rule.id], locations[finding.path],
-                                             report.fail_on)))
+                                self._result(finding, index[rule.id], locations[where], report.fail_on)))
         for target, message in report.errors:
-            entries.append((0, self._error_result(target, message, index[TARGET_ERROR_RULE], root)))
+            entries.append((0, self._error_result(target, report.target_location(target), message,
+                                                  index[TARGET_ERROR_RULE], root)))
 
         entries.sort(key=lambda e: e[0])  # stable: worst first, report order within a rank
         omitted = max(0, len(entries) - MAX_RESULTS)
@@ -192,22 +193,18 @@ class SarifWriter(ReportWriter):
         return {"error": 0, "warning": 1, "note": 2}[level] * 10 + (4 - int(finding.severity))
 
     @staticmethod
-    def _location(path: str, root: str) -> Dict[str, Any]:
-        relative = repo_relative(path, root)
+    def _location(where: Location, root: str) -> Dict[str, Any]:
+        """A file as code scanning links it: relative to the repository root, else the Hub's web
+        page of the file (or repo), else a ``file://`` URI; a URL given as a target as it is."""
+        local = local_path(where)
+        relative = repo_relative(local, root) if local is not None else None
         if relative is not None:
             artifact = {"uri": path_to_uri(relative), "uriBaseId": SRCROOT}
-        elif is_remote(path):
-            artifact = {"uri": hub_url(path) or path}
+        elif local is not None:
+            artifact = {"uri": file_uri(local)}
         else:
-            artifact = {"uri": file_uri(path)}
+            artifact = {"uri": hub_url(where) or where.path}
         return {"physicalLocation": {"artifactLocation": artifact, "region": {"startLine": 1}}}
-
-    @classmethod
-    def _target_location(cls, target: str, root: str) -> Dict[str, Any]:
-        url = hub_repo_url(target)
-        if url is None:
-            return cls._location(target, root)
-        return {"physicalLocation": {"artifactLocation": {"uri": url}, "region": {"startLine": 1}}}
 
     def _result(self, finding: Finding, rule_index: int, location: Dict[str, Any],
                 fail_on: Severity) -> Dict[str, Any]:
@@ -243,14 +240,15 @@ class SarifWriter(ReportWriter):
             "properties": properties,
         }
 
-    def _error_result(self, target: str, message: str, rule_index: int, root: str) -> Dict[str, Any]:
+    def _error_result(self, target: str, where: Location, message: str, rule_index: int,
+                      root: str) -> Dict[str, Any]:
         rule = RULES_BY_ID[TARGET_ERROR_RULE]
         return {
             "ruleId": rule.id,
             "ruleIndex": rule_index,
             "level": "error",
             "message": {"text": f"Not scanned: {target}: {message}. What to do: {rule.remedy}"},
-            "locations": [self._target_location(target, root)],
+            "locations": [self._location(where, root)],
             "partialFingerprints": {"safemodelFinding/v1": _fingerprint(rule.id, target, None, message)},
             "properties": {"target": target, "unscanned": True},
         }

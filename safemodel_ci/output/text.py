@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import List
 
-from ..findings import FileResult, ScanReport, Severity
+from ..findings import FileResult, Finding, ScanReport, Severity
 from .interface import ReportWriter
 
 #: Files the walk passed over without reading them carry this notice.
@@ -23,7 +23,8 @@ def is_model(result: FileResult) -> bool:
     return any(fmt not in GENERIC_FORMATS for fmt in result.formats)
 
 
-def finding_line(finding, show_offset: bool = True) -> str:  # type: ignore[no-untyped-def]
+def finding_line(finding: Finding, show_offset: bool = True) -> str:
+    """``path[:member]: SEVERITY rule-id message (offset N)``; the place as its location formats it."""
     where = f" (offset {finding.offset})" if show_offset and finding.offset is not None else ""
     label = "UNSCANNED" if finding.unscanned else finding.severity.name
     return f"{finding.location}: {label} {finding.rule_id} {finding.message}{where}"

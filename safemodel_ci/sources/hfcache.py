@@ -28,14 +28,14 @@ import stat
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from ..cache import ResultCache, _read_nonblocking_fd, tracking_siblings
 from ..context import SiblingOpener
-from ..findings import FileResult, Finding, ScanReport, Severity, sort_findings
-from ..rules import rule
+from ..findings import HF_CACHE, FileResult, Finding, Location, ScanReport, Severity, sort_findings
+from ..policy import Policy
 from ..scanner import ScanOptions, scan_byte_source
 from ..source import ByteSource, FileSource, SourceError
 from .hub import display_repo, format_bytes, plural
@@ -283,14 +283,13 @@ def _snapshot_siblings(snapshot: Path, file_path: Path) -> SiblingOpener:
     return open_sibling
 
 
-def _mismatch_finding(display: str, mismatch: Tuple[str, str, str], blob: str) -> Finding:
-    r = rule("cache-blob-mismatch")
+def _mismatch_finding(at: Location, mismatch: Tuple[str, str, str], blob: str, policy: Policy) -> Finding:
     algorithm, expected, actual = mismatch
-    return Finding(rule_id=r.id, severity=r.severity, path=display,
-                   message=f"blob {blob} should have {algorithm} {expected} but has {actual}: "
-                           "the cached file was changed after download",
-                   remedy=r.remedy, unscanned=r.unscanned,
-                   details={"blob": blob, "algorithm": algorithm, "expected": expected, "actual": actual})
+    return policy.finding("cache-blob-mismatch", at,
+                          f"blob {blob} should have {algorithm} {expected} but has {actual}: "
+                          "the cached file was changed after download",
+                          details={"blob": blob, "algorithm": algorithm, "expected": expected,
+                                   "actual": actual})
 
 
 def scan_cache(cache_dir: Optional[str], options: ScanOptions,
@@ -368,8 +367,8 @@ def _check_names(pending: List[Tuple[FileResult, str, str, str]], hasher: BlobHa
                  options: ScanOptions, on_file: Optional[Callable[[CacheScan], None]],
                  result: CacheScan) -> None:
     """Every link's blob name checked against its content's hash (waiting for the pool)."""
-    for file_result, real, name, display in pending:
-        file_result.findings.extend(_hash_check(real, name, display, options, hasher))
+    for file_result, real, name, _ in pending:
+        file_result.findings.extend(_hash_check(real, name, file_result.location, options, hasher))
         file_result.findings = sort_findings(file_result.findings)
         if on_file is not None:
             result.bytes_hashed = hasher.bytes
@@ -389,11 +388,13 @@ def _scan_revisions(repos: List[Any], options: ScanOptions, on_file: Optional[Ca
             snapshot = Path(revision.snapshot_path)
             for cached in sorted(revision.files, key=lambda f: str(f.file_path)):
                 rel = Path(cached.file_path).relative_to(snapshot).as_posix()
-                display = f"{label}@{revision.commit_hash}:{rel}"
+                at = Location.in_repo(HF_CACHE, label, revision.commit_hash, rel)
+                display = at.display
                 real = os.path.realpath(cached.blob_path)
-                link_findings = _link_findings(real, cache_root, display)
+                link_findings = _link_findings(real, cache_root, at, options.policy)
                 if link_findings is None:  # not a regular file: never opened, never hashed
-                    result.files.append(FileResult(path=display, findings=_not_regular(real, display)))
+                    result.files.append(FileResult(path=display, location=at,
+                                                   findings=_not_regular(real, at, options.policy)))
                     if on_file is not None:
                         on_file(result)
                     continue
@@ -405,13 +406,13 @@ def _scan_revisions(repos: List[Any], options: ScanOptions, on_file: Optional[Ca
                     scanned[real] = first
                     result.blobs_from_cache += first.cached
                     file_result = FileResult(path=display, size=first.size, formats=list(first.formats),
-                                             findings=list(first.findings), bytes_read=first.bytes_read)
+                                             findings=list(first.findings), bytes_read=first.bytes_read
+                                             ).placed(at)
                 else:
                     # Same bytes as a file already scanned: repeat its findings under this name.
                     file_result = FileResult(path=display, size=first.size, formats=list(first.formats),
-                                             findings=[replace(f, path=display) for f in first.findings],
-                                             cached=True)
-                file_result.findings.extend(options.policy.adjust(f) for f in link_findings)
+                                             findings=list(first.findings), cached=True).placed(at)
+                file_result.findings.extend(link_findings)
                 file_result.findings = sort_findings(file_result.findings)
                 if hasher is not None:
                     # The name is checked for every link: another repo's link may name other content.
@@ -464,7 +465,7 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _link_findings(real: str, cache_root: str, display: str) -> Optional[List[Finding]]:
+def _link_findings(real: str, cache_root: str, at: Location, policy: Policy) -> Optional[List[Finding]]:
     """Findings about where a snapshot file resolves to; None when it is not a regular file."""
     try:
         st = os.stat(real)
@@ -474,23 +475,21 @@ def _link_findings(real: str, cache_root: str, display: str) -> Optional[List[Fi
         return None
     out: List[Finding] = []
     if not _inside(real, cache_root):
-        r = rule("cache-link-outside")
-        out.append(Finding(r.id, r.severity, display, f"resolves to {real}, outside the cache {cache_root}",
-                           r.remedy, details={"target": real}))
+        out.append(policy.finding("cache-link-outside", at,
+                                  f"resolves to {real}, outside the cache {cache_root}",
+                                  details={"target": real}))
     name = os.path.basename(real)
     if expected_digest(name) is None:
-        r = rule("cache-blob-unverified")
-        out.append(Finding(r.id, r.severity, display, f"resolves to {name!r}, not a sha256 or git sha1 "
-                                                      "name: its content cannot be checked", r.remedy,
-                           details={"target": real}))
+        out.append(policy.finding("cache-blob-unverified", at, f"resolves to {name!r}, not a sha256 or git "
+                                                               "sha1 name: its content cannot be checked",
+                                  details={"target": real}))
     return out
 
 
-def _not_regular(real: str, display: str) -> List[Finding]:
-    r = rule("unscanned-unreadable")
-    return [Finding(r.id, r.severity, display, f"resolves to {real}, which is not a regular file (fifo, "
-                                               "device or socket): not opened", r.remedy, unscanned=True,
-                    details={"target": real})]
+def _not_regular(real: str, at: Location, policy: Policy) -> List[Finding]:
+    return [policy.finding("unscanned-unreadable", at, f"resolves to {real}, which is not a regular file "
+                                                       "(fifo, device or socket): not opened",
+                           details={"target": real})]
 
 
 def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options: ScanOptions,
@@ -500,9 +499,9 @@ def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options
     try:
         source = FileSource(real, name=display)
     except SourceError as exc:
-        r = rule("unscanned-unreadable")
-        return FileResult(path=display, findings=[Finding(r.id, r.severity, display, f"could not open: {exc}",
-                                                          r.remedy, unscanned=True)])
+        # Shown under ``display`` here; the caller places the result (FileResult.placed).
+        return FileResult(path=display, findings=[options.policy.finding(
+            "unscanned-unreadable", Location.local(display), f"could not open: {exc}")])
     with source:
         from_snapshot = _hash_snapshot(source, real, hasher)
         key = _content_key(source, real, hasher, from_snapshot) if cache is not None else None
@@ -570,7 +569,7 @@ def _stamp(path: str) -> Optional[Tuple[int, int, int]]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _hash_check(real: str, name: str, display: str, options: ScanOptions,
+def _hash_check(real: str, name: str, at: Location, options: ScanOptions,
                 hasher: BlobHasher) -> List[Finding]:
     algorithm = expected_digest(name)
     if algorithm is None:
@@ -578,13 +577,10 @@ def _hash_check(real: str, name: str, display: str, options: ScanOptions,
     try:
         actual = hasher.result(real, algorithm).digest
     except OSError as exc:
-        r = rule("unscanned-unreadable")
-        return [Finding(r.id, r.severity, display, f"could not hash the blob: {exc}", r.remedy,
-                        unscanned=True)]
+        return [options.policy.finding("unscanned-unreadable", at, f"could not hash the blob: {exc}")]
     if actual == name:
         return []
-    finding = _mismatch_finding(display, (algorithm, name, actual), name)
-    return [options.policy.adjust(finding)]
+    return [_mismatch_finding(at, (algorithm, name, actual), name, options.policy)]
 
 
 def cache_report(scan: CacheScan, fail_on: Severity) -> ScanReport:

@@ -23,8 +23,8 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping,
 from urllib.parse import quote, urljoin, urlsplit
 
 from ..context import Limits, ScanLimitExceeded, SiblingOpener
-from ..findings import FileResult, Finding, ScanReport, sort_findings
-from ..rules import rule
+from ..findings import HUB, FileResult, Finding, Location, ScanReport, sort_findings
+from ..policy import Policy
 from ..scanner import ScanOptions, scan_byte_source
 from ..source import ByteSource, SourceError
 
@@ -493,7 +493,8 @@ LOADER_WEIGHTS: Tuple[Tuple[str, Tuple[str, ...], Tuple[str, ...]], ...] = (
 )
 
 
-def loader_choice_findings(paths: Sequence[str], display: Callable[[str], str]) -> Dict[str, List[Finding]]:
+def loader_choice_findings(paths: Sequence[str], place: Callable[[str], Location],
+                           policy: Policy) -> Dict[str, List[Finding]]:
     """Findings about which weights a loader picks, keyed by repo path of the file they concern.
 
     Per folder (diffusers keeps one model per subfolder): when a pickle weight file sits beside the
@@ -510,18 +511,16 @@ def loader_choice_findings(paths: Sequence[str], display: Callable[[str], str]) 
             pickles = [p for p in (posixpath.join(folder, n) for n in pickle_names) if p in present]
             for path in pickles:
                 if safe:
-                    r = rule("repo-pickle-beside-safetensors")
+                    rule_id = "repo-pickle-beside-safetensors"
                     message = (f"{library} loads {posixpath.basename(safe[0])} from this folder, but this "
                                "pickle-based weight file is still downloaded by snapshot_download and loaded "
                                "by torch.load or use_safetensors=False; its own findings are listed too")
                 else:
-                    r = rule("repo-loader-picks-pickle")
+                    rule_id = "repo-loader-picks-pickle"
                     message = (f"{library} loads this pickle-based weight file: there is no safetensors "
                                "alternative in this folder")
-                out.setdefault(path, []).append(Finding(
-                    rule_id=r.id, severity=r.severity, path=display(path), message=message,
-                    remedy=r.remedy, unscanned=r.unscanned,
-                    details={"library": library, "safetensors": safe}))
+                out.setdefault(path, []).append(policy.finding(
+                    rule_id, place(path), message, details={"library": library, "safetensors": safe}))
     return out
 
 
@@ -544,6 +543,11 @@ class HubRepoScan:
     @property
     def label(self) -> str:
         return display_repo(self.repo_id, self.repo_type)
+
+    @property
+    def target(self) -> Location:
+        """The repo as a location (at its pinned sha once resolved): where a repo error is."""
+        return Location.in_repo(HUB, self.label, self.sha)
 
     def summary(self) -> Dict[str, Any]:
         return {"repo_id": self.repo_id, "repo_type": self.repo_type, "revision": self.revision,
@@ -765,7 +769,9 @@ class HubRepoScanner:
             result.error = describe_hub_error(exc, self.config, revision, self.http)
             return result
         result.sha = sha
-        prefix = f"{result.label}@{sha}:"
+
+        def at(path: str = "") -> Location:
+            return Location.in_repo(HUB, result.label, sha, path)
         try:
             listing = self.list_tree(repo_id, sha, repo_type, deadline)
         except _ApiError as exc:
@@ -787,7 +793,7 @@ class HubRepoScanner:
 
                 url = hf_hub_url(repo_id, path, repo_type=repo_type, revision=sha,
                                  endpoint=self.config.endpoint)
-                sources[path] = HubFileSource(url, files[path][0], prefix + path, headers=headers,
+                sources[path] = HubFileSource(url, files[path][0], at(path).display, headers=headers,
                                               cache=cache, stats=result.stats,
                                               block_size=self.config.block_size,
                                               retries=self.config.retries, http=self.http)
@@ -809,20 +815,19 @@ class HubRepoScanner:
 
             return open_sibling
 
-        loader_findings = loader_choice_findings(paths, lambda p: prefix + p)
+        loader_findings = loader_choice_findings(paths, at, self.options.policy)
         for n, path in enumerate(paths, 1):
             size, sha256 = files[path]
-            file_result = self._scan_file(path, prefix + path, size, sha256, open_file, siblings_of, result)
+            file_result = self._scan_file(path, at(path).display, size, sha256, open_file, siblings_of,
+                                          result).placed(at(path))
             extra = loader_findings.get(path)
             if extra:
-                file_result.findings = sort_findings(file_result.findings + [
-                    self.options.policy.adjust(f)
-                    for f in extra])
+                file_result.findings = sort_findings(file_result.findings + extra)
             result.files.append(file_result)
             if self.on_progress is not None:
                 self.on_progress(result, n, len(paths))
         if listing.limit is not None:
-            result.files.append(listing_limit_result(f"{result.label}@{sha}", listing))
+            result.files.append(listing_limit_result(at(), listing, self.options.policy))
         return result
 
     def _scan_file(self, path: str, display: str, size: int, sha256: Optional[str],
@@ -864,14 +869,12 @@ def _inflate(body: bytes, encoding: str, limit: int, what: str) -> bytes:
     return out
 
 
-def listing_limit_result(target: str, listing: TreeListing) -> FileResult:
+def listing_limit_result(target: Location, listing: TreeListing, policy: Policy) -> FileResult:
     """The repo itself as an ``unscanned-limit`` result: its listing stopped before its end."""
-    r = rule("unscanned-limit")
     message = (f"{listing.limit}; the {plural(len(listing.files), 'file')} listed in "
                f"{plural(listing.pages, 'page')} were scanned, the rest of the repo was not")
-    return FileResult(path=target, findings=[Finding(
-        rule_id=r.id, severity=r.severity, path=target, message=message, remedy=r.remedy, unscanned=True,
-        details={"entries": listing.entries, "pages": listing.pages})])
+    return FileResult(path=target.display, location=target, findings=[policy.finding(
+        "unscanned-limit", target, message, details={"entries": listing.entries, "pages": listing.pages})])
 
 
 # ---- the command ------------------------------------------------------------------------------
@@ -879,7 +882,8 @@ def listing_limit_result(target: str, listing: TreeListing) -> FileResult:
 def build_report(scans: Sequence[HubRepoScan], fail_on: Any) -> ScanReport:
     """One report for all repos: files in order, one error per repo that could not be scanned."""
     files = [f for s in scans for f in s.files]
-    errors = [(s.label if s.sha is None else f"{s.label}@{s.sha}", s.error) for s in scans if s.error]
+    targets = {s.target.display: s.target for s in scans if s.error}
+    errors = [(s.target.display, s.error) for s in scans if s.error]
     notes = []
     for s in scans:
         if s.sha is not None:
@@ -888,7 +892,7 @@ def build_report(scans: Sequence[HubRepoScan], fail_on: Any) -> ScanReport:
             notes.append(f"{s.label}@{s.sha}{rev}: {plural(len(s.files), 'file')}{cached}, "
                          f"{format_bytes(s.stats.bytes_fetched)} fetched in "
                          f"{plural(s.stats.requests, 'request')}")
-    report = ScanReport(files, fail_on=fail_on, errors=errors)  # type: ignore[arg-type]
+    report = ScanReport(files, fail_on=fail_on, errors=errors, targets=targets)  # type: ignore[arg-type]
     report.extra = {"hub": [s.summary() for s in scans], "notes": notes}
     return report
 

@@ -124,3 +124,16 @@ def test_config_file_does_import_its_parser(tmp_path: Path, small_model: Path) -
     (small_model / ".safemodel.yaml").write_text("fail-on: high\n")
     modules = _imported(tmp_path, "safemodel_ci.cli:main", ["scan", "--no-cache", "model.pkl"], small_model)
     assert "yaml" in modules
+
+
+def test_cache_key_does_not_parse_the_allowlist() -> None:
+    """The result-cache key hashes the allowlist file without parsing it (~10 ms a cached run), and
+    gives the same version string as the parsed table's hash."""
+    code = ("from safemodel_ci import pickle_policy as p\n"
+            "v = p.tables_version()\n"
+            "assert p._TABLE is None, 'tables_version parsed the table'\n"
+            "p.load_table()\n"
+            "assert p.tables_version() == v, (v, p.tables_version())\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -31,16 +31,11 @@ file is refused.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import errno
 import functools
-import hashlib
-import hmac
 import importlib.util
-import json
 import os
-import secrets
 import stat
 import struct
 import sys
@@ -48,6 +43,8 @@ import zlib
 from array import array
 from typing import Any, Dict, List, Optional, Tuple
 
+# hashlib (OpenSSL), hmac, json, base64 and secrets are imported where used: a scan without the cache
+# (--no-cache, SAFEMODEL_NO_CACHE) needs none of them, and they cost ~5 ms of its start-up.
 from . import __version__
 from .context import ScanContext, SiblingOpener
 from .findings import FileResult, sort_findings
@@ -203,6 +200,7 @@ def load_key(directory: str, create: bool) -> bytes:
 
 def _create_key(directory: str, path: str) -> None:
     """Write a new random key: a private temporary file, then ``link`` (fails if another process won)."""
+    import secrets
     import tempfile
 
     fd, tmp = tempfile.mkstemp(prefix=".tmp-key-", dir=directory)  # mkstemp: mode 0600
@@ -224,6 +222,8 @@ def tool_fingerprint() -> str:
     The version alone is not enough: an editable install (or a patched package) changes behaviour
     without changing the version, and a stale result would be silently wrong.
     """
+    import hashlib
+
     package = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256(f"safemodel-ci {__version__}\n".encode())
     for top, dirs, files in os.walk(package):
@@ -258,6 +258,9 @@ def tool_fingerprint() -> str:
 
 def options_fingerprint(options: ScanOptions) -> str:
     """Everything besides the content that decides a result: tool, policy, limits."""
+    import hashlib
+    import json
+
     data = {
         "tool": tool_fingerprint(),
         "policy": options.policy.fingerprint(),
@@ -274,6 +277,8 @@ class RecordingSource(ByteSource):
     """
 
     def __init__(self, inner: ByteSource) -> None:
+        import hashlib
+
         super().__init__()
         self.inner = inner
         self.name = inner.name
@@ -310,6 +315,8 @@ REPLAY_WHOLE = 1 << 20
 
 def replay_digest(source: ByteSource, log: "array[int]") -> Optional[str]:
     """Repeat the logged reads on ``source`` and return their digest (None on a short read)."""
+    import hashlib
+
     digest = hashlib.sha256()
     whole: Optional[bytes] = None
     if source.size <= REPLAY_WHOLE and len(log) > 2:
@@ -325,6 +332,8 @@ def replay_digest(source: ByteSource, log: "array[int]") -> Optional[str]:
 
 
 def _encode_log(log: "array[int]") -> str:
+    import base64
+
     raw = log.tobytes() if sys.byteorder == "little" else _swapped(log).tobytes()
     if len(raw) <= 1024:  # a small file's few reads: compressing costs more than it saves
         return "r:" + base64.b64encode(raw).decode("ascii")
@@ -332,6 +341,8 @@ def _encode_log(log: "array[int]") -> str:
 
 
 def _decode_log(text: str) -> "array[int]":
+    import base64
+
     log = array("Q")
     kind, _, body = text.partition(":")
     raw = base64.b64decode(body)
@@ -440,6 +451,10 @@ class ResultCache:
         return removed
 
     def _load(self, key: str) -> Optional[Dict[str, Any]]:
+        import hashlib
+        import hmac
+        import json
+
         mac_key = self._mac_key(create=False)
         if mac_key is None:
             return None
@@ -459,6 +474,10 @@ class ResultCache:
         return entry
 
     def _store(self, key: str, entry: Dict[str, Any]) -> bool:
+        import hashlib
+        import hmac
+        import json
+
         if self._unwritable:
             return False
         mac_key = self._mac_key(create=True)
@@ -515,6 +534,9 @@ class ResultCache:
 
     # -- local files, keyed by the bytes read -----------------------------------------------
     def file_key(self, real: str, size: int, display: str, fingerprint: str) -> str:
+        import hashlib
+        import json
+
         text = json.dumps(["file", fingerprint, real, size, display])
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -523,6 +545,8 @@ class ResultCache:
         """The stored result for this file if the bytes its scan read are unchanged.
 
         On a hit, what the check hashed is appended to ``judged`` (when given)."""
+        import hashlib
+
         evidence = Judged()
         key = self.file_key(real, source.size, display, fingerprint)
         entry = self._load(key)
@@ -557,6 +581,8 @@ class ResultCache:
 
     def store_file(self, recording: RecordingSource, real: str, display: str, fingerprint: str,
                    result: FileResult) -> bool:
+        import hashlib
+
         key = self.file_key(real, recording.size, display, fingerprint)
         entry: Dict[str, Any] = {"size": recording.size, "result": result.to_dict()}
         whole = recording.inner.read_at(0, recording.size) if recording.size <= REPLAY_WHOLE else None
@@ -574,6 +600,8 @@ class ResultCache:
     def store_snapshot(self, source: FileSource, real: str, display: str, fingerprint: str,
                        result: FileResult) -> bool:
         """Store the result of a small file whose scan read only :meth:`FileSource.snapshot`."""
+        import hashlib
+
         whole = source.snapshot()
         if whole is None:
             return False
@@ -583,6 +611,9 @@ class ResultCache:
 
     # -- content-addressed: a whole-file sha256 known without reading (a Hub LFS oid) --------
     def digest_key(self, sha256: str, size: int, display: str, fingerprint: str) -> str:
+        import hashlib
+        import json
+
         text = json.dumps(["sha256", fingerprint, sha256.lower(), size, display])
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -689,6 +720,8 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
                             findings=sort_findings(ctx.findings), bytes_read=source.bytes_read - start)
         if judged is not None:
             if recording is None:
+                import hashlib
+
                 judged.append(Judged(sha256=hashlib.sha256(source.snapshot() or b"").hexdigest()))
             elif not recording.overflow:
                 judged.append(Judged(log=recording.log, digest=recording.digest.hexdigest()))

@@ -21,8 +21,6 @@ The scanner reads only the data file, never the libraries: it works the same wit
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from typing import AbstractSet, Any, Dict, FrozenSet, Mapping, NamedTuple, Optional, Tuple
@@ -62,6 +60,9 @@ def load_table(path: str = DATA_FILE) -> AllowTable:
     global _TABLE
     if path == DATA_FILE and _TABLE is not None:
         return _TABLE
+    import hashlib  # here: a pickle that imports nothing is judged without the table
+    import json
+
     with open(path, "rb") as fh:
         raw = fh.read()
     data = json.loads(raw)
@@ -82,6 +83,8 @@ def tables_version() -> str:
     # The key needs only the file's hash (the one load_table records): parsing the 700 KB table cost
     # ~10 ms of every cached run (the hook on an unchanged model), and a scan that judges a global
     # loads it then.
+    import hashlib
+
     with open(DATA_FILE, "rb") as fh:
         return f"{_CODE_TABLES_VERSION}-{hashlib.sha256(fh.read()).hexdigest()[:16]}"
 

@@ -12,12 +12,12 @@ fixtures are made with ``pickle.dumps``.
 
 from __future__ import annotations
 
-import json
+import ast
 import pickle
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Set
+from typing import Any, Dict, List, Set
 
 import pytest
 
@@ -45,6 +45,18 @@ hooks = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(hooks)
 sys.modules["safemodel_ci.hooks"] = hooks
 asked = []
+causes = {}
+
+def _cause():
+    # Our files on the stack, innermost first: which of our modules' imports led here, directly or
+    # through a library or another of our modules.
+    chain, frame = [], sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(root + "/") and name[len(root) + 1:] not in chain:
+            chain.append(name[len(root) + 1:])
+        frame = frame.f_back
+    return chain
 
 class Recorder:
     @staticmethod
@@ -55,11 +67,11 @@ class Recorder:
         where = caller.f_code.co_filename.replace("/", ".")
         if not (caller.f_code.co_name == "find_spec" and "importlib.util" in where):
             asked.append(name)
+            causes.setdefault(name, _cause())
         return None
 
 before = set(sys.modules)
 sys.meta_path.insert(0, Recorder)
-import json
 module, func = entry.split(":")
 code = 0
 try:
@@ -68,20 +80,24 @@ except SystemExit as exc:
     code = exc.code
 new = sorted(set(asked) | (set(sys.modules) - before))
 with open(out, "w") as fh:
-    json.dump({"exit": code, "modules": new}, fh)
+    fh.write(repr({"exit": code, "modules": new, "causes": causes}))  # not json: that is watched too
 """
 
 
-def _imported(tmp_path: Path, entry: str, args: List[str], cwd: Path) -> Set[str]:
-    out = tmp_path / "modules.json"
+def _run(tmp_path: Path, entry: str, args: List[str], cwd: Path) -> Dict[str, Any]:
+    out = tmp_path / "modules.txt"
     proc = subprocess.run([sys.executable, "-S", "-c", _WRAPPER, str(ROOT), str(out), entry] + args,
                           cwd=str(cwd), capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "SAFEMODEL_CACHE_DIR": str(tmp_path / "cache"),
                                "HOME": str(tmp_path)})
     assert out.exists(), proc.stderr
-    data = json.loads(out.read_text())
+    data = ast.literal_eval(out.read_text())
     assert data["exit"] == 0, (proc.stdout, proc.stderr)
-    return set(data["modules"])
+    return data
+
+
+def _imported(tmp_path: Path, entry: str, args: List[str], cwd: Path) -> Set[str]:
+    return set(_run(tmp_path, entry, args, cwd)["modules"])
 
 
 def _forbidden(modules: Set[str]) -> List[str]:
@@ -103,6 +119,29 @@ def test_scan_of_one_pickle_imports_only_what_it_needs(tmp_path: Path, small_mod
     assert "safemodel_ci.formats.pickle" in modules  # the wrapper saw the scan itself
     assert _forbidden(modules) == []
     assert "tempfile" not in modules  # --no-cache: nothing is stored
+
+
+#: What only the result cache needs (its keys, MACs, entries and key file): a scan with --no-cache
+#: imports none of them (hashlib alone loads OpenSSL, ~2-4 ms).
+CACHE_ONLY = ("hashlib", "_hashlib", "hmac", "json", "base64", "secrets")
+
+
+def _reader(chain: List[str]) -> bool:
+    """Imported for a format reader other than the pickle one (each imports what its format needs)."""
+    return any(f.startswith("safemodel_ci/formats/") and f not in _PICKLE_PATH for f in chain)
+
+
+_PICKLE_PATH = ("safemodel_ci/formats/__init__.py", "safemodel_ci/formats/interface.py",
+                "safemodel_ci/formats/pickle.py")
+
+
+def test_scan_without_cache_imports_no_hashing_or_json(tmp_path: Path, small_model: Path) -> None:
+    """No module on the path of a pickle scan imports hashlib, json, hmac, base64 or secrets when
+    the cache is off; other readers may (while every reader is imported at the first scan)."""
+    data = _run(tmp_path, "safemodel_ci.cli:main", ["scan", "--no-cache", "model.pkl"], small_model)
+    causes = data["causes"]
+    wrong = {m: causes.get(m) for m in CACHE_ONLY if m in data["modules"] and not _reader(causes.get(m, []))}
+    assert wrong == {}
 
 
 def test_scan_with_cache_imports_no_pool_or_hub(tmp_path: Path, small_model: Path) -> None:

@@ -638,15 +638,32 @@ class ResultCache:
         return self._store(key, {"size": size, "result": result.to_dict()})
 
 
-@dataclasses.dataclass
 class Judged:
     """What a result was judged on, so that an ``ignore`` entry can be matched against exactly those
     bytes (never a second read made after the scan): the whole content's sha256 when the scan was
-    served from one read of the whole file, else the scan's read log and the digest of its bytes."""
+    served from one read of the whole file, else the scan's read log and the digest of its bytes.
 
-    sha256: Optional[str] = None
-    log: Optional["array[int]"] = None
-    digest: Optional[str] = None
+    A plain class with the methods its dataclass had (init, repr, eq, no hash): creating a dataclass
+    costs ~0.25 ms of every start-up (docs/benchmark.md, "Start-up").
+    """
+
+    __slots__ = ("sha256", "log", "digest")
+
+    def __init__(self, sha256: Optional[str] = None, log: Optional["array[int]"] = None,
+                 digest: Optional[str] = None) -> None:
+        self.sha256 = sha256
+        self.log = log
+        self.digest = digest
+
+    def __repr__(self) -> str:
+        return f"Judged(sha256={self.sha256!r}, log={self.log!r}, digest={self.digest!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.sha256, self.log, self.digest) == (other.sha256, other.log, other.digest)  # type: ignore
+
+    __hash__ = None  # type: ignore[assignment]  # mutable and compared by value, as the dataclass was
 
 
 def tracking_siblings(open_sibling: SiblingOpener) -> Tuple[SiblingOpener, List[str]]:

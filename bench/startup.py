@@ -11,22 +11,26 @@ all rows alike):
   files): the reference, no Python tool starts faster;
 - ``safemodel scan tiny.pkl``: the console script on a 40-byte pickle (result cache off, so every
   run scans);
+- ``safemodel scan small.safetensors``: the same on a 1.2 KB safetensors file of two float32 tensors;
 - ``safemodel-pre-commit model.pkl`` from the root of a git repo, as pre-commit runs the hook, with
   an empty result cache each run (a newly staged model), and again with a warm cache.
 
 The table gives the median and best wall time, the median CPU time (user + system, ``wait4()``
 rusage of the process) and each median as a multiple of the reference's. Goal (issue 20): the scan
 and the hook under 1.6x the bare interpreter's wall time. The fixtures are made with
-``pickle.dumps``; nothing is loaded.
+``pickle.dumps`` and, for the safetensors file, written in that format's layout (an 8-byte
+little-endian header length, the JSON header, the tensor bytes); nothing is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -38,16 +42,28 @@ from typing import Dict, List, Sequence, Tuple
 GOAL = 1.6
 
 
-def _fixtures(work: Path) -> Tuple[Path, Path]:
+def _safetensors(path: Path) -> None:
+    """Two float32 tensors (16 and 16x16), byte for byte as ``safetensors.numpy.save_file`` writes them."""
+    header = {"layer.bias": {"dtype": "F32", "shape": [16], "data_offsets": [0, 64]},
+              "layer.weight": {"dtype": "F32", "shape": [16, 16], "data_offsets": [64, 1088]}}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the library pads the header to 8 bytes with spaces
+    data = struct.pack("<16f", *range(16)) + struct.pack("<256f", *(i / 256 for i in range(256)))
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def _fixtures(work: Path) -> Tuple[Path, Path, Path]:
     tiny = work / "tiny.pkl"
     tiny.write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
+    small = work / "small.safetensors"
+    _safetensors(small)
     repo = work / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     # A small model as a training script pickles one: a state dict of a few named float lists.
     state = {f"layer{i}.weight": [float(j) / 7 for j in range(64)] for i in range(4)}
     (repo / "model.pkl").write_bytes(pickle.dumps({"state_dict": state, "epoch": 3}, protocol=4))
-    return tiny, repo
+    return tiny, small, repo
 
 
 def _script(python: str, name: str) -> List[str]:
@@ -72,7 +88,7 @@ def _once(cmd: Sequence[str], cwd: Path, env: Dict[str, str]) -> Tuple[float, fl
 
 def measure(python: str, runs: int, work: Path) -> List[Dict[str, object]]:
     """Every row for one interpreter: label, median/best wall, median CPU, exit codes."""
-    tiny, repo = _fixtures(work)
+    tiny, small, repo = _fixtures(work)
     env = dict(os.environ, PRE_COMMIT="1")
     env.pop("SAFEMODEL_NO_CACHE", None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -82,6 +98,8 @@ def measure(python: str, runs: int, work: Path) -> List[Dict[str, object]]:
         ("python -c pass (reference)", [python, "-c", "pass"], work, False),
         ("safemodel scan tiny.pkl", _script(python, "safemodel") + ["scan", "--no-cache", str(tiny)], work,
          False),
+        ("safemodel scan small.safetensors",
+         _script(python, "safemodel") + ["scan", "--no-cache", str(small)], work, False),
         ("pre-commit hook, 1 small model, empty cache", hook, repo, True),
         ("pre-commit hook, 1 small model, warm cache", hook, repo, False),
     ]

@@ -176,3 +176,31 @@ def test_cache_key_does_not_parse_the_allowlist() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_startup_bench_runs_every_row(tmp_path: Path) -> None:
+    """bench/startup.py measures each command (every run exits 0) beside the reference, one round."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "startup.py"), "--runs", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr  # 1: over the goal (a timing, not a failure)
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| ")][2:]  # head, rule
+    labels = [r[1].strip() for r in rows]
+    assert labels == ["python -c pass (reference)", "safemodel scan tiny.pkl",
+                      "safemodel scan small.safetensors", "pre-commit hook, 1 small model, empty cache",
+                      "pre-commit hook, 1 small model, warm cache"]
+    assert all(r[-2].strip() == "0" for r in rows), proc.stdout  # exit codes: every scan passed
+
+
+def test_startup_bench_safetensors_fixture_is_what_the_library_writes(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    st = pytest.importorskip("safetensors.numpy")
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import startup
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
+    startup._safetensors(ours)
+    st.save_file({"layer.weight": np.arange(256, dtype=np.float32).reshape(16, 16) / 256,
+                  "layer.bias": np.arange(16, dtype=np.float32)}, str(theirs))
+    assert ours.read_bytes() == theirs.read_bytes()

@@ -204,3 +204,16 @@ def test_startup_bench_safetensors_fixture_is_what_the_library_writes(tmp_path: 
     st.save_file({"layer.weight": np.arange(256, dtype=np.float32).reshape(16, 16) / 256,
                   "layer.bias": np.arange(16, dtype=np.float32)}, str(theirs))
     assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_escape_surrogates_without_a_compiled_pattern_at_import() -> None:
+    """The surrogate escape (compiled on first use since start-up) still escapes what it did."""
+    import os
+
+    from safemodel_ci.output.interface import escape_surrogates
+
+    name = os.fsdecode(b"models/w\xffeights\xe9.pkl")
+    assert escape_surrogates(name) == "models/w\\xffeights\\xe9.pkl"
+    assert escape_surrogates(name, in_json=True) == "models/w\\\\xffeights\\\\xe9.pkl"
+    assert escape_surrogates("\ud800x") == "\\ud800x"
+    assert escape_surrogates("plain.pkl") == "plain.pkl" and escape_surrogates("modèle.pkl") == "modèle.pkl"

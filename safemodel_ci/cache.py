@@ -40,16 +40,19 @@ import stat
 import struct
 import sys
 import zlib
-from array import array
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 # hashlib (OpenSSL), hmac, json, base64 and secrets are imported where used: a scan without the cache
-# (--no-cache, SAFEMODEL_NO_CACHE) needs none of them, and they cost ~5 ms of its start-up.
+# (--no-cache, SAFEMODEL_NO_CACHE) needs none of them, and they cost ~5 ms of its start-up; array only
+# logs the reads of a file too big to hash whole.
 from . import __version__
 from .context import ScanContext, SiblingOpener
 from .findings import FileResult, sort_findings
 from .scanner import ScanOptions, _local_siblings, scan_file, scan_source
 from .source import ByteSource, BytesSource, FileSource, SourceError
+
+if TYPE_CHECKING:
+    from array import array
 
 #: Bumped when the entry layout changes; old entries are then misses.
 CACHE_FORMAT = 1
@@ -278,6 +281,7 @@ class RecordingSource(ByteSource):
 
     def __init__(self, inner: ByteSource) -> None:
         import hashlib
+        from array import array  # here: a small file's scan logs no reads (0.2 ms of start-up)
 
         super().__init__()
         self.inner = inner
@@ -296,6 +300,8 @@ class RecordingSource(ByteSource):
         if not self.overflow:
             if len(self.log) >= 2 * MAX_LOGGED_READS:
                 self.overflow = True
+                from array import array
+
                 self.log = array("Q")
             else:
                 self.log.append(offset)
@@ -342,6 +348,7 @@ def _encode_log(log: "array[int]") -> str:
 
 def _decode_log(text: str) -> "array[int]":
     import base64
+    from array import array
 
     log = array("Q")
     kind, _, body = text.partition(":")
@@ -355,6 +362,8 @@ def _decode_log(text: str) -> "array[int]":
 
 
 def _swapped(log: "array[int]") -> "array[int]":  # pragma: no cover - big-endian hosts
+    from array import array
+
     copy = array("Q", log)
     copy.byteswap()
     return copy

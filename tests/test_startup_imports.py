@@ -123,7 +123,7 @@ def test_scan_of_one_pickle_imports_only_what_it_needs(tmp_path: Path, small_mod
 
 #: What only the result cache needs (its keys, MACs, entries and key file): a scan with --no-cache
 #: imports none of them (hashlib alone loads OpenSSL, ~2-4 ms).
-CACHE_ONLY = ("hashlib", "_hashlib", "hmac", "json", "base64", "secrets")
+CACHE_ONLY = ("hashlib", "_hashlib", "hmac", "json", "base64", "secrets", "array")
 
 
 def _reader(chain: List[str]) -> bool:
@@ -151,8 +151,12 @@ def test_scan_with_cache_imports_no_pool_or_hub(tmp_path: Path, small_model: Pat
 
 
 def test_hook_on_one_small_model_imports_only_what_it_needs(tmp_path: Path, small_model: Path) -> None:
-    modules = _imported(tmp_path, "safemodel_ci.hooks.pre_commit:main", ["model.pkl"], small_model)
+    data = _run(tmp_path, "safemodel_ci.hooks.pre_commit:main", ["model.pkl"], small_model)
+    modules = set(data["modules"])
     assert "safemodel_ci.formats.pickle" in modules
+    assert "hashlib" in modules  # the result cache is on
+    # A small file is hashed whole from one read: no read log (array) is made.
+    assert "array" not in modules or _reader(data["causes"].get("array", [])), data["causes"].get("array")
     assert _forbidden(modules) == []
     # The converter's advice is only for a failing commit.
     assert "safemodel_ci.convert" not in modules

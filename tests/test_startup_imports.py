@@ -128,11 +128,12 @@ CACHE_ONLY = ("hashlib", "_hashlib", "hmac", "json", "base64", "secrets", "array
 
 def _reader(chain: List[str]) -> bool:
     """Imported for a format reader other than the pickle one (each imports what its format needs)."""
-    return any(f.startswith("safemodel_ci/formats/") and f not in _PICKLE_PATH for f in chain)
+    return any(f.startswith("safemodel_ci/formats/") and not f.startswith(_PICKLE_PATH) for f in chain)
 
 
+#: The registry, the reader interface and the pickle reader (a module or a package).
 _PICKLE_PATH = ("safemodel_ci/formats/__init__.py", "safemodel_ci/formats/interface.py",
-                "safemodel_ci/formats/pickle.py")
+                "safemodel_ci/formats/pickle")
 
 
 def test_scan_without_cache_imports_no_hashing_or_json(tmp_path: Path, small_model: Path) -> None:

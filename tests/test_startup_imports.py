@@ -6,8 +6,10 @@ machine's do, which would hide an import of ours), the project and the site-pack
 ``sys.path``. A finder placed first on ``sys.meta_path`` records every module the command asks for,
 including ones whose import fails (an optional dependency caught by ``except ImportError`` still
 costs its lookup, and would cost its import where it is installed); ``importlib.util.find_spec``
-only locating a module (the result cache's key names h5py's file) is not an import. Nothing is loaded: the
-fixtures are made with ``pickle.dumps``.
+only locating a module (the result cache's key names h5py's file) is not an import. With each module
+it records our files on the stack when it was asked for, so a test can tell an import the command's
+own path makes from one another reader makes. Nothing is loaded: the fixtures are made with
+``pickle.dumps``.
 """
 
 from __future__ import annotations

@@ -31,28 +31,28 @@ file is refused.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import errno
 import functools
-import hashlib
-import hmac
 import importlib.util
-import json
 import os
-import secrets
 import stat
 import struct
 import sys
 import zlib
-from array import array
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
+# hashlib (OpenSSL), hmac, json, base64 and secrets are imported where used: a scan without the cache
+# (--no-cache, SAFEMODEL_NO_CACHE) needs none of them, and they cost ~5 ms of its start-up; array only
+# logs the reads of a file too big to hash whole.
 from . import __version__
 from .context import ScanContext, SiblingOpener
 from .findings import FileResult, sort_findings
 from .scanner import ScanOptions, _local_siblings, scan_file, scan_source
 from .source import ByteSource, BytesSource, FileSource, SourceError
+
+if TYPE_CHECKING:
+    from array import array
 
 #: Bumped when the entry layout changes; old entries are then misses.
 CACHE_FORMAT = 1
@@ -203,6 +203,7 @@ def load_key(directory: str, create: bool) -> bytes:
 
 def _create_key(directory: str, path: str) -> None:
     """Write a new random key: a private temporary file, then ``link`` (fails if another process won)."""
+    import secrets
     import tempfile
 
     fd, tmp = tempfile.mkstemp(prefix=".tmp-key-", dir=directory)  # mkstemp: mode 0600
@@ -224,6 +225,8 @@ def tool_fingerprint() -> str:
     The version alone is not enough: an editable install (or a patched package) changes behaviour
     without changing the version, and a stale result would be silently wrong.
     """
+    import hashlib
+
     package = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256(f"safemodel-ci {__version__}\n".encode())
     for top, dirs, files in os.walk(package):
@@ -236,7 +239,7 @@ def tool_fingerprint() -> str:
                 st = os.stat(full)
             except OSError:
                 continue
-            rel = os.path.relpath(full, package)
+            rel = full[len(package) + 1:]  # what os.path.relpath gives, without its ~4 us a file
             digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     # Readers hand some content to libraries (h5py, py7zr, lz4) and the standard library (tarfile,
     # lzma, the pickle opcode table): their versions decide results too. Located, not imported.
@@ -258,6 +261,9 @@ def tool_fingerprint() -> str:
 
 def options_fingerprint(options: ScanOptions) -> str:
     """Everything besides the content that decides a result: tool, policy, limits."""
+    import hashlib
+    import json
+
     data = {
         "tool": tool_fingerprint(),
         "policy": options.policy.fingerprint(),
@@ -274,6 +280,9 @@ class RecordingSource(ByteSource):
     """
 
     def __init__(self, inner: ByteSource) -> None:
+        import hashlib
+        from array import array  # here: a small file's scan logs no reads (0.2 ms of start-up)
+
         super().__init__()
         self.inner = inner
         self.name = inner.name
@@ -291,6 +300,8 @@ class RecordingSource(ByteSource):
         if not self.overflow:
             if len(self.log) >= 2 * MAX_LOGGED_READS:
                 self.overflow = True
+                from array import array
+
                 self.log = array("Q")
             else:
                 self.log.append(offset)
@@ -310,6 +321,8 @@ REPLAY_WHOLE = 1 << 20
 
 def replay_digest(source: ByteSource, log: "array[int]") -> Optional[str]:
     """Repeat the logged reads on ``source`` and return their digest (None on a short read)."""
+    import hashlib
+
     digest = hashlib.sha256()
     whole: Optional[bytes] = None
     if source.size <= REPLAY_WHOLE and len(log) > 2:
@@ -325,6 +338,8 @@ def replay_digest(source: ByteSource, log: "array[int]") -> Optional[str]:
 
 
 def _encode_log(log: "array[int]") -> str:
+    import base64
+
     raw = log.tobytes() if sys.byteorder == "little" else _swapped(log).tobytes()
     if len(raw) <= 1024:  # a small file's few reads: compressing costs more than it saves
         return "r:" + base64.b64encode(raw).decode("ascii")
@@ -332,6 +347,9 @@ def _encode_log(log: "array[int]") -> str:
 
 
 def _decode_log(text: str) -> "array[int]":
+    import base64
+    from array import array
+
     log = array("Q")
     kind, _, body = text.partition(":")
     raw = base64.b64decode(body)
@@ -344,6 +362,8 @@ def _decode_log(text: str) -> "array[int]":
 
 
 def _swapped(log: "array[int]") -> "array[int]":  # pragma: no cover - big-endian hosts
+    from array import array
+
     copy = array("Q", log)
     copy.byteswap()
     return copy
@@ -440,6 +460,10 @@ class ResultCache:
         return removed
 
     def _load(self, key: str) -> Optional[Dict[str, Any]]:
+        import hashlib
+        import hmac
+        import json
+
         mac_key = self._mac_key(create=False)
         if mac_key is None:
             return None
@@ -459,6 +483,10 @@ class ResultCache:
         return entry
 
     def _store(self, key: str, entry: Dict[str, Any]) -> bool:
+        import hashlib
+        import hmac
+        import json
+
         if self._unwritable:
             return False
         mac_key = self._mac_key(create=True)
@@ -515,6 +543,9 @@ class ResultCache:
 
     # -- local files, keyed by the bytes read -----------------------------------------------
     def file_key(self, real: str, size: int, display: str, fingerprint: str) -> str:
+        import hashlib
+        import json
+
         text = json.dumps(["file", fingerprint, real, size, display])
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -523,6 +554,8 @@ class ResultCache:
         """The stored result for this file if the bytes its scan read are unchanged.
 
         On a hit, what the check hashed is appended to ``judged`` (when given)."""
+        import hashlib
+
         evidence = Judged()
         key = self.file_key(real, source.size, display, fingerprint)
         entry = self._load(key)
@@ -557,6 +590,8 @@ class ResultCache:
 
     def store_file(self, recording: RecordingSource, real: str, display: str, fingerprint: str,
                    result: FileResult) -> bool:
+        import hashlib
+
         key = self.file_key(real, recording.size, display, fingerprint)
         entry: Dict[str, Any] = {"size": recording.size, "result": result.to_dict()}
         whole = recording.inner.read_at(0, recording.size) if recording.size <= REPLAY_WHOLE else None
@@ -574,6 +609,8 @@ class ResultCache:
     def store_snapshot(self, source: FileSource, real: str, display: str, fingerprint: str,
                        result: FileResult) -> bool:
         """Store the result of a small file whose scan read only :meth:`FileSource.snapshot`."""
+        import hashlib
+
         whole = source.snapshot()
         if whole is None:
             return False
@@ -583,6 +620,9 @@ class ResultCache:
 
     # -- content-addressed: a whole-file sha256 known without reading (a Hub LFS oid) --------
     def digest_key(self, sha256: str, size: int, display: str, fingerprint: str) -> str:
+        import hashlib
+        import json
+
         text = json.dumps(["sha256", fingerprint, sha256.lower(), size, display])
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -607,15 +647,32 @@ class ResultCache:
         return self._store(key, {"size": size, "result": result.to_dict()})
 
 
-@dataclasses.dataclass
 class Judged:
     """What a result was judged on, so that an ``ignore`` entry can be matched against exactly those
     bytes (never a second read made after the scan): the whole content's sha256 when the scan was
-    served from one read of the whole file, else the scan's read log and the digest of its bytes."""
+    served from one read of the whole file, else the scan's read log and the digest of its bytes.
 
-    sha256: Optional[str] = None
-    log: Optional["array[int]"] = None
-    digest: Optional[str] = None
+    A plain class with the methods its dataclass had (init, repr, eq, no hash): creating a dataclass
+    costs ~0.25 ms of every start-up (docs/benchmark.md, "Start-up").
+    """
+
+    __slots__ = ("sha256", "log", "digest")
+
+    def __init__(self, sha256: Optional[str] = None, log: Optional["array[int]"] = None,
+                 digest: Optional[str] = None) -> None:
+        self.sha256 = sha256
+        self.log = log
+        self.digest = digest
+
+    def __repr__(self) -> str:
+        return f"Judged(sha256={self.sha256!r}, log={self.log!r}, digest={self.digest!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.sha256, self.log, self.digest) == (other.sha256, other.log, other.digest)  # type: ignore
+
+    __hash__ = None  # type: ignore[assignment]  # mutable and compared by value, as the dataclass was
 
 
 def tracking_siblings(open_sibling: SiblingOpener) -> Tuple[SiblingOpener, List[str]]:
@@ -689,6 +746,8 @@ def scan_file_cached(path: str, options: ScanOptions, cache: Optional[ResultCach
                             findings=sort_findings(ctx.findings), bytes_read=source.bytes_read - start)
         if judged is not None:
             if recording is None:
+                import hashlib
+
                 judged.append(Judged(sha256=hashlib.sha256(source.snapshot() or b"").hexdigest()))
             elif not recording.overflow:
                 judged.append(Judged(log=recording.log, digest=recording.digest.hexdigest()))

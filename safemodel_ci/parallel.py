@@ -10,7 +10,6 @@ big files go alone so that one worker is not left with all of them.
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
@@ -59,6 +58,8 @@ def default_jobs() -> int:
 
 def file_sha256(path: str) -> str:
     """sha256 of a whole file, read in 1 MiB blocks (bounded memory)."""
+    import hashlib  # here, not at the top: a scan without the cache never hashes (~3 ms of start-up)
+
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -78,6 +79,8 @@ def judged_sha256(path: str, judged: Judged) -> Optional[str]:
         return judged.sha256
     if judged.log is None or judged.digest is None:
         return None
+    import hashlib
+
     log = judged.log
     spans = sorted({(log[i], log[i] + log[i + 1]) for i in range(0, len(log), 2) if log[i + 1]})
     merged: List[List[int]] = []

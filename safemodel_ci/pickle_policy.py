@@ -21,8 +21,6 @@ The scanner reads only the data file, never the libraries: it works the same wit
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from typing import AbstractSet, Any, Dict, FrozenSet, Mapping, NamedTuple, Optional, Tuple
@@ -77,6 +75,9 @@ def load_table(path: str = DATA_FILE) -> AllowTable:
     global _TABLE
     if path == DATA_FILE and _TABLE is not None:
         return _TABLE
+    import hashlib  # here: a pickle that imports nothing is judged without the table
+    import json
+
     with open(path, "rb") as fh:
         raw = fh.read()
     data = json.loads(raw)
@@ -90,9 +91,25 @@ def load_table(path: str = DATA_FILE) -> AllowTable:
     return table
 
 
+#: sha256 of the packaged data file, hashed once per process by :func:`tables_version` when the
+#: table itself was not needed.
+_DATA_SHA256: Optional[str] = None
+
+
 def tables_version() -> str:
     """Part of the result-cache key: changes with the code's tables and with the data file."""
-    return f"{_CODE_TABLES_VERSION}-{load_table().sha256[:16]}"
+    global _DATA_SHA256
+    if _TABLE is not None:
+        return f"{_CODE_TABLES_VERSION}-{_TABLE.sha256[:16]}"
+    # The key needs only the file's hash (the one load_table records): parsing the 700 KB table cost
+    # ~10 ms of every cached run (the hook on an unchanged model), and a scan that judges a global
+    # loads it then. Hashed once: the Hub commands key every file (0.9 ms a hash).
+    if _DATA_SHA256 is None:
+        import hashlib
+
+        with open(DATA_FILE, "rb") as fh:
+            _DATA_SHA256 = hashlib.sha256(fh.read()).hexdigest()
+    return f"{_CODE_TABLES_VERSION}-{_DATA_SHA256[:16]}"
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: the data file is read only when a table is used

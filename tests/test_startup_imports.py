@@ -6,18 +6,20 @@ machine's do, which would hide an import of ours), the project and the site-pack
 ``sys.path``. A finder placed first on ``sys.meta_path`` records every module the command asks for,
 including ones whose import fails (an optional dependency caught by ``except ImportError`` still
 costs its lookup, and would cost its import where it is installed); ``importlib.util.find_spec``
-only locating a module (the result cache's key names h5py's file) is not an import. Nothing is loaded: the
-fixtures are made with ``pickle.dumps``.
+only locating a module (the result cache's key names h5py's file) is not an import. With each module
+it records our files on the stack when it was asked for, so a test can tell an import the command's
+own path makes from one another reader makes. Nothing is loaded: the fixtures are made with
+``pickle.dumps``.
 """
 
 from __future__ import annotations
 
-import json
+import ast
 import pickle
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Set
+from typing import Any, Dict, List, Set
 
 import pytest
 
@@ -45,6 +47,18 @@ hooks = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(hooks)
 sys.modules["safemodel_ci.hooks"] = hooks
 asked = []
+causes = {}
+
+def _cause():
+    # Our files on the stack, innermost first: which of our modules' imports led here, directly or
+    # through a library or another of our modules.
+    chain, frame = [], sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(root + "/") and name[len(root) + 1:] not in chain:
+            chain.append(name[len(root) + 1:])
+        frame = frame.f_back
+    return chain
 
 class Recorder:
     @staticmethod
@@ -55,11 +69,11 @@ class Recorder:
         where = caller.f_code.co_filename.replace("/", ".")
         if not (caller.f_code.co_name == "find_spec" and "importlib.util" in where):
             asked.append(name)
+            causes.setdefault(name, _cause())
         return None
 
 before = set(sys.modules)
 sys.meta_path.insert(0, Recorder)
-import json
 module, func = entry.split(":")
 code = 0
 try:
@@ -68,20 +82,24 @@ except SystemExit as exc:
     code = exc.code
 new = sorted(set(asked) | (set(sys.modules) - before))
 with open(out, "w") as fh:
-    json.dump({"exit": code, "modules": new}, fh)
+    fh.write(repr({"exit": code, "modules": new, "causes": causes}))  # not json: that is watched too
 """
 
 
-def _imported(tmp_path: Path, entry: str, args: List[str], cwd: Path) -> Set[str]:
-    out = tmp_path / "modules.json"
+def _run(tmp_path: Path, entry: str, args: List[str], cwd: Path) -> Dict[str, Any]:
+    out = tmp_path / "modules.txt"
     proc = subprocess.run([sys.executable, "-S", "-c", _WRAPPER, str(ROOT), str(out), entry] + args,
                           cwd=str(cwd), capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "SAFEMODEL_CACHE_DIR": str(tmp_path / "cache"),
                                "HOME": str(tmp_path)})
     assert out.exists(), proc.stderr
-    data = json.loads(out.read_text())
+    data = ast.literal_eval(out.read_text())
     assert data["exit"] == 0, (proc.stdout, proc.stderr)
-    return set(data["modules"])
+    return data
+
+
+def _imported(tmp_path: Path, entry: str, args: List[str], cwd: Path) -> Set[str]:
+    return set(_run(tmp_path, entry, args, cwd)["modules"])
 
 
 def _forbidden(modules: Set[str]) -> List[str]:
@@ -105,6 +123,30 @@ def test_scan_of_one_pickle_imports_only_what_it_needs(tmp_path: Path, small_mod
     assert "tempfile" not in modules  # --no-cache: nothing is stored
 
 
+#: What only the result cache needs (its keys, MACs, entries and key file): a scan with --no-cache
+#: imports none of them (hashlib alone loads OpenSSL, ~2-4 ms).
+CACHE_ONLY = ("hashlib", "_hashlib", "hmac", "json", "base64", "secrets", "array")
+
+
+def _reader(chain: List[str]) -> bool:
+    """Imported for a format reader other than the pickle one (each imports what its format needs)."""
+    return any(f.startswith("safemodel_ci/formats/") and not f.startswith(_PICKLE_PATH) for f in chain)
+
+
+#: The registry, the reader interface and the pickle reader (a module or a package).
+_PICKLE_PATH = ("safemodel_ci/formats/__init__.py", "safemodel_ci/formats/interface.py",
+                "safemodel_ci/formats/pickle")
+
+
+def test_scan_without_cache_imports_no_hashing_or_json(tmp_path: Path, small_model: Path) -> None:
+    """No module on the path of a pickle scan imports hashlib, json, hmac, base64 or secrets when
+    the cache is off; other readers may (while every reader is imported at the first scan)."""
+    data = _run(tmp_path, "safemodel_ci.cli:main", ["scan", "--no-cache", "model.pkl"], small_model)
+    causes = data["causes"]
+    wrong = {m: causes.get(m) for m in CACHE_ONLY if m in data["modules"] and not _reader(causes.get(m, []))}
+    assert wrong == {}
+
+
 def test_scan_with_cache_imports_no_pool_or_hub(tmp_path: Path, small_model: Path) -> None:
     modules = _imported(tmp_path, "safemodel_ci.cli:main", ["scan", "model.pkl"], small_model)
     assert "safemodel_ci.cache" in modules
@@ -112,8 +154,12 @@ def test_scan_with_cache_imports_no_pool_or_hub(tmp_path: Path, small_model: Pat
 
 
 def test_hook_on_one_small_model_imports_only_what_it_needs(tmp_path: Path, small_model: Path) -> None:
-    modules = _imported(tmp_path, "safemodel_ci.hooks.pre_commit:main", ["model.pkl"], small_model)
+    data = _run(tmp_path, "safemodel_ci.hooks.pre_commit:main", ["model.pkl"], small_model)
+    modules = set(data["modules"])
     assert "safemodel_ci.formats.pickle" in modules
+    assert "hashlib" in modules  # the result cache is on
+    # A small file is hashed whole from one read: no read log (array) is made.
+    assert "array" not in modules or _reader(data["causes"].get("array", [])), data["causes"].get("array")
     assert _forbidden(modules) == []
     # The converter's advice is only for a failing commit.
     assert "safemodel_ci.convert" not in modules
@@ -124,3 +170,61 @@ def test_config_file_does_import_its_parser(tmp_path: Path, small_model: Path) -
     (small_model / ".safemodel.yaml").write_text("fail-on: high\n")
     modules = _imported(tmp_path, "safemodel_ci.cli:main", ["scan", "--no-cache", "model.pkl"], small_model)
     assert "yaml" in modules
+
+
+def test_cache_key_does_not_parse_the_allowlist() -> None:
+    """The result-cache key hashes the allowlist file without parsing it (~10 ms a cached run), once
+    per process (the Hub commands key every file), and gives the same version string as the parsed
+    table's hash."""
+    code = ("from safemodel_ci import pickle_policy as p\n"
+            "v = p.tables_version()\n"
+            "assert p._TABLE is None, 'tables_version parsed the table'\n"
+            "real, p.DATA_FILE = p.DATA_FILE, '/nonexistent/allowlist.json'\n"
+            "assert p.tables_version() == v, 'the file was read again'\n"
+            "p.DATA_FILE = real\n"
+            "p.load_table()\n"
+            "assert p._TABLE is not None and p.tables_version() == v, (v, p.tables_version())\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_startup_bench_runs_every_row(tmp_path: Path) -> None:
+    """bench/startup.py measures each command (every run exits 0) beside the reference, one round."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "startup.py"), "--runs", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr  # 1: over the goal (a timing, not a failure)
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| ")][2:]  # head, rule
+    labels = [r[1].strip() for r in rows]
+    assert labels == ["python -c pass (reference)", "safemodel scan tiny.pkl",
+                      "safemodel scan small.safetensors", "pre-commit hook, 1 small model, empty cache",
+                      "pre-commit hook, 1 small model, warm cache"]
+    assert all(r[-2].strip() == "0" for r in rows), proc.stdout  # exit codes: every scan passed
+
+
+def test_startup_bench_safetensors_fixture_is_what_the_library_writes(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    st = pytest.importorskip("safetensors.numpy")
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import startup
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
+    startup._safetensors(ours)
+    st.save_file({"layer.weight": np.arange(256, dtype=np.float32).reshape(16, 16) / 256,
+                  "layer.bias": np.arange(16, dtype=np.float32)}, str(theirs))
+    assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_escape_surrogates_without_a_compiled_pattern_at_import() -> None:
+    """The surrogate escape (compiled on first use since start-up) still escapes what it did."""
+    import os
+
+    from safemodel_ci.output.interface import escape_surrogates
+
+    name = os.fsdecode(b"models/w\xffeights\xe9.pkl")
+    assert escape_surrogates(name) == "models/w\\xffeights\\xe9.pkl"
+    assert escape_surrogates(name, in_json=True) == "models/w\\\\xffeights\\\\xe9.pkl"
+    assert escape_surrogates("\ud800x") == "\\ud800x"
+    assert escape_surrogates("plain.pkl") == "plain.pkl" and escape_surrogates("modèle.pkl") == "modèle.pkl"

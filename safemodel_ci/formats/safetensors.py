@@ -414,47 +414,33 @@ def _scan_data_region(source: ByteSource, ctx: ScanContext, header: SafetensorsH
     bytes which merely start like a pickle and break after a few opcodes are not reported; anything
     else (a complete stream, an import, another format) is reported as a polyglot with its findings.
     """
-    from ..scanner import detect
-
     start = header.data_start
     if start >= source.size:
         return
     region = source.slice(start, source.size - start, name=f"{source.name}:{DATA_MEMBER}")
-    whole = {r.name for r in detect(source)}
-    extra = [r.name for r in detect(region) if r.name not in whole and r.name != "safetensors-index"]
+    whole = set(ctx.detect(source))
+    extra = [name for name in ctx.detect(region) if name not in whole and name != "safetensors-index"]
     if not extra:
         return
-    member = f"{ctx.member}:{DATA_MEMBER}" if ctx.member else DATA_MEMBER
-    scratch = ScanContext(ctx.path, ctx.policy, ctx.limits, member=member, depth=ctx.depth + 1)
-    if scratch.depth > ctx.limits.max_depth:
-        ctx.report("unscanned-limit", f"nesting deeper than {ctx.limits.max_depth} levels; tensor data "
-                                      "not sniffed", offset=start)
+    child = ctx.enter(DATA_MEMBER, "tensor data not sniffed")
+    if child is None:
         return
-    from ..scanner import scan_source
-
-    scan_source(region, scratch)
+    scratch = child.isolated()
+    scratch.scan(region)
     if extra == ["pickle"] and all(f.unscanned for f in scratch.findings) \
-            and not _complete_pickle(region, ctx, member):
+            and not _complete_pickle(region, child):
+        ctx.adopt(scratch, keep_findings=False)
         return  # numbers that start like a pickle header and break at once: not a second format
     ctx.report("polyglot",
                f"the tensor data (file offset {start}) is also a {' and a '.join(extra)}: a loader that "
                "reads it as such sees different content; it was scanned as such",
                offset=start, details={"formats": extra, "data_start": start})
-    ctx.findings.extend(scratch.findings)
-    for label in scratch.formats:
-        if label not in ctx.formats:
-            ctx.formats.append(label)
+    ctx.adopt(scratch, keep_findings=True)
 
 
-def _complete_pickle(region: ByteSource, ctx: ScanContext, member: str) -> bool:
-    """True when a whole pickle stream (up to its STOP) starts the region."""
-    from . import pickle as pickle_reader
-
-    scan_pickle_at = getattr(pickle_reader, "scan_pickle_at", None)
-    if scan_pickle_at is None:  # no pickle VM available: count it as a pickle, fail closed
-        return True
-    probe = ScanContext(ctx.path, ctx.policy, ctx.limits, member=member, depth=ctx.depth + 1)
-    return bool(scan_pickle_at(region, probe, 0).complete)
+def _complete_pickle(region: ByteSource, ctx: ScanContext) -> bool:
+    """True when a whole pickle stream (up to its STOP) starts the region (read in a scratch context)."""
+    return bool(ctx.isolated().scan_pickle_at(region, 0).complete)
 
 
 class SafetensorsReader(FormatReader):

@@ -23,6 +23,7 @@ from ..context import ScanContext
 from ..findings import Severity
 from ..decompress import CHUNK, DecompressionError, decompress_head, decompress_to_source, raw_lzma_stream
 from ..source import ByteSource, BytesSource, SliceSource
+from .carve import carve
 from .interface import FormatReader
 
 LOCAL_SIG = b"PK\x03\x04"
@@ -450,9 +451,7 @@ class ZipReader(FormatReader):
 
     def _scan_prefix(self, source: ByteSource, ctx: ScanContext, length: int) -> None:
         """Scan bytes before the archive unless another reader already reads the file from offset 0."""
-        from ..scanner import detect
-
-        if any(r.name != self.name for r in detect(source)):
+        if any(name != self.name for name in ctx.detect(source)):
             return  # the polyglot reading (pickle + zip ...) already covers offset 0
         self._scan_or_carve(source, ctx, 0, length, "<before zip>", "zip-prepended-data")
 
@@ -464,11 +463,8 @@ class ZipReader(FormatReader):
         Carving finds a pickle whose first bytes were damaged or hidden behind junk; a loader that
         reads from offset 0 (pickle.load) may still run its opcodes.
         """
-        from ..scanner import detect
-        from .torch_legacy import carve
-
         part = SliceSource(source, start, length, name=f"{source.name}:{member}")
-        if detect(part):
+        if ctx.detect(part):
             ctx.scan(part, member)
         else:
             carve(source, ctx, start, start + length, rule_id)
@@ -477,10 +473,8 @@ class ZipReader(FormatReader):
     def _scan_entry(self, source: ByteSource, ctx: ScanContext, entry: CentralEntry, label: str,
                     torch_roots: List[str]) -> Optional[int]:
         """Check and scan one entry; returns where its data ends (None when unreadable)."""
-        mctx = ctx.child(label)
-        if mctx.depth > ctx.limits.max_depth:
-            mctx.report("unscanned-limit", f"nesting deeper than {ctx.limits.max_depth} levels; not scanned",
-                        details={"limit": "max_depth"})
+        mctx = ctx.enter(label)
+        if mctx is None:
             return None
         local = read_local_header(source, entry.local_offset)
         if local is None:
@@ -516,7 +510,7 @@ class ZipReader(FormatReader):
         encrypted = bool(flags & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION))
         if is_storage or encrypted:
             head = self._member_head(source, entry, data_start, mctx)
-            if head is None or not self._looks_like_something(head):
+            if head is None or not ctx.detect(BytesSource(head)):
                 if encrypted:
                     mctx.report("unscanned-encrypted", "member is encrypted (" + ", ".join(odd) +
                                 "); its content cannot be inspected")
@@ -562,12 +556,6 @@ class ZipReader(FormatReader):
             return decompress_head(window, method, STORAGE_SNIFF, stream=dec)
         except DecompressionError:
             return None
-
-    @staticmethod
-    def _looks_like_something(head: bytes) -> bool:
-        from ..scanner import detect
-
-        return bool(detect(BytesSource(head), head))
 
     def _stream(self, source: ByteSource, entry: CentralEntry, data_start: int):  # type: ignore[no-untyped-def]
         """(method name, compressed data start, decompressor) for a compressed entry, None if unsupported."""
@@ -624,14 +612,12 @@ class ZipReader(FormatReader):
         looks like (``torch_pickle``: ``"data"`` for ``data.pkl``, ``"other"`` for the other
         pickles of a torch archive, ``""`` for everything else)."""
         if torch_pickle == "data":
-            from .pickle import scan_pickle_at, scan_pickle_stream
-
             # torch unpickles data.pkl once; the VM then knows to expect protocol 2 only. What it
             # cannot walk to STOP is its finding (pickle-broken-stream), never "not a pickle".
             ctx.add_format("pickle")
-            result = scan_pickle_at(member, ctx, 0, torch_archive=True)
+            result = ctx.scan_pickle_at(member, 0, torch_archive=True)
             if result.complete and result.end is not None and result.end < member.size:
-                scan_pickle_stream(member, ctx, result.end)
+                ctx.scan_pickle_stream(member, result.end)
             return
         if torch_pickle:
             ctx.scan_as("pickle", member)
@@ -704,8 +690,6 @@ class ZipReader(FormatReader):
         head = source.read_at(0, min(source.size, ctx.limits.max_in_memory_bytes))
         pos = head.find(LOCAL_SIG)
         if pos != 0:
-            from .torch_legacy import carve
-
             carve(source, ctx, 0, pos if pos > 0 else source.size, "zip-prepended-data")
             if pos < 0:
                 return

@@ -12,7 +12,7 @@ from .interface import FormatReader
 #: import the modules (and their optional dependencies) of other formats until they are needed.
 _REGISTRY: Tuple[Tuple[str, str], ...] = (
     ("pickle", "PickleReader"),
-    ("zip", "ZipReader"),
+    ("zip.reader", "ZipReader"),
     ("numpy", "NpyReader"),
     ("joblib", "JoblibCompressedReader"),
     ("torch_legacy", "TorchLegacyReader"),

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from .context import Limits, ScanContext, ScanEngine, ScanLimitExceeded, SiblingOpener, install_engine
 from .findings import FileResult, Severity, sort_findings
-from .formats import readers
+from .formats import ROWS, load, load_named
 from .formats.interface import FormatReader
 from .loader_names import check_binding, pickle_fails_at_once
 from .policy import Policy
@@ -48,11 +48,14 @@ _tiny_detected: Dict[bytes, Tuple[List[FormatReader], int]] = {}
 
 
 def detect(source: ByteSource, head: Optional[bytes] = None) -> List[FormatReader]:
-    """Every reader whose detector accepts the source, minus those another one supersedes."""
+    """Every reader whose detector accepts the source, minus those another one supersedes.
+
+    Readers are asked in the detector table's order; a reader's module is imported only when its
+    row's gate passes (see :mod:`safemodel_ci.formats`), and its own ``detect`` then decides."""
     if head is None:
         head = source.head(HEAD_SIZE)
     # Readers that go by the file's name are asked every time; only content detection is remembered.
-    named = [r for r in _name_readers() if r.detect(source, head)]
+    named = [load(i) for i in _NAME_ROWS if ROWS[i].gate(source, head) and load(i).detect(source, head)]
     tiny = source.size <= TINY_CONTENT and len(head) == source.size
     if tiny:
         known = _tiny_detected.get(head)
@@ -61,7 +64,7 @@ def detect(source: ByteSource, head: Optional[bytes] = None) -> List[FormatReade
             _charge(source, cost)
             return list(found) + named
         before = source.bytes_read
-    matched = [r for r in readers() if not r.by_name and r.detect(source, head)]
+    matched = [load(i) for i in _CONTENT_ROWS if ROWS[i].gate(source, head) and load(i).detect(source, head)]
     names = {r.name for r in matched}
     superseded = {s for r in matched for s in r.supersedes if s in names}
     found = [r for r in matched if r.name not in superseded]
@@ -70,14 +73,9 @@ def detect(source: ByteSource, head: Optional[bytes] = None) -> List[FormatReade
     return list(found) + named
 
 
-_by_name: List[FormatReader] = []
-
-
-def _name_readers() -> List[FormatReader]:
-    """The readers whose detection looks at the source's name (looked up once)."""
-    if not _by_name:
-        _by_name.extend(r for r in readers() if r.by_name)
-    return _by_name
+#: Rows of the readers that detect by the source's name, and of those that detect by content.
+_NAME_ROWS = tuple(i for i, row in enumerate(ROWS) if row.by_name)
+_CONTENT_ROWS = tuple(i for i, row in enumerate(ROWS) if not row.by_name)
 
 
 def _charge(source: ByteSource, n: int) -> None:
@@ -132,11 +130,8 @@ def scan_source(source: ByteSource, ctx: ScanContext) -> None:
 
 
 def reader_named(name: str) -> FormatReader:
-    """The registered reader called ``name`` (KeyError when there is none)."""
-    for reader in readers():
-        if reader.name == name:
-            return reader
-    raise KeyError(name)
+    """The registered reader called ``name`` (KeyError when there is none); imports only its module."""
+    return load_named(name)
 
 
 def scan_claimed(source: ByteSource, ctx: ScanContext, fmt: str) -> None:

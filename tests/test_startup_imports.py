@@ -124,3 +124,25 @@ def test_config_file_does_import_its_parser(tmp_path: Path, small_model: Path) -
     (small_model / ".safemodel.yaml").write_text("fail-on: high\n")
     modules = _imported(tmp_path, "safemodel_ci.cli:main", ["scan", "--no-cache", "model.pkl"], small_model)
     assert "yaml" in modules
+
+
+def test_scan_of_one_pickle_imports_only_the_pickle_reader(tmp_path: Path) -> None:
+    """Issue 20 item 3: detection asks the detector table's gates first, and imports a reader's
+    module only when its gate passes; a 40-byte pickle (bench/startup.py's) needs the pickle reader
+    alone among the formats."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    (work / "tiny.pkl").write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
+    modules = _imported(tmp_path, "safemodel_ci.cli:main", ["scan", "--no-cache", "tiny.pkl"], work)
+    formats = sorted(m for m in modules if m.startswith("safemodel_ci.formats"))
+    assert formats == ["safemodel_ci.formats", "safemodel_ci.formats.interface", "safemodel_ci.formats.pickle"]
+
+
+def test_gate_passing_imports_that_reader(tmp_path: Path) -> None:
+    """The other side: a file whose gate passes imports its reader (the guard above is not vacuous)."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    (work / "model.gguf").write_bytes(b"GGUF" + bytes(20))
+    modules = _imported(tmp_path, "safemodel_ci.cli:main", ["scan", "--no-cache", "-q", "model.gguf"], work)
+    assert "safemodel_ci.formats.gguf" in modules
+    assert "safemodel_ci.formats.zip" not in modules and "safemodel_ci.formats.onnx" not in modules

@@ -1,5 +1,6 @@
 """The Keras model-config walk shared by HDF5 (``model_config``), ``.keras`` (``config.json``) and
-TensorFlow's ``keras_metadata.pb``, plus the ``JsonConfigReader`` for JSON members and files.
+TensorFlow's ``keras_metadata.pb``, and the scan of JSON members and files (:func:`scan_json_config`,
+for :mod:`.json_config`).
 
 A Keras config is a tree of ``{"class_name", "config", "module", "registered_name", ...}`` objects:
 layers nest in ``config.layers``, wrappers (TimeDistributed, Bidirectional) hold ``config.layer``,
@@ -30,7 +31,6 @@ from ..context import ScanContext
 from ..findings import Severity
 from ..jsonutil import decode_json_bytes, json_bytes_encoding, json_head_text
 from ..source import ByteSource, BytesSource
-from .interface import FormatReader
 
 #: Top-level packages Keras itself accepts for ``module`` since the CVE-2025-1550 fix, plus tf_keras.
 KERAS_PACKAGES = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp", "tf_keras"})
@@ -461,7 +461,7 @@ _JSON_MARKERS = re.compile(rb'"class_name"|"chat_template"|\\u00[3-7][0-9a-fA-F]
 _MAY_START_JSON = frozenset(b"{ \t\r\n\xef\xfe\xff\x00")
 
 
-def _json_start(head: bytes) -> bool:
+def json_start(head: bytes) -> bool:
     """The text json.loads(bytes) would decode starts a JSON object (any encoding it detects)."""
     if not head:
         return False
@@ -502,56 +502,6 @@ def _has_marker(source: ByteSource) -> bool:
     return False
 
 
-class JsonConfigReader(FormatReader):
-    """JSON objects: Keras configs (``config.json`` of a ``.keras``) and ``tokenizer_config.json``.
-
-    Detection only asks for a JSON object; the scan then reads the document when it mentions a key
-    that matters (or contains ``\\u`` escapes that could spell one) and runs the Keras walk and/or
-    the chat-template check.
-    """
-
-    name = "json-config"
-    compatible = frozenset({"safetensors-index"})
-
-    def detect(self, source: ByteSource, head: bytes) -> bool:
-        return _json_start(head)
-
-    def scan(self, source: ByteSource, ctx: ScanContext) -> None:
-        # The marker search reads bytes; a UTF-16/32 document (which json.loads reads just the
-        # same) spells its keys with NULs in between, so it is always parsed.
-        utf8 = _utf8(source)
-        if utf8 and not _has_marker(source):
-            return
-        if source.size > ctx.limits.max_in_memory_bytes:
-            ctx.report("unscanned-limit", f"JSON document of {source.size} bytes exceeds the in-memory limit "
-                       f"of {ctx.limits.max_in_memory_bytes} bytes", details={"limit": "max_in_memory_bytes"})
-            return
-        if ctx.json_too_large(source.size, "JSON config"):
-            return
-        try:
-            doc = parse_json_text(source.read_exact(0, source.size))
-        except (ValueError, UnicodeDecodeError) as exc:
-            # Not JSON after all (a text file starting with '{'): nothing a model loader would parse.
-            head = json_head_text(source.head(1 << 16))
-            if '"class_name"' in head or '"chat_template"' in head or not utf8:
-                ctx.report("unscanned-parse-error", f"JSON config could not be parsed: {exc}")
-            return
-        if looks_like_keras_config(doc):
-            ctx.add_format("keras-config")
-            walk_keras_config(doc, ctx)
-        elif isinstance(doc, dict) and _contains_keras_objects(doc):
-            # metadata wrappers or configs with the model under a key: walk them all the same.
-            ctx.add_format("keras-config")
-            walk_keras_config(doc, ctx)
-        if isinstance(doc, dict) and "chat_template" in doc:
-            from .chat_template import check_chat_template_value, json_template_file
-
-            # judged where a loader renders it (tokenizer_config.json, chat_template.json ...)
-            if json_template_file(ctx):
-                ctx.add_format("tokenizer-config")
-                check_chat_template_value(doc["chat_template"], ctx, key="chat_template")
-
-
 def _contains_keras_objects(doc: Dict[str, Any], budget: int = 100_000) -> bool:
     """True when some nested object has the shape of a serialized Keras object."""
     stack: List[Any] = [doc]
@@ -566,3 +516,41 @@ def _contains_keras_objects(doc: Dict[str, Any], budget: int = 100_000) -> bool:
         elif isinstance(node, list):
             stack.extend(v for v in node if isinstance(v, (dict, list)))
     return False
+
+
+def scan_json_config(source: ByteSource, ctx: ScanContext) -> None:
+    """A JSON object file or member: the Keras walk when it is a Keras config, the chat-template
+    check when it carries one where a loader renders it."""
+    # The marker search reads bytes; a UTF-16/32 document (which json.loads reads just the
+    # same) spells its keys with NULs in between, so it is always parsed.
+    utf8 = _utf8(source)
+    if utf8 and not _has_marker(source):
+        return
+    if source.size > ctx.limits.max_in_memory_bytes:
+        ctx.report("unscanned-limit", f"JSON document of {source.size} bytes exceeds the in-memory limit "
+                   f"of {ctx.limits.max_in_memory_bytes} bytes", details={"limit": "max_in_memory_bytes"})
+        return
+    if ctx.json_too_large(source.size, "JSON config"):
+        return
+    try:
+        doc = parse_json_text(source.read_exact(0, source.size))
+    except (ValueError, UnicodeDecodeError) as exc:
+        # Not JSON after all (a text file starting with '{'): nothing a model loader would parse.
+        head = json_head_text(source.head(1 << 16))
+        if '"class_name"' in head or '"chat_template"' in head or not utf8:
+            ctx.report("unscanned-parse-error", f"JSON config could not be parsed: {exc}")
+        return
+    if looks_like_keras_config(doc):
+        ctx.add_format("keras-config")
+        walk_keras_config(doc, ctx)
+    elif isinstance(doc, dict) and _contains_keras_objects(doc):
+        # metadata wrappers or configs with the model under a key: walk them all the same.
+        ctx.add_format("keras-config")
+        walk_keras_config(doc, ctx)
+    if isinstance(doc, dict) and "chat_template" in doc:
+        from .chat_template import check_chat_template_value, json_template_file
+
+        # judged where a loader renders it (tokenizer_config.json, chat_template.json ...)
+        if json_template_file(ctx):
+            ctx.add_format("tokenizer-config")
+            check_chat_template_value(doc["chat_template"], ctx, key="chat_template")

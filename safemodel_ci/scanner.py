@@ -10,7 +10,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from .context import Limits, ScanContext, ScanEngine, ScanLimitExceeded, SiblingOpener, install_engine
 from .findings import FileResult, Severity, sort_findings
-from .formats import ROWS, load, load_named
+from . import formats
+from .formats import load, load_named
 from .formats.interface import FormatReader
 from .loader_names import check_binding, pickle_fails_at_once
 from .policy import Policy
@@ -54,8 +55,10 @@ def detect(source: ByteSource, head: Optional[bytes] = None) -> List[FormatReade
     row's gate passes (see :mod:`safemodel_ci.formats`), and its own ``detect`` then decides."""
     if head is None:
         head = source.head(HEAD_SIZE)
+    rows = formats.ROWS
+    by_content, by_name = formats.split_rows()
     # Readers that go by the file's name are asked every time; only content detection is remembered.
-    named = [load(i) for i in _NAME_ROWS if ROWS[i].gate(source, head) and load(i).detect(source, head)]
+    named = [load(i) for i in by_name if rows[i].gate(source, head) and load(i).detect(source, head)]
     tiny = source.size <= TINY_CONTENT and len(head) == source.size
     if tiny:
         known = _tiny_detected.get(head)
@@ -64,18 +67,13 @@ def detect(source: ByteSource, head: Optional[bytes] = None) -> List[FormatReade
             _charge(source, cost)
             return list(found) + named
         before = source.bytes_read
-    matched = [load(i) for i in _CONTENT_ROWS if ROWS[i].gate(source, head) and load(i).detect(source, head)]
+    matched = [load(i) for i in by_content if rows[i].gate(source, head) and load(i).detect(source, head)]
     names = {r.name for r in matched}
     superseded = {s for r in matched for s in r.supersedes if s in names}
     found = [r for r in matched if r.name not in superseded]
     if tiny and len(_tiny_detected) < 4096:
         _tiny_detected[head] = (found, source.bytes_read - before)
     return list(found) + named
-
-
-#: Rows of the readers that detect by the source's name, and of those that detect by content.
-_NAME_ROWS = tuple(i for i, row in enumerate(ROWS) if row.by_name)
-_CONTENT_ROWS = tuple(i for i, row in enumerate(ROWS) if not row.by_name)
 
 
 def _charge(source: ByteSource, n: int) -> None:

@@ -156,6 +156,19 @@ _readers: List[FormatReader] = []
 _readers_lock = threading.RLock()
 
 
+_split: Tuple[object, Tuple[int, ...], Tuple[int, ...]] = (None, (), ())
+
+
+def split_rows() -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(indexes of the rows that detect by content, of those that detect by name), in order."""
+    global _split
+    rows = ROWS
+    if _split[0] is not rows:  # computed once (again only if the table is replaced, as tests do)
+        _split = (rows, tuple(i for i, r in enumerate(rows) if not r.by_name),
+                  tuple(i for i, r in enumerate(rows) if r.by_name))
+    return _split[1], _split[2]
+
+
 def load(index: int) -> FormatReader:
     """The reader of row ``index``, its module imported on first use (thread-safe)."""
     reader = _loaded.get(index)
@@ -187,4 +200,4 @@ def readers() -> List[FormatReader]:
     return _readers
 
 
-__all__ = ["ROWS", "Gate", "ReaderRow", "load", "load_named", "readers"]
+__all__ = ["ROWS", "Gate", "ReaderRow", "load", "load_named", "readers", "split_rows"]

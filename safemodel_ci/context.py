@@ -1,9 +1,15 @@
-"""What a format reader gets besides its bytes: where it is, the policy, the limits, a place to report."""
+"""What a format reader gets besides its bytes: where it is, the policy, the limits, a place to report,
+and the operations it may use on other bytes (detect, scan, scan as a format, read a pickle at an
+offset). Those operations are carried out by a :class:`ScanEngine` that the scanner injects: readers
+never import the scanner or each other, and the context does not import the scanner either."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional
 
@@ -53,6 +59,67 @@ class Limits:
 SiblingOpener = Callable[[str], Optional[ByteSource]]
 
 
+class ScanEngine(ABC):
+    """What a context asks of the scanner on a reader's behalf.
+
+    The scanner implements it (``safemodel_ci.scanner.ENGINE``) and hands it to every context it
+    makes; children inherit it. Readers reach it only through :class:`ScanContext` methods, so the
+    import graph runs one way: scanner -> formats -> context.
+    """
+
+    @abstractmethod
+    def detect(self, source: ByteSource) -> List[str]:
+        """Names of the readers whose detectors accept ``source`` (after supersession), in order."""
+
+    @abstractmethod
+    def scan(self, source: ByteSource, ctx: "ScanContext") -> None:
+        """Sniff ``source`` and run every reader that applies, reporting into ``ctx``."""
+
+    @abstractmethod
+    def scan_as(self, fmt: str, source: ByteSource, ctx: "ScanContext") -> None:
+        """Scan ``source`` as the format ``fmt`` (a reader name) because its place claims it."""
+
+    @abstractmethod
+    def scan_pickle_at(self, source: ByteSource, ctx: "ScanContext", offset: int,
+                       end: Optional[int] = None, **options: Any) -> Any:
+        """Run the pickle VM over one stream starting at ``offset``; returns its result (``complete``,
+        ``end``, ``start``, ``value``, ``top``, ``persistent_ids``)."""
+
+    @abstractmethod
+    def scan_pickle_stream(self, source: ByteSource, ctx: "ScanContext", offset: int = 0) -> None:
+        """Scan every pickle stream from ``offset`` on, as the pickle reader does for a file."""
+
+    @abstractmethod
+    def looks_like_pickle(self, source: ByteSource, offset: int = 0) -> bool:
+        """True when a pickle stream starts at ``offset`` (the pickle reader's detector)."""
+
+    @abstractmethod
+    def pickle_literal(self, value: Any, keep_globals: bool = False) -> Any:
+        """A value the pickle VM built, as plain Python data when it is one (else unchanged)."""
+
+
+_engine_lock = threading.Lock()
+_default_engine: Optional[ScanEngine] = None
+
+
+def install_engine(engine: ScanEngine) -> None:
+    """Make ``engine`` the one used by contexts created without one (the scanner calls this)."""
+    global _default_engine
+    _default_engine = engine
+
+
+def default_engine() -> ScanEngine:
+    """The installed engine. A context made outside the scanner (a test, a tool) takes the
+    scanner's, which is imported by name here: the context never imports the scanner statically,
+    so the import graph keeps readers below the scanner."""
+    if _default_engine is None:
+        with _engine_lock:
+            if _default_engine is None:
+                importlib.import_module("safemodel_ci.scanner")  # installs its engine on import
+    assert _default_engine is not None, "safemodel_ci.scanner did not install its engine"
+    return _default_engine
+
+
 @dataclass
 class _FileState:
     path: str
@@ -75,8 +142,9 @@ class ScanContext:
     def __init__(self, path: str, policy: "Policy", limits: Limits = Limits(),
                  member: Optional[str] = None, depth: int = 0,
                  siblings: Optional[SiblingOpener] = None,
-                 _state: Optional[_FileState] = None) -> None:
+                 _state: Optional[_FileState] = None, engine: Optional[ScanEngine] = None) -> None:
         self.path = path
+        self._engine = engine
         self.policy = policy
         self.limits = limits
         self.member = member
@@ -127,13 +195,23 @@ class ScanContext:
         """Context for a member inside the current one (``outer:inner`` in reports)."""
         full = f"{self.member}:{member}" if self.member else member
         return ScanContext(self.path, self.policy, self.limits, member=full, depth=self.depth + 1,
-                           siblings=None, _state=self._state)
+                           siblings=None, _state=self._state, engine=self._engine)
+
+    def enter(self, member: str, what: str = "not scanned") -> Optional["ScanContext"]:
+        """The child context for ``member``, or None (and an ``unscanned-limit`` finding there) when
+        it would nest deeper than :attr:`Limits.max_depth`. The one place depth is checked."""
+        ctx = self.child(member)
+        if ctx.depth > self.limits.max_depth:
+            ctx.report("unscanned-limit", f"nesting deeper than {self.limits.max_depth} levels; {what}",
+                       details={"limit": "max_depth"})
+            return None
+        return ctx
 
     def with_policy(self, policy: "Policy") -> "ScanContext":
         """The same place and findings, judged with another policy (TorchScript pickles: torch.jit's
         unpickler resolves globals differently from Python's)."""
         return ScanContext(self.path, policy, self.limits, member=self.member, depth=self.depth,
-                           siblings=self.siblings, _state=self._state)
+                           siblings=self.siblings, _state=self._state, engine=self._engine)
 
     def isolated(self) -> "ScanContext":
         """A context at the same place whose findings and formats are kept apart (a trial reading
@@ -142,7 +220,7 @@ class ScanContext:
         state = _FileState(self._state.path, deadline=self._state.deadline,
                            decompressed_bytes=self._state.decompressed_bytes)
         return ScanContext(self.path, self.policy, self.limits, member=self.member, depth=self.depth,
-                           siblings=None, _state=state)
+                           siblings=None, _state=state, engine=self._engine)
 
     def adopt(self, trial: "ScanContext", keep_findings: bool) -> None:
         """Take back an :meth:`isolated` context: its budget use always, its findings if asked."""
@@ -153,28 +231,58 @@ class ScanContext:
                 if label not in self._state.formats:
                     self._state.formats.append(label)
 
+    # -- what a reader may do with other bytes (through the engine) ---------------------------
+    @property
+    def engine(self) -> ScanEngine:
+        """The engine this context's operations run on (the scanner's unless one was injected)."""
+        return self._engine if self._engine is not None else default_engine()
+
+    def _at(self, member: Optional[str]) -> Optional["ScanContext"]:
+        if member is not None:
+            return self.enter(member)
+        if self.depth > self.limits.max_depth:  # a child made with child(), not enter()
+            self.report("unscanned-limit", f"nesting deeper than {self.limits.max_depth} levels; not scanned",
+                        details={"limit": "max_depth"})
+            return None
+        return self
+
+    def detect(self, source: ByteSource) -> List[str]:
+        """Names of the readers that detect ``source`` (nothing is scanned or reported)."""
+        return self.engine.detect(source)
+
     def scan(self, source: ByteSource, member: Optional[str] = None) -> None:
         """Sniff ``source`` and run every reader that applies (in a child context if ``member``)."""
-        from .scanner import scan_source
-
-        ctx = self.child(member) if member is not None else self
-        if ctx.depth > self.limits.max_depth:
-            ctx.report("unscanned-limit", f"nesting deeper than {self.limits.max_depth} levels; not scanned")
-            return
-        scan_source(source, ctx)
+        ctx = self._at(member)
+        if ctx is not None:
+            self.engine.scan(source, ctx)
 
     def scan_as(self, fmt: str, source: ByteSource, member: Optional[str] = None) -> None:
         """Scan ``source`` as format ``fmt`` (a reader name, e.g. ``"pickle"``) because its place
         claims it: a loader reads it as that format whatever its bytes look like, so the reader runs
         without sniffing and what it cannot read is a finding. Other readers that detect the content
         run too. ``member``: descend into a child context first, as :meth:`scan` does."""
-        from .scanner import scan_claimed
+        ctx = self._at(member)
+        if ctx is not None:
+            self.engine.scan_as(fmt, source, ctx)
 
-        ctx = self.child(member) if member is not None else self
-        if ctx.depth > self.limits.max_depth:
-            ctx.report("unscanned-limit", f"nesting deeper than {self.limits.max_depth} levels; not scanned")
-            return
-        scan_claimed(source, ctx, fmt)
+    def scan_pickle_at(self, source: ByteSource, offset: int = 0, end: Optional[int] = None,
+                       **options: Any) -> Any:
+        """Read one pickle stream at ``offset`` (up to ``end``) with the pickle VM, reporting here.
+        Returns the VM's result: ``complete``, ``start``, ``end``, ``value``, ``top``,
+        ``persistent_ids``. ``options``: the VM's keyword options (``torch_archive=True``)."""
+        return self.engine.scan_pickle_at(source, self, offset, end, **options)
+
+    def scan_pickle_stream(self, source: ByteSource, offset: int = 0) -> None:
+        """Scan every pickle stream from ``offset`` to the end (what follows a STOP included)."""
+        self.engine.scan_pickle_stream(source, self, offset)
+
+    def looks_like_pickle(self, source: ByteSource, offset: int = 0) -> bool:
+        """True when a pickle stream starts at ``offset`` (nothing is reported)."""
+        return self.engine.looks_like_pickle(source, offset)
+
+    def pickle_literal(self, value: Any, keep_globals: bool = False) -> Any:
+        """A value the pickle VM built (``result.top``) as plain data when it is one."""
+        return self.engine.pickle_literal(value, keep_globals)
 
     @property
     def real_path(self) -> Optional[str]:

@@ -272,6 +272,43 @@ def _fields_streamed(source: ByteSource, start: int, end: int) -> Iterator[Proto
                                 "not valid here)", pos)
 
 
+#: First bytes that can start a protobuf field: a tag with field number >= 1 and wire type 0-3 or
+#: 5 (a tag byte with the continuation bit carries the number on: also possible).
+TAG_START = frozenset(b for b in range(256) if (b & 7) in (0, 1, 2, 3, 5) and (b >> 3 or b & 0x80))
+
+
+def head_may_be_message(head: bytes) -> bool:
+    """Cheap first pass over the head alone (detection runs on every file and member): False when
+    it already fails to decode as protobuf (most files: pickles, text, archives), True when it
+    decodes, runs past its end or holds a group (decided on the whole)."""
+    pos = 0
+    n = len(head)
+    try:
+        while pos < n:
+            tag, pos = read_varint(head, pos, n)
+            wire = tag & 7
+            if tag >> 3 == 0:
+                return False
+            if wire == 0:
+                _, pos = read_varint(head, pos, n)
+            elif wire == 2:
+                length, pos = read_varint(head, pos, n)
+                pos += length
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            elif wire == 3:
+                return True
+            else:
+                return False
+    except OutOfData:
+        return True
+    except ProtobufError:
+        return False
+    return True
+
+
 def valid_first_tag(head: bytes) -> bool:
     """The first byte can start a protobuf field (number >= 1, wire type 0, 1, 2 or 5).
 

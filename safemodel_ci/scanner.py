@@ -6,11 +6,12 @@ import os
 import posixpath
 import stat
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from .context import Limits, ScanContext, ScanLimitExceeded, SiblingOpener
+from .context import Limits, ScanContext, ScanEngine, ScanLimitExceeded, SiblingOpener, install_engine
 from .findings import FileResult, Severity, sort_findings
-from .formats import readers
+from . import formats
+from .formats import load, load_named
 from .formats.interface import FormatReader
 from .loader_names import check_binding, pickle_fails_at_once
 from .policy import Policy
@@ -48,11 +49,16 @@ _tiny_detected: Dict[bytes, Tuple[List[FormatReader], int]] = {}
 
 
 def detect(source: ByteSource, head: Optional[bytes] = None) -> List[FormatReader]:
-    """Every reader whose detector accepts the source, minus those another one supersedes."""
+    """Every reader whose detector accepts the source, minus those another one supersedes.
+
+    Readers are asked in the detector table's order; a reader's module is imported only when its
+    row's gate passes (see :mod:`safemodel_ci.formats`), and its own ``detect`` then decides."""
     if head is None:
         head = source.head(HEAD_SIZE)
+    rows = formats.ROWS
+    by_content, by_name = formats.split_rows()
     # Readers that go by the file's name are asked every time; only content detection is remembered.
-    named = [r for r in _name_readers() if r.detect(source, head)]
+    named = [load(i) for i in by_name if rows[i].gate(source, head) and load(i).detect(source, head)]
     tiny = source.size <= TINY_CONTENT and len(head) == source.size
     if tiny:
         known = _tiny_detected.get(head)
@@ -61,23 +67,13 @@ def detect(source: ByteSource, head: Optional[bytes] = None) -> List[FormatReade
             _charge(source, cost)
             return list(found) + named
         before = source.bytes_read
-    matched = [r for r in readers() if not r.by_name and r.detect(source, head)]
+    matched = [load(i) for i in by_content if rows[i].gate(source, head) and load(i).detect(source, head)]
     names = {r.name for r in matched}
     superseded = {s for r in matched for s in r.supersedes if s in names}
     found = [r for r in matched if r.name not in superseded]
     if tiny and len(_tiny_detected) < 4096:
         _tiny_detected[head] = (found, source.bytes_read - before)
     return list(found) + named
-
-
-_by_name: List[FormatReader] = []
-
-
-def _name_readers() -> List[FormatReader]:
-    """The readers whose detection looks at the source's name (looked up once)."""
-    if not _by_name:
-        _by_name.extend(r for r in readers() if r.by_name)
-    return _by_name
 
 
 def _charge(source: ByteSource, n: int) -> None:
@@ -132,11 +128,8 @@ def scan_source(source: ByteSource, ctx: ScanContext) -> None:
 
 
 def reader_named(name: str) -> FormatReader:
-    """The registered reader called ``name`` (KeyError when there is none)."""
-    for reader in readers():
-        if reader.name == name:
-            return reader
-    raise KeyError(name)
+    """The registered reader called ``name`` (KeyError when there is none); imports only its module."""
+    return load_named(name)
 
 
 def scan_claimed(source: ByteSource, ctx: ScanContext, fmt: str) -> None:
@@ -186,6 +179,47 @@ def _scan_found(source: ByteSource, ctx: ScanContext, found: List[FormatReader])
         _run_reader(reader, source, ctx)
 
 
+class Engine(ScanEngine):
+    """The scanner's side of :class:`ScanContext`'s reader operations: detection and dispatch over
+    the registry, and the pickle VM for readers that find pickles inside their own layout (numpy
+    object arrays, legacy torch files, torch archives). Readers reach these only through the context."""
+
+    def detect(self, source: ByteSource) -> List[str]:
+        return [r.name for r in detect(source)]
+
+    def scan(self, source: ByteSource, ctx: ScanContext) -> None:
+        scan_source(source, ctx)
+
+    def scan_as(self, fmt: str, source: ByteSource, ctx: ScanContext) -> None:
+        scan_claimed(source, ctx, fmt)
+
+    def scan_pickle_at(self, source: ByteSource, ctx: ScanContext, offset: int,
+                       end: Optional[int] = None, **options: Any) -> Any:
+        from .formats.pickle import scan_pickle_at
+
+        return scan_pickle_at(source, ctx, offset, end, **options)
+
+    def scan_pickle_stream(self, source: ByteSource, ctx: ScanContext, offset: int = 0) -> None:
+        from .formats.pickle import scan_pickle_stream
+
+        scan_pickle_stream(source, ctx, offset)
+
+    def looks_like_pickle(self, source: ByteSource, offset: int = 0) -> bool:
+        from .formats.pickle import looks_like_pickle
+
+        return looks_like_pickle(source, offset)
+
+    def pickle_literal(self, value: Any, keep_globals: bool = False) -> Any:
+        from .formats.pickle import _maybe_literal
+
+        return _maybe_literal(value, keep_globals=keep_globals)
+
+
+#: The engine every context of a scan uses (contexts made elsewhere find it through the context module).
+ENGINE = Engine()
+install_engine(ENGINE)
+
+
 def _local_siblings(path: str) -> SiblingOpener:
     base = os.path.dirname(os.path.abspath(path))
 
@@ -212,7 +246,7 @@ def scan_byte_source(source: ByteSource, display_path: str, options: ScanOptions
     ``real_path`` is the local filesystem path when there is one (readers such as the Git LFS one
     need it to find the repository holding the file).
     """
-    ctx = ScanContext(display_path, options.policy, options.limits, siblings=siblings)
+    ctx = ScanContext(display_path, options.policy, options.limits, siblings=siblings, engine=ENGINE)
     ctx._state.real_path = real_path
     start = source.bytes_read
     scan_source(source, ctx)
@@ -229,7 +263,7 @@ def scan_file(path: str, options: ScanOptions, display_path: Optional[str] = Non
         mode = None
         error = exc.strerror or str(exc)
     if mode is None or not stat.S_ISREG(mode):
-        ctx = ScanContext(shown, options.policy, options.limits)
+        ctx = ScanContext(shown, options.policy, options.limits, engine=ENGINE)
         if mode is None:
             ctx.report("unscanned-unreadable", f"could not open: {error}")
         elif stat.S_ISDIR(mode):  # a directory the walk could not list: its files were not scanned
@@ -241,7 +275,7 @@ def scan_file(path: str, options: ScanOptions, display_path: Optional[str] = Non
     try:
         source = FileSource(path, name=shown)
     except SourceError as exc:
-        ctx = ScanContext(shown, options.policy, options.limits)
+        ctx = ScanContext(shown, options.policy, options.limits, engine=ENGINE)
         ctx.report("unscanned-unreadable", f"could not open: {exc}")
         return FileResult(path=shown, findings=list(ctx.findings))
     with source:
@@ -258,5 +292,5 @@ def scan_files(paths: Iterable[str], options: ScanOptions,
         yield result
 
 
-__all__ = ["ScanOptions", "Severity", "detect", "scan_source", "scan_claimed", "reader_named",
-           "scan_byte_source", "scan_file", "scan_files"]
+__all__ = ["ENGINE", "Engine", "ScanOptions", "Severity", "detect", "scan_source", "scan_claimed",
+           "reader_named", "scan_byte_source", "scan_file", "scan_files"]

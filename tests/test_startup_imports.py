@@ -228,3 +228,25 @@ def test_escape_surrogates_without_a_compiled_pattern_at_import() -> None:
     assert escape_surrogates(name, in_json=True) == "models/w\\\\xffeights\\\\xe9.pkl"
     assert escape_surrogates("\ud800x") == "\\ud800x"
     assert escape_surrogates("plain.pkl") == "plain.pkl" and escape_surrogates("modèle.pkl") == "modèle.pkl"
+
+
+def test_scan_of_one_pickle_imports_only_the_pickle_reader(tmp_path: Path) -> None:
+    """Issue 20 item 3: detection asks the detector table's gates first, and imports a reader's
+    module only when its gate passes; a 40-byte pickle (bench/startup.py's) needs the pickle reader
+    alone among the formats."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    (work / "tiny.pkl").write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
+    modules = _imported(tmp_path, "safemodel_ci.cli:main", ["scan", "--no-cache", "tiny.pkl"], work)
+    formats = sorted(m for m in modules if m.startswith("safemodel_ci.formats"))
+    assert formats == ["safemodel_ci.formats", "safemodel_ci.formats.interface", "safemodel_ci.formats.pickle"]
+
+
+def test_gate_passing_imports_that_reader(tmp_path: Path) -> None:
+    """The other side: a file whose gate passes imports its reader (the guard above is not vacuous)."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    (work / "model.gguf").write_bytes(b"GGUF" + bytes(20))
+    modules = _imported(tmp_path, "safemodel_ci.cli:main", ["scan", "--no-cache", "-q", "model.gguf"], work)
+    assert "safemodel_ci.formats.gguf" in modules
+    assert "safemodel_ci.formats.zip" not in modules and "safemodel_ci.formats.onnx" not in modules

@@ -39,7 +39,6 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Set
 
 from ..context import ScanContext
 from ..source import ByteSource
-from .interface import FormatReader
 
 #: Template text kept in memory at most (larger templates are reported, not scanned).
 MAX_TEMPLATE = 16 << 20
@@ -1390,36 +1389,21 @@ def rendered_as_chat_template(ctx: ScanContext) -> bool:
     return False
 
 
-class JinjaTemplateReader(FormatReader):
-    """``chat_template.jinja`` and other ``.jinja`` files a chat-template loader reads.
-
-    Detection is by name (``*.jinja``): a file's content cannot tell a chat template from any other
-    Jinja file, and only the place a loader reads makes it one. The scan then judges it when it is
-    where a loader renders chat templates; other Jinja files get no finding.
-    """
-
-    name = "jinja-template"
-    by_name = True
-
-    def detect(self, source: ByteSource, head: bytes) -> bool:
-        # by name alone: a NUL byte (valid UTF-8, kept by Jinja) must not hide a template
-        name = source.name.replace("\\", "/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-        return name.lower().endswith(".jinja")
-
-    def scan(self, source: ByteSource, ctx: ScanContext) -> None:
-        if not rendered_as_chat_template(ctx):
-            return
-        if source.size > MAX_TEMPLATE:
-            ctx.report("unscanned-limit", f"template of {source.size} bytes exceeds the {MAX_TEMPLATE}-byte "
-                       "template limit", details={"limit": "template"})
-            return
-        raw = source.read_exact(0, source.size)
-        try:
-            # transformers reads the file as UTF-8 text
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            ctx.report("unscanned-parse-error", f"chat template is not UTF-8 text ({exc.reason} at byte "
-                       f"{exc.start}); transformers cannot read it", offset=exc.start)
-            return
-        ctx.add_format("chat-template")
-        report_template(text, ctx, ctx.basename)
+def scan_jinja_file(source: ByteSource, ctx: ScanContext) -> None:
+    """A ``.jinja`` file: judged as a chat template when it is where a loader renders one."""
+    if not rendered_as_chat_template(ctx):
+        return
+    if source.size > MAX_TEMPLATE:
+        ctx.report("unscanned-limit", f"template of {source.size} bytes exceeds the {MAX_TEMPLATE}-byte "
+                   "template limit", details={"limit": "template"})
+        return
+    raw = source.read_exact(0, source.size)
+    try:
+        # transformers reads the file as UTF-8 text
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        ctx.report("unscanned-parse-error", f"chat template is not UTF-8 text ({exc.reason} at byte "
+                   f"{exc.start}); transformers cannot read it", offset=exc.start)
+        return
+    ctx.add_format("chat-template")
+    report_template(text, ctx, ctx.basename)

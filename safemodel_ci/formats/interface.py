@@ -1,4 +1,11 @@
-"""The interface every format reader implements."""
+"""The interface every format reader implements.
+
+The contract (docs/development.md, "Adding a format reader"; tests/test_architecture.py checks it):
+a reader reads its bytes through the source and does everything else through the
+:class:`~safemodel_ci.context.ScanContext` (report, scan nested bytes, scan them as a claimed
+format, read a pickle at an offset, limits); it imports no other reader, never the scanner, and is
+registered by a row of the detector table in :mod:`safemodel_ci.formats`.
+"""
 
 from __future__ import annotations
 
@@ -36,4 +43,5 @@ class FormatReader(ABC):
 
     @abstractmethod
     def scan(self, source: ByteSource, ctx: ScanContext) -> None:
-        """Inspect the content; report findings with ``ctx.report``; descend with ``ctx.scan``."""
+        """Inspect the content; report findings with ``ctx.report``; descend with ``ctx.scan`` or
+        ``ctx.scan_as``; read pickles inside the format with ``ctx.scan_pickle_at``."""

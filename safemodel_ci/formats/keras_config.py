@@ -1,5 +1,6 @@
 """The Keras model-config walk shared by HDF5 (``model_config``), ``.keras`` (``config.json``) and
-TensorFlow's ``keras_metadata.pb``, plus the ``JsonConfigReader`` for JSON members and files.
+TensorFlow's ``keras_metadata.pb``, and the scan of JSON members and files (:func:`scan_json_config`,
+for :mod:`.json_config`).
 
 A Keras config is a tree of ``{"class_name", "config", "module", "registered_name", ...}`` objects:
 layers nest in ``config.layers``, wrappers (TimeDistributed, Bidirectional) hold ``config.layer``,
@@ -29,8 +30,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..context import ScanContext
 from ..findings import Severity
 from ..jsonutil import decode_json_bytes, json_bytes_encoding, json_head_text
+from ..marshal_reader import CodeSummary, MarshalError, summarize_marshalled_code  # noqa: F401 - re-exported
 from ..source import ByteSource, BytesSource
-from .interface import FormatReader
 
 #: Top-level packages Keras itself accepts for ``module`` since the CVE-2025-1550 fix, plus tf_keras.
 KERAS_PACKAGES = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp", "tf_keras"})
@@ -53,154 +54,6 @@ FILE_VOCABULARY_LAYERS = frozenset({"StringLookup", "IntegerLookup", "TextVector
 MAX_PAYLOAD = 64 << 20
 #: Names listed in one finding.
 MAX_NAMES = 40
-
-
-# ---- marshal reading (never unmarshalling) ---------------------------------------------------
-
-class MarshalError(ValueError):
-    """The bytes are not a marshalled code object in the layout tried."""
-
-
-@dataclass
-class CodeSummary:
-    """What a marshalled code object names: enough to tell a reader what it would do."""
-
-    layout: str
-    names: List[str] = field(default_factory=list)      # co_names of all code objects
-    strings: List[str] = field(default_factory=list)    # string constants
-    functions: List[str] = field(default_factory=list)  # co_name of every code object
-
-
-_NULL = object()
-_CODE = object()  # stands for a nested code object (its names are collected separately)
-# Layouts of TYPE_CODE in CPython's marshal.c: (number of int32 header fields, object fields
-# before firstlineno, object fields after it). Field 2 of the objects (0-based) is co_names.
-_LAYOUTS = {
-    # code consts names localsplusnames localspluskinds filename name qualname | linetable exceptiontable
-    "3.11+": (5, 8, 2),
-    "3.8-3.10": (6, 8, 1),  # code consts names varnames freevars cellvars filename name | lnotab
-    "3.7": (5, 8, 1),
-}
-
-
-class _MarshalReader:
-    def __init__(self, data: bytes, layout: str) -> None:
-        self.data = data
-        self.pos = 0
-        self.refs: List[Any] = []
-        self.layout = layout
-        self.summary = CodeSummary(layout)
-
-    def _take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise MarshalError("truncated")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def _long(self) -> int:
-        return int.from_bytes(self._take(4), "little", signed=True)
-
-    def _count(self, n: int) -> int:
-        if n < 0 or n > len(self.data) - self.pos:
-            raise MarshalError("impossible count")
-        return n
-
-    def read(self, depth: int = 0) -> Any:  # noqa: C901 - one branch per marshal type code
-        if depth > 200:
-            raise MarshalError("nesting too deep")
-        code = self._take(1)[0]
-        flag, t = code & 0x80, chr(code & 0x7F)
-        idx = None
-        if flag:
-            idx = len(self.refs)
-            self.refs.append(None)
-        value: Any
-        if t == "0":
-            value = _NULL
-        elif t in "NFTS.":
-            value = None
-        elif t == "i":
-            value = self._long()
-        elif t == "I" or t == "g":
-            self._take(8)
-            value = 0
-        elif t == "y":
-            self._take(16)
-            value = 0
-        elif t == "f":
-            self._take(self._take(1)[0])
-            value = 0
-        elif t == "x":
-            self._take(self._take(1)[0])
-            self._take(self._take(1)[0])
-            value = 0
-        elif t == "l":
-            n = self._long()
-            self._take(2 * self._count(abs(n)))
-            value = 0
-        elif t == "s":
-            value = self._take(self._count(self._long()))
-        elif t in "tuaA":
-            value = self._take(self._count(self._long())).decode("utf-8", "replace")
-        elif t in "zZ":
-            value = self._take(self._take(1)[0]).decode("latin-1")
-        elif t in "([<>":
-            value = tuple(self.read(depth + 1) for _ in range(self._count(self._long())))
-        elif t == ")":
-            value = tuple(self.read(depth + 1) for _ in range(self._take(1)[0]))
-        elif t == "{":
-            items = []
-            while True:
-                k = self.read(depth + 1)
-                if k is _NULL:
-                    break
-                items.append((k, self.read(depth + 1)))
-            value = tuple(items)
-        elif t == "r":
-            n = self._long()
-            if not 0 <= n < len(self.refs):
-                raise MarshalError("bad reference")
-            value = self.refs[n]
-        elif t == ":":  # slice (3.14)
-            value = tuple(self.read(depth + 1) for _ in range(3))
-        elif t == "c":
-            value = self._code(depth)
-        else:
-            raise MarshalError(f"unknown type code {code:#x}")
-        if idx is not None:
-            self.refs[idx] = value
-        return value
-
-    def _code(self, depth: int) -> object:
-        ints, before, after = _LAYOUTS[self.layout]
-        self._take(4 * ints)
-        objs = [self.read(depth + 1) for _ in range(before)]
-        self._long()  # firstlineno
-        for _ in range(after):
-            self.read(depth + 1)
-        code_bytes, consts, names = objs[0], objs[1], objs[2]
-        func = objs[6] if self.layout == "3.11+" else objs[7]
-        if not isinstance(code_bytes, bytes) or not isinstance(consts, tuple) or not isinstance(names, tuple):
-            raise MarshalError("fields do not have the types of a code object")
-        self.summary.names.extend(n for n in names if isinstance(n, str))
-        self.summary.strings.extend(c for c in consts if isinstance(c, str))
-        if isinstance(func, str):
-            self.summary.functions.append(func)
-        return _CODE
-
-
-def summarize_marshalled_code(data: bytes) -> Optional[CodeSummary]:
-    """Names used by a marshalled code object, or None when no known layout reads it exactly."""
-    for layout in _LAYOUTS:
-        reader = _MarshalReader(data, layout)
-        try:
-            top = reader.read()
-        except (MarshalError, RecursionError):
-            continue
-        if top is _CODE and reader.pos == len(data):
-            return reader.summary
-    return None
 
 
 _IDENT = re.compile(rb"[A-Za-z_][A-Za-z0-9_.]{2,63}")
@@ -461,7 +314,7 @@ _JSON_MARKERS = re.compile(rb'"class_name"|"chat_template"|\\u00[3-7][0-9a-fA-F]
 _MAY_START_JSON = frozenset(b"{ \t\r\n\xef\xfe\xff\x00")
 
 
-def _json_start(head: bytes) -> bool:
+def json_start(head: bytes) -> bool:
     """The text json.loads(bytes) would decode starts a JSON object (any encoding it detects)."""
     if not head:
         return False
@@ -502,56 +355,6 @@ def _has_marker(source: ByteSource) -> bool:
     return False
 
 
-class JsonConfigReader(FormatReader):
-    """JSON objects: Keras configs (``config.json`` of a ``.keras``) and ``tokenizer_config.json``.
-
-    Detection only asks for a JSON object; the scan then reads the document when it mentions a key
-    that matters (or contains ``\\u`` escapes that could spell one) and runs the Keras walk and/or
-    the chat-template check.
-    """
-
-    name = "json-config"
-    compatible = frozenset({"safetensors-index"})
-
-    def detect(self, source: ByteSource, head: bytes) -> bool:
-        return _json_start(head)
-
-    def scan(self, source: ByteSource, ctx: ScanContext) -> None:
-        # The marker search reads bytes; a UTF-16/32 document (which json.loads reads just the
-        # same) spells its keys with NULs in between, so it is always parsed.
-        utf8 = _utf8(source)
-        if utf8 and not _has_marker(source):
-            return
-        if source.size > ctx.limits.max_in_memory_bytes:
-            ctx.report("unscanned-limit", f"JSON document of {source.size} bytes exceeds the in-memory limit "
-                       f"of {ctx.limits.max_in_memory_bytes} bytes", details={"limit": "max_in_memory_bytes"})
-            return
-        if ctx.json_too_large(source.size, "JSON config"):
-            return
-        try:
-            doc = parse_json_text(source.read_exact(0, source.size))
-        except (ValueError, UnicodeDecodeError) as exc:
-            # Not JSON after all (a text file starting with '{'): nothing a model loader would parse.
-            head = json_head_text(source.head(1 << 16))
-            if '"class_name"' in head or '"chat_template"' in head or not utf8:
-                ctx.report("unscanned-parse-error", f"JSON config could not be parsed: {exc}")
-            return
-        if looks_like_keras_config(doc):
-            ctx.add_format("keras-config")
-            walk_keras_config(doc, ctx)
-        elif isinstance(doc, dict) and _contains_keras_objects(doc):
-            # metadata wrappers or configs with the model under a key: walk them all the same.
-            ctx.add_format("keras-config")
-            walk_keras_config(doc, ctx)
-        if isinstance(doc, dict) and "chat_template" in doc:
-            from .chat_template import check_chat_template_value, json_template_file
-
-            # judged where a loader renders it (tokenizer_config.json, chat_template.json ...)
-            if json_template_file(ctx):
-                ctx.add_format("tokenizer-config")
-                check_chat_template_value(doc["chat_template"], ctx, key="chat_template")
-
-
 def _contains_keras_objects(doc: Dict[str, Any], budget: int = 100_000) -> bool:
     """True when some nested object has the shape of a serialized Keras object."""
     stack: List[Any] = [doc]
@@ -566,3 +369,41 @@ def _contains_keras_objects(doc: Dict[str, Any], budget: int = 100_000) -> bool:
         elif isinstance(node, list):
             stack.extend(v for v in node if isinstance(v, (dict, list)))
     return False
+
+
+def scan_json_config(source: ByteSource, ctx: ScanContext) -> None:
+    """A JSON object file or member: the Keras walk when it is a Keras config, the chat-template
+    check when it carries one where a loader renders it."""
+    # The marker search reads bytes; a UTF-16/32 document (which json.loads reads just the
+    # same) spells its keys with NULs in between, so it is always parsed.
+    utf8 = _utf8(source)
+    if utf8 and not _has_marker(source):
+        return
+    if source.size > ctx.limits.max_in_memory_bytes:
+        ctx.report("unscanned-limit", f"JSON document of {source.size} bytes exceeds the in-memory limit "
+                   f"of {ctx.limits.max_in_memory_bytes} bytes", details={"limit": "max_in_memory_bytes"})
+        return
+    if ctx.json_too_large(source.size, "JSON config"):
+        return
+    try:
+        doc = parse_json_text(source.read_exact(0, source.size))
+    except (ValueError, UnicodeDecodeError) as exc:
+        # Not JSON after all (a text file starting with '{'): nothing a model loader would parse.
+        head = json_head_text(source.head(1 << 16))
+        if '"class_name"' in head or '"chat_template"' in head or not utf8:
+            ctx.report("unscanned-parse-error", f"JSON config could not be parsed: {exc}")
+        return
+    if looks_like_keras_config(doc):
+        ctx.add_format("keras-config")
+        walk_keras_config(doc, ctx)
+    elif isinstance(doc, dict) and _contains_keras_objects(doc):
+        # metadata wrappers or configs with the model under a key: walk them all the same.
+        ctx.add_format("keras-config")
+        walk_keras_config(doc, ctx)
+    if isinstance(doc, dict) and "chat_template" in doc:
+        from .chat_template import check_chat_template_value, json_template_file
+
+        # judged where a loader renders it (tokenizer_config.json, chat_template.json ...)
+        if json_template_file(ctx):
+            ctx.add_format("tokenizer-config")
+            check_chat_template_value(doc["chat_template"], ctx, key="chat_template")

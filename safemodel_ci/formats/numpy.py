@@ -213,9 +213,7 @@ class NpyReader(FormatReader):
             self._trailing(source, ctx, end)
 
     def _scan_object_data(self, source: ByteSource, ctx: ScanContext, data_start: int) -> None:
-        from .pickle import scan_pickle_at
-
-        result = scan_pickle_at(source, ctx, data_start)
+        result = ctx.scan_pickle_at(source, data_start)
         if result.complete and result.end is not None and result.end < source.size:
             self._trailing(source, ctx, result.end)
 

@@ -32,7 +32,7 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from ..context import ScanContext
-from ..protobuf import LEN, VARINT, OutOfData, ProtobufError, ProtoView, read_varint
+from ..protobuf import LEN, TAG_START, VARINT, ProtobufError, ProtoView, head_may_be_message
 from ..source import ByteSource, BytesSource
 from .interface import FormatReader
 
@@ -192,51 +192,14 @@ class _Walk:
 #: ModelProto fields that hold what the reader checks (graph, training_info, functions): a message
 #: with none of them has no tensor and no node to inspect.
 _CONTENT_FIELDS = frozenset({7, 20, 25})
-#: First bytes that can start a protobuf field: a tag with field number >= 1 and wire type 0-3 or
-#: 5 (a tag byte with the continuation bit carries the number on: also possible).
-_TAG_START = frozenset(b for b in range(256) if (b & 7) in (0, 1, 2, 3, 5) and (b >> 3 or b & 0x80))
-
-
-def _head_may_be_message(head: bytes) -> bool:
-    """Cheap first pass over the head alone (detection runs on every file and member): False when
-    it already fails to decode as protobuf (most files: pickles, text, archives), True when it
-    decodes, runs past its end or holds a group (decided on the whole)."""
-    pos = 0
-    n = len(head)
-    try:
-        while pos < n:
-            tag, pos = read_varint(head, pos, n)
-            wire = tag & 7
-            if tag >> 3 == 0:
-                return False
-            if wire == 0:
-                _, pos = read_varint(head, pos, n)
-            elif wire == 2:
-                length, pos = read_varint(head, pos, n)
-                pos += length
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == 3:
-                return True
-            else:
-                return False
-    except OutOfData:
-        return True
-    except ProtobufError:
-        return False
-    return True
-
-
 def _is_onnx(source: ByteSource, head: bytes) -> bool:
     """A ModelProto as ``onnx.load`` parses one: the top level decodes as protobuf in whatever order
     its fields come (the first byte is no signature: protobuf allows any order, unknown fields and
     groups), with a graph, training info or function in it. A model cut short inside one of those
     is claimed too (and reported as not decoding)."""
-    if not head or head[0] not in _TAG_START:
+    if not head or head[0] not in TAG_START:
         return False
-    if not _head_may_be_message(head):
+    if not head_may_be_message(head):
         return False
     # A file the head holds whole is decoded from the head (detection runs on every file and
     # member: no second read of it).

@@ -23,7 +23,6 @@ from ..context import ScanContext
 from ..findings import Severity
 from ..jsonutil import JSONFormatError, char_to_byte_offset, parse_json_strict
 from ..source import ByteSource
-from .interface import FormatReader
 
 #: ``MAX_HEADER_SIZE`` of the reference.
 MAX_HEADER_SIZE = 100_000_000
@@ -406,70 +405,5 @@ def _validate_offsets(result: SafetensorsHeader, report: _Reporter) -> Optional[
     return start if ok else None
 
 
-def _scan_data_region(source: ByteSource, ctx: ScanContext, header: SafetensorsHeader) -> None:
-    """Offer the tensor bytes to the other readers: a zip or pickle in them is a polyglot.
-
-    Formats the driver already found for the whole file (a zip found by its end record is found
-    there too) are left to it. What is left is scanned in a scratch context first, so that tensor
-    bytes which merely start like a pickle and break after a few opcodes are not reported; anything
-    else (a complete stream, an import, another format) is reported as a polyglot with its findings.
-    """
-    from ..scanner import detect
-
-    start = header.data_start
-    if start >= source.size:
-        return
-    region = source.slice(start, source.size - start, name=f"{source.name}:{DATA_MEMBER}")
-    whole = {r.name for r in detect(source)}
-    extra = [r.name for r in detect(region) if r.name not in whole and r.name != "safetensors-index"]
-    if not extra:
-        return
-    member = f"{ctx.member}:{DATA_MEMBER}" if ctx.member else DATA_MEMBER
-    scratch = ScanContext(ctx.path, ctx.policy, ctx.limits, member=member, depth=ctx.depth + 1)
-    if scratch.depth > ctx.limits.max_depth:
-        ctx.report("unscanned-limit", f"nesting deeper than {ctx.limits.max_depth} levels; tensor data "
-                                      "not sniffed", offset=start)
-        return
-    from ..scanner import scan_source
-
-    scan_source(region, scratch)
-    if extra == ["pickle"] and all(f.unscanned for f in scratch.findings) \
-            and not _complete_pickle(region, ctx, member):
-        return  # numbers that start like a pickle header and break at once: not a second format
-    ctx.report("polyglot",
-               f"the tensor data (file offset {start}) is also a {' and a '.join(extra)}: a loader that "
-               "reads it as such sees different content; it was scanned as such",
-               offset=start, details={"formats": extra, "data_start": start})
-    ctx.findings.extend(scratch.findings)
-    for label in scratch.formats:
-        if label not in ctx.formats:
-            ctx.formats.append(label)
-
-
-def _complete_pickle(region: ByteSource, ctx: ScanContext, member: str) -> bool:
-    """True when a whole pickle stream (up to its STOP) starts the region."""
-    from . import pickle as pickle_reader
-
-    scan_pickle_at = getattr(pickle_reader, "scan_pickle_at", None)
-    if scan_pickle_at is None:  # no pickle VM available: count it as a pickle, fail closed
-        return True
-    probe = ScanContext(ctx.path, ctx.policy, ctx.limits, member=member, depth=ctx.depth + 1)
-    return bool(scan_pickle_at(region, probe, 0).complete)
-
-
-class SafetensorsReader(FormatReader):
-    """Strict safetensors header validation plus a sniff of the tensor bytes for polyglots."""
-
-    name = "safetensors"
-
-    def detect(self, source: ByteSource, head: bytes) -> bool:
-        return claims_safetensors(source, head)
-
-    def scan(self, source: ByteSource, ctx: ScanContext) -> None:
-        header = read_safetensors_header(source, ctx)
-        if header is not None:
-            _scan_data_region(source, ctx, header)
-
-
-__all__ = ["DTYPE_BITS", "MAX_HEADER_SIZE", "SafetensorsHeader", "SafetensorsReader", "TensorEntry",
+__all__ = ["DTYPE_BITS", "MAX_HEADER_SIZE", "SafetensorsHeader", "TensorEntry",
            "claims_safetensors", "read_safetensors_header"]

@@ -44,7 +44,6 @@ from ..protobuf import (
     valid_first_tag,
 )
 from ..source import ByteSource
-from .interface import FormatReader
 from .keras_config import walk_keras_config
 
 DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "tf_ops.json"
@@ -119,7 +118,7 @@ class SaverInfo:
     init_ops: Tuple[str, ...] = ()
 
 
-def _is_savedmodel(source: ByteSource, head: bytes) -> bool:
+def is_savedmodel(source: ByteSource, head: bytes) -> bool:
     if not valid_first_tag(head):  # any field may come first (see valid_first_tag)
         return False
     view = ProtoView(source)
@@ -479,50 +478,9 @@ def _saver(meta: ProtoView) -> Optional[SaverInfo]:
     return None
 
 
-class SavedModelReader(FormatReader):
-    """``saved_model.pb``: every op of every graph and library function."""
-
-    name = "savedmodel"
-
-    def detect(self, source: ByteSource, head: bytes) -> bool:
-        return _is_savedmodel(source, head)
-
-    def scan(self, source: ByteSource, ctx: ScanContext) -> None:
-        view = ProtoView(source)
-        walk = GraphWalk(ctx)
-        saver: Optional[SaverInfo] = None
-        try:
-            for f in view.fields():
-                if f.number != 2 or f.wire_type != LEN:
-                    continue
-                meta = view.sub(f)
-                walk, saver = GraphWalk(ctx), _saver(meta)  # each meta graph has its own saver
-                for g in meta.fields():
-                    if g.number == 2 and g.wire_type == LEN:
-                        walk.graph(meta.sub(g))
-                report_ops(walk, ctx, saver)
-        except ProtobufError as exc:
-            report_ops(walk, ctx, saver)
-            ctx.report("protobuf-malformed", f"SavedModel does not decode: {exc}", offset=exc.offset)
-
-
-class ChunkedSavedModelReader(FormatReader):
-    """Riegeli records files: how TensorFlow stores a chunked SavedModel (``saved_model.cpb``)."""
-
-    name = "riegeli"
-
-    def detect(self, source: ByteSource, head: bytes) -> bool:
-        return head[:64] == RIEGELI_SIGNATURE
-
-    def scan(self, source: ByteSource, ctx: ScanContext) -> None:
-        ctx.report("unscanned-unsupported",
-                   "Riegeli records file (the format of a chunked SavedModel, saved_model.cpb): its graph "
-                   "cannot be inspected by this scanner", offset=0)
-
-
 # ---- keras_metadata.pb ------------------------------------------------------------------------
 
-def _is_keras_metadata(source: ByteSource, head: bytes) -> bool:
+def is_keras_metadata(source: ByteSource, head: bytes) -> bool:
     if not valid_first_tag(head):  # any field may come first (see valid_first_tag)
         return False
     view = ProtoView(source)
@@ -543,41 +501,54 @@ def _is_keras_metadata(source: ByteSource, head: bytes) -> bool:
     return False
 
 
-class KerasMetadataReader(FormatReader):
-    """``keras_metadata.pb`` (tf-keras SavedMetadata: nodes=1 -> identifier=4, metadata=5 JSON)."""
+def scan_saved_model(source: ByteSource, ctx: ScanContext) -> None:
+    """Judge every op of every graph and library function of a ``saved_model.pb``."""
+    view = ProtoView(source)
+    walk = GraphWalk(ctx)
+    saver: Optional[SaverInfo] = None
+    try:
+        for f in view.fields():
+            if f.number != 2 or f.wire_type != LEN:
+                continue
+            meta = view.sub(f)
+            walk, saver = GraphWalk(ctx), _saver(meta)  # each meta graph has its own saver
+            for g in meta.fields():
+                if g.number == 2 and g.wire_type == LEN:
+                    walk.graph(meta.sub(g))
+            report_ops(walk, ctx, saver)
+    except ProtobufError as exc:
+        report_ops(walk, ctx, saver)
+        ctx.report("protobuf-malformed", f"SavedModel does not decode: {exc}", offset=exc.offset)
 
-    name = "keras-metadata"
 
-    def detect(self, source: ByteSource, head: bytes) -> bool:
-        return _is_keras_metadata(source, head)
-
-    def scan(self, source: ByteSource, ctx: ScanContext) -> None:
-        view = ProtoView(source)
-        try:
-            for f in view.fields():
-                if f.number != 1 or f.wire_type != LEN:
-                    continue
-                node = view.sub(f)
-                path, metadata, at = "", None, node.start
-                for g in node.fields():
-                    if g.number == 3 and g.wire_type == LEN:
-                        path = node.text_of(g, 4096)
-                    elif g.number == 5 and g.wire_type == LEN:
-                        if g.length > ctx.limits.max_in_memory_bytes:
-                            ctx.report("unscanned-limit", f"metadata of node {path!r} exceeds the in-memory "
-                                       "limit", offset=g.start)
-                            continue
-                        if ctx.json_too_large(g.length, f"metadata of node {path!r}", offset=g.start):
-                            continue
-                        metadata, at = node.bytes_of(g, g.length), g.start
-                if metadata is None:
-                    continue
-                try:
-                    doc = json.loads(metadata.decode("utf-8"))
-                except (ValueError, UnicodeDecodeError) as exc:
-                    ctx.report("unscanned-parse-error", f"metadata of node {path!r} is not JSON: {exc}",
-                               offset=at)
-                    continue
-                walk_keras_config(doc, ctx, root=path or "<node>", offset=at)
-        except ProtobufError as exc:
-            ctx.report("protobuf-malformed", f"keras_metadata.pb does not decode: {exc}", offset=exc.offset)
+def scan_keras_metadata(source: ByteSource, ctx: ScanContext) -> None:
+    """Walk the Keras config of every node of a ``keras_metadata.pb``."""
+    view = ProtoView(source)
+    try:
+        for f in view.fields():
+            if f.number != 1 or f.wire_type != LEN:
+                continue
+            node = view.sub(f)
+            path, metadata, at = "", None, node.start
+            for g in node.fields():
+                if g.number == 3 and g.wire_type == LEN:
+                    path = node.text_of(g, 4096)
+                elif g.number == 5 and g.wire_type == LEN:
+                    if g.length > ctx.limits.max_in_memory_bytes:
+                        ctx.report("unscanned-limit", f"metadata of node {path!r} exceeds the in-memory "
+                                   "limit", offset=g.start)
+                        continue
+                    if ctx.json_too_large(g.length, f"metadata of node {path!r}", offset=g.start):
+                        continue
+                    metadata, at = node.bytes_of(g, g.length), g.start
+            if metadata is None:
+                continue
+            try:
+                doc = json.loads(metadata.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                ctx.report("unscanned-parse-error", f"metadata of node {path!r} is not JSON: {exc}",
+                           offset=at)
+                continue
+            walk_keras_config(doc, ctx, root=path or "<node>", offset=at)
+    except ProtobufError as exc:
+        ctx.report("protobuf-malformed", f"keras_metadata.pb does not decode: {exc}", offset=exc.offset)

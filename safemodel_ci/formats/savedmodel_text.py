@@ -121,7 +121,7 @@ class SavedModelTextReader(FormatReader):
         return bool(_START.match(head))
 
     def scan(self, source: ByteSource, ctx: ScanContext) -> None:
-        from .savedmodel import SavedModelReader
+        from .savedmodel import scan_saved_model
 
         if ctx.json_too_large(source.size, "text-format SavedModel"):
             return
@@ -136,7 +136,7 @@ class SavedModelTextReader(FormatReader):
                        "refuses text it cannot parse, but its graph was not inspected")
             return
         ctx.add_format("savedmodel")
-        SavedModelReader().scan(BytesSource(data, name=f"{source.name} (re-encoded)"), ctx)
+        scan_saved_model(BytesSource(data, name=f"{source.name} (re-encoded)"), ctx)
 
 
 def judged_fields() -> List[Tuple[str, str]]:

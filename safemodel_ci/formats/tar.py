@@ -93,7 +93,7 @@ class TarReader(FormatReader):
                 continue
             member = SliceSource(source, info.offset_data, info.size, name=f"{source.name}:{info.name}")
             if torch_tar and info.name in ("storages", "tensors"):
-                from .torch_legacy import scan_legacy_tar_member
+                from .torch_storages import scan_legacy_tar_member
 
                 mctx = ctx.child(info.name)
                 mctx.add_format("torch-legacy-records")

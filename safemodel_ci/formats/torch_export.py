@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
-from .torchscript import classify_op, read_member
+from .torchscript import classify_op
+from .zip.container import CentralEntry, read_member
+from .zip.torch_archive import torch_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..source import ByteSource
-    from .zip import CentralEntry, ZipReader
 
 #: ``_operator`` functions export graphs use for symbolic-size arithmetic.
 OPERATOR_TARGETS = frozenset({"getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg",
@@ -52,8 +53,6 @@ _GUARD_NODES = (ast.Expression, ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp,
 
 def program_members(entries: List["CentralEntry"]) -> List["CentralEntry"]:
     """The serialized programs torch.export.load reads (names matched as torch's reader does)."""
-    from .zip import torch_key
-
     out = []
     for e in entries:
         key = torch_key(e.name)
@@ -179,8 +178,6 @@ def report_native_code(ctx: ScanContext, entries: List["CentralEntry"]) -> None:
     """AOTInductor packages: ``torch.export.load`` / ``aoti_load_package`` hand every model under
     ``data/aotinductor/`` to ``AOTIModelPackageLoader``, which extracts and dlopen()s its shared
     library. Native code cannot be judged: one finding per archive, listing the members."""
-    from .zip import torch_key
-
     # load_pt2 lists records under data/aotinductor/ of the archive's folder.
     native = [e.name for e in entries if torch_key(e.name).split("/", 1)[-1].startswith("data/aotinductor/")
               and not e.name.endswith("/")]
@@ -191,7 +188,7 @@ def report_native_code(ctx: ScanContext, entries: List["CentralEntry"]) -> None:
                    "this scanner cannot judge", details={"members": native[:20], "count": len(native)})
 
 
-def scan_export_programs(reader: "ZipReader", source: "ByteSource", ctx: ScanContext,
+def scan_export_programs(source: "ByteSource", ctx: ScanContext,
                          entries: List["CentralEntry"]) -> None:
     """Judge every serialized program of a torch.export archive (and flag AOTInductor code)."""
     report_native_code(ctx, entries)
@@ -200,7 +197,7 @@ def scan_export_programs(reader: "ZipReader", source: "ByteSource", ctx: ScanCon
         ctx.check_deadline()
         if ctx.json_too_large(entry.usize, "serialized ExportedProgram"):
             continue
-        data = read_member(reader, source, entry, ctx)
+        data = read_member(source, entry, ctx)
         if data is None:
             mctx.report("unscanned-parse-error", "serialized ExportedProgram could not be read (compression "
                         "or damage); its targets and guard code were not judged")

@@ -38,10 +38,11 @@ from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Set, Tuple
 from ..context import ScanContext
 from ..findings import Severity
 from ..policy import GlobalVerdict, Policy
+from .zip.container import CentralEntry, read_member
+from .zip.torch_archive import torch_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..source import ByteSource
-    from .zip import CentralEntry, ZipReader
 
 DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "torchscript_ops.json"
 
@@ -214,8 +215,6 @@ def jit_policy(policy: Policy) -> Policy:
 def script_roots(entries: List["CentralEntry"], torch_roots: List[str]) -> List[str]:
     """Roots torch treats as TorchScript: torch.load hands an archive with ``constants.pkl`` to
     torch.jit.load (``_is_torchscript_zip``), and torch.jit.load requires that record."""
-    from .zip import torch_key
-
     # torch.load's test is exact, torch.jit.load's lookups are not (see torch_key): either way the
     # jit resolution only relaxes names Python's unpickler cannot import (__torch__.*) or that are
     # inert list builders, so the case-insensitive reading is the safe one.
@@ -503,11 +502,9 @@ def judge_code(files: List[CodeFile]) -> None:
             _Judge(f, declared).run()
 
 
-def scan_torchscript(reader: "ZipReader", source: "ByteSource", ctx: ScanContext,
+def scan_torchscript(source: "ByteSource", ctx: ScanContext,
                      entries: List["CentralEntry"], torch_roots: List[str]) -> None:
     """Judge the code of every torch root that carries TorchScript code; report per root."""
-    from .zip import torch_key
-
     keys = [(torch_key(e.name), e) for e in entries]  # torch_roots are keys too
     for root in torch_roots:
         # torch.jit.load asks for "code/<qualifier path>.py" and finds it case-insensitively.
@@ -521,7 +518,7 @@ def scan_torchscript(reader: "ZipReader", source: "ByteSource", ctx: ScanContext
         unread: List[str] = []
         for entry in code:
             ctx.check_deadline()
-            data = read_member(reader, source, entry, ctx)
+            data = read_member(source, entry, ctx)
             if data is None:
                 unread.append(entry.name)
                 continue
@@ -530,7 +527,7 @@ def scan_torchscript(reader: "ZipReader", source: "ByteSource", ctx: ScanContext
         for key, entry in keys:
             # A mobile (lite interpreter) module; every copy a case-insensitive lookup may pick.
             if key == root + "/bytecode.pkl":
-                data = read_member(reader, source, entry, ctx)
+                data = read_member(source, entry, ctx)
                 if data is None:
                     unread.append(entry.name)
                 else:
@@ -585,31 +582,6 @@ def _report(ctx: ScanContext, root: str, files: List[CodeFile], unread: List[str
                "(torch.load hands such archives to it)",
                details={"root": root, "members": marked[:20], "ops": sorted(ops)[:MAX_LISTED],
                         "op_count": len(ops), "builtins": sorted(builtins)})
-
-
-def read_member(reader: "ZipReader", source: "ByteSource", entry: "CentralEntry",
-                ctx: ScanContext) -> Optional[bytes]:
-    """The decompressed bytes of a (small) code member, None when it cannot be had."""
-    from ..decompress import DecompressionError, decompress_to_source
-    from .zip import METHOD_STORED, read_local_header
-
-    local = read_local_header(source, entry.local_offset)
-    if local is None or local.data_start + entry.csize > source.size:
-        return None
-    limit = ctx.limits.max_in_memory_bytes
-    if entry.method == METHOD_STORED:
-        return source.read_at(local.data_start, entry.csize) if entry.csize <= limit else None
-    stream = reader._stream(source, entry, local.data_start)
-    if stream is None:
-        return None
-    method, start, dec = stream
-    try:
-        out = decompress_to_source(source, method, ctx, f"{source.name}:{entry.name}", start=start,
-                                   end=local.data_start + entry.csize, stream=dec)
-    except DecompressionError:
-        return None
-    with out:
-        return out.read_at(0, out.size) if out.size <= limit else None
 
 
 __all__ = ["JitPolicy", "classify_class", "classify_op", "jit_global_verdict", "jit_policy", "parse_code",

@@ -96,8 +96,9 @@ class Location(NamedTuple):
         return self._replace(members=()) if self.members else self
 
     def inside(self, member: Optional[str]) -> "Location":
-        """A member inside this location (the chain grows by one)."""
-        return self._replace(members=self.members + (member,)) if member else self
+        """A member inside this location (the chain grows by one; None: this location). An empty
+        name is a member too (a crafted archive's nameless entry), so reports show it as before."""
+        return self._replace(members=self.members + (member,)) if member is not None else self
 
     def at(self, file: "Location") -> "Location":
         """This member chain inside another ``file`` (a result shown under the name its source gave it)."""
@@ -178,7 +179,12 @@ class Finding:
 
     def placed(self, file: Location) -> "Finding":
         """The same finding in another file location (its member chain kept)."""
-        return replace(self, location=self.location.at(file))
+        return self.moved(self.location.at(file))
+
+    def moved(self, location: Location) -> "Finding":
+        """The same finding at ``location`` (a result read back from the result cache, whose entry
+        keeps each finding's member chain)."""
+        return replace(self, location=location)
 
     def to_dict(self) -> Dict[str, Any]:
         return {

@@ -112,7 +112,17 @@ class Location(NamedTuple):
     def parse(cls, text: str, member: Optional[str] = None, target: bool = False) -> "Location":
         """The location that ``text`` names in a report read back from JSON (``safemodel merge``,
         the Action): the one place a displayed name is taken apart, because report schema v1
-        carries names, not locations. Writers never parse; they format :class:`Location`.
+        carries names, not locations. Writers never parse; they format :class:`Location`. A scan
+        never parses either: sources hand their location to the scanner, and contexts grow it.
+
+        Why read-back still parses: schema v1 (``schemas/report-v1.json``) closes files, findings and
+        errors with ``additionalProperties: false``, and consumers validate reports against their own
+        copy of it. A structured location field, even an optional one, would make every new report
+        invalid under the schema they hold, and the JSON report must stay byte-for-byte what it is.
+        Structured locations in reports wait for a schema v2. What a name cannot tell is lost on
+        read-back: an ``hf-cache`` file reads as a Hub file (both are shown ``org/name@rev:path``), and
+        the member chain comes back as one element (``member`` joins the chain with ``:``, which a
+        member name may hold too). The result cache, which is not a report, keeps the chains.
 
         ``org/name@revision:path`` (``datasets/`` or ``spaces/`` prefix allowed) is a Hub file and,
         for a ``target`` (a whole-target error), ``org/name[@revision]`` is a Hub repo; unless such a

@@ -98,7 +98,11 @@ class Location(NamedTuple):
     def inside(self, member: Optional[str]) -> "Location":
         """A member inside this location (the chain grows by one; None: this location). An empty
         name is a member too (a crafted archive's nameless entry), so reports show it as before."""
-        return self._replace(members=self.members + (member,)) if member is not None else self
+        if member is None:
+            return self
+        kind, path, repo, revision, members = self
+        # tuple.__new__, not _replace: a context is made per archive member (~0.3 us against ~0.8 us).
+        return tuple.__new__(Location, (kind, path, repo, revision, members + (member,)))
 
     def at(self, file: "Location") -> "Location":
         """This member chain inside another ``file`` (a result shown under the name its source gave it)."""

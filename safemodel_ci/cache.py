@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 # logs the reads of a file too big to hash whole.
 from . import __version__
 from .context import ScanContext, SiblingOpener
-from .findings import FileResult, sort_findings
+from .findings import FileResult, Location, sort_findings
 from .scanner import ScanOptions, _local_siblings, scan_file, scan_source
 from .source import ByteSource, BytesSource, FileSource, SourceError
 
@@ -531,15 +531,34 @@ class ResultCache:
         self.prune()
 
     @staticmethod
-    def _result(entry: Dict[str, Any], display: str) -> Optional[FileResult]:
+    def _entry(size: int, result: FileResult) -> Dict[str, Any]:
+        """A result as stored: its report form, plus each finding's member chain (the report names
+        a finding's member with the chain joined by ``:``, which a member name may itself hold)."""
+        return {"size": size, "result": result.to_dict(),
+                "members": [list(f.location.members) for f in result.findings]}
+
+    @staticmethod
+    def _result(entry: Dict[str, Any], display: str, at: Optional[Location] = None) -> Optional[FileResult]:
+        """The stored result, if it was stored under ``display``: at ``at`` (where the caller's source
+        says the file is) with each finding's member chain as stored; without ``at``, where its
+        name reads (:meth:`FileResult.from_dict`)."""
         try:
             result = FileResult.from_dict(entry["result"])
         except (KeyError, TypeError, ValueError):
             return None
         if result.path != display or any(f.path != display for f in result.findings):
             return None
-        result.cached = True
-        return result
+        where = at if at is not None else result.location
+        chains = entry.get("members")
+        if not (isinstance(chains, list) and len(chains) == len(result.findings)):
+            chains = [None] * len(result.findings)
+        placed = result.placed(where)  # an entry without chains: each joined member as one element
+        for i, (f, chain) in enumerate(zip(result.findings, chains)):
+            if (isinstance(chain, list) and all(isinstance(m, str) for m in chain)
+                    and (":".join(chain) if chain else None) == f.member):
+                placed.findings[i] = f.moved(where._replace(members=tuple(chain)))
+        placed.cached = True
+        return placed
 
     # -- local files, keyed by the bytes read -----------------------------------------------
     def file_key(self, real: str, size: int, display: str, fingerprint: str) -> str:
@@ -578,7 +597,7 @@ class ResultCache:
                 evidence.log, evidence.digest = log, digest
         except (KeyError, TypeError, ValueError, zlib.error, SourceError):
             digest, expected = None, True
-        result = self._result(entry, display) if digest == expected else None
+        result = self._result(entry, display, Location.local(display)) if digest == expected else None
         if result is None:
             self.misses += 1
             return None
@@ -593,7 +612,7 @@ class ResultCache:
         import hashlib
 
         key = self.file_key(real, recording.size, display, fingerprint)
-        entry: Dict[str, Any] = {"size": recording.size, "result": result.to_dict()}
+        entry = self._entry(recording.size, result)
         whole = recording.inner.read_at(0, recording.size) if recording.size <= REPLAY_WHOLE else None
         scanned = recording.digest.hexdigest()
         if whole is not None and replay_digest(BytesSource(whole), recording.log) == scanned:
@@ -615,8 +634,9 @@ class ResultCache:
         if whole is None:
             return False
         key = self.file_key(real, source.size, display, fingerprint)
-        return self._store(key, {"size": source.size, "result": result.to_dict(),
-                                 "whole_sha256": hashlib.sha256(whole).hexdigest()})
+        entry = self._entry(source.size, result)
+        entry["whole_sha256"] = hashlib.sha256(whole).hexdigest()
+        return self._store(key, entry)
 
     # -- content-addressed: a whole-file sha256 known without reading (a Hub LFS oid) --------
     def digest_key(self, sha256: str, size: int, display: str, fingerprint: str) -> str:
@@ -627,10 +647,11 @@ class ResultCache:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def get_by_sha256(self, sha256: str, size: int, display: str,
-                      options: ScanOptions) -> Optional[FileResult]:
-        """The stored result for content with this sha256 and size, shown as ``display``."""
+                      options: ScanOptions, at: Optional[Location] = None) -> Optional[FileResult]:
+        """The stored result for content with this sha256 and size, shown as ``display``, at ``at``
+        (the Hub or cache file whose name ``display`` is)."""
         entry = self._load(self.digest_key(sha256, size, display, options_fingerprint(options)))
-        result = self._result(entry, display) if entry is not None else None
+        result = self._result(entry, display, at) if entry is not None else None
         if result is None:
             self.misses += 1
             return None
@@ -644,7 +665,7 @@ class ResultCache:
         if not result.complete:
             return False
         key = self.digest_key(sha256, size, display, options_fingerprint(options))
-        return self._store(key, {"size": size, "result": result.to_dict()})
+        return self._store(key, self._entry(size, result))
 
 
 class Judged:

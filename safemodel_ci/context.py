@@ -142,15 +142,22 @@ class ScanContext:
     def __init__(self, path: str, policy: "Policy", limits: Limits = Limits(),
                  member: Optional[str] = None, depth: int = 0,
                  siblings: Optional[SiblingOpener] = None,
-                 _state: Optional[_FileState] = None, engine: Optional[ScanEngine] = None) -> None:
-        self.path = path
+                 _state: Optional[_FileState] = None, engine: Optional[ScanEngine] = None,
+                 location: Optional[Location] = None) -> None:
+        # Where this context is, as data: the file's location (local unless the source says where
+        # its bytes came from) and the chain of members down to here, one element per level.
+        if location is None:
+            location = Location.local(path, member)
+        self.location = location
+        #: The file as reports name it, and the member chain as reports show it (``outer:inner``).
+        self.path = location.display
+        self.member = location.member
         self._engine = engine
         self.policy = policy
         self.limits = limits
-        self.member = member
         self.depth = depth
         self.siblings = siblings
-        self._state = _state or _FileState(path, deadline=time.monotonic() + limits.max_seconds_per_file)
+        self._state = _state or _FileState(self.path, deadline=time.monotonic() + limits.max_seconds_per_file)
 
     # -- reporting -------------------------------------------------------------------------
     def json_too_large(self, size: int, what: str, offset: Optional[int] = None) -> bool:
@@ -170,9 +177,9 @@ class ScanContext:
                severity: Optional[Severity] = None, details: Optional[Mapping[str, Any]] = None,
                remedy: Optional[str] = None) -> Finding:
         """Record a finding of ``rule_id`` at this context's member (and ``offset`` inside it)."""
-        # The one door (rules table, then the policy). The file is named as the source displays
-        # it; the source places its result where the bytes came from (FileResult.placed).
-        finding = self.policy.finding(rule_id, Location.local(self.path, self.member), message,
+        # The one door (rules table, then the policy), at this context's location: the file where
+        # the source says its bytes came from, and the member chain down to here.
+        finding = self.policy.finding(rule_id, self.location, message,
                                       offset=offset, details=details, severity=severity, remedy=remedy)
         self._state.findings.append(finding)
         return finding
@@ -192,10 +199,10 @@ class ScanContext:
 
     # -- descending ------------------------------------------------------------------------
     def child(self, member: str) -> "ScanContext":
-        """Context for a member inside the current one (``outer:inner`` in reports)."""
-        full = f"{self.member}:{member}" if self.member else member
-        return ScanContext(self.path, self.policy, self.limits, member=full, depth=self.depth + 1,
-                           siblings=None, _state=self._state, engine=self._engine)
+        """Context for a member inside the current one: its location's member chain grows by one
+        element (reports show the chain as ``outer:inner``)."""
+        return ScanContext(self.path, self.policy, self.limits, depth=self.depth + 1, siblings=None,
+                           _state=self._state, engine=self._engine, location=self.location.inside(member))
 
     def enter(self, member: str, what: str = "not scanned") -> Optional["ScanContext"]:
         """The child context for ``member``, or None (and an ``unscanned-limit`` finding there) when
@@ -210,8 +217,8 @@ class ScanContext:
     def with_policy(self, policy: "Policy") -> "ScanContext":
         """The same place and findings, judged with another policy (TorchScript pickles: torch.jit's
         unpickler resolves globals differently from Python's)."""
-        return ScanContext(self.path, policy, self.limits, member=self.member, depth=self.depth,
-                           siblings=self.siblings, _state=self._state, engine=self._engine)
+        return ScanContext(self.path, policy, self.limits, depth=self.depth, siblings=self.siblings,
+                           _state=self._state, engine=self._engine, location=self.location)
 
     def isolated(self) -> "ScanContext":
         """A context at the same place whose findings and formats are kept apart (a trial reading
@@ -219,8 +226,8 @@ class ScanContext:
         the file's: hand the context back with :meth:`adopt`."""
         state = _FileState(self._state.path, deadline=self._state.deadline,
                            decompressed_bytes=self._state.decompressed_bytes)
-        return ScanContext(self.path, self.policy, self.limits, member=self.member, depth=self.depth,
-                           siblings=None, _state=state, engine=self._engine)
+        return ScanContext(self.path, self.policy, self.limits, depth=self.depth, siblings=None,
+                           _state=state, engine=self._engine, location=self.location)
 
     def adopt(self, trial: "ScanContext", keep_findings: bool) -> None:
         """Take back an :meth:`isolated` context: its budget use always, its findings if asked."""

@@ -6,10 +6,10 @@ import os
 import posixpath
 import stat
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from .context import Limits, ScanContext, ScanEngine, ScanLimitExceeded, SiblingOpener, install_engine
-from .findings import FileResult, Severity, sort_findings
+from .findings import FileResult, Location, Severity, sort_findings
 from . import formats
 from .formats import load, load_named
 from .formats.interface import FormatReader
@@ -238,32 +238,39 @@ def _local_siblings(path: str) -> SiblingOpener:
     return open_sibling
 
 
-def scan_byte_source(source: ByteSource, display_path: str, options: ScanOptions,
+def scan_byte_source(source: ByteSource, where: Union[str, Location], options: ScanOptions,
                      siblings: Optional[SiblingOpener] = None,
                      real_path: Optional[str] = None) -> FileResult:
     """Scan one top-level source (a local file, a Hub file, a cache blob) into a :class:`FileResult`.
 
-    ``real_path`` is the local filesystem path when there is one (readers such as the Git LFS one
-    need it to find the repository holding the file).
+    ``where`` is the file's :class:`Location` (a Hub or cache source says where its bytes came from,
+    so every finding is born there), or the displayed name of a local file. ``real_path`` is the
+    local filesystem path when there is one (readers such as the Git LFS one need it to find the
+    repository holding the file).
     """
-    ctx = ScanContext(display_path, options.policy, options.limits, siblings=siblings, engine=ENGINE)
+    at = Location.local(where) if isinstance(where, str) else where
+    ctx = ScanContext(at.display, options.policy, options.limits, siblings=siblings, engine=ENGINE,
+                      location=at)
     ctx._state.real_path = real_path
     start = source.bytes_read
     scan_source(source, ctx)
-    return FileResult(path=display_path, size=source.size, formats=list(ctx.formats),
-                      findings=sort_findings(ctx.findings), bytes_read=source.bytes_read - start)
+    return FileResult(path=at.display, size=source.size, formats=list(ctx.formats),
+                      findings=sort_findings(ctx.findings), bytes_read=source.bytes_read - start, location=at)
 
 
-def scan_file(path: str, options: ScanOptions, display_path: Optional[str] = None) -> FileResult:
-    """Scan one local file."""
-    shown = display_path or path
+def scan_file(path: str, options: ScanOptions, display_path: Optional[str] = None,
+              location: Optional[Location] = None) -> FileResult:
+    """Scan one local file, reported as ``location`` (default: the local file ``display_path``, else
+    ``path``)."""
+    at = location if location is not None else Location.local(display_path or path)
+    shown = at.display
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
         mode = None
         error = exc.strerror or str(exc)
     if mode is None or not stat.S_ISREG(mode):
-        ctx = ScanContext(shown, options.policy, options.limits, engine=ENGINE)
+        ctx = ScanContext(shown, options.policy, options.limits, engine=ENGINE, location=at)
         if mode is None:
             ctx.report("unscanned-unreadable", f"could not open: {error}")
         elif stat.S_ISDIR(mode):  # a directory the walk could not list: its files were not scanned
@@ -271,15 +278,15 @@ def scan_file(path: str, options: ScanOptions, display_path: Optional[str] = Non
                                                "scanned")
         else:
             ctx.report("skipped-not-regular", "not a regular file (fifo, device or socket); not read")
-        return FileResult(path=shown, findings=list(ctx.findings))
+        return FileResult(path=shown, findings=list(ctx.findings), location=at)
     try:
         source = FileSource(path, name=shown)
     except SourceError as exc:
-        ctx = ScanContext(shown, options.policy, options.limits, engine=ENGINE)
+        ctx = ScanContext(shown, options.policy, options.limits, engine=ENGINE, location=at)
         ctx.report("unscanned-unreadable", f"could not open: {exc}")
-        return FileResult(path=shown, findings=list(ctx.findings))
+        return FileResult(path=shown, findings=list(ctx.findings), location=at)
     with source:
-        return scan_byte_source(source, shown, options, siblings=_local_siblings(path), real_path=path)
+        return scan_byte_source(source, at, options, siblings=_local_siblings(path), real_path=path)
 
 
 def scan_files(paths: Iterable[str], options: ScanOptions,

@@ -247,7 +247,7 @@ def test_index_checks_can_open_shards_through_range_reads(
     real_scan = hub_module.scan_byte_source
 
     def spying_scan(source, path, options, siblings=None, real_path=None):  # type: ignore[no-untyped-def]
-        if path.endswith("index.json"):
+        if str(path).endswith("index.json"):  # a Location (the Hub file) or a name
             opened = siblings("model-00001-of-00001.safetensors")
             seen["shard_head"] = opened.read_at(0, 8) if opened else None
             seen["escape"] = siblings("../secret.bin")

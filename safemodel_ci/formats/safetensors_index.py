@@ -146,7 +146,7 @@ class SafetensorsIndexReader(FormatReader):
                                    f"shard {shard!r} is named by a safetensors index or named .safetensors "
                                    "but its content is not a safetensors file", details={"shard": shard})
                     continue  # a pickle shard (pytorch_model-*.bin): its tensors cannot be listed cheaply
-                scratch = ScanContext(ctx.path, ctx.policy, ctx.limits, member=shard)
+                scratch = ScanContext(ctx.path, ctx.policy, ctx.limits, location=ctx.location.inside(shard))
                 header = read_safetensors_header(source, scratch)
             finally:
                 source.close()

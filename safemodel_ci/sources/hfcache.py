@@ -401,15 +401,17 @@ def _scan_revisions(repos: List[Any], options: ScanOptions, on_file: Optional[Ca
                 first = scanned.get(real)
                 if first is None:
                     result.blobs_scanned += 1
-                    first = _scan_blob(real, display, snapshot, Path(cached.file_path), options,
+                    # Scanned at its place in the cache: its findings are born there.
+                    first = _scan_blob(real, at, snapshot, Path(cached.file_path), options,
                                        result_cache, hasher)
                     scanned[real] = first
                     result.blobs_from_cache += first.cached
                     file_result = FileResult(path=display, size=first.size, formats=list(first.formats),
-                                             findings=list(first.findings), bytes_read=first.bytes_read
-                                             ).placed(at)
+                                             findings=list(first.findings), bytes_read=first.bytes_read,
+                                             location=at)
                 else:
-                    # Same bytes as a file already scanned: repeat its findings under this name.
+                    # Same bytes as a file already scanned (another name linking to the same blob):
+                    # its findings repeated under this name, the one place a result is moved.
                     file_result = FileResult(path=display, size=first.size, formats=list(first.formats),
                                              findings=list(first.findings), cached=True).placed(at)
                 file_result.findings.extend(link_findings)
@@ -492,25 +494,25 @@ def _not_regular(real: str, at: Location, policy: Policy) -> List[Finding]:
                            details={"target": real})]
 
 
-def _scan_blob(real: str, display: str, snapshot: Path, file_path: Path, options: ScanOptions,
+def _scan_blob(real: str, at: Location, snapshot: Path, file_path: Path, options: ScanOptions,
                cache: Optional[ResultCache], hasher: Optional[BlobHasher]) -> FileResult:
-    """Scan one blob, or take its result from ``cache`` when the same content was scanned before
-    under the same name (see :func:`_content_key`)."""
+    """Scan one blob, its findings born at ``at`` (the file in the cache), or take its result from
+    ``cache`` when the same content was scanned before under the same name (see :func:`_content_key`)."""
+    display = at.display
     try:
         source = FileSource(real, name=display)
     except SourceError as exc:
-        # Shown under ``display`` here; the caller places the result (FileResult.placed).
-        return FileResult(path=display, findings=[options.policy.finding(
-            "unscanned-unreadable", Location.local(display), f"could not open: {exc}")])
+        return FileResult(path=display, location=at, findings=[options.policy.finding(
+            "unscanned-unreadable", at, f"could not open: {exc}")])
     with source:
         from_snapshot = _hash_snapshot(source, real, hasher)
         key = _content_key(source, real, hasher, from_snapshot) if cache is not None else None
         if cache is not None and key is not None:
-            hit = cache.get_by_sha256(key[0], source.size, display, options)
+            hit = cache.get_by_sha256(key[0], source.size, display, options, at)
             if hit is not None:
                 return hit
         tracked_sibling, opened = tracking_siblings(_snapshot_siblings(snapshot, file_path))
-        result = scan_byte_source(source, display, options, siblings=tracked_sibling, real_path=None)
+        result = scan_byte_source(source, at, options, siblings=tracked_sibling, real_path=None)
         # Stored only when it depends on this content alone (no shard of an index was opened) and,
         # for a blob hashed apart from the scan's reads, the file did not change in between.
         if cache is not None and key is not None and not opened:

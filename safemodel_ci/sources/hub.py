@@ -818,8 +818,7 @@ class HubRepoScanner:
         loader_findings = loader_choice_findings(paths, at, self.options.policy)
         for n, path in enumerate(paths, 1):
             size, sha256 = files[path]
-            file_result = self._scan_file(path, at(path).display, size, sha256, open_file, siblings_of,
-                                          result).placed(at(path))
+            file_result = self._scan_file(path, at(path), size, sha256, open_file, siblings_of, result)
             extra = loader_findings.get(path)
             if extra:
                 file_result.findings = sort_findings(file_result.findings + extra)
@@ -830,20 +829,22 @@ class HubRepoScanner:
             result.files.append(listing_limit_result(at(), listing, self.options.policy))
         return result
 
-    def _scan_file(self, path: str, display: str, size: int, sha256: Optional[str],
+    def _scan_file(self, path: str, where: Location, size: int, sha256: Optional[str],
                    open_file: Callable[[str], HubFileSource],
                    siblings_of: Callable[[str, List[str]], SiblingOpener], repo: HubRepoScan) -> FileResult:
-        """One file: from the result cache when its LFS sha256 was scanned here before, else by ranges."""
+        """One file, its findings born at ``where`` (the file in the repo at its commit): from the
+        result cache when its LFS sha256 was scanned here before, else by ranges."""
+        display = where.display
         cache = self.result_cache if sha256 else None
         if cache is not None:
-            hit = cache.get_by_sha256(sha256, size, display, self.options)  # type: ignore[arg-type]
+            hit = cache.get_by_sha256(sha256, size, display, self.options, where)  # type: ignore[arg-type]
             if hit is not None:
                 repo.from_cache += 1
                 return hit
         opened: List[str] = []
         # Every HTTP exchange for this file (and the siblings it opens) ends by the file's deadline.
         repo.stats.deadline = time.monotonic() + self.options.limits.max_seconds_per_file
-        file_result = scan_byte_source(open_file(path), display, self.options,
+        file_result = scan_byte_source(open_file(path), where, self.options,
                                        siblings=siblings_of(path, opened))
         if cache is not None and not opened:
             cache.put_by_sha256(sha256, size, display, self.options, file_result)  # type: ignore[arg-type]

@@ -31,9 +31,10 @@ class Policy(Record, frozen=True):
     def __init__(self, allow_globals: FrozenSet[str] = frozenset(),
                  severity_overrides: Optional[Mapping[str, Severity]] = None,
                  allow_reasons: Optional[Mapping[str, str]] = None) -> None:
-        object.__setattr__(self, "allow_globals", allow_globals)
-        object.__setattr__(self, "severity_overrides", {} if severity_overrides is None else severity_overrides)
-        object.__setattr__(self, "allow_reasons", {} if allow_reasons is None else allow_reasons)
+        set_ = object.__setattr__  # frozen: fields are set once, here
+        set_(self, "allow_globals", allow_globals)
+        set_(self, "severity_overrides", {} if severity_overrides is None else severity_overrides)
+        set_(self, "allow_reasons", {} if allow_reasons is None else allow_reasons)
 
     def classify_global(self, module: str, name: str) -> GlobalVerdict:
         """Judge ``module.name`` (already mapped from Python 2 names, dotted ``name`` allowed)."""

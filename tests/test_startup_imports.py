@@ -301,6 +301,10 @@ def test_scan_and_hook_path_use_no_dataclasses(tmp_path: Path, small_model: Path
     data = _run(tmp_path, entry, args, small_model)
     assert "safemodel_ci.findings" in data["modules"] and "safemodel_ci.formats.pickle" in data["modules"]
     assert [m for m in data["users"] if not _pending(m)] == []
+    # The small model's first bytes pass the protobuf gate: the SavedModel reader's detect runs, but
+    # its graph walker (savedmodel, keras_config: ~10 ms, five dataclasses) is imported only to scan one.
+    assert "safemodel_ci.formats.savedmodel" not in data["modules"]
+    assert "safemodel_ci.formats.keras_config" not in data["modules"]
     for name in ("dataclasses", "inspect"):
         if name in data["modules"]:
             assert _pending_file(data["causes"].get(name, [])), (name, data["causes"].get(name))

@@ -287,24 +287,30 @@ def _pending_file(chain: List[str]) -> bool:
                for f in chain)
 
 
-@pytest.mark.parametrize("command", ["scan-tiny", "scan-model", "hook"])
+@pytest.mark.parametrize("command", ["scan-tiny", "scan-model", "scan-safetensors", "hook"])
 def test_scan_and_hook_path_use_no_dataclasses(tmp_path: Path, small_model: Path, command: str) -> None:
     """Issue 20 item 3: a --no-cache scan of a small pickle and the hook on a small model make no
     dataclass and import neither ``dataclasses`` nor ``inspect`` for any module of ours but the
     reader modules (see :data:`DATACLASSES_PENDING`)."""
     (small_model / "tiny.pkl").write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
+    header = b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'  # bench/startup.py's layout
+    (small_model / "small.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
     entry, args = {
         "scan-tiny": ("safemodel_ci.cli:main", ["scan", "--no-cache", "tiny.pkl"]),
         "scan-model": ("safemodel_ci.cli:main", ["scan", "--no-cache", "model.pkl"]),
+        "scan-safetensors": ("safemodel_ci.cli:main", ["scan", "--no-cache", "small.safetensors"]),
         "hook": ("safemodel_ci.hooks.pre_commit:main", ["model.pkl"]),
     }[command]
     data = _run(tmp_path, entry, args, small_model)
     assert "safemodel_ci.findings" in data["modules"] and "safemodel_ci.formats.pickle" in data["modules"]
     assert [m for m in data["users"] if not _pending(m)] == []
-    # The small model's first bytes pass the protobuf gate: the SavedModel reader's detect runs, but
-    # its graph walker (savedmodel, keras_config: ~10 ms, five dataclasses) is imported only to scan one.
-    assert "safemodel_ci.formats.savedmodel" not in data["modules"]
-    assert "safemodel_ci.formats.keras_config" not in data["modules"]
+    # The readers these files' gates let in make none either (safetensors, json-config's Keras walker).
+    assert [m for m in data["users"] if not m.startswith(DATACLASSES_PENDING)] == []
+    if command != "scan-safetensors":
+        # The small model's first bytes pass the protobuf gate: the SavedModel reader's detect runs,
+        # but its graph walker (savedmodel, keras_config: ~10 ms) is imported only to scan one.
+        assert "safemodel_ci.formats.savedmodel" not in data["modules"]
+        assert "safemodel_ci.formats.keras_config" not in data["modules"]
     for name in ("dataclasses", "inspect"):
         if name in data["modules"]:
             assert _pending_file(data["causes"].get(name, [])), (name, data["causes"].get(name))

@@ -251,7 +251,8 @@ def test_scan_of_one_pickle_imports_only_the_pickle_reader(tmp_path: Path) -> No
     (work / "tiny.pkl").write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
     modules = _imported(tmp_path, "safemodel_ci.cli:main", ["scan", "--no-cache", "tiny.pkl"], work)
     formats = sorted(m for m in modules if m.startswith("safemodel_ci.formats"))
-    assert formats == ["safemodel_ci.formats", "safemodel_ci.formats.interface", "safemodel_ci.formats.pickle"]
+    assert formats == ["safemodel_ci.formats", "safemodel_ci.formats.interface",
+                       "safemodel_ci.formats.pickle"]
 
 
 def test_gate_passing_imports_that_reader(tmp_path: Path) -> None:

@@ -209,7 +209,7 @@ def _load_bytes(data: bytes, rel: str, top: str, label: str) -> Optional[Config]
             return None
         cfg = load_config(path)
     # Patterns and ignore paths stay relative to where the file sits in the repository.
-    return dataclasses.replace(cfg, path=label, root=os.path.join(top, os.path.dirname(rel)))
+    return cfg.replace(path=label, root=os.path.join(top, os.path.dirname(rel)))
 
 
 def choose_config(env: Mapping[str, str], inputs: ActionInputs, workspace: str) -> ConfigChoice:
@@ -320,7 +320,7 @@ def run_cli(command: str, operands: Sequence[str], settings: Settings
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
                 code = cli.main([command, "--", *operands],
-                                settings=dataclasses.replace(settings, output=out))
+                                settings=settings.replace(output=out))
             except SystemExit as exc:  # argparse exits on usage errors
                 code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
         report = None

@@ -31,7 +31,6 @@ file is refused.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
 import importlib.util
@@ -267,7 +266,7 @@ def options_fingerprint(options: ScanOptions) -> str:
     data = {
         "tool": tool_fingerprint(),
         "policy": options.policy.fingerprint(),
-        "limits": dataclasses.asdict(options.limits),
+        "limits": options.limits.as_dict(),
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

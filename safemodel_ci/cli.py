@@ -90,7 +90,15 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
                         "~/.cache/safemodel-ci)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``safemodel`` parser; with ``command``, only that sub-command's parser is built (:func:`main`
+    builds the one it runs when the command line starts with it: all six cost ~2 ms of every run, and
+    a command line that starts with a sub-command's name shows nothing of the others: no top-level
+    help, and the usage line names ``COMMAND``, not the list)."""
+
+    def full(name: str) -> bool:
+        return command is None or command == name
+
     parser = _Parser(
         prog="safemodel",
         description="Find machine-learning model files that would run code when loaded "
@@ -102,105 +110,114 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"safemodel-ci {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    scan = sub.add_parser(
-        "scan", help="scan files and directories",
-        description="Scan files and directories (recursively). Formats are detected from content, "
-                    "not from file names.",
-        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    scan.add_argument("paths", nargs="+", metavar="PATH",
-                      help="files or directories to scan; - reads a list of paths from standard input, "
-                           "one per line")
-    scan.add_argument("--exclude", action="append", default=[], metavar="GLOB",
-                      help="skip paths matching GLOB (the config's exclude syntax, relative to the working "
-                           "directory); repeatable, added to the config's")
-    scan.add_argument("--follow-symlinks", action="store_true",
-                      help="follow symlinks found in directories even when they point outside the "
-                           "scanned paths (default: only links into the scanned paths are followed)")
-    scan.add_argument("--jobs", "-j", type=_jobs, default=None, metavar="N",
-                      help="worker processes (default: one per CPU; 1 scans in this process)")
-    add_output_options(scan)
-    scan.set_defaults(func=cmd_scan)
+    if full("scan"):
+        scan = sub.add_parser(
+            "scan", help="scan files and directories",
+            description="Scan files and directories (recursively). Formats are detected from content, "
+                        "not from file names.",
+            epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        scan.add_argument("paths", nargs="+", metavar="PATH",
+                          help="files or directories to scan; - reads a list of paths from standard input, "
+                               "one per line")
+        scan.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                          help="skip paths matching GLOB (the config's exclude syntax, relative to the "
+                               "working directory); repeatable, added to the config's")
+        scan.add_argument("--follow-symlinks", action="store_true",
+                          help="follow symlinks found in directories even when they point outside the "
+                               "scanned paths (default: only links into the scanned paths are followed)")
+        scan.add_argument("--jobs", "-j", type=_jobs, default=None, metavar="N",
+                          help="worker processes (default: one per CPU; 1 scans in this process)")
+        add_output_options(scan)
+        scan.set_defaults(func=cmd_scan)
 
-    hub = sub.add_parser(
-        "hub", help="scan Hugging Face Hub repos remotely, fetching only the bytes each format needs",
-        description="Scan Hub repos in place: the revision is resolved to a commit sha (reported), "
-                    "the tree at that sha is listed and every file is read with HTTP range requests. "
-                    "Token from HF_TOKEN or the saved login, endpoint from HF_ENDPOINT.",
-        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    hub.add_argument("repo_ids", nargs="*", metavar="REPO_ID",
-                     help="repos to scan, e.g. org/name, or org/name@REVISION for one repo's revision")
-    hub.add_argument("--repos-file", metavar="FILE",
-                     help="more repos, one org/name[@REVISION] a line (# comments; - reads standard input)")
-    hub.add_argument("--shard", metavar="K/N",
-                     help="scan only shard K of N of the repos (stable: a repo's shard depends on its "
-                          "name alone); run N jobs, then 'safemodel merge' their JSON reports")
-    hub.add_argument("--revision", help="branch, tag or commit to scan (default: the main branch)")
-    hub.add_argument("--repo-type", choices=("model", "dataset", "space"), default="model",
-                     help="repository type (default: model)")
-    hub.add_argument("--jobs", "-j", type=_jobs, default=1, metavar="N",
-                     help="repos scanned at once (default: 1)")
-    add_output_options(hub)
-    hub.set_defaults(func=cmd_hub)
+    if full("hub"):
+        hub = sub.add_parser(
+            "hub", help="scan Hugging Face Hub repos remotely, fetching only the bytes each format needs",
+            description="Scan Hub repos in place: the revision is resolved to a commit sha (reported), "
+                        "the tree at that sha is listed and every file is read with HTTP range requests. "
+                        "Token from HF_TOKEN or the saved login, endpoint from HF_ENDPOINT.",
+            epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        hub.add_argument("repo_ids", nargs="*", metavar="REPO_ID",
+                         help="repos to scan, e.g. org/name, or org/name@REVISION for one repo's revision")
+        hub.add_argument("--repos-file", metavar="FILE",
+                         help="more repos, one org/name[@REVISION] a line (# comments; - reads standard "
+                              "input)")
+        hub.add_argument("--shard", metavar="K/N",
+                         help="scan only shard K of N of the repos (stable: a repo's shard depends on its "
+                              "name alone); run N jobs, then 'safemodel merge' their JSON reports")
+        hub.add_argument("--revision", help="branch, tag or commit to scan (default: the main branch)")
+        hub.add_argument("--repo-type", choices=("model", "dataset", "space"), default="model",
+                         help="repository type (default: model)")
+        hub.add_argument("--jobs", "-j", type=_jobs, default=1, metavar="N",
+                         help="repos scanned at once (default: 1)")
+        add_output_options(hub)
+        hub.set_defaults(func=cmd_hub)
 
-    cache = sub.add_parser(
-        "cache", help="scan every repo and revision in the local Hugging Face cache",
-        description="Scan every cached repo and revision (huggingface_hub.scan_cache_dir) and check "
-                    "that every blob still hashes to its name.",
-        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cache.add_argument("--cache-dir", metavar="DIR",
-                       help="cache to scan (default: HF_HUB_CACHE, or HF_HOME/hub)")
-    cache.add_argument("--repo", action="append", metavar="REPO_ID",
-                       help="scan only this repo (org/name, or datasets/org/name); repeatable")
-    cache.add_argument("--no-verify", action="store_true",
-                       help="scan without hashing the blobs: a file changed after download is not "
-                            "detected (the report says 'not verified')")
-    add_output_options(cache)
-    cache.set_defaults(func=cmd_cache)
+    if full("cache"):
+        cache = sub.add_parser(
+            "cache", help="scan every repo and revision in the local Hugging Face cache",
+            description="Scan every cached repo and revision (huggingface_hub.scan_cache_dir) and check "
+                        "that every blob still hashes to its name.",
+            epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        cache.add_argument("--cache-dir", metavar="DIR",
+                           help="cache to scan (default: HF_HUB_CACHE, or HF_HOME/hub)")
+        cache.add_argument("--repo", action="append", metavar="REPO_ID",
+                           help="scan only this repo (org/name, or datasets/org/name); repeatable")
+        cache.add_argument("--no-verify", action="store_true",
+                           help="scan without hashing the blobs: a file changed after download is not "
+                                "detected (the report says 'not verified')")
+        add_output_options(cache)
+        cache.set_defaults(func=cmd_cache)
 
-    convert = sub.add_parser(
-        "convert", help="convert PyTorch pickle checkpoints that scan clean to safetensors",
-        description="Scan each checkpoint, then convert the ones with no finding at or above --fail-on "
-                    "to safetensors. Tensors are copied from the checkpoint's storages by a strict "
-                    "reader that imports and calls nothing; the written files are validated and "
-                    "compared tensor by tensor. Takes torch.save files (zip or legacy format) and "
-                    "pytorch_model.bin.index.json shard indexes.",
-        epilog=CONVERT_EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    convert.add_argument("paths", nargs="+", metavar="PATH",
-                         help="checkpoints (.bin, .pt, .pth, .ckpt) or a *.bin.index.json shard index")
-    convert.add_argument("--output-dir", "-o", metavar="DIR",
-                         help="where to write (default: beside each input)")
-    convert.add_argument("--key", metavar="KEY",
-                         help="convert the dict at this key of a training checkpoint (e.g. state_dict; "
-                              "dotted for nested keys)")
-    convert.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
-                         help="split the output above this size, as transformers does (default: 5GB)")
-    convert.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
-                         help="refuse files with findings at or above this severity (default: from the "
-                              "config, else high)")
-    convert.add_argument("--config", metavar="FILE", help="config file (default: .safemodel.yaml found "
-                                                          "from the working directory)")
-    convert.add_argument("--no-cache", action="store_true", help="do not use the result cache")
-    convert.set_defaults(func=cmd_convert)
+    if full("convert"):
+        convert = sub.add_parser(
+            "convert", help="convert PyTorch pickle checkpoints that scan clean to safetensors",
+            description="Scan each checkpoint, then convert the ones with no finding at or above --fail-on "
+                        "to safetensors. Tensors are copied from the checkpoint's storages by a strict "
+                        "reader that imports and calls nothing; the written files are validated and "
+                        "compared tensor by tensor. Takes torch.save files (zip or legacy format) and "
+                        "pytorch_model.bin.index.json shard indexes.",
+            epilog=CONVERT_EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        convert.add_argument("paths", nargs="+", metavar="PATH",
+                             help="checkpoints (.bin, .pt, .pth, .ckpt) or a *.bin.index.json shard index")
+        convert.add_argument("--output-dir", "-o", metavar="DIR",
+                             help="where to write (default: beside each input)")
+        convert.add_argument("--key", metavar="KEY",
+                             help="convert the dict at this key of a training checkpoint (e.g. state_dict; "
+                                  "dotted for nested keys)")
+        convert.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                             help="split the output above this size, as transformers does (default: 5GB)")
+        convert.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
+                             help="refuse files with findings at or above this severity (default: from the "
+                                  "config, else high)")
+        convert.add_argument("--config", metavar="FILE", help="config file (default: .safemodel.yaml found "
+                                                              "from the working directory)")
+        convert.add_argument("--no-cache", action="store_true", help="do not use the result cache")
+        convert.set_defaults(func=cmd_convert)
 
-    merge = sub.add_parser(
-        "merge", help="combine JSON reports (e.g. of 'hub --shard K/N' jobs) into one report",
-        description="Combine JSON reports into one JSON, SARIF, Markdown or text report whose exit code "
-                    "follows the usual rules. When the reports come from 'hub --shard K/N', a missing or "
-                    "repeated shard is reported (exit 2 at least): a shard job that died never looks clean.",
-        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    merge.add_argument("reports", nargs="+", metavar="REPORT.json", help="JSON reports of safemodel-ci")
-    merge.add_argument("--format", "-f", choices=FORMATS + ("markdown",), default="text",
-                       help="output format (default: text; markdown is the Action's job summary)")
-    merge.add_argument("--output", "-o", metavar="FILE", help="write the report here instead of stdout")
-    merge.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
-                       help="lowest severity that fails (default: the strictest of the reports')")
-    merge.add_argument("--repo-root", metavar="DIR", help=argparse.SUPPRESS)
-    merge.add_argument("--quiet", "-q", action="store_true", help=argparse.SUPPRESS)
-    merge.set_defaults(func=cmd_merge)
+    if full("merge"):
+        merge = sub.add_parser(
+            "merge", help="combine JSON reports (e.g. of 'hub --shard K/N' jobs) into one report",
+            description="Combine JSON reports into one JSON, SARIF, Markdown or text report whose exit "
+                        "code follows the usual rules. When the reports come from 'hub --shard K/N', a "
+                        "missing or repeated shard is reported (exit 2 at least): a shard job that died "
+                        "never looks clean.",
+            epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        merge.add_argument("reports", nargs="+", metavar="REPORT.json",
+                           help="JSON reports of safemodel-ci")
+        merge.add_argument("--format", "-f", choices=FORMATS + ("markdown",), default="text",
+                           help="output format (default: text; markdown is the Action's job summary)")
+        merge.add_argument("--output", "-o", metavar="FILE", help="write the report here instead of stdout")
+        merge.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
+                           help="lowest severity that fails (default: the strictest of the reports')")
+        merge.add_argument("--repo-root", metavar="DIR", help=argparse.SUPPRESS)
+        merge.add_argument("--quiet", "-q", action="store_true", help=argparse.SUPPRESS)
+        merge.set_defaults(func=cmd_merge)
 
-    rules = sub.add_parser("rules", help="list every rule id with its severity and meaning")
-    rules.add_argument("--format", choices=("text", "markdown", "json"), default="text")
-    rules.set_defaults(func=cmd_rules)
+    if full("rules"):
+        rules = sub.add_parser("rules", help="list every rule id with its severity and meaning")
+        rules.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+        rules.set_defaults(func=cmd_rules)
     return parser
 
 
@@ -566,8 +583,9 @@ def main(argv: Optional[Sequence[str]] = None, config: Optional[Config] = None,
     """Run a command line. ``config``: the config to use instead of ``--config`` or the look-up.
     ``settings``: the settings to run with instead of those of the command line's options (the
     GitHub Action maps its inputs to settings and passes only the command and its operands)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command(words))
+    args = parser.parse_args(words)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -585,6 +603,17 @@ def main(argv: Optional[Sequence[str]] = None, config: Optional[Config] = None,
         return 143
     except BrokenPipeError as exc:  # a write to standard output outside emit (safemodel rules | head)
         return stdout_failed(exc)
+
+
+#: The sub-commands, as :func:`build_parser` adds them.
+COMMANDS = ("scan", "hub", "cache", "convert", "merge", "rules")
+
+
+def _command(words: Sequence[str]) -> Optional[str]:
+    """The sub-command a command line runs when its first word names one; None otherwise (a top-level
+    option first, as in ``--help scan``, or no command: then every sub-command's parser is built, so
+    the help or error is the full one)."""
+    return words[0] if words and words[0] in COMMANDS else None
 
 
 def stdout_failed(exc: BaseException) -> int:

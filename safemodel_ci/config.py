@@ -12,15 +12,14 @@ The schema is documented in the README (``## Configuration``) and shipped as a J
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .context import Limits
 from .findings import Severity
 from .policy import Policy
+from .record import Record
 from .rules import RULES_BY_ID
 
 #: File names looked for, in this order, in each directory from the working directory up.
@@ -60,30 +59,42 @@ class ConfigError(ValueError):
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 
-@dataclass(frozen=True)
-class AllowedGlobal:
+class AllowedGlobal(Record, frozen=True):
     """A global the project trusts (``module.name`` or ``module.*``) and why.
 
     ``origin`` is ``file:line`` of the entry, quoted in ``allowed-by-config`` findings.
     """
 
+    # The classes here are plain records, not dataclasses: see safemodel_ci/record.py.
+    __slots__ = ("name", "reason", "origin")
     name: str
     reason: str
-    origin: str = ""
+    origin: str
+
+    def __init__(self, name: str, reason: str, origin: str = "") -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "origin", origin)
 
 
-@dataclass(frozen=True)
-class IgnoredFile:
+class IgnoredFile(Record, frozen=True):
     """A file accepted as it is: its findings are suppressed while its content hashes to ``sha256``.
 
     ``path`` (optional, relative to the config's directory) narrows the entry to one location.
     ``origin`` is ``file:line`` of the entry, quoted in the report so a reviewer can find it.
     """
 
+    __slots__ = ("sha256", "reason", "path", "origin")
     sha256: str
     reason: str
-    path: Optional[str] = None
-    origin: str = ""
+    path: Optional[str]
+    origin: str
+
+    def __init__(self, sha256: str, reason: str, path: Optional[str] = None, origin: str = "") -> None:
+        object.__setattr__(self, "sha256", sha256)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "origin", origin)
 
     def matches(self, digest: str, relpath: Optional[str]) -> bool:
         if digest != self.sha256:
@@ -91,20 +102,35 @@ class IgnoredFile:
         return self.path is None or (relpath is not None and _norm_rel(self.path) == relpath)
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Record, frozen=True):
     """A loaded configuration. ``Config()`` is the default: no file, nothing tuned."""
 
+    __slots__ = ("path", "root", "fail_on", "allow_globals", "ignores", "excludes", "severity_overrides",
+                 "limits")
     #: The file it came from (None: defaults).
-    path: Optional[str] = None
+    path: Optional[str]
     #: Directory that ``exclude`` patterns and ``ignore`` paths are relative to.
-    root: str = "."
-    fail_on: Optional[Severity] = None
-    allow_globals: Tuple[AllowedGlobal, ...] = ()
-    ignores: Tuple[IgnoredFile, ...] = ()
-    excludes: Tuple[str, ...] = ()
-    severity_overrides: Tuple[Tuple[str, Severity], ...] = ()
-    limits: Limits = field(default_factory=Limits)
+    root: str
+    fail_on: Optional[Severity]
+    allow_globals: Tuple[AllowedGlobal, ...]
+    ignores: Tuple[IgnoredFile, ...]
+    excludes: Tuple[str, ...]
+    severity_overrides: Tuple[Tuple[str, Severity], ...]
+    limits: Limits
+
+    def __init__(self, path: Optional[str] = None, root: str = ".", fail_on: Optional[Severity] = None,
+                 allow_globals: Tuple[AllowedGlobal, ...] = (), ignores: Tuple[IgnoredFile, ...] = (),
+                 excludes: Tuple[str, ...] = (), severity_overrides: Tuple[Tuple[str, Severity], ...] = (),
+                 limits: Optional[Limits] = None) -> None:
+        set_ = object.__setattr__  # frozen: fields are set once, here
+        set_(self, "path", path)
+        set_(self, "root", root)
+        set_(self, "fail_on", fail_on)
+        set_(self, "allow_globals", allow_globals)
+        set_(self, "ignores", ignores)
+        set_(self, "excludes", excludes)
+        set_(self, "severity_overrides", severity_overrides)
+        set_(self, "limits", Limits() if limits is None else limits)
 
     def policy(self) -> Policy:
         """The scan policy these settings make (picklable, fingerprinted for the cache)."""
@@ -216,14 +242,20 @@ def load_config(path: Optional[str] = None, start: Optional[str] = None) -> Conf
 
 # ---- a located tree: every value remembers its line -------------------------------------------
 
-@dataclass
-class Node:
+class Node(Record):
     """A config value with the line it is on (1-based; None when the format cannot tell)."""
 
+    __slots__ = ("value", "line", "key_lines")
     value: Any  # Dict[str, Node] | List[Node] | str | int | float | bool | None
     line: Optional[int]
     #: For mappings: the line of each key.
-    key_lines: Dict[str, Optional[int]] = field(default_factory=dict)
+    key_lines: Dict[str, Optional[int]]
+
+    def __init__(self, value: Any, line: Optional[int],
+                 key_lines: Optional[Dict[str, Optional[int]]] = None) -> None:
+        self.value = value
+        self.line = line
+        self.key_lines = {} if key_lines is None else key_lines
 
 
 def _yaml_tree(text: str, path: str) -> Node:
@@ -597,23 +629,23 @@ def _limits(node: Optional[Node], fail: _Fail) -> Limits:
     if not isinstance(node.value, dict):
         raise fail(node.line, "limits", f"expected a mapping, got {_kind(node.value)}")
     defaults = Limits()
-    known = {f.name.replace("_", "-"): f for f in dataclasses.fields(Limits)}
+    known = {name.replace("_", "-"): name for name in Limits.field_names()}
     changes: Dict[str, Any] = {}
     for name, value in node.value.items():
         key = f"limits.{name}"
         line = node.key_lines.get(name, value.line)
-        f = known.get(name)
-        if f is None:
+        field = known.get(name)
+        if field is None:
             raise fail(line, key, "unknown limit; known: " + ", ".join(sorted(known)))
-        default = getattr(defaults, f.name)
+        default = getattr(defaults, field)
         v = value.value
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
         if isinstance(default, int) and not isinstance(v, int):
             ok = False
         if not ok:
             raise fail(value.line, key, f"must be a positive {type(default).__name__} (default {default})")
-        changes[f.name] = type(default)(v)
-    return dataclasses.replace(defaults, **changes)
+        changes[field] = type(default)(v)
+    return defaults.replace(**changes)
 
 
 # ---- exclude globs ----------------------------------------------------------------------------

@@ -10,10 +10,10 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional
 
 from .findings import Finding, Location, Severity
+from .record import Record
 from .source import ByteSource
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,36 +24,59 @@ class ScanLimitExceeded(Exception):
     """Raised by a reader (or :meth:`ScanContext.check_deadline`) when a limit is reached."""
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on the work done for one file. Exceeding one is an ``unscanned-limit`` finding."""
+class Limits(Record, frozen=True):
+    """Bounds on the work done for one file. Exceeding one is an ``unscanned-limit`` finding. (A plain
+    record, not a dataclass: see safemodel_ci/record.py.)"""
+
+    __slots__ = ("max_depth", "max_members", "max_decompressed_bytes", "max_compression_ratio",
+                 "max_seconds_per_file", "max_in_memory_bytes", "max_json_bytes", "max_pickle_stack",
+                 "max_pickle_memo", "max_native_parse_seconds", "hub_max_tree_entries", "hub_max_tree_pages")
 
     #: Containers inside containers (zip in zip, pickle in pickle ...).
-    max_depth: int = 6
+    max_depth: int
     #: Members read from one archive.
-    max_members: int = 100_000
+    max_members: int
     #: Bytes produced by decompression, per file (all members together).
-    max_decompressed_bytes: int = 8 << 30
+    max_decompressed_bytes: int
     #: Decompressed / compressed size, once output exceeds 1 MiB.
-    max_compression_ratio: int = 1000
+    max_compression_ratio: int
     #: Wall-clock seconds spent on one top-level file.
-    max_seconds_per_file: float = 300.0
+    max_seconds_per_file: float
     #: Size of a single in-memory buffer (a JSON config, a protobuf, a header) a reader may hold.
-    max_in_memory_bytes: int = 256 << 20
+    max_in_memory_bytes: int
     #: Size of a JSON document parsed into objects (a safetensors header, a shard index, a Keras,
     #: tokenizer or SavedModel metadata config). Parsing costs about ten bytes of memory per byte;
     #: real headers and configs stay far below (a 100,000-tensor safetensors header is ~10 MB).
-    max_json_bytes: int = 16 << 20
+    max_json_bytes: int
     #: Pickle VM: stack, memo and mark depth.
-    max_pickle_stack: int = 1_000_000
-    max_pickle_memo: int = 1_000_000
+    max_pickle_stack: int
+    max_pickle_memo: int
     #: Seconds a native parser (libhdf5 through h5py) may take in its isolated child process.
-    max_native_parse_seconds: float = 20.0
+    max_native_parse_seconds: float
     #: ``safemodel hub``: entries and pages of one repo's tree listing (a real page holds 1,000).
     #: Reaching either is ``unscanned-limit`` for the repo; the files listed so far are scanned.
-    hub_max_tree_entries: int = 200_000
-    hub_max_tree_pages: int = 1_000
+    hub_max_tree_entries: int
+    hub_max_tree_pages: int
 
+    def __init__(self, max_depth: int = 6, max_members: int = 100_000,
+                 max_decompressed_bytes: int = 8 << 30, max_compression_ratio: int = 1000,
+                 max_seconds_per_file: float = 300.0, max_in_memory_bytes: int = 256 << 20,
+                 max_json_bytes: int = 16 << 20, max_pickle_stack: int = 1_000_000,
+                 max_pickle_memo: int = 1_000_000, max_native_parse_seconds: float = 20.0,
+                 hub_max_tree_entries: int = 200_000, hub_max_tree_pages: int = 1_000) -> None:
+        set_ = object.__setattr__  # frozen: fields are set once, here
+        set_(self, "max_depth", max_depth)
+        set_(self, "max_members", max_members)
+        set_(self, "max_decompressed_bytes", max_decompressed_bytes)
+        set_(self, "max_compression_ratio", max_compression_ratio)
+        set_(self, "max_seconds_per_file", max_seconds_per_file)
+        set_(self, "max_in_memory_bytes", max_in_memory_bytes)
+        set_(self, "max_json_bytes", max_json_bytes)
+        set_(self, "max_pickle_stack", max_pickle_stack)
+        set_(self, "max_pickle_memo", max_pickle_memo)
+        set_(self, "max_native_parse_seconds", max_native_parse_seconds)
+        set_(self, "hub_max_tree_entries", hub_max_tree_entries)
+        set_(self, "hub_max_tree_pages", hub_max_tree_pages)
 
 #: Opens a file next to the one being scanned (same directory or repo), by relative path; None if absent.
 SiblingOpener = Callable[[str], Optional[ByteSource]]
@@ -120,16 +143,26 @@ def default_engine() -> ScanEngine:
     return _default_engine
 
 
-@dataclass
-class _FileState:
+class _FileState(Record):
+    __slots__ = ("path", "findings", "formats", "deadline", "real_path", "decompressed_bytes")
     path: str
-    findings: List[Finding] = field(default_factory=list)
-    formats: List[str] = field(default_factory=list)
-    deadline: float = 0.0
+    findings: List[Finding]
+    formats: List[str]
+    deadline: float
     #: Filesystem path of the top-level file when it is a local file (``path`` is only for display).
-    real_path: Optional[str] = None
+    real_path: Optional[str]
     #: Bytes produced by decompression so far, all members together (``Limits.max_decompressed_bytes``).
-    decompressed_bytes: int = 0
+    decompressed_bytes: int
+
+    def __init__(self, path: str, findings: Optional[List[Finding]] = None,
+                 formats: Optional[List[str]] = None, deadline: float = 0.0, real_path: Optional[str] = None,
+                 decompressed_bytes: int = 0) -> None:
+        self.path = path
+        self.findings = [] if findings is None else findings
+        self.formats = [] if formats is None else formats
+        self.deadline = deadline
+        self.real_path = real_path
+        self.decompressed_bytes = decompressed_bytes
 
 
 class ScanContext:

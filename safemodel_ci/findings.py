@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+from .record import Record
 
 #: Exit codes shared by every entry point (CLI, pre-commit hook, GitHub Action, Hub commands).
 EXIT_OK = 0
@@ -157,8 +158,7 @@ def _revision(text: str) -> bool:
     return bool(text) and all(c.isascii() and (c.isalnum() or c in "._-") for c in text)
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(Record, frozen=True):
     """One thing found in one file.
 
     Made by :meth:`safemodel_ci.policy.Policy.finding` (a rule id of the rules table, a
@@ -171,25 +171,41 @@ class Finding:
     file could not be fully inspected (those never make a file clean).
     """
 
+    # A plain record, not a dataclass: see safemodel_ci/record.py (start-up cost).
+    __slots__ = ("rule_id", "severity", "path", "message", "remedy", "member", "offset", "unscanned",
+                 "details", "location")
     rule_id: str
     severity: Severity
     path: str
     message: str
     remedy: str
-    member: Optional[str] = None
-    offset: Optional[int] = None
-    unscanned: bool = False
-    details: Mapping[str, Any] = field(default_factory=dict)
+    member: Optional[str]
+    offset: Optional[int]
+    unscanned: bool
+    details: Mapping[str, Any]
     #: Where it is; None (a finding made from ``path`` and ``member`` alone) means a local file.
-    location: Location = None  # type: ignore[assignment]
+    location: Location
 
-    def __post_init__(self) -> None:
+    def __init__(self, rule_id: str, severity: Severity, path: str, message: str, remedy: str,
+                 member: Optional[str] = None, offset: Optional[int] = None, unscanned: bool = False,
+                 details: Optional[Mapping[str, Any]] = None, location: Optional[Location] = None) -> None:
+        set_ = object.__setattr__  # frozen: fields are set once, here
+        set_(self, "rule_id", rule_id)
+        set_(self, "severity", severity)
+        set_(self, "message", message)
+        set_(self, "remedy", remedy)
+        set_(self, "offset", offset)
+        set_(self, "unscanned", unscanned)
+        set_(self, "details", {} if details is None else details)
         # One truth: path and member follow the location when there is one.
-        if self.location is None:
-            object.__setattr__(self, "location", Location.local(self.path, self.member))
+        if location is None:
+            set_(self, "path", path)
+            set_(self, "member", member)
+            set_(self, "location", Location.local(path, member))
         else:
-            object.__setattr__(self, "path", self.location.display)
-            object.__setattr__(self, "member", self.location.member)
+            set_(self, "path", location.display)
+            set_(self, "member", location.member)
+            set_(self, "location", location)
 
     def placed(self, file: Location) -> "Finding":
         """The same finding in another file location (its member chain kept)."""
@@ -198,7 +214,7 @@ class Finding:
     def moved(self, location: Location) -> "Finding":
         """The same finding at ``location`` (a result read back from the result cache, whose entry
         keeps each finding's member chain)."""
-        return replace(self, location=location)
+        return self.replace(location=location)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -228,29 +244,38 @@ class Finding:
         )
 
 
-@dataclass
-class FileResult:
+class FileResult(Record):
     """Everything found in one scanned file (or Hub file, or cache entry)."""
 
+    __slots__ = ("path", "size", "formats", "findings", "bytes_read", "cached", "location")
     path: str
-    size: int = 0
-    formats: List[str] = field(default_factory=list)
-    findings: List[Finding] = field(default_factory=list)
-    bytes_read: int = 0
-    cached: bool = False
+    size: int
+    formats: List[str]
+    findings: List[Finding]
+    bytes_read: int
+    cached: bool
     #: Where the file is; None (a result made from ``path`` alone) means a local file.
-    location: Location = None  # type: ignore[assignment]
+    location: Location
 
-    def __post_init__(self) -> None:
-        if self.location is None:
-            self.location = Location.local(self.path)
+    def __init__(self, path: str, size: int = 0, formats: Optional[List[str]] = None,
+                 findings: Optional[List[Finding]] = None, bytes_read: int = 0, cached: bool = False,
+                 location: Optional[Location] = None) -> None:
+        self.size = size
+        self.formats = [] if formats is None else formats
+        self.findings = [] if findings is None else findings
+        self.bytes_read = bytes_read
+        self.cached = cached
+        if location is None:
+            self.path = path
+            self.location = Location.local(path)
         else:
-            self.path = self.location.display
+            self.path = location.display
+            self.location = location
 
     def placed(self, file: Location) -> "FileResult":
         """This result under the location its source gives the file, every finding with it (a
         source scans bytes under their displayed name and says where they are)."""
-        return replace(self, location=file, findings=[f.placed(file) for f in self.findings])
+        return self.replace(location=file, findings=[f.placed(file) for f in self.findings])
 
     @property
     def complete(self) -> bool:
@@ -285,23 +310,37 @@ class FileResult:
         return result.placed(where) if where.kind != LOCAL else result
 
 
-@dataclass
-class ScanReport:
+class ScanReport(Record):
     """The results of one run, in a stable order, and the verdict they add up to."""
 
+    __slots__ = ("files", "fail_on", "errors", "extra", "excluded", "hidden", "whole", "targets")
+    _repr_skip = frozenset({"whole"})
     files: List[FileResult]
-    fail_on: Severity = Severity.HIGH
+    fail_on: Severity
     #: Problems that concern a whole target rather than one file (a Hub repo that cannot be listed).
-    errors: List[Tuple[str, str]] = field(default_factory=list)
-    extra: Dict[str, Any] = field(default_factory=dict)
+    errors: List[Tuple[str, str]]
+    extra: Dict[str, Any]
     #: Paths left out without being read because the config excludes them (counted as skipped).
-    excluded: int = 0
+    excluded: int
     #: On a copy made by :meth:`filtered`: findings left out of the output, by severity name.
-    hidden: Dict[str, int] = field(default_factory=dict)
+    hidden: Dict[str, int]
     #: On a copy made by :meth:`filtered`: the report of the whole run (counts, kinds of files).
-    whole: Optional["ScanReport"] = field(default=None, repr=False)
+    whole: Optional["ScanReport"]
     #: Where each target of ``errors`` is (a Hub repo), by the target's name.
-    targets: Dict[str, Location] = field(default_factory=dict)
+    targets: Dict[str, Location]
+
+    def __init__(self, files: List[FileResult], fail_on: Severity = Severity.HIGH,
+                 errors: Optional[List[Tuple[str, str]]] = None, extra: Optional[Dict[str, Any]] = None,
+                 excluded: int = 0, hidden: Optional[Dict[str, int]] = None,
+                 whole: Optional["ScanReport"] = None, targets: Optional[Dict[str, Location]] = None) -> None:
+        self.files = files
+        self.fail_on = fail_on
+        self.errors = [] if errors is None else errors
+        self.extra = {} if extra is None else extra
+        self.excluded = excluded
+        self.hidden = {} if hidden is None else hidden
+        self.whole = whole
+        self.targets = {} if targets is None else targets
 
     def target_location(self, target: str) -> Location:
         """Where an error's target is: as its source said, else as its name reads (a report read
@@ -327,7 +366,7 @@ class ScanReport:
                     kept.append(f)
                 else:
                     hidden[f.severity.name] = hidden.get(f.severity.name, 0) + 1
-            files.append(result if len(kept) == len(result.findings) else replace(result, findings=kept))
+            files.append(result if len(kept) == len(result.findings) else result.replace(findings=kept))
         return ScanReport(files, self.fail_on, list(self.errors), dict(self.extra), excluded=self.excluded,
                           hidden=hidden, whole=self.whole or self, targets=dict(self.targets))
 

@@ -15,11 +15,11 @@ loaders; for them content alone decides (the scanner's ``unrecognized-format`` n
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from .context import ScanContext, ScanLimitExceeded
 from .findings import Severity
+from .record import Record
 from .source import ByteSource, SourceError
 
 #: The member under which the LFS reader scans the object a pointer stands for: the pointer's own
@@ -36,10 +36,11 @@ ALWAYS_ACCEPTED = frozenset({"lfs-pointer"})
 PICKLE_LOADER_FORMATS = frozenset({"pickle", "joblib-compressed", "zip", "torch-legacy", "tar"})
 
 
-@dataclass(frozen=True)
-class LoaderBinding:
-    """One loader-binding file-name suffix."""
+class LoaderBinding(Record, frozen=True):
+    """One loader-binding file-name suffix (a plain record, not a dataclass: see
+    safemodel_ci/record.py)."""
 
+    __slots__ = ("suffix", "loader", "expected", "accepts")
     #: Lower-case suffix, with the dot (``.safetensors``).
     suffix: str
     #: The loader(s) the name selects, for messages.
@@ -48,6 +49,12 @@ class LoaderBinding:
     expected: str
     #: Reader names (:attr:`FormatReader.name`) whose content the loader parses.
     accepts: FrozenSet[str]
+
+    def __init__(self, suffix: str, loader: str, expected: str, accepts: FrozenSet[str]) -> None:
+        object.__setattr__(self, "suffix", suffix)
+        object.__setattr__(self, "loader", loader)
+        object.__setattr__(self, "expected", expected)
+        object.__setattr__(self, "accepts", accepts)
 
 
 def _bindings() -> Dict[str, LoaderBinding]:

@@ -5,21 +5,30 @@ nothing becomes a function. A shared decoder (like :mod:`.protobuf`): it imports
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, List, Optional
+
+from .record import Record
 
 class MarshalError(ValueError):
     """The bytes are not a marshalled code object in the layout tried."""
 
 
-@dataclass
-class CodeSummary:
-    """What a marshalled code object names: enough to tell a reader what it would do."""
+class CodeSummary(Record):
+    """What a marshalled code object names: enough to tell a reader what it would do. (A plain
+    record, not a dataclass: see safemodel_ci/record.py; a gate may import this module.)"""
 
+    __slots__ = ("layout", "names", "strings", "functions")
     layout: str
-    names: List[str] = field(default_factory=list)      # co_names of all code objects
-    strings: List[str] = field(default_factory=list)    # string constants
-    functions: List[str] = field(default_factory=list)  # co_name of every code object
+    names: List[str]      # co_names of all code objects
+    strings: List[str]    # string constants
+    functions: List[str]  # co_name of every code object
+
+    def __init__(self, layout: str, names: Optional[List[str]] = None, strings: Optional[List[str]] = None,
+                 functions: Optional[List[str]] = None) -> None:
+        self.layout = layout
+        self.names = [] if names is None else names
+        self.strings = [] if strings is None else strings
+        self.functions = [] if functions is None else functions
 
 
 _NULL = object()

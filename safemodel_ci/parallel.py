@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import os
 from collections import Counter, deque
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
 
 from . import Terminated
@@ -22,6 +21,7 @@ from .config import Config
 from .findings import FileResult, Location, Severity
 from .formats import readers
 from .policy import Policy
+from .record import Record
 from .scanner import ScanOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,14 +38,21 @@ MAX_BATCH = 128
 START_METHOD: Optional[str] = None
 
 
-@dataclass(frozen=True)
-class ScanPlan:
-    """How to scan local files: options, the config (ignores), the cache. Picklable for workers."""
+class ScanPlan(Record, frozen=True):
+    """How to scan local files: options, the config (ignores), the cache. Picklable for workers. (A
+    plain record, not a dataclass: see safemodel_ci/record.py.)"""
 
-    options: ScanOptions = field(default_factory=ScanOptions)
-    config: Config = field(default_factory=Config)
+    __slots__ = ("options", "config", "cache_dir")
+    options: ScanOptions
+    config: Config
     #: Result cache directory; None scans without a cache.
-    cache_dir: Optional[str] = None
+    cache_dir: Optional[str]
+
+    def __init__(self, options: Optional[ScanOptions] = None, config: Optional[Config] = None,
+                 cache_dir: Optional[str] = None) -> None:
+        object.__setattr__(self, "options", ScanOptions() if options is None else options)
+        object.__setattr__(self, "config", Config() if config is None else config)
+        object.__setattr__(self, "cache_dir", cache_dir)
 
 
 def default_jobs() -> int:
@@ -160,7 +167,7 @@ def apply_ignores(result: FileResult, path: str, config: Config,
         ", ".join(f"{k} x{v}" for k, v in sorted(suppressed.items())),
         details={"sha256": digest, "reason": entry.reason, "entry": entry.origin,
                  "suppressed": dict(sorted(suppressed.items()))})
-    return replace(result, formats=list(result.formats), findings=[note])
+    return result.replace(formats=list(result.formats), findings=[note])
 
 
 class _Scanner:

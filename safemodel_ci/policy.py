@@ -7,25 +7,34 @@ allowlist"), naming the exact global so a project can allow it in its config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from typing import Any, FrozenSet, Mapping, Optional
 
 from . import pickle_policy
 from .findings import Finding, Location, Severity
 from .pickle_policy import GlobalVerdict
+from .record import Record
 from .rules import RULES_BY_ID, rule
 
 
-@dataclass(frozen=True)
-class Policy:
-    """The tunable part of a scan. Frozen and picklable: it travels to worker processes."""
+class Policy(Record, frozen=True):
+    """The tunable part of a scan. Frozen and picklable: it travels to worker processes. (A plain
+    record, not a dataclass: see safemodel_ci/record.py.)"""
 
+    __slots__ = ("allow_globals", "severity_overrides", "allow_reasons")
     #: Extra ``module.name`` or ``module.*`` entries the project trusts (from config).
-    allow_globals: FrozenSet[str] = frozenset()
+    allow_globals: FrozenSet[str]
     #: Rule id -> severity, from config. Code-execution rules cannot be lowered this way.
-    severity_overrides: Mapping[str, Severity] = field(default_factory=dict)
+    severity_overrides: Mapping[str, Severity]
     #: allow-globals entry -> "reason (file:line)", quoted by ``allowed-by-config`` findings.
-    allow_reasons: Mapping[str, str] = field(default_factory=dict)
+    allow_reasons: Mapping[str, str]
+
+    def __init__(self, allow_globals: FrozenSet[str] = frozenset(),
+                 severity_overrides: Optional[Mapping[str, Severity]] = None,
+                 allow_reasons: Optional[Mapping[str, str]] = None) -> None:
+        set_ = object.__setattr__  # frozen: fields are set once, here
+        set_(self, "allow_globals", allow_globals)
+        set_(self, "severity_overrides", {} if severity_overrides is None else severity_overrides)
+        set_(self, "allow_reasons", {} if allow_reasons is None else allow_reasons)
 
     def classify_global(self, module: str, name: str) -> GlobalVerdict:
         """Judge ``module.name`` (already mapped from Python 2 names, dotted ``name`` allowed)."""
@@ -49,7 +58,7 @@ class Policy:
         r = RULES_BY_ID.get(finding.rule_id)
         if r is not None and r.code_execution and new < finding.severity:
             return finding
-        return replace(finding, severity=new)
+        return finding.replace(severity=new)
 
     #: The former name of :meth:`judge`.
     adjust = judge

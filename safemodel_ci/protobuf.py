@@ -15,9 +15,9 @@ simply yielded one by one, so a caller visits every occurrence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator, Optional
 
+from .record import Record
 from .source import ByteSource
 
 VARINT, I64, LEN, SGROUP, EGROUP, I32 = 0, 1, 2, 3, 4, 5
@@ -37,10 +37,11 @@ class ProtobufError(ValueError):
         self.field = field
 
 
-@dataclass(frozen=True)
-class ProtoField:
-    """One field occurrence. For LEN fields the value lies at ``[start, end)`` of the view's source."""
+class ProtoField(Record, frozen=True):
+    """One field occurrence. For LEN fields the value lies at ``[start, end)`` of the view's source.
+    (A plain record, not a dataclass: see safemodel_ci/record.py.)"""
 
+    __slots__ = ("number", "wire_type", "offset", "value", "start", "end")
     number: int
     wire_type: int
     #: Offset of the tag in the source.
@@ -49,6 +50,16 @@ class ProtoField:
     value: Optional[int]
     start: int
     end: int
+
+    def __init__(self, number: int, wire_type: int, offset: int, value: Optional[int], start: int,
+                 end: int) -> None:
+        set_ = object.__setattr__  # frozen: fields are set once, here
+        set_(self, "number", number)
+        set_(self, "wire_type", wire_type)
+        set_(self, "offset", offset)
+        set_(self, "value", value)
+        set_(self, "start", start)
+        set_(self, "end", end)
 
     @property
     def length(self) -> int:

@@ -7,22 +7,35 @@ severity, they make the verdict "incomplete" (exit code 2) so a file is never re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .findings import Finding, Location, Severity
+from .record import Record
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Record, frozen=True):
+    """One row of the rules table (a plain record, not a dataclass: see safemodel_ci/record.py)."""
+
+    __slots__ = ("id", "severity", "title", "description", "remedy", "unscanned", "code_execution")
     id: str
     severity: Severity
     title: str
     description: str
     remedy: str
-    unscanned: bool = False
+    unscanned: bool
     #: True for findings that mean "loading this runs code": config may not lower them.
-    code_execution: bool = False
+    code_execution: bool
+
+    def __init__(self, id: str, severity: Severity, title: str, description: str, remedy: str,
+                 unscanned: bool = False, code_execution: bool = False) -> None:
+        set_ = object.__setattr__
+        set_(self, "id", id)
+        set_(self, "severity", severity)
+        set_(self, "title", title)
+        set_(self, "description", description)
+        set_(self, "remedy", remedy)
+        set_(self, "unscanned", unscanned)
+        set_(self, "code_execution", code_execution)
 
     def finding(self, at: Location, message: str, *, offset: Optional[int] = None,
                 details: Optional[Mapping[str, Any]] = None, severity: Optional[Severity] = None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from .context import Limits, ScanContext, ScanEngine, ScanLimitExceeded, SiblingOpener, install_engine
@@ -15,6 +14,7 @@ from .formats import load, load_named
 from .formats.interface import FormatReader
 from .loader_names import check_binding, pickle_fails_at_once
 from .policy import Policy
+from .record import Record
 from .source import ByteSource, FileSource, SourceError
 
 #: Bytes handed to every detector. Detectors needing more read it from the source themselves.
@@ -33,12 +33,17 @@ MODEL_EXTENSIONS = frozenset({
 #: ``.bin`` is left out: raw tensor data (ONNX external weights, GGML) is named so as well.
 
 
-@dataclass(frozen=True)
-class ScanOptions:
-    """Everything that decides a scan's result (and so belongs in a result-cache key)."""
+class ScanOptions(Record, frozen=True):
+    """Everything that decides a scan's result (and so belongs in a result-cache key). (A plain
+    record, not a dataclass: see safemodel_ci/record.py.)"""
 
-    policy: Policy = field(default_factory=Policy)
-    limits: Limits = field(default_factory=Limits)
+    __slots__ = ("policy", "limits")
+    policy: Policy
+    limits: Limits
+
+    def __init__(self, policy: Optional[Policy] = None, limits: Optional[Limits] = None) -> None:
+        object.__setattr__(self, "policy", Policy() if policy is None else policy)
+        object.__setattr__(self, "limits", Limits() if limits is None else limits)
 
 
 #: Contents this short are detected once per process: detection depends on the content alone, and

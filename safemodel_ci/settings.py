@@ -17,10 +17,10 @@ import argparse
 import os
 import re
 import sys
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from .findings import EXIT_USAGE, Severity
+from .record import Record
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cache import ResultCache
@@ -87,8 +87,7 @@ def _warn(message: str) -> None:
 
 # ---- the settings -------------------------------------------------------------------------------
 
-@dataclass
-class Settings:
+class Settings(Record):
     """What one run uses: scan options and limits, fail-on, what is shown and where, the cache.
 
     The config is loaded when first needed (:attr:`config`), once: a usage error found before that
@@ -96,41 +95,75 @@ class Settings:
     :class:`~safemodel_ci.config.ConfigError` (exit code 3 in every entry point).
     """
 
+    # A plain record, not a dataclass: see safemodel_ci/record.py.
+    __slots__ = ("config_path", "config_override", "fail_on_flag", "min_severity", "show_info", "format",
+                 "output", "repo_root", "quiet", "no_cache", "check_cache", "jobs", "excludes",
+                 "follow_symlinks", "warn", "_config", "_options", "_cache_dir", "_excludes")
+    _repr_skip = frozenset({"warn", "_config", "_options", "_cache_dir", "_excludes"})
+    _compare_skip = _repr_skip
+    _init_skip = frozenset({"_config", "_options", "_cache_dir", "_excludes"})
     #: ``--config`` (None: the first config found from the working directory up).
-    config_path: Optional[str] = None
+    config_path: Optional[str]
     #: The config to use instead of ``config_path`` or the look-up (the Action passes the base
     #: branch's config of a pull request).
-    config_override: "Optional[Config]" = None
+    config_override: "Optional[Config]"
     #: ``--fail-on`` as given (None: the config's, else high; see :attr:`fail_on`).
-    fail_on_flag: Optional[Severity] = None
+    fail_on_flag: Optional[Severity]
     #: ``--min-severity`` (None: text lists LOW and above unless ``show_info``; others list all).
-    min_severity: Optional[Severity] = None
-    show_info: bool = False
-    format: str = "text"
+    min_severity: Optional[Severity]
+    show_info: bool
+    format: str
     #: Where the report goes (None: standard output).
-    output: Optional[str] = None
+    output: Optional[str]
     #: What SARIF and GitHub file locations are relative to (None: found from the environment).
-    repo_root: Optional[str] = None
+    repo_root: Optional[str]
     #: No progress messages on standard error.
-    quiet: bool = False
+    quiet: bool
     #: ``--no-cache`` (``SAFEMODEL_NO_CACHE=1`` is read each time :attr:`cache_dir` is asked).
-    no_cache: bool = False
+    no_cache: bool
     #: Check that the cache directory is this user's alone before using it, and warn (through
     #: ``warn``) when it is not; False leaves the check to :class:`~safemodel_ci.cache.ResultCache`,
     #: which then silently scans uncached (the hook: a commit hook's output is its findings).
-    check_cache: bool = True
+    check_cache: bool
     #: Worker processes (scan) or repos at once (hub); None: the command's default.
-    jobs: Optional[int] = None
+    jobs: Optional[int]
     #: ``--exclude`` patterns, added to the config's.
-    excludes: Tuple[str, ...] = ()
-    follow_symlinks: bool = False
+    excludes: Tuple[str, ...]
+    follow_symlinks: bool
     #: How a warning reaches the user (the CLI: one ``safemodel: warning:`` line on stderr).
-    warn: Callable[[str], None] = field(default=_warn, repr=False, compare=False)
+    warn: Callable[[str], None]
 
-    _config: "Optional[Config]" = field(default=None, init=False, repr=False, compare=False)
-    _options: "Optional[ScanOptions]" = field(default=None, init=False, repr=False, compare=False)
-    _cache_dir: Any = field(default=False, init=False, repr=False, compare=False)
-    _excludes: "Optional[Config]" = field(default=None, init=False, repr=False, compare=False)
+    # Loaded or computed once, when first asked for (not arguments, not compared, not shown).
+    _config: "Optional[Config]"
+    _options: "Optional[ScanOptions]"
+    _cache_dir: Any  # False: not looked up yet
+    _excludes: "Optional[Config]"
+
+    def __init__(self, config_path: Optional[str] = None, config_override: "Optional[Config]" = None,
+                 fail_on_flag: Optional[Severity] = None, min_severity: Optional[Severity] = None,
+                 show_info: bool = False, format: str = "text", output: Optional[str] = None,
+                 repo_root: Optional[str] = None, quiet: bool = False, no_cache: bool = False,
+                 check_cache: bool = True, jobs: Optional[int] = None, excludes: Tuple[str, ...] = (),
+                 follow_symlinks: bool = False, warn: Callable[[str], None] = _warn) -> None:
+        self.config_path = config_path
+        self.config_override = config_override
+        self.fail_on_flag = fail_on_flag
+        self.min_severity = min_severity
+        self.show_info = show_info
+        self.format = format
+        self.output = output
+        self.repo_root = repo_root
+        self.quiet = quiet
+        self.no_cache = no_cache
+        self.check_cache = check_cache
+        self.jobs = jobs
+        self.excludes = excludes
+        self.follow_symlinks = follow_symlinks
+        self.warn = warn
+        self._config = None
+        self._options = None
+        self._cache_dir = False
+        self._excludes = None
 
     @property
     def config(self) -> "Config":

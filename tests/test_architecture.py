@@ -155,7 +155,7 @@ def test_nothing_below_the_cli_imports_it() -> None:
 LOW_MODULES = frozenset({
     "safemodel_ci.context", "safemodel_ci.source", "safemodel_ci.rules", "safemodel_ci.findings",
     "safemodel_ci.policy", "safemodel_ci.pickle_policy", "safemodel_ci.decompress", "safemodel_ci.jsonutil",
-    "safemodel_ci.protobuf", "safemodel_ci.npdtype", "safemodel_ci.marshal_reader",
+    "safemodel_ci.protobuf", "safemodel_ci.npdtype", "safemodel_ci.marshal_reader", "safemodel_ci.record",
 })
 #: Modules of formats/ that are shared helpers, not readers (no row in the detector table): a reader
 #: may import them; they import no reader.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import hashlib
 import io
@@ -124,7 +123,7 @@ def test_code_change_invalidates(tmp_path: Path) -> None:
 @pytest.mark.parametrize("changed", [
     ScanOptions(policy=Policy(severity_overrides={"unrecognized-format": Severity.LOW})),
     ScanOptions(policy=Policy(allow_globals=frozenset({"mypkg.Thing"}))),
-    ScanOptions(limits=dataclasses.replace(Limits(), max_depth=2)),
+    ScanOptions(limits=Limits().replace(max_depth=2)),
 ])
 def test_policy_or_limits_change_invalidates(tmp_path: Path, changed: ScanOptions) -> None:
     model = big_junk(tmp_path / "m.bin")
@@ -197,7 +196,7 @@ def test_incomplete_results_are_not_stored(tmp_path: Path) -> None:
     archive = tmp_path / "m.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("a.txt", "hello")
-    no_time = ScanOptions(limits=dataclasses.replace(Limits(), max_seconds_per_file=-1.0))
+    no_time = ScanOptions(limits=Limits().replace(max_seconds_per_file=-1.0))
     cache = ResultCache(str(tmp_path / "cache"))
     result = scan_file_cached(str(archive), no_time, cache)
     assert not result.complete and any(f.rule_id == "unscanned-limit" for f in result.findings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -81,7 +80,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     assert dict(cfg.severity_overrides) == {"npy-object-array": Severity.MEDIUM,
                                             "unrecognized-format": Severity.LOW,
                                             "pickle-dangerous-global": Severity.CRITICAL}
-    assert cfg.limits == dataclasses.replace(Limits(), max_seconds_per_file=60.0, max_depth=3)
+    assert cfg.limits == Limits().replace(max_seconds_per_file=60.0, max_depth=3)
     policy = cfg.policy()
     assert policy.allow_globals == frozenset({"mypkg.layers.CustomNorm", "mypkg.blocks.*"})
     assert policy.severity_overrides["unrecognized-format"] is Severity.LOW
@@ -288,7 +287,7 @@ def test_schema_matches_the_parser(tmp_path: Path) -> None:
     schema = json.loads(SCHEMA.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     assert set(schema["properties"]) == set(KEYS)
-    limit_names = {f.name.replace("_", "-") for f in dataclasses.fields(Limits)}
+    limit_names = {name.replace("_", "-") for name in Limits.field_names()}
     assert set(schema["properties"]["limits"]["properties"]) <= limit_names
     validator = jsonschema.Draft202012Validator(schema)
     assert not list(validator.iter_errors(yaml.safe_load(FULL)))

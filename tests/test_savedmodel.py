@@ -13,7 +13,7 @@ from typing import Any, Dict
 import pytest
 
 from safemodel_ci.findings import Severity
-from safemodel_ci.formats.savedmodel import RIEGELI_SIGNATURE
+from safemodel_ci.formats.savedmodel_reader import RIEGELI_SIGNATURE
 from safemodel_ci.scanner import ScanOptions, scan_file
 
 descriptor_pb2 = pytest.importorskip("google.protobuf.descriptor_pb2")

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import importlib
 import threading
-from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, List, Tuple
 
 from ..protobuf import TAG_START, head_may_be_message, valid_first_tag
+from ..record import Record
 from ..source import ByteSource
 from .interface import FormatReader
 
@@ -26,17 +26,29 @@ from .interface import FormatReader
 Gate = Callable[[ByteSource, bytes], bool]
 
 
-@dataclass(frozen=True)
-class ReaderRow:
-    """One reader as the detector table knows it without importing it."""
+class ReaderRow(Record, frozen=True):
+    """One reader as the detector table knows it without importing it (a plain record, not a
+    dataclass: see safemodel_ci/record.py)."""
 
+    __slots__ = ("name", "module", "cls", "gate", "by_name", "supersedes", "compatible")
     name: str
     module: str
     cls: str
     gate: Gate
-    by_name: bool = False
-    supersedes: FrozenSet[str] = frozenset()
-    compatible: FrozenSet[str] = frozenset()
+    by_name: bool
+    supersedes: FrozenSet[str]
+    compatible: FrozenSet[str]
+
+    def __init__(self, name: str, module: str, cls: str, gate: Gate, by_name: bool = False,
+                 supersedes: FrozenSet[str] = frozenset(), compatible: FrozenSet[str] = frozenset()) -> None:
+        set_ = object.__setattr__  # frozen: fields are set once, here
+        set_(self, "name", name)
+        set_(self, "module", module)
+        set_(self, "cls", cls)
+        set_(self, "gate", gate)
+        set_(self, "by_name", by_name)
+        set_(self, "supersedes", supersedes)
+        set_(self, "compatible", compatible)
 
 
 def _whole(source: ByteSource, head: bytes) -> bool:

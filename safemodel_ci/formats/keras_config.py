@@ -24,13 +24,13 @@ import binascii
 import builtins
 import json
 import re
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
 from ..jsonutil import decode_json_bytes, json_bytes_encoding, json_head_text
 from ..marshal_reader import CodeSummary, MarshalError, summarize_marshalled_code  # noqa: F401 - re-exported
+from ..record import Record
 from ..source import ByteSource, BytesSource
 
 #: Top-level packages Keras itself accepts for ``module`` since the CVE-2025-1550 fix, plus tf_keras.
@@ -96,15 +96,25 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-@dataclass
-class KerasWalk:
-    """Walks one Keras config tree and reports into ``ctx``. ``root`` names where the JSON came from."""
+class KerasWalk(Record):
+    """Walks one Keras config tree and reports into ``ctx``. ``root`` names where the JSON came from.
+    (A plain record, not a dataclass: see safemodel_ci/record.py; the JSON reader's gate passes on
+    many files, a safetensors header among them, and imports this module.)"""
 
+    __slots__ = ("ctx", "root", "offset", "objects", "_reported_modules")
     ctx: ScanContext
-    root: str = ""
-    offset: Optional[int] = None
-    objects: int = 0
-    _reported_modules: Dict[Tuple[str, str], int] = field(default_factory=dict)
+    root: str
+    offset: Optional[int]
+    objects: int
+    _reported_modules: Dict[Tuple[str, str], int]
+
+    def __init__(self, ctx: ScanContext, root: str = "", offset: Optional[int] = None, objects: int = 0,
+                 _reported_modules: Optional[Dict[Tuple[str, str], int]] = None) -> None:
+        self.ctx = ctx
+        self.root = root
+        self.offset = offset
+        self.objects = objects
+        self._reported_modules = {} if _reported_modules is None else _reported_modules
 
     def walk(self, doc: Any) -> None:
         stack: List[Tuple[Any, str, Tuple[str, ...]]] = [(doc, self.root, ())]

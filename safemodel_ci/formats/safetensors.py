@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import gc
 import struct
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
 from ..jsonutil import JSONFormatError, char_to_byte_offset, parse_json_strict
+from ..record import Record
 from ..source import ByteSource
 
 #: ``MAX_HEADER_SIZE`` of the reference.
@@ -61,19 +61,30 @@ class TensorEntry(NamedTuple):
         return self.end - self.begin
 
 
-@dataclass
-class SafetensorsHeader:
-    """What a header says, and whether it passed validation."""
+class SafetensorsHeader(Record):
+    """What a header says, and whether it passed validation. (A plain record, not a dataclass: see
+    safemodel_ci/record.py.)"""
 
+    __slots__ = ("header_length", "data_start", "tensors", "metadata", "valid", "rule_ids")
     header_length: int
     #: File offset where the tensor data begins (8 + N).
     data_start: int
-    tensors: Dict[str, TensorEntry] = field(default_factory=dict)
-    metadata: Optional[Dict[str, str]] = None
+    tensors: Dict[str, TensorEntry]
+    metadata: Optional[Dict[str, str]]
     #: True when no finding of HIGH severity or above was reported.
-    valid: bool = False
+    valid: bool
     #: Rule ids of the findings reported while validating.
-    rule_ids: List[str] = field(default_factory=list)
+    rule_ids: List[str]
+
+    def __init__(self, header_length: int, data_start: int, tensors: Optional[Dict[str, TensorEntry]] = None,
+                 metadata: Optional[Dict[str, str]] = None, valid: bool = False,
+                 rule_ids: Optional[List[str]] = None) -> None:
+        self.header_length = header_length
+        self.data_start = data_start
+        self.tensors = {} if tensors is None else tensors
+        self.metadata = metadata
+        self.valid = valid
+        self.rule_ids = [] if rule_ids is None else rule_ids
 
 
 class _Reporter:

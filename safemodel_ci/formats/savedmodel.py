@@ -39,9 +39,6 @@ from ..protobuf import (
     VARINT,
     ProtobufError,
     ProtoView,
-    looks_like_message,
-    looks_like_truncated_message,
-    valid_first_tag,
 )
 from ..source import ByteSource
 from .keras_config import walk_keras_config
@@ -82,10 +79,6 @@ _KEEP_INPUTS = FILENAME_PASS_THROUGH | {"Const", "Placeholder", "PlaceholderWith
                                         "StatefulPartitionedCall", "PartitionedCall", "SaveV2", "RestoreV2",
                                         "MergeV2Checkpoints", "Save", "SaveSlices", "Restore", "RestoreSlice"}
 _DRIVE = re.compile(r"[A-Za-z]:[\\/]")
-#: Riegeli/records files start with these 64 bytes: a chunked SavedModel (``saved_model.cpb``).
-RIEGELI_SIGNATURE = bytes.fromhex(
-    "83af70d10d884a3f0000000000000000400000000000000091bac23c9287e1a9"
-    "0000000000000000e19f13c0e9b1c37273000000000000000000000000000000")
 MAX_REPORTED_OPS = 200
 
 
@@ -116,24 +109,6 @@ class SaverInfo:
     restore: str
     #: Nodes the loader runs after restoring: main/init ops (collections, the init-op signature).
     init_ops: Tuple[str, ...] = ()
-
-
-def is_savedmodel(source: ByteSource, head: bytes) -> bool:
-    if not valid_first_tag(head):  # any field may come first (see valid_first_tag)
-        return False
-    view = ProtoView(source)
-    if not looks_like_message(view, {1: VARINT, 2: LEN}, {2}):
-        # A cut-off file still claims the format, so that it is reported unreadable, not unknown.
-        return head[0] == 0x08 and looks_like_truncated_message(view, {1: VARINT, 2: LEN}, {1}, {2})
-    try:
-        for f in view.fields():
-            if f.number == 2:
-                meta = view.sub(f)
-                return looks_like_message(meta, {n: LEN for n in range(1, 8)}, set()) and any(
-                    g.number in (1, 2) and g.wire_type == LEN for g in meta.fields())
-    except ProtobufError:
-        return False
-    return False
 
 
 def _map_entries(view: ProtoView, number: int) -> Iterator[Tuple[str, ProtoView]]:
@@ -479,27 +454,6 @@ def _saver(meta: ProtoView) -> Optional[SaverInfo]:
 
 
 # ---- keras_metadata.pb ------------------------------------------------------------------------
-
-def is_keras_metadata(source: ByteSource, head: bytes) -> bool:
-    if not valid_first_tag(head):  # any field may come first (see valid_first_tag)
-        return False
-    view = ProtoView(source)
-    if not looks_like_message(view, {1: LEN}, {1}):
-        return False
-    try:
-        # Any node marks the file (tf-keras reads every node, whichever comes first).
-        for i, f in enumerate(view.fields()):
-            if f.number == 1 and f.wire_type == LEN:
-                node = view.sub(f)
-                for g in node.fields():
-                    if g.number == 4 and g.wire_type == LEN and node.text_of(g, 64).startswith("_tf_keras"):
-                        return True
-            if i >= 4096:
-                return False
-    except ProtobufError:
-        return False
-    return False
-
 
 def scan_saved_model(source: ByteSource, ctx: ScanContext) -> None:
     """Judge every op of every graph and library function of a ``saved_model.pb``."""

@@ -193,9 +193,10 @@ def jit_global_verdict(module: str, name: str) -> Optional[GlobalVerdict]:
     return None
 
 
-@dataclass(frozen=True)
-class JitPolicy(Policy):
+class JitPolicy(Policy, frozen=True):
     """The scan's policy, resolving globals as torch.jit's unpickler does (TorchScript roots only)."""
+
+    __slots__ = ()  # Policy's fields (a record, see safemodel_ci/record.py)
 
     def classify_global(self, module: str, name: str) -> GlobalVerdict:
         """A jit-specific verdict where torch.jit's unpickler differs, else the usual one."""
@@ -209,7 +210,7 @@ def jit_policy(policy: Policy) -> Policy:
         return policy
     if not isinstance(policy, Policy):
         return policy  # pragma: no cover - a foreign policy object is used as is
-    return JitPolicy(**{f: getattr(policy, f) for f in policy.__dataclass_fields__})
+    return JitPolicy(**{f: getattr(policy, f) for f in Policy.field_names()})
 
 
 def script_roots(entries: List["CentralEntry"], torch_roots: List[str]) -> List[str]:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Test files live in sub-folders that mirror the package (tests/formats/, tests/sources/, ...); the
+# helpers they share (hub_server, pickle_oracle, fixture_factory, ...) stay here, importable by name
+# whatever pytest's import mode.
+if str(REPO_ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
 SHARED = REPO_ROOT.parent / "shared"
 CORPUS = SHARED / "corpus" / "picklescan"
 SARIF_SCHEMA = SHARED / "schemas" / "sarif-schema-2.1.0.json"

@@ -12,7 +12,7 @@ import pytest
 
 from safemodel_ci.cli import main
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "safetensors_sparse.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "safetensors_sparse.py"
 
 
 def _bench_module():  # type: ignore[no-untyped-def]

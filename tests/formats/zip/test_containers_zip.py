@@ -282,7 +282,7 @@ def test_torch_archive_with_multiple_roots(tmp_path: Path) -> None:
 
 @needs_vm
 def test_torchscript_archive_gets_a_notice(tmp_path: Path) -> None:
-    """A plain TorchScript export passes with a LOW notice (its ops: tests/test_torchscript.py)."""
+    """A plain TorchScript export passes with a LOW notice (its ops: tests/formats/test_torchscript.py)."""
     torch = pytest.importorskip("torch")
 
     class Tiny(torch.nn.Module):

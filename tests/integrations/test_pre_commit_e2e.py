@@ -21,7 +21,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HOOK_ID = "safemodel-scan"
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "safemodel test", "GIT_AUTHOR_EMAIL": "test@example.invalid",

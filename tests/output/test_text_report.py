@@ -29,7 +29,7 @@ def tree(tmp_path: Path) -> Path:
     """A source tree like site-packages: this project's own code, two junk .bin files, one pickle,
     a symlink out of the tree and a file the config excludes."""
     root = tmp_path / "tree"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "safemodel_ci", root / "pkg",
+    shutil.copytree(Path(__file__).resolve().parents[2] / "safemodel_ci", root / "pkg",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (root / "data").mkdir()
     (root / "data" / "a.bin").write_bytes(b"not a model")

@@ -20,7 +20,7 @@ from hub_server import FakeHub, fake_hub_env
 
 pytest.importorskip("huggingface_hub")
 
-SCHEMA = Path(__file__).resolve().parent.parent / "safemodel_ci" / "schemas" / "report-v1.json"
+SCHEMA = Path(__file__).resolve().parents[2] / "safemodel_ci" / "schemas" / "report-v1.json"
 
 
 class _SystemPayload:

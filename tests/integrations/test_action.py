@@ -40,7 +40,7 @@ from workflow_commands import process
 git = pytest.importorskip("git")
 jsonschema = pytest.importorskip("jsonschema")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 CRAFTED = "e%0Avil%25\n::warning::x\r::error file=a.py::pwned\n##[add-mask]secret,b:c.pkl"
 LOCAL_INDEX = Path("/opt/pypi/simple")

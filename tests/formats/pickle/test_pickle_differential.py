@@ -28,7 +28,7 @@ from safemodel_ci.findings import Severity
 from safemodel_ci.scanner import ScanOptions, scan_byte_source
 from safemodel_ci.source import BytesSource
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "picklescan"
+CORPUS = Path(__file__).resolve().parents[4] / "shared" / "corpus" / "picklescan"
 if not CORPUS.is_dir():
     CORPUS = Path("/work/shared/corpus/picklescan")
 

@@ -16,7 +16,7 @@ import yaml
 
 from safemodel_ci.hooks.pre_commit import MODEL_NAME_RE, main, scan_targets, select_files
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class _SystemPayload:

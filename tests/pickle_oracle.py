@@ -115,7 +115,8 @@ def run_oracle(streams: Sequence[bytes]) -> List[OracleResult]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The comparison with the VM (used by tests/formats/pickle/test_pickle_differential.py and fuzz/fuzz_readers.py).
+# The comparison with the VM (used by tests/formats/pickle/test_pickle_differential.py and
+# fuzz/fuzz_readers.py).
 
 def _mapped(module: str, name: str) -> Tuple[str, str]:
     import _compat_pickle

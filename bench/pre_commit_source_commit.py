@@ -12,7 +12,8 @@ each hook, ``--runs`` times, after one warm-up. Reported: wall seconds and CPU s
 pre-commit and its hook processes (user + system of the waited-for children), median of the runs.
 
 The hook environments are built by the real pre-commit with ``pip install .`` offline from a
-wheelhouse (the one ``tests/integrations/test_pre_commit_e2e.py`` fills: ``.pytest_cache/d/safemodel-wheelhouse``).
+wheelhouse (the one ``tests/integrations/test_pre_commit_e2e.py`` fills:
+``.pytest_cache/d/safemodel-wheelhouse``).
 """
 
 from __future__ import annotations

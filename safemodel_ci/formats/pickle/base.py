@@ -20,6 +20,9 @@ TRIAL_OPS = 100_000
 MAX_RECORDS = 200
 #: Call sites listed per imported global.
 MAX_CALLS_LISTED = 10
+#: Memo entries kept exactly per stream before inert values (str, bytes, tuples of literals) are kept
+#: as their kind only (one byte each; see ``_PickleVM.memo_exact``).
+MAX_MEMO_EXACT = 100_000
 #: The two unpicklers, as bits of ``_FastReader.alive``.
 _PY, _C = 1, 2
 

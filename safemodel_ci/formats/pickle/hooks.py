@@ -38,6 +38,7 @@ from .values import (
     Sym,
     _CByteArray,
     _computed,
+    _Lost,
     _is_byte,
     _is_kwargs,
     _item_assignable,
@@ -90,6 +91,7 @@ class _PolicyHooks:
     _just_imported: bool
     _pending_nested: List[Callable[[], None]]
     _loader_imported: bool
+    memo_exact: int
 
     # -- findings ------------------------------------------------------------------------------
     def _record(self, key: Tuple[str, str], make: Callable[[], _Record]) -> Optional[_Record]:
@@ -162,6 +164,16 @@ class _PolicyHooks:
                   "what is imported is only known when the pickle runs")
         rec = self._anomaly("pickle-unresolved-global", f"{opcode} at offset {pos}", reason, pos, opcode,
                             key=str(pos))
+        return Global(None, None, rec, allowed=False)
+
+    def _lost_global(self, module: Any, name: Any, pos: int) -> Global:
+        """STACK_GLOBAL of a module or name a memo entry past the memo budget held: the import is not
+        known, and it is a scan limit (``unscanned-limit``), not an import the stream computed."""
+        reason = (f"the module ({describe(module)}) or name ({describe(name)}) of this import comes from a "
+                  f"memo entry past the first {self.memo_exact} entries, whose text the scan does not keep "
+                  "(memory bound): the import is not known; the rest of the stream was scanned")
+        rec = self._anomaly("unscanned-limit", f"STACK_GLOBAL at offset {pos}", reason, pos, "STACK_GLOBAL",
+                            key=f"lost-global@{pos}")
         return Global(None, None, rec, allowed=False)
 
     # -- calls -----------------------------------------------------------------------------------
@@ -313,7 +325,8 @@ class _PolicyHooks:
             src = _Latin1OfUtf8(self.source, data.offset, data.length or 0)
         if src is None:
             self._anomaly("pickle-nested-opaque", loader.path,
-                          f"{loader.path} is called on {describe(data)}, which is computed at load time",
+                          f"{loader.path} is called on {describe(data)}"
+                          + ("" if isinstance(data, _Lost) else ", which is computed at load time"),
                           pos, "REDUCE", key=f"{loader.path}@{pos}")
             return
         if self.silent or self.ctx is None:

@@ -13,7 +13,7 @@ from typing import Any, Dict, NoReturn, Optional, Sequence
 from ...npdtype import DtypeUnsure
 from .base import _Broken
 from .numpy_dtype import _dtype_info
-from .values import Obj, PDict, PList, describe
+from .values import Obj, PDict, PList, _Lost, describe
 
 #: The default numpy alignment joblib's NumpyArrayWrapper.__init__ sets.
 _JOBLIB_ALIGNMENT = 16
@@ -39,6 +39,8 @@ def set_state(inst: Obj, state: Any) -> None:
             for k, v in part.pairs:
                 if isinstance(k, str):
                     attrs[k] = v
+                elif isinstance(k, _Lost):  # a key whose text was not kept: any field may be it
+                    attrs["lost_key"] = True
     inst.attrs = attrs
 
 
@@ -51,6 +53,8 @@ def skip_array(vm: Any, wrapper: Obj, pos: int) -> None:
     """
     attrs = wrapper.attrs or {}
     here = vm.reader.tell()
+    if attrs.get("lost_key"):
+        _unsure_array(vm, pos, "its state, a key of which was not kept in memory (memo budget)")
     try:
         dtype = _dtype_info(attrs.get("dtype"))
     except DtypeUnsure as exc:

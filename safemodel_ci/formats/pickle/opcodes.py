@@ -17,6 +17,7 @@ from .base import _C, _PY, MAX_INLINE_BYTES, _Broken, _Stop
 from .textargs import _c_float_ok, _parse_float_line, _parse_int_line, _parse_long_line, _py2_str
 from .values import (
     _SYMBOLIC,
+    LOST_BYTES,
     BigData,
     Global,
     Opaque,
@@ -25,6 +26,7 @@ from .values import (
     PSet,
     _check_hashable,
     _HugeInt,
+    _Lost,
     _maybe_literal,
     describe,
 )
@@ -282,7 +284,8 @@ def readonly_buffer(vm: Any, pos: int) -> None:
     # An imported class or function is no buffer (allowlisted imports are such; any other
     # import is a finding already).
     if isinstance(top, Global) or not isinstance(top, (bytes, bytearray, _SYMBOLIC)) and not (
-            isinstance(top, BigData) and top.kind.startswith("bytes")):
+            isinstance(top, BigData) and top.kind.startswith("bytes")) and not (
+            isinstance(top, _Lost) and top.kind == LOST_BYTES):
         raise _Broken(pos, f"READONLY_BUFFER on {describe(top)}, which is not a buffer (the loader "
                       "raises)")
 
@@ -323,6 +326,8 @@ def stack_global(vm: Any, pos: int) -> None:
                       pos, "STACK_GLOBAL", key="torch")
     if isinstance(module, str) and isinstance(name, str):
         vm._push(vm._global(module, name, pos, "STACK_GLOBAL"))
+    elif isinstance(module, _Lost) or isinstance(name, _Lost):
+        vm._push(vm._lost_global(module, name, pos))
     else:
         vm._push(vm._unresolved(module, name, pos, "STACK_GLOBAL"))
 
@@ -534,7 +539,7 @@ def long_binput(vm: Any, pos: int) -> None:
 @op(b"\x94")
 def memoize(vm: Any, pos: int) -> None:
     # len(memo) may already be taken (PUT to any index): pickle then overwrites it.
-    vm._memo_put(len(vm.memo), pos)
+    vm._memo_put(len(vm.memo) + vm.lost_count, pos)  # entries kept exactly + compact ones
 
 
 @op(b"G")

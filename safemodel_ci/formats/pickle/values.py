@@ -178,8 +178,33 @@ def _maybe_literal(value: Any, keep_globals: bool = False) -> Any:
         return None
 
 
+class _Lost:
+    """An inert value (a str, bytes or tuple of literals) a memo entry held past the memo budget: its
+    kind is kept, its content is not (see ``_PickleVM.memo_exact``).
+
+    Not a :class:`Sym`: it behaves as the value it stands for wherever only the kind decides (hashable,
+    true, iterable, not callable, no append or item assignment), and wherever the content would
+    decide (an import's name, bytes a loader loads, a literal a reader asks for) it is unknown, so the
+    decision is the conservative one (``unscanned-limit``, ``pickle-nested-opaque``, not a literal).
+    """
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: int) -> None:
+        self.kind = kind
+
+
+#: Kinds of :class:`_Lost` (bytes of ``_PickleVM.memo_lost``; 0: not lost).
+LOST_STR, LOST_BYTES, LOST_TUPLE = 1, 2, 3
+#: One shared placeholder per kind: inert values are immutable, so no GET needs its own object.
+LOST = (None, _Lost(LOST_STR), _Lost(LOST_BYTES), _Lost(LOST_TUPLE))
+_LOST_NAMES = {LOST_STR: "str", LOST_BYTES: "bytes", LOST_TUPLE: "tuple"}
+
+
 def describe(value: Any) -> str:
     """Short human description of a stack value (for messages)."""
+    if isinstance(value, _Lost):
+        return f"a {_LOST_NAMES[value.kind]} not kept in memory (memo budget)"
     if isinstance(value, Global):
         return f"the imported object {value.path}"
     if isinstance(value, Obj):
@@ -262,3 +287,34 @@ def _item_assignable(target: Any, pairs: Sequence[Any]) -> bool:
                 return False
         return True
     return False
+
+
+#: Types of values a memo entry past the budget may drop (with :class:`_Lost` itself).
+_INERT_ATOMS = frozenset({int, float, str, bytes, bool, type(None), _Lost})
+
+
+def _lost_kind(value: Any) -> int:
+    """The :class:`_Lost` kind a memo entry holding ``value`` may be reduced to, or 0 to keep it.
+
+    Only inert values: a non-empty str other than ``'__setstate__'`` (a BUILD or SETITEM key that
+    decides a finding), non-empty plain bytes (not bytes a call returned), a tuple of up to 16 such
+    atoms or ints, floats, bools, None (one level of nested tuples). Everything else (imports, call
+    results, mutable containers a later opcode can change, huge ints) is kept as it is.
+    """
+    cls = value.__class__
+    if cls is str:
+        return LOST_STR if value and value != "__setstate__" else 0
+    if cls is tuple:
+        if not value or len(value) > 16:
+            return 0
+        for item in value:
+            kind = item.__class__
+            if kind not in _INERT_ATOMS and not (kind is tuple and _lost_kind(item) == LOST_TUPLE
+                                                 and all(x.__class__ in _INERT_ATOMS for x in item)):
+                return 0
+        return LOST_TUPLE
+    if cls is bytes:
+        return LOST_BYTES if value else 0
+    if cls is _Lost:
+        return value.kind
+    return 0

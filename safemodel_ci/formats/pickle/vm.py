@@ -23,7 +23,9 @@ from .base import (
     _C,
     _PY,
     MAX_INLINE_BYTES,
+    MAX_MEMO_EXACT,
     MAX_RECORDS,
+    MAX_RETAINED_ITEMS,
     MAX_RETAINED_BYTES,
     TRIAL_OPS,
     _Broken,
@@ -34,10 +36,32 @@ from .hooks import _PolicyHooks
 from .opcodes import _OPCODES, _TABLE
 from .reading import _FastReader, _FrameBufferReader
 from .textargs import _memo_index
-from .values import BigData, _maybe_literal
+from .values import _INERT_ATOMS, LOST, LOST_STR, LOST_TUPLE, BigData, PList, _lost_kind, _maybe_literal
 
 #: Opcodes a pickler writes right after an import: MARK, memo PUTs, EMPTY_TUPLE.
 _AFTER_IMPORT = frozenset(b"(pqr\x94)")
+#: A memo index may extend the compact memo (``memo_lost``) by at most this many unused slots.
+_LOST_GAP = 1 << 20
+#: Memo entries the compact memo holds at most (one byte each); past it, entries are kept exactly
+#: (and count against ``max-pickle-memo``).
+MAX_LOST = 1 << 28
+_MISSING = object()
+_I32 = struct.Struct("<i").unpack_from
+_U32 = struct.Struct("<I").unpack_from
+_U16 = struct.Struct("<H").unpack_from
+_F64 = struct.Struct(">d").unpack_from
+#: Opcodes :meth:`_PickleVM._fast_loop` may do inline: MEMOIZE BINFLOAT SHORT_BINUNICODE BINUNICODE
+#: TUPLE3 BININT BINPUT LONG_BINPUT PUT MARK BININT1 BININT2 APPENDS APPEND BINGET LONG_BINGET GET
+#: TUPLE2 TUPLE1 TUPLE NONE POP INT FLOAT UNICODE.
+_INLINE = frozenset(b"\x94G\x8cX\x87Jqrp(KMeahjg\x86\x85tN0IFV")
+#: The memo PUT opcodes: MEMOIZE, BINPUT, LONG_BINPUT, PUT.
+_PUTS = frozenset(b"\x94qrp")
+
+
+def _next_check(ops: int, max_ops: int) -> int:
+    """The next opcode count at which the loop checks the deadline (every 4096) or the op budget."""
+    nxt = (ops | 0xFFF) + 1
+    return max_ops if ops < max_ops < nxt else nxt
 
 
 @dataclass
@@ -79,6 +103,10 @@ class _PickleVM(_PolicyHooks):
     frames_irregular = False
     #: This VM reads like the C unpickler on a BytesIO (frames as buffers that drop their rest).
     lossy = False
+    #: Memo entries kept exactly before inert ones (non-empty str, bytes, tuples of literals) are
+    #: kept as one byte of their kind in ``memo_lost`` (a :class:`~.values._Lost` on GET): the memo of
+    #: a stream of millions of rows then costs a byte per entry, not a dict entry and its objects.
+    memo_exact = MAX_MEMO_EXACT
 
     def __init__(self, source: ByteSource, ctx: Optional[ScanContext], start: int, end: Optional[int],
                  *, torch_archive: bool = False, silent: bool = False, policy: Any = None,
@@ -98,6 +126,9 @@ class _PickleVM(_PolicyHooks):
         self.stack: List[Any] = []
         self.metastack: List[List[Any]] = []
         self.memo: Dict[int, Any] = {}
+        #: The compact memo: kind (values.LOST_*) of the inert value at each index, 0 where none.
+        self.memo_lost = bytearray()
+        self.lost_count = 0  # non-zero bytes of memo_lost: len(memo) + lost_count is the memo's size
         self.proto = 0
         self.records: Dict[Tuple[str, str], _Record] = {}
         self.dropped_records = 0
@@ -277,11 +308,27 @@ class _PickleVM(_PolicyHooks):
         memo = self.memo  # locals: MEMOIZE runs this once per memoized object
         if index < 0:
             raise _Broken(pos, "negative memo index")
+        stack = self.stack
+        lost = self.memo_lost
+        if len(memo) >= self.memo_exact and stack and index not in memo:
+            kind = _lost_kind(stack[-1])
+            if kind and index - len(lost) <= _LOST_GAP and index < MAX_LOST:
+                if index >= len(lost):
+                    lost.extend(bytes(index - len(lost)))
+                    lost.append(kind)
+                    self.lost_count += 1
+                else:
+                    if not lost[index]:
+                        self.lost_count += 1
+                    lost[index] = kind
+                return
         if len(memo) >= self.max_memo and index not in memo:
             raise _Broken(pos, f"memo larger than {self.max_memo} entries (limit)")
-        stack = self.stack
         if not stack:
             raise _Broken(pos, "stack underflow")
+        if lost and index.__class__ is int and index < len(lost) and lost[index]:
+            lost[index] = 0  # the index now holds a value kept exactly
+            self.lost_count -= 1
         memo[index] = stack[-1]
 
     def _memo_line_index(self, pos: int) -> Any:
@@ -302,9 +349,14 @@ class _PickleVM(_PolicyHooks):
         return index
 
     def _memo_get(self, index: int, pos: int) -> None:
-        if index not in self.memo:
-            raise _Broken(pos, f"memo value not found at index {index}")
-        self._push(self.memo[index])
+        value = self.memo.get(index, _MISSING)
+        if value is _MISSING:
+            lost = self.memo_lost
+            if index.__class__ is int and 0 <= index < len(lost) and lost[index]:
+                value = LOST[lost[index]]
+            else:
+                raise _Broken(pos, f"memo value not found at index {index}")
+        self._push(value)
 
 
     # -- scanning other streams (nested pickles, joblib object arrays) ----------------------------
@@ -336,18 +388,50 @@ class _PickleVM(_PolicyHooks):
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> PickleStreamResult:
+        """Walk the stream to its STOP (or to where it breaks); findings stay here until :meth:`flush`."""
         result = PickleStreamResult(start=self.start, end=None, complete=False)
+        # The VM makes many small containers and no garbage cycles of its own: the cyclic
+        # collector's passes, which also walk every object of the host process, are paused (a
+        # stream of 843,000 TUPLE1s: 0.88 -> 0.40 s; in a process holding 3M objects 1.55 -> 0.31 s).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            if self.lossy:
+                self._loop(result)
+            else:
+                self._fast_loop(result)
+        except _Broken as exc:
+            result.error = exc.reason
+            result.end = None
+            self.broken = exc
+            if self.reader.frame_end != 0:
+                self.frames_irregular = True
+        else:
+            self.broken = None
+        finally:
+            if collecting:
+                gc.enable()
+        result.persistent_ids = self.persistent_ids
+        result.globals = self.globals
+        result.findings = len(self.records) + self.dropped_records
+        return result
+
+    def _stopped(self, result: PickleStreamResult) -> None:
+        """STOP: the stream is complete."""
+        result.end = self.reader.tell()
+        result.complete = True
+        result.top = self.stack[-1] if self.stack else None
+        if self.reader.frame_end > 0 and result.end > self.reader.frame_end:
+            self.frames_irregular = True
+
+    def _loop(self, result: PickleStreamResult) -> None:
+        """Every opcode through its handler (the lossy reader: every read goes through its frames)."""
         reader = self.reader
         read = reader.read
         table = _TABLE
         max_ops = self.max_ops if self.max_ops is not None else -1
         ctx = self.ctx
         ops = self.ops
-        # The VM makes many small containers and no garbage cycles of its own: the cyclic
-        # collector's passes, which also walk every object of the host process, are paused (a
-        # stream of 843,000 TUPLE1s: 0.88 -> 0.40 s; in a process holding 3M objects 1.55 -> 0.31 s).
-        collecting = gc.isenabled()
-        gc.disable()
         try:
             while True:
                 pos = reader._pos  # tell(), without the call: this loop runs once per opcode
@@ -357,18 +441,10 @@ class _PickleVM(_PolicyHooks):
                 if ops == max_ops:
                     self.out_of_ops = True
                     raise _Broken(pos, f"stopped after {max_ops} opcodes (detection budget)")
-                # The opcode byte straight from the reader's buffer when it is there (the common
-                # case); the buffer never extends past the reader's end.
-                rel = pos - reader._buf_start
-                buf = reader._buf
-                if 0 <= rel < len(buf):
-                    code = buf[rel]
-                    reader._pos = pos + 1
-                else:
-                    b = read(1)
-                    if not b:
-                        raise _Broken(pos, "stream ends before STOP" if pos > self.start else "empty stream")
-                    code = b[0]
+                b = read(1)
+                if not b:
+                    raise _Broken(pos, "stream ends before STOP" if pos > self.start else "empty stream")
+                code = b[0]
                 handler = table[code]
                 if handler is None:
                     raise _Broken(pos, f"invalid opcode 0x{code:02x}")
@@ -379,30 +455,322 @@ class _PickleVM(_PolicyHooks):
                 try:
                     handler(self, pos)
                 except _Stop:
-                    result.end = self.reader.tell()
-                    result.complete = True
-                    result.top = self.stack[-1] if self.stack else None
-                    if self.reader.frame_end > 0 and result.end > self.reader.frame_end:
-                        self.frames_irregular = True
+                    self._stopped(result)
                     break
                 except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as exc:
                     raise _Broken(pos, f"invalid argument: {exc}") from None
-        except _Broken as exc:
-            result.error = exc.reason
-            result.end = None
-            self.broken = exc
-            if self.reader.frame_end != 0:
-                self.frames_irregular = True
-        else:
-            self.broken = None
         finally:
             self.ops = ops
-            if collecting:
-                gc.enable()
-        result.persistent_ids = self.persistent_ids
-        result.globals = self.globals
-        result.findings = len(self.records) + self.dropped_records
-        return result
+
+    def _fast_loop(self, result: PickleStreamResult) -> None:
+        """The loop of :meth:`_loop` with the most frequent opcodes done inline on the reader's buffer.
+
+        Millions of opcodes make the per-opcode cost the whole cost: a handler call, the reader's
+        attributes and a bounds check per read are most of it. Here the buffer, the position in it,
+        the stack and the memo are locals, and the opcodes picklers write per value (ints, floats,
+        strings, small tuples, MARK/APPEND(S), memo PUT/GET, their protocol-0 text forms) are done in
+        the loop when their arguments are inside the buffer and nothing unusual holds (a full stack, a
+        memo past its budget, a target that is not a list, a text form only one unpickler reads, a
+        FRAME to check). Anything else goes to the opcode's handler, with exactly the checks and
+        errors of :meth:`_loop`; an inline case does exactly what its handler does.
+        """
+        reader = self.reader
+        table = _TABLE
+        inline = _INLINE
+        puts = _PUTS
+        atoms = _INERT_ATOMS
+        memo = self.memo
+        lost = self.memo_lost
+        max_stack = self.max_stack
+        budget = self.memo_exact
+        exact = min(budget, self.max_memo)
+        max_ops = self.max_ops if self.max_ops is not None else -1
+        ctx = self.ctx
+        ops = self.ops
+        check = _next_check(ops, max_ops)
+        stack = self.stack
+        metastack = self.metastack
+        just = self._just_imported
+        framed = reader.frame_end > 0
+        # Copies of two counters the handlers also use (written back around every handler call).
+        lost_count = self.lost_count
+        retained = self.retained_bytes
+        i32, u32, u16, f64 = _I32, _U32, _U16, _F64
+        maxsize = sys.maxsize
+        buf = reader._buf
+        base = reader._buf_start
+        blen = len(buf)
+        p = reader._pos - base
+        if p < 0:
+            buf, base, blen, p = b"", reader._pos, 0, 0
+        try:
+            while True:
+                ops += 1
+                if ops == check:
+                    reader._pos = base + p
+                    if not ops & 0xFFF and ctx is not None:
+                        ctx.check_deadline()
+                    if ops == max_ops:
+                        self.out_of_ops = True
+                        raise _Broken(base + p, f"stopped after {max_ops} opcodes (detection budget)")
+                    check = _next_check(ops, max_ops)
+                if p >= blen:  # past the buffer: refill (the buffer never extends past the end)
+                    pos = reader._pos = base + p
+                    if not reader.peek(1):
+                        raise _Broken(pos, "stream ends before STOP" if pos > self.start else "empty stream")
+                    buf = reader._buf
+                    base = reader._buf_start
+                    blen = len(buf)
+                    p = pos - base
+                code = buf[p]
+                if just:
+                    just = self._just_imported = False
+                    if code in _AFTER_IMPORT:
+                        self.import_evidence = True
+                try:
+                    if code in inline:
+                        # Values first; a memo PUT right after a str or a tuple (pickle.dumps
+                        # memoizes each) is done in the same pass, as the next opcode, unless the
+                        # op count is due a check there.
+                        if code == 0x8C or code == 0x58:  # SHORT_BINUNICODE, BINUNICODE
+                            if code == 0x8C:
+                                n = buf[p + 1] if p + 1 < blen else blen
+                                head = 2
+                            else:
+                                n = u32(buf, p + 1)[0] if p + 5 <= blen else blen
+                                head = 5
+                            # Up to 256 bytes a payload is always read and kept (see _payload).
+                            if n <= 256 and p + head + n <= blen and len(stack) < max_stack:
+                                data = buf[p + head:p + head + n]
+                                try:  # strict UTF-8 is faster and decodes all but lone surrogates
+                                    stack.append(data.decode())
+                                except UnicodeDecodeError:
+                                    stack.append(str(data, "utf-8", "surrogatepass"))
+                                retained += n
+                                p += head + n
+                                if p >= blen or buf[p] not in puts or ops + 1 >= check:
+                                    continue
+                                ops += 1
+                                code = buf[p]
+                        elif code == 0x87:  # TUPLE3
+                            if len(stack) >= 3:
+                                c = stack.pop()
+                                b = stack.pop()
+                                stack[-1] = (stack[-1], b, c)
+                                p += 1
+                                if p >= blen or buf[p] not in puts or ops + 1 >= check:
+                                    continue
+                                ops += 1
+                                code = buf[p]
+                        elif code == 0x47:  # BINFLOAT
+                            if p + 9 <= blen and len(stack) < max_stack:
+                                stack.append(f64(buf, p + 1)[0])
+                                p += 9
+                                continue
+                        elif code == 0x4A:  # BININT
+                            if p + 5 <= blen and len(stack) < max_stack:
+                                stack.append(i32(buf, p + 1)[0])
+                                p += 5
+                                continue
+                        elif code == 0x28:  # MARK
+                            if len(metastack) < max_stack:
+                                metastack.append(stack)
+                                stack = self.stack = []
+                                p += 1
+                                continue
+                        elif code == 0x4B:  # BININT1
+                            if p + 2 <= blen and len(stack) < max_stack:
+                                stack.append(buf[p + 1])
+                                p += 2
+                                continue
+                        elif code == 0x4D:  # BININT2
+                            if p + 3 <= blen and len(stack) < max_stack:
+                                stack.append(u16(buf, p + 1)[0])
+                                p += 3
+                                continue
+                        elif code == 0x65:  # APPENDS
+                            if metastack and metastack[-1] and metastack[-1][-1].__class__ is PList:
+                                items = stack
+                                stack = self.stack = metastack.pop()
+                                target = stack[-1]
+                                if self.retained_items + len(items) <= MAX_RETAINED_ITEMS:
+                                    target.extend(items)
+                                    self.retained_items += len(items)
+                                else:
+                                    target.dropped += len(items)
+                                p += 1
+                                continue
+                        elif code == 0x61:  # APPEND
+                            if len(stack) >= 2 and stack[-2].__class__ is PList:
+                                value = stack.pop()
+                                if self.retained_items < MAX_RETAINED_ITEMS:
+                                    stack[-1].append(value)
+                                    self.retained_items += 1
+                                else:
+                                    stack[-1].dropped += 1
+                                p += 1
+                                continue
+                        elif code == 0x68 or code == 0x6A or code == 0x67:  # BINGET, LONG_BINGET, GET
+                            value = _MISSING
+                            if code == 0x68:
+                                if p + 2 <= blen:
+                                    value = memo.get(buf[p + 1], _MISSING)
+                                    width = 2
+                            elif code == 0x6A:
+                                if p + 5 <= blen:
+                                    value = memo.get(u32(buf, p + 1)[0], _MISSING)
+                                    width = 5
+                            elif not framed:
+                                end = buf.find(b"\n", p + 1, p + 21)
+                                if end > 0:
+                                    try:
+                                        index = int(buf[p + 1:end])
+                                    except ValueError:
+                                        index = -1
+                                    if 0 <= index <= maxsize:
+                                        value = memo.get(index, _MISSING)
+                                        width = end + 1 - p
+                            if value is not _MISSING and len(stack) < max_stack:
+                                stack.append(value)
+                                p += width
+                                continue
+                        elif code == 0x4E:  # NONE
+                            if len(stack) < max_stack:
+                                stack.append(None)
+                                p += 1
+                                continue
+                        elif code == 0x30:  # POP
+                            if stack:
+                                stack.pop()
+                                p += 1
+                                continue
+                        elif code == 0x86:  # TUPLE2
+                            if len(stack) >= 2:
+                                b = stack.pop()
+                                stack[-1] = (stack[-1], b)
+                                p += 1
+                                continue
+                        elif code == 0x85:  # TUPLE1
+                            if stack:
+                                stack[-1] = (stack[-1],)
+                                p += 1
+                                continue
+                        elif code == 0x74:  # TUPLE
+                            if metastack and len(metastack[-1]) < max_stack:
+                                value = tuple(stack)
+                                stack = self.stack = metastack.pop()
+                                stack.append(value)
+                                p += 1
+                                if p >= blen or buf[p] not in puts or ops + 1 >= check:
+                                    continue
+                                ops += 1
+                                code = buf[p]
+                        elif code in puts:
+                            pass
+                        elif not framed:  # INT, FLOAT, UNICODE: a text line inside the buffer
+                            end = buf.find(b"\n", p + 1)
+                            if end > 0 and len(stack) < max_stack:
+                                line = buf[p + 1:end]
+                                if code == 0x49:  # INT: what int(line, 0) reads (see int_)
+                                    if len(line) < 20 and line != b"00" and line != b"01":
+                                        try:
+                                            stack.append(int(line, 0))
+                                            p = end + 1
+                                            continue
+                                        except ValueError:
+                                            pass
+                                elif code == 0x46:  # FLOAT: the forms both read (see float_)
+                                    try:
+                                        value = float(line)
+                                    except ValueError:
+                                        value = None
+                                    if value is not None and value - value == 0.0 and b"_" not in line \
+                                            and not line[:1].isspace() and not line[-1:].isspace():
+                                        stack.append(value)
+                                        p = end + 1
+                                        continue
+                                elif len(line) <= MAX_INLINE_BYTES:  # UNICODE
+                                    stack.append(str(line, "raw-unicode-escape"))
+                                    p = end + 1
+                                    if p >= blen or buf[p] not in puts or ops + 1 >= check:
+                                        continue
+                                    ops += 1
+                                    code = buf[p]
+                        if code in puts:  # MEMOIZE, BINPUT, LONG_BINPUT, PUT (see _memo_put)
+                            index = -1
+                            if code == 0x94:
+                                index = len(memo) + lost_count
+                                width = 1
+                            elif code == 0x71:
+                                if p + 2 <= blen:
+                                    index = buf[p + 1]
+                                    width = 2
+                            elif code == 0x72:
+                                if p + 5 <= blen:
+                                    index = u32(buf, p + 1)[0]
+                                    width = 5
+                            elif not framed:
+                                end = buf.find(b"\n", p + 1, p + 21)
+                                if end > 0:  # a line under 20 digits that int() reads: both read it
+                                    try:
+                                        index = int(buf[p + 1:end])
+                                    except ValueError:
+                                        index = -1
+                                    if index > maxsize:
+                                        index = -1
+                                    width = end + 1 - p
+                            if index >= 0 and stack:
+                                if not lost and len(memo) < exact:
+                                    memo[index] = stack[-1]
+                                    p += width
+                                    continue
+                                if len(memo) >= budget and index == len(lost) and index not in memo \
+                                        and index < MAX_LOST:
+                                    value = stack[-1]
+                                    cls = value.__class__
+                                    if cls is str:
+                                        kind = LOST_STR if value and value != "__setstate__" else 0
+                                    elif cls is tuple and len(value) == 3 and value[0].__class__ in atoms \
+                                            and value[1].__class__ in atoms and value[2].__class__ in atoms:
+                                        kind = LOST_TUPLE
+                                    else:
+                                        kind = _lost_kind(value)
+                                    if kind:
+                                        lost.append(kind)
+                                        lost_count += 1
+                                        p += width
+                                        continue
+                    # Everything else, and the unusual cases above: the opcode's handler.
+                    pos = base + p
+                    reader._pos = pos + 1
+                    handler = table[code]
+                    if handler is None:
+                        raise _Broken(pos, f"invalid opcode 0x{code:02x}")
+                    self.lost_count = lost_count
+                    self.retained_bytes = retained
+                    handler(self, pos)
+                    lost_count = self.lost_count
+                    retained = self.retained_bytes
+                except _Stop:
+                    self._stopped(result)
+                    break
+                except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as exc:
+                    raise _Broken(base + p, f"invalid argument: {exc}") from None
+                # A handler may have read, refilled or moved the reader, or replaced the stack.
+                stack = self.stack
+                just = self._just_imported
+                if reader._buf is not buf:
+                    buf = reader._buf
+                    base = reader._buf_start
+                    blen = len(buf)
+                p = reader._pos - base
+                if p < 0:
+                    buf, base, blen, p = b"", reader._pos, 0, 0
+                framed = reader.frame_end > 0
+        finally:
+            self.ops = ops
+            self.lost_count = lost_count
+            self.retained_bytes = retained
 
     def flush(self) -> None:
         """Report the findings of this stream (imports, anomalies, nested scans) into the context."""

@@ -542,11 +542,11 @@ class _PickleVM(_PolicyHooks):
                             # Up to 256 bytes a payload is always read and kept (see _payload).
                             if n <= 256 and p + head + n <= blen and len(stack) < max_stack:
                                 data = buf[p + head:p + head + n]
+                                retained += n
                                 try:  # strict UTF-8 is faster and decodes all but lone surrogates
                                     stack.append(data.decode())
                                 except UnicodeDecodeError:
                                     stack.append(str(data, "utf-8", "surrogatepass"))
-                                retained += n
                                 p += head + n
                                 if p >= blen or buf[p] not in puts or ops + 1 >= check:
                                     continue
@@ -748,9 +748,11 @@ class _PickleVM(_PolicyHooks):
                         raise _Broken(pos, f"invalid opcode 0x{code:02x}")
                     self.lost_count = lost_count
                     self.retained_bytes = retained
-                    handler(self, pos)
-                    lost_count = self.lost_count
-                    retained = self.retained_bytes
+                    try:
+                        handler(self, pos)
+                    finally:  # the handler's counts, also when it raises
+                        lost_count = self.lost_count
+                        retained = self.retained_bytes
                 except _Stop:
                     self._stopped(result)
                     break

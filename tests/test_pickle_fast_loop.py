@@ -42,9 +42,11 @@ class Reduce:
 
 
 def walk(cls: type, data: bytes, buffer: Optional[int], max_ops: Optional[int] = None,
-         memo_exact: Optional[int] = None) -> Tuple[Any, ...]:
+         memo_exact: Optional[int] = None, max_stack: Optional[int] = None) -> Tuple[Any, ...]:
     """Everything a walk decides: outcome, offsets, imports, findings, memo, top of stack."""
     vm = cls(BytesSource(data), None, 0, None, silent=True, max_ops=max_ops)
+    if max_stack is not None:
+        vm.max_stack = max_stack
     if buffer is not None:  # refill every few bytes: arguments straddle the buffer's end
         vm.reader._buffer_size = buffer
         vm.reader._next_fill = buffer
@@ -80,6 +82,16 @@ def test_inline_loop_walks_like_the_handlers(buffer: Optional[int]) -> None:
 def test_inline_loop_stops_at_the_opcode_budget_like_the_handlers(max_ops: int) -> None:
     for data in streams(300, seed=12):
         assert walk(_PickleVM, data, 5, max_ops) == walk(_HandlerLoopVM, data, 5, max_ops)
+
+
+@pytest.mark.parametrize("max_stack", [1, 2, 3, 5, 9])
+def test_inline_loop_hits_the_stack_limits_like_the_handlers(max_stack: int) -> None:
+    deep = [b"\x80\x04" + b"(" * 12 + b"N" * 12 + b".", b"\x80\x02" + b"K\x01" * 12 + b".",
+            b"(" + b"(I1\nI2\nt" * 6 + b"l."]
+    for data in streams(300, seed=14) + deep:
+        for buffer in (None, 3):
+            fast = walk(_PickleVM, data, buffer, max_stack=max_stack)
+            assert fast == walk(_HandlerLoopVM, data, buffer, max_stack=max_stack), data[:80]
 
 
 def test_compact_memo_walks_like_the_handlers() -> None:

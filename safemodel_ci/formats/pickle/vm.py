@@ -462,6 +462,21 @@ class _PickleVM(_PolicyHooks):
         finally:
             self.ops = ops
 
+    def _stack_room(self, ops: int) -> int:
+        """The opcode count up to which the inline loop may push without checking the stack limits.
+
+        Measured before opcode ``ops``: no stack (the current one or one under a MARK) and not the
+        mark stack is longer than ``hi``, and an opcode adds at most one entry to one of them, so
+        before opcode ``k`` none is longer than ``hi + k - ops``: a push is under ``max_stack`` while
+        ``k < ops + max_stack - hi``. With many MARKs open the bound is not computed (0: every push
+        goes through its handler, which checks).
+        """
+        metastack = self.metastack
+        if len(metastack) > 64:
+            return 0
+        hi = max(len(self.stack), len(metastack), max(map(len, metastack), default=0))
+        return ops + self.max_stack - hi
+
     def _fast_loop(self, result: PickleStreamResult) -> None:
         """The loop of :meth:`_loop` with the most frequent opcodes done inline on the reader's buffer.
 
@@ -481,13 +496,13 @@ class _PickleVM(_PolicyHooks):
         atoms = _INERT_ATOMS
         memo = self.memo
         lost = self.memo_lost
-        max_stack = self.max_stack
         budget = self.memo_exact
         exact = min(budget, self.max_memo)
         max_ops = self.max_ops if self.max_ops is not None else -1
         ctx = self.ctx
         ops = self.ops
         check = _next_check(ops, max_ops)
+        safe = self._stack_room(ops + 1)
         stack = self.stack
         metastack = self.metastack
         just = self._just_imported
@@ -495,6 +510,7 @@ class _PickleVM(_PolicyHooks):
         # Copies of two counters the handlers also use (written back around every handler call).
         lost_count = self.lost_count
         retained = self.retained_bytes
+        lost_len = len(lost)
         i32, u32, u16, f64 = _I32, _U32, _U16, _F64
         maxsize = sys.maxsize
         buf = reader._buf
@@ -514,6 +530,7 @@ class _PickleVM(_PolicyHooks):
                         self.out_of_ops = True
                         raise _Broken(base + p, f"stopped after {max_ops} opcodes (detection budget)")
                     check = _next_check(ops, max_ops)
+                    safe = self._stack_room(ops)
                 if p >= blen:  # past the buffer: refill (the buffer never extends past the end)
                     pos = reader._pos = base + p
                     if not reader.peek(1):
@@ -540,51 +557,82 @@ class _PickleVM(_PolicyHooks):
                                 n = u32(buf, p + 1)[0] if p + 5 <= blen else blen
                                 head = 5
                             # Up to 256 bytes a payload is always read and kept (see _payload).
-                            if n <= 256 and p + head + n <= blen and len(stack) < max_stack:
+                            if n <= 256 and p + head + n <= blen and ops < safe:
                                 data = buf[p + head:p + head + n]
                                 retained += n
                                 try:  # strict UTF-8 is faster and decodes all but lone surrogates
-                                    stack.append(data.decode())
+                                    value = data.decode()
                                 except UnicodeDecodeError:
-                                    stack.append(str(data, "utf-8", "surrogatepass"))
+                                    value = str(data, "utf-8", "surrogatepass")
+                                stack.append(value)
                                 p += head + n
                                 if p >= blen or buf[p] not in puts or ops + 1 >= check:
                                     continue
                                 ops += 1
                                 code = buf[p]
+                                if code == 0x94:  # MEMOIZE of this str: _memo_put's two common cases
+                                    nmemo = len(memo)
+                                    if not lost and nmemo < exact:
+                                        memo[nmemo] = value
+                                        p += 1
+                                        continue
+                                    if nmemo >= budget and nmemo + lost_count == lost_len and value \
+                                            and value != "__setstate__" and lost_len not in memo \
+                                            and lost_len < MAX_LOST:
+                                        lost.append(LOST_STR)
+                                        lost_count += 1
+                                        lost_len += 1
+                                        p += 1
+                                        continue
                         elif code == 0x87:  # TUPLE3
                             if len(stack) >= 3:
                                 c = stack.pop()
                                 b = stack.pop()
-                                stack[-1] = (stack[-1], b, c)
+                                a = stack[-1]
+                                value = stack[-1] = (a, b, c)
                                 p += 1
                                 if p >= blen or buf[p] not in puts or ops + 1 >= check:
                                     continue
                                 ops += 1
                                 code = buf[p]
+                                if code == 0x94:  # MEMOIZE of this tuple: _memo_put's two common cases
+                                    nmemo = len(memo)
+                                    if not lost and nmemo < exact:
+                                        memo[nmemo] = value
+                                        p += 1
+                                        continue
+                                    if nmemo >= budget and nmemo + lost_count == lost_len \
+                                            and a.__class__ in atoms and b.__class__ in atoms \
+                                            and c.__class__ in atoms and lost_len not in memo \
+                                            and lost_len < MAX_LOST:
+                                        lost.append(LOST_TUPLE)
+                                        lost_count += 1
+                                        lost_len += 1
+                                        p += 1
+                                        continue
                         elif code == 0x47:  # BINFLOAT
-                            if p + 9 <= blen and len(stack) < max_stack:
+                            if p + 9 <= blen and ops < safe:
                                 stack.append(f64(buf, p + 1)[0])
                                 p += 9
                                 continue
                         elif code == 0x4A:  # BININT
-                            if p + 5 <= blen and len(stack) < max_stack:
+                            if p + 5 <= blen and ops < safe:
                                 stack.append(i32(buf, p + 1)[0])
                                 p += 5
                                 continue
                         elif code == 0x28:  # MARK
-                            if len(metastack) < max_stack:
+                            if ops < safe:
                                 metastack.append(stack)
                                 stack = self.stack = []
                                 p += 1
                                 continue
                         elif code == 0x4B:  # BININT1
-                            if p + 2 <= blen and len(stack) < max_stack:
+                            if p + 2 <= blen and ops < safe:
                                 stack.append(buf[p + 1])
                                 p += 2
                                 continue
                         elif code == 0x4D:  # BININT2
-                            if p + 3 <= blen and len(stack) < max_stack:
+                            if p + 3 <= blen and ops < safe:
                                 stack.append(u16(buf, p + 1)[0])
                                 p += 3
                                 continue
@@ -630,12 +678,12 @@ class _PickleVM(_PolicyHooks):
                                     if 0 <= index <= maxsize:
                                         value = memo.get(index, _MISSING)
                                         width = end + 1 - p
-                            if value is not _MISSING and len(stack) < max_stack:
+                            if value is not _MISSING and ops < safe:
                                 stack.append(value)
                                 p += width
                                 continue
                         elif code == 0x4E:  # NONE
-                            if len(stack) < max_stack:
+                            if ops < safe:
                                 stack.append(None)
                                 p += 1
                                 continue
@@ -656,7 +704,7 @@ class _PickleVM(_PolicyHooks):
                                 p += 1
                                 continue
                         elif code == 0x74:  # TUPLE
-                            if metastack and len(metastack[-1]) < max_stack:
+                            if metastack and ops < safe:
                                 value = tuple(stack)
                                 stack = self.stack = metastack.pop()
                                 stack.append(value)
@@ -669,7 +717,7 @@ class _PickleVM(_PolicyHooks):
                             pass
                         elif not framed:  # INT, FLOAT, UNICODE: a text line inside the buffer
                             end = buf.find(b"\n", p + 1)
-                            if end > 0 and len(stack) < max_stack:
+                            if end > 0 and ops < safe:
                                 line = buf[p + 1:end]
                                 if code == 0x49:  # INT: what int(line, 0) reads (see int_)
                                     if len(line) < 20 and line != b"00" and line != b"01":
@@ -698,8 +746,9 @@ class _PickleVM(_PolicyHooks):
                                     code = buf[p]
                         if code in puts:  # MEMOIZE, BINPUT, LONG_BINPUT, PUT (see _memo_put)
                             index = -1
+                            nmemo = len(memo)
                             if code == 0x94:
-                                index = len(memo) + lost_count
+                                index = nmemo + lost_count
                                 width = 1
                             elif code == 0x71:
                                 if p + 2 <= blen:
@@ -720,11 +769,11 @@ class _PickleVM(_PolicyHooks):
                                         index = -1
                                     width = end + 1 - p
                             if index >= 0 and stack:
-                                if not lost and len(memo) < exact:
+                                if not lost and nmemo < exact:
                                     memo[index] = stack[-1]
                                     p += width
                                     continue
-                                if len(memo) >= budget and index == len(lost) and index not in memo \
+                                if nmemo >= budget and index == lost_len and index not in memo \
                                         and index < MAX_LOST:
                                     value = stack[-1]
                                     cls = value.__class__
@@ -738,6 +787,7 @@ class _PickleVM(_PolicyHooks):
                                     if kind:
                                         lost.append(kind)
                                         lost_count += 1
+                                        lost_len += 1
                                         p += width
                                         continue
                     # Everything else, and the unusual cases above: the opcode's handler.
@@ -753,6 +803,7 @@ class _PickleVM(_PolicyHooks):
                     finally:  # the handler's counts, also when it raises
                         lost_count = self.lost_count
                         retained = self.retained_bytes
+                        lost_len = len(lost)
                 except _Stop:
                     self._stopped(result)
                     break

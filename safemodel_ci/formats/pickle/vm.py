@@ -545,82 +545,99 @@ class _PickleVM(_PolicyHooks):
                     if code in _AFTER_IMPORT:
                         self.import_evidence = True
                 try:
-                    if code in inline:
-                        # Values first; a memo PUT right after a str or a tuple (pickle.dumps
-                        # memoizes each) is done in the same pass, as the next opcode, unless the
-                        # op count is due a check there.
-                        if code == 0x8C or code == 0x58:  # SHORT_BINUNICODE, BINUNICODE
-                            if code == 0x8C:
-                                n = buf[p + 1] if p + 1 < blen else blen
-                                head = 2
+                    # Values first; a memo PUT right after a str or a tuple (pickle.dumps
+                    # memoizes each) is done in the same pass, as the next opcode, unless the
+                    # op count is due a check there.
+                    if code == 0x8C or code == 0x58:  # SHORT_BINUNICODE, BINUNICODE
+                        if code == 0x8C:
+                            n = buf[p + 1] if p + 1 < blen else blen
+                            head = 2
+                        else:
+                            n = u32(buf, p + 1)[0] if p + 5 <= blen else blen
+                            head = 5
+                        # Up to 256 bytes a payload is always read and kept (see _payload).
+                        if n <= 256 and p + head + n <= blen and ops < safe:
+                            data = buf[p + head:p + head + n]
+                            retained += n
+                            try:  # strict UTF-8 is faster and decodes all but lone surrogates
+                                value = data.decode()
+                            except UnicodeDecodeError:
+                                value = str(data, "utf-8", "surrogatepass")
+                            stack.append(value)
+                            p += head + n
+                            if p >= blen or buf[p] not in puts or ops + 1 >= check:
+                                continue
+                            ops += 1
+                            code = buf[p]
+                            # The memo PUT of this str: _memo_put's two common cases.
+                            nmemo = len(memo)
+                            if code == 0x94:
+                                index, width = nmemo + lost_count, 1
+                            elif code == 0x72:
+                                index, width = u32(buf, p + 1)[0] if p + 5 <= blen else -1, 5
+                            elif code == 0x71:
+                                index, width = buf[p + 1] if p + 2 <= blen else -1, 2
                             else:
-                                n = u32(buf, p + 1)[0] if p + 5 <= blen else blen
-                                head = 5
-                            # Up to 256 bytes a payload is always read and kept (see _payload).
-                            if n <= 256 and p + head + n <= blen and ops < safe:
-                                data = buf[p + head:p + head + n]
-                                retained += n
-                                try:  # strict UTF-8 is faster and decodes all but lone surrogates
-                                    value = data.decode()
-                                except UnicodeDecodeError:
-                                    value = str(data, "utf-8", "surrogatepass")
-                                stack.append(value)
-                                p += head + n
-                                if p >= blen or buf[p] not in puts or ops + 1 >= check:
+                                index = -1
+                            if index >= 0:
+                                if not lost and nmemo < exact:
+                                    memo[index] = value
+                                    p += width
                                     continue
-                                ops += 1
-                                code = buf[p]
-                                if code == 0x94:  # MEMOIZE of this str: _memo_put's two common cases
-                                    nmemo = len(memo)
-                                    if not lost and nmemo < exact:
-                                        memo[nmemo] = value
-                                        p += 1
-                                        continue
-                                    if nmemo >= budget and nmemo + lost_count == lost_len and value \
-                                            and value != "__setstate__" and lost_len not in memo \
-                                            and lost_len < MAX_LOST:
-                                        lost.append(LOST_STR)
-                                        lost_count += 1
-                                        lost_len += 1
-                                        p += 1
-                                        continue
-                        elif code == 0x87:  # TUPLE3
-                            if len(stack) >= 3:
-                                c = stack.pop()
-                                b = stack.pop()
-                                a = stack[-1]
-                                value = stack[-1] = (a, b, c)
-                                p += 1
-                                if p >= blen or buf[p] not in puts or ops + 1 >= check:
+                                if nmemo >= budget and index == lost_len and value \
+                                        and value != "__setstate__" and index not in memo \
+                                        and index < MAX_LOST:
+                                    lost.append(LOST_STR)
+                                    lost_count += 1
+                                    lost_len += 1
+                                    p += width
                                     continue
-                                ops += 1
-                                code = buf[p]
-                                if code == 0x94:  # MEMOIZE of this tuple: _memo_put's two common cases
-                                    nmemo = len(memo)
-                                    if not lost and nmemo < exact:
-                                        memo[nmemo] = value
-                                        p += 1
-                                        continue
-                                    if nmemo >= budget and nmemo + lost_count == lost_len \
-                                            and a.__class__ in atoms and b.__class__ in atoms \
-                                            and c.__class__ in atoms and lost_len not in memo \
-                                            and lost_len < MAX_LOST:
-                                        lost.append(LOST_TUPLE)
-                                        lost_count += 1
-                                        lost_len += 1
-                                        p += 1
-                                        continue
-                        elif code == 0x47:  # BINFLOAT
-                            if p + 9 <= blen and ops < safe:
-                                stack.append(f64(buf, p + 1)[0])
-                                p += 9
+                    elif code == 0x87:  # TUPLE3
+                        if len(stack) >= 3:
+                            c = stack.pop()
+                            b = stack.pop()
+                            a = stack[-1]
+                            value = stack[-1] = (a, b, c)
+                            p += 1
+                            if p >= blen or buf[p] not in puts or ops + 1 >= check:
                                 continue
-                        elif code == 0x4A:  # BININT
-                            if p + 5 <= blen and ops < safe:
-                                stack.append(i32(buf, p + 1)[0])
-                                p += 5
-                                continue
-                        elif code == 0x28:  # MARK
+                            ops += 1
+                            code = buf[p]
+                            # The memo PUT of this tuple: _memo_put's two common cases.
+                            nmemo = len(memo)
+                            if code == 0x94:
+                                index, width = nmemo + lost_count, 1
+                            elif code == 0x72:
+                                index, width = u32(buf, p + 1)[0] if p + 5 <= blen else -1, 5
+                            elif code == 0x71:
+                                index, width = buf[p + 1] if p + 2 <= blen else -1, 2
+                            else:
+                                index = -1
+                            if index >= 0:
+                                if not lost and nmemo < exact:
+                                    memo[index] = value
+                                    p += width
+                                    continue
+                                if nmemo >= budget and index == lost_len and a.__class__ in atoms \
+                                        and b.__class__ in atoms and c.__class__ in atoms \
+                                        and index not in memo and index < MAX_LOST:
+                                    lost.append(LOST_TUPLE)
+                                    lost_count += 1
+                                    lost_len += 1
+                                    p += width
+                                    continue
+                    elif code == 0x47:  # BINFLOAT
+                        if p + 9 <= blen and ops < safe:
+                            stack.append(f64(buf, p + 1)[0])
+                            p += 9
+                            continue
+                    elif code == 0x4A:  # BININT
+                        if p + 5 <= blen and ops < safe:
+                            stack.append(i32(buf, p + 1)[0])
+                            p += 5
+                            continue
+                    elif code in inline:
+                        if code == 0x28:  # MARK
                             if ops < safe:
                                 metastack.append(stack)
                                 stack = self.stack = []
@@ -744,52 +761,52 @@ class _PickleVM(_PolicyHooks):
                                         continue
                                     ops += 1
                                     code = buf[p]
-                        if code in puts:  # MEMOIZE, BINPUT, LONG_BINPUT, PUT (see _memo_put)
-                            index = -1
-                            nmemo = len(memo)
-                            if code == 0x94:
-                                index = nmemo + lost_count
-                                width = 1
-                            elif code == 0x71:
-                                if p + 2 <= blen:
-                                    index = buf[p + 1]
-                                    width = 2
-                            elif code == 0x72:
-                                if p + 5 <= blen:
-                                    index = u32(buf, p + 1)[0]
-                                    width = 5
-                            elif not framed:
-                                end = buf.find(b"\n", p + 1, p + 21)
-                                if end > 0:  # a line under 20 digits that int() reads: both read it
-                                    try:
-                                        index = int(buf[p + 1:end])
-                                    except ValueError:
-                                        index = -1
-                                    if index > maxsize:
-                                        index = -1
-                                    width = end + 1 - p
-                            if index >= 0 and stack:
-                                if not lost and nmemo < exact:
-                                    memo[index] = stack[-1]
+                    if code in puts:  # MEMOIZE, BINPUT, LONG_BINPUT, PUT (see _memo_put)
+                        index = -1
+                        nmemo = len(memo)
+                        if code == 0x94:
+                            index = nmemo + lost_count
+                            width = 1
+                        elif code == 0x71:
+                            if p + 2 <= blen:
+                                index = buf[p + 1]
+                                width = 2
+                        elif code == 0x72:
+                            if p + 5 <= blen:
+                                index = u32(buf, p + 1)[0]
+                                width = 5
+                        elif not framed:
+                            end = buf.find(b"\n", p + 1, p + 21)
+                            if end > 0:  # a line under 20 digits that int() reads: both read it
+                                try:
+                                    index = int(buf[p + 1:end])
+                                except ValueError:
+                                    index = -1
+                                if index > maxsize:
+                                    index = -1
+                                width = end + 1 - p
+                        if index >= 0 and stack:
+                            if not lost and nmemo < exact:
+                                memo[index] = stack[-1]
+                                p += width
+                                continue
+                            if nmemo >= budget and index == lost_len and index not in memo \
+                                    and index < MAX_LOST:
+                                value = stack[-1]
+                                cls = value.__class__
+                                if cls is str:
+                                    kind = LOST_STR if value and value != "__setstate__" else 0
+                                elif cls is tuple and len(value) == 3 and value[0].__class__ in atoms \
+                                        and value[1].__class__ in atoms and value[2].__class__ in atoms:
+                                    kind = LOST_TUPLE
+                                else:
+                                    kind = _lost_kind(value)
+                                if kind:
+                                    lost.append(kind)
+                                    lost_count += 1
+                                    lost_len += 1
                                     p += width
                                     continue
-                                if nmemo >= budget and index == lost_len and index not in memo \
-                                        and index < MAX_LOST:
-                                    value = stack[-1]
-                                    cls = value.__class__
-                                    if cls is str:
-                                        kind = LOST_STR if value and value != "__setstate__" else 0
-                                    elif cls is tuple and len(value) == 3 and value[0].__class__ in atoms \
-                                            and value[1].__class__ in atoms and value[2].__class__ in atoms:
-                                        kind = LOST_TUPLE
-                                    else:
-                                        kind = _lost_kind(value)
-                                    if kind:
-                                        lost.append(kind)
-                                        lost_count += 1
-                                        lost_len += 1
-                                        p += width
-                                        continue
                     # Everything else, and the unusual cases above: the opcode's handler.
                     pos = base + p
                     reader._pos = pos + 1

@@ -517,6 +517,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Issue 20 item 1: its own process (it runs the test Hub server on 127.0.0.1).
         table += side_benchmark("hub", "hub_many_repos.py", ["--repos", str(args.hub_repos)],
                                 f"Hub benchmark ({args.hub_repos} repos, --jobs 1 and 8)")
+    picklescan = find_tool("picklescan", tools_bin)
+    if picklescan and not args.skip_big and "safemodel" in args.tools.split(","):
+        # Issue 20 item 4: a 24 MB pickle of 5M opcodes (and a 232 MB one) against picklescan.
+        table += side_benchmark("big_pickle", "big_pickle.py", ["--picklescan", picklescan, "--repeat", "1"],
+                                "Big raw pickle benchmark (24 MB and 232 MB, against picklescan)")
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(table)

@@ -251,8 +251,10 @@ def test_scan_of_one_pickle_imports_only_the_pickle_reader(tmp_path: Path) -> No
     (work / "tiny.pkl").write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
     modules = _imported(tmp_path, "safemodel_ci.cli:main", ["scan", "--no-cache", "tiny.pkl"], work)
     formats = sorted(m for m in modules if m.startswith("safemodel_ci.formats"))
-    assert formats == ["safemodel_ci.formats", "safemodel_ci.formats.interface",
-                       "safemodel_ci.formats.pickle"]
+    # the pickle reader is a package (formats/pickle/): its modules are the pickle reader's
+    readers = sorted({m.split(".")[2] for m in formats if m.count(".") >= 2})
+    assert readers == ["interface", "pickle"], formats
+    assert "safemodel_ci.formats" in formats
 
 
 def test_gate_passing_imports_that_reader(tmp_path: Path) -> None:

@@ -1,0 +1,66 @@
+"""What every module of the pickle VM shares: its memory and report limits, the bits naming the two
+unpicklers a walk follows, and the signals and records a walk produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+from ...findings import Severity
+
+#: A str/bytes payload longer than this is not read: a placeholder keeps its length and offset.
+MAX_INLINE_BYTES = 1 << 20
+#: Total bytes of str/bytes values kept in memory per stream; beyond it payloads become placeholders.
+MAX_RETAINED_BYTES = 32 << 20
+#: Items kept in lists/dicts/sets per stream; items appended beyond it are counted, not kept.
+MAX_RETAINED_ITEMS = 200_000
+#: Protocol 0/1 detection: this many valid opcodes make a file a pickle even before its STOP.
+TRIAL_OPS = 100_000
+#: Findings of one kind kept per stream (the rest are counted in the last one's details).
+MAX_RECORDS = 200
+#: Call sites listed per imported global.
+MAX_CALLS_LISTED = 10
+#: Memo entries kept exactly per stream before inert values (str, bytes, tuples of literals) are kept
+#: as their kind only (one byte each; see ``_PickleVM.memo_exact``).
+MAX_MEMO_EXACT = 100_000
+#: The two unpicklers, as bits of ``_FastReader.alive``.
+_PY, _C = 1, 2
+
+
+class _Broken(Exception):
+    """The stream cannot be parsed further at ``offset``. ``reported``: a nested VM said so already."""
+
+    def __init__(self, offset: int, reason: str, reported: bool = False, limit: bool = False) -> None:
+        super().__init__(reason)
+        self.offset = offset
+        self.reason = reason
+        self.reported = reported
+        #: A scan limit stopped the walk (the stream may be fine): ``unscanned-limit``, and detection
+        #: counts the stream as a pickle.
+        self.limit = limit
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class _Record:
+    """One finding in the making: an import (or anomaly) with where and how it is used."""
+
+    rule_id: str
+    severity: Severity
+    subject: str
+    reason: str
+    offset: int
+    opcode: str
+    count: int = 1
+    calls: List[str] = field(default_factory=list)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def add_call(self, kind: str, offset: int) -> None:
+        if len(self.calls) < MAX_CALLS_LISTED:
+            self.calls.append(f"{kind}@{offset}")
+        else:
+            self.extra["more_calls"] = self.extra.get("more_calls", 0) + 1
+

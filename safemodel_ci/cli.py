@@ -7,19 +7,17 @@ import errno
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import Terminated, __version__, exit_process
 from .findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_USAGE, FileResult, Location, ScanReport, Severity
 from .output import FORMATS, writer
 from .policy import Policy
 from .config import Config, ConfigError
-from .scanner import ScanOptions
 from .settings import Settings, UsageParser, fail_on_type, from_namespace, jobs_type, severity_type
 from .sources.paths import iter_paths
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .cache import ResultCache
     from .sources.hfcache import CacheScan
     from .sources.hub import HubRepoScan
 
@@ -41,22 +39,9 @@ _any_severity = severity_type
 _jobs = jobs_type
 
 
-def settings_of(args: "Union[argparse.Namespace, Settings]") -> Settings:
-    """The settings of a parsed command line, built once (:func:`main` builds them before the command
-    runs; a caller holding only a parsed namespace gets them built here). Settings pass through."""
-    if isinstance(args, Settings):
-        return args
-    built = getattr(args, "_settings", None)
-    if built is None:
-        built = from_namespace(args)
-        args._settings = built
-    return built
-
-
-def shown_report(report: ScanReport, args: "Union[argparse.Namespace, Settings]") -> ScanReport:
+def shown_report(report: ScanReport, settings: Settings) -> ScanReport:
     """The report as it is written: ``--min-severity``, else INFO left out of text unless ``--show-info``.
     The exit code and verdict are the run's either way (see :meth:`ScanReport.filtered`)."""
-    settings = settings_of(args)
     minimum = settings.min_severity
     if minimum is None and settings.format == "text" and not settings.show_info:
         minimum = Severity.LOW
@@ -204,50 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Views of a command line's settings (see :class:`~safemodel_ci.settings.Settings`), by the names
-# the commands and the tests use.
-
-def config(args: "Union[argparse.Namespace, Settings]") -> Config:
-    """The config in force (``--config`` or the one found from the working directory), loaded once.
-
-    Raises :class:`ConfigError` (exit code 3 in :func:`main`) when it is invalid.
-    """
-    return settings_of(args).config
-
-
-def scan_options(args: "Union[argparse.Namespace, Settings]") -> ScanOptions:
-    """The scan options a command line asks for (policy and limits from the config)."""
-    return settings_of(args).options
-
-
-def fail_on(args: "Union[argparse.Namespace, Settings]") -> Severity:
-    """``--fail-on``, else the config's ``fail-on``, else high."""
-    return settings_of(args).fail_on
-
-
-def cache_dir(args: "Union[argparse.Namespace, Settings]") -> Optional[str]:
-    """The result cache directory, or None with ``--no-cache`` / ``SAFEMODEL_NO_CACHE=1``, or when
-    the directory may be written by someone else (a warning says so; the scan runs uncached)."""
-    return settings_of(args).cache_dir
-
-
-def result_cache(args: "Union[argparse.Namespace, Settings]") -> "Optional[ResultCache]":
-    """The result cache a command uses, or None (``--no-cache``, ``SAFEMODEL_NO_CACHE=1``)."""
-    return settings_of(args).result_cache()
-
-
-def show_progress(args: "Union[argparse.Namespace, Settings]") -> bool:
-    """Progress goes to a terminal only: never in CI logs, never when quiet."""
-    return settings_of(args).show_progress()
-
-
-def emit(report: ScanReport, args: "Union[argparse.Namespace, Settings]",
+def emit(report: ScanReport, settings: Settings,
          render: "Optional[Callable[[ScanReport], str]]" = None) -> int:
     """Write the report where asked (``render``, else the writer of ``--format``) and return the
     exit code."""
     from .output.interface import escape_surrogates
 
-    settings = settings_of(args)
     report = shown_report(report, settings)
     if render is None:
         render = writer(settings.format, repo_root=settings.repo_root).render
@@ -305,10 +252,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from .parallel import scan_paths
 
-    settings = settings_of(args)
+    settings: Settings = args._settings  # built by main
     plan = settings.scan_plan()
     cfg = plan.config
-    progress = show_progress(settings)
+    progress = settings.show_progress()
     results: List[FileResult] = []
     skipped: List[Tuple[str, str]] = []
     unscanned: List[Tuple[str, str, str]] = []
@@ -367,11 +314,6 @@ def skipped_result(path: str, reason: str, rule_id: str = "skipped-not-regular",
     return FileResult(path=path, location=at, findings=[policy.finding(rule_id, at, reason)])
 
 
-def command_line_excludes(args: "Union[argparse.Namespace, Settings]") -> Config:
-    """``--exclude`` patterns as a config rooted at the working directory; a bad one is a ConfigError."""
-    return settings_of(args).command_line_excludes()
-
-
 def cmd_hub(args: argparse.Namespace) -> int:
     from .fanout import FanoutError, load_targets, parse_shard, select_shard
 
@@ -391,13 +333,13 @@ def cmd_hub(args: argparse.Namespace) -> int:
     # huggingface_hub is imported only when a hub command runs.
     from .sources.hub import HubClientConfig, HubRepoScanner, build_report, parse_repo_target, scan_repos
 
-    settings = settings_of(args)
+    settings: Settings = args._settings  # built by main
     try:
         client = HubClientConfig.from_environment()
     except Exception as exc:  # noqa: BLE001 - e.g. an OIDC token exchange (HF_OIDC_RESOURCE) that failed
         print(f"safemodel: cannot get a Hugging Face token: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    progress = show_progress(settings)
+    progress = settings.show_progress()
     line = _HubProgressLine()
     scanner = HubRepoScanner(client, settings.options, on_progress=line.update if progress else None,
                              result_cache=settings.result_cache())
@@ -438,8 +380,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from .sources.hfcache import cache_report, scan_cache
     from .sources.hub import format_bytes, plural
 
-    settings = settings_of(args)
-    progress = show_progress(settings)
+    settings: Settings = args._settings  # built by main
+    progress = settings.show_progress()
 
     def on_file(scan: "CacheScan") -> None:
         print(f"\rcache: {len(scan.files)}/{scan.total_files} files, "
@@ -478,7 +420,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"safemodel convert: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    settings = settings_of(args)
+    settings: Settings = args._settings  # built by main
     threshold = settings.fail_on
     options = settings.options
     worst = 0
@@ -524,7 +466,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .fanout import FanoutError, merge_reports
 
-    settings = settings_of(args)
+    settings: Settings = args._settings  # built by main
     try:
         # Without --fail-on, the strictest of the reports' (not the config's: merge reads none).
         report = merge_reports(args.reports, fail_on=settings.fail_on_flag)

@@ -357,12 +357,12 @@ def test_second_scan_of_the_same_commit_comes_from_the_result_cache(
 
 def test_progress_on_a_terminal_only(hub: FakeHub, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from safemodel_ci import cli
+    from safemodel_ci.settings import Settings
 
     hub.add_commit("acme/progress", {"a.json": b"{}", "b.json": b"[]"})
     main(["hub", "acme/progress"])  # captured stderr is not a terminal: quiet, as in CI
     assert "files scanned" not in capsys.readouterr().err
-    monkeypatch.setattr(cli, "show_progress", lambda args: True)
+    monkeypatch.setattr(Settings, "show_progress", lambda self: True)
     main(["hub", "acme/progress"])
     err = capsys.readouterr().err
     assert "acme/progress: 2/2 files scanned" in err and "fetched" in err

@@ -51,9 +51,6 @@ class Policy:
             return finding
         return replace(finding, severity=new)
 
-    #: The former name of :meth:`judge`.
-    adjust = judge
-
     def fingerprint(self) -> str:
         """Stable hash of everything in the policy (part of the result-cache key)."""
         import hashlib  # here: a scan without the cache needs neither (~4 ms of start-up)

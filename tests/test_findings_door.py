@@ -221,7 +221,7 @@ def test_a_location_formats_every_kind_of_place() -> None:
     assert str(hub.inside("data.pkl")) == f"datasets/acme/x@{'f' * 40}:sub/model.bin:data.pkl"
     assert Location.in_repo(HUB, "acme/x", None).display == "acme/x"
     cached = Location.in_repo(HF_CACHE, "acme/x", "e" * 40, "config.json")
-    assert cached.display == f"acme/x@{'e' * 40}:config.json" and cached.is_repo
+    assert cached.display == f"acme/x@{'e' * 40}:config.json" and cached.repo is not None
     # A finding follows its location; placing a result moves every finding, member chains kept.
     finding = Policy().finding("pickle-unknown-global", local, "imports a.b", offset=7)
     assert (finding.path, finding.member, finding.offset) == ("models/m.pt", "archive/data.pkl:inner.pkl", 7)

@@ -1,4 +1,4 @@
-"""Legacy ``torch.save(..., _use_new_zipfile_serialization=False)`` files, and interleaved streams.
+"""Legacy ``torch.save(..., _use_new_zipfile_serialization=False)`` files.
 
 Layout (``torch/serialization.py _legacy_save``): five pickles back to back (the magic number,
 the protocol version 1001, ``sys_info``, the main object whose persistent ids

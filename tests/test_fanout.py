@@ -169,8 +169,8 @@ def test_readers_are_built_once_when_threads_ask_at_once(monkeypatch: pytest.Mon
         t.start()
     for t in threads:
         t.join(30)
-    want = [getattr(importlib.import_module(f"safemodel_ci.formats.{m}"), c).name
-            for m, c in formats._REGISTRY]
+    want = [getattr(importlib.import_module(f"safemodel_ci.formats.{row.module}"), row.cls).name
+            for row in formats.ROWS]
     assert len(got) == 8 and all(names == want for names in got)
 
 

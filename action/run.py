@@ -49,11 +49,6 @@ PR_EVENTS = ("pull_request", "pull_request_target")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u0085\u2028\u2029\ud800-\udfff]")
 
 
-#: A bad input value: reported as an error annotation, exit code 3 (the settings module raises it for
-#: the inputs it reads).
-UsageError = InputError
-
-
 @dataclass(frozen=True)
 class ActionInputs:
     """The action's inputs, parsed (see ``action.yml`` for their documentation)."""
@@ -78,7 +73,7 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if raw in ("false", "no", "0", "off"):
         return False
-    raise UsageError(f"input {name.lower().replace('_', '-')} must be true or false, not {raw!r}")
+    raise InputError(f"input {name.lower().replace('_', '-')} must be true or false, not {raw!r}")
 
 
 def read_inputs(env: Mapping[str, str]) -> ActionInputs:
@@ -118,14 +113,14 @@ def valid_sha(value: object) -> Optional[str]:
 def event_base(event_path: Optional[str]) -> Optional[str]:
     """The commit to diff against: ``pull_request.base.sha``, else a push's ``before``.
 
-    Raises :class:`UsageError` when the event names a base that is not a commit id.
+    Raises :class:`InputError` when the event names a base that is not a commit id.
     """
     payload = read_event(event_path)
     base = ((payload.get("pull_request") or {}).get("base") or {}).get("sha") or payload.get("before")
     if base is None or (isinstance(base, str) and not base.strip("0")):  # new branch: before = 000...0
         return None
     if valid_sha(base) is None:
-        raise UsageError(f"the event's base commit is not a commit id: {str(base)[:80]!r}")
+        raise InputError(f"the event's base commit is not a commit id: {str(base)[:80]!r}")
     return base
 
 
@@ -222,7 +217,7 @@ def choose_config(env: Mapping[str, str], inputs: ActionInputs, workspace: str) 
     pr = payload.get("pull_request") or {}
     base = valid_sha((pr.get("base") or {}).get("sha"))
     if base is None:
-        raise UsageError("a pull request event without a valid base commit id: the base branch's config "
+        raise InputError("a pull request event without a valid base commit id: the base branch's config "
                          "cannot be read")
     head_repo = ((pr.get("head") or {}).get("repo") or {}).get("full_name")
     base_repo = ((pr.get("base") or {}).get("repo") or {}).get("full_name")
@@ -279,7 +274,7 @@ def choose_config(env: Mapping[str, str], inputs: ActionInputs, workspace: str) 
         try:
             loaded = _load_bytes(base_bytes, base_rel or "", top, label or "")
         except ConfigError as exc:
-            raise UsageError(f"the base branch's config is invalid: {exc}") from None
+            raise InputError(f"the base branch's config is invalid: {exc}") from None
         choice.config = loaded if loaded is not None else Config()
     if inputs.config_from_head and not same_repo:
         choice.notes.append("config-from-head is ignored for a pull request from another repository "
@@ -439,8 +434,8 @@ def run(env: Mapping[str, str]) -> int:
         inputs = read_inputs(env)
         choice = choose_config(env, inputs, workspace)
         if choice.config is None and inputs.config and not os.path.isfile(inputs.config):
-            raise UsageError(f"input config: no such file: {inputs.config}")
-    except UsageError as exc:
+            raise InputError(f"input config: no such file: {inputs.config}")
+    except InputError as exc:
         return did_not_run(env, "safemodel: bad action input", str(exc))
     for command in choice.commands:
         print(command)
@@ -452,7 +447,7 @@ def run(env: Mapping[str, str]) -> int:
     if roots and inputs.changed_only:
         try:
             base = event_base(env.get("GITHUB_EVENT_PATH"))
-        except UsageError as exc:
+        except InputError as exc:
             return did_not_run(env, "safemodel: changed-only", str(exc))
         if base is None:
             print(workflow_command("notice", {"title": "safemodel: changed-only"},

@@ -7,19 +7,17 @@ import errno
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import Terminated, __version__, exit_process
 from .findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_USAGE, FileResult, Location, ScanReport, Severity
 from .output import FORMATS, writer
 from .policy import Policy
 from .config import Config, ConfigError
-from .scanner import ScanOptions
 from .settings import Settings, UsageParser, fail_on_type, from_namespace, jobs_type, severity_type
 from .sources.paths import iter_paths
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .cache import ResultCache
     from .sources.hfcache import CacheScan
     from .sources.hub import HubRepoScan
 
@@ -33,30 +31,11 @@ exit codes:
 """
 
 
-#: Usage errors exit 3 (2 means "incomplete scan"); the value parsers are the settings module's, shared
-#: with the hook and the Action.
-_Parser = UsageParser
-_severity = fail_on_type
-_any_severity = severity_type
-_jobs = jobs_type
 
 
-def settings_of(args: "Union[argparse.Namespace, Settings]") -> Settings:
-    """The settings of a parsed command line, built once (:func:`main` builds them before the command
-    runs; a caller holding only a parsed namespace gets them built here). Settings pass through."""
-    if isinstance(args, Settings):
-        return args
-    built = getattr(args, "_settings", None)
-    if built is None:
-        built = from_namespace(args)
-        args._settings = built
-    return built
-
-
-def shown_report(report: ScanReport, args: "Union[argparse.Namespace, Settings]") -> ScanReport:
+def shown_report(report: ScanReport, settings: Settings) -> ScanReport:
     """The report as it is written: ``--min-severity``, else INFO left out of text unless ``--show-info``.
     The exit code and verdict are the run's either way (see :meth:`ScanReport.filtered`)."""
-    settings = settings_of(args)
     minimum = settings.min_severity
     if minimum is None and settings.format == "text" and not settings.show_info:
         minimum = Severity.LOW
@@ -69,9 +48,9 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
                    help="output format (default: text)")
     p.add_argument("--output", "-o", metavar="FILE",
                    help="write the report to FILE instead of standard output")
-    p.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
+    p.add_argument("--fail-on", type=fail_on_type, default=None, metavar="SEVERITY",
                    help="lowest severity that fails the run: low, medium, high (default), critical")
-    p.add_argument("--min-severity", type=_any_severity, default=None, metavar="SEVERITY",
+    p.add_argument("--min-severity", type=severity_type, default=None, metavar="SEVERITY",
                    help="list only findings at or above SEVERITY (info, low, medium, high, critical), in "
                         "every format; findings that decide the exit code are always listed. Default: "
                         "text lists LOW and above, json/sarif/github list every finding")
@@ -99,7 +78,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     def full(name: str) -> bool:
         return command is None or command == name
 
-    parser = _Parser(
+    parser = UsageParser(
         prog="safemodel",
         description="Find machine-learning model files that would run code when loaded "
                     "(pickle, PyTorch, joblib, NumPy, Keras, TensorFlow, GGUF, ONNX) and validate "
@@ -108,7 +87,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"safemodel-ci {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=UsageParser)
 
     if full("scan"):
         scan = sub.add_parser(
@@ -125,7 +104,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         scan.add_argument("--follow-symlinks", action="store_true",
                           help="follow symlinks found in directories even when they point outside the "
                                "scanned paths (default: only links into the scanned paths are followed)")
-        scan.add_argument("--jobs", "-j", type=_jobs, default=None, metavar="N",
+        scan.add_argument("--jobs", "-j", type=jobs_type, default=None, metavar="N",
                           help="worker processes (default: one per CPU; 1 scans in this process)")
         add_output_options(scan)
         scan.set_defaults(func=cmd_scan)
@@ -148,7 +127,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         hub.add_argument("--revision", help="branch, tag or commit to scan (default: the main branch)")
         hub.add_argument("--repo-type", choices=("model", "dataset", "space"), default="model",
                          help="repository type (default: model)")
-        hub.add_argument("--jobs", "-j", type=_jobs, default=1, metavar="N",
+        hub.add_argument("--jobs", "-j", type=jobs_type, default=1, metavar="N",
                          help="repos scanned at once (default: 1)")
         add_output_options(hub)
         hub.set_defaults(func=cmd_hub)
@@ -187,7 +166,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
                                   "dotted for nested keys)")
         convert.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                              help="split the output above this size, as transformers does (default: 5GB)")
-        convert.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
+        convert.add_argument("--fail-on", type=fail_on_type, default=None, metavar="SEVERITY",
                              help="refuse files with findings at or above this severity (default: from the "
                                   "config, else high)")
         convert.add_argument("--config", metavar="FILE", help="config file (default: .safemodel.yaml found "
@@ -208,7 +187,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
         merge.add_argument("--format", "-f", choices=FORMATS + ("markdown",), default="text",
                            help="output format (default: text; markdown is the Action's job summary)")
         merge.add_argument("--output", "-o", metavar="FILE", help="write the report here instead of stdout")
-        merge.add_argument("--fail-on", type=_severity, default=None, metavar="SEVERITY",
+        merge.add_argument("--fail-on", type=fail_on_type, default=None, metavar="SEVERITY",
                            help="lowest severity that fails (default: the strictest of the reports')")
         merge.add_argument("--repo-root", metavar="DIR", help=argparse.SUPPRESS)
         merge.add_argument("--quiet", "-q", action="store_true", help=argparse.SUPPRESS)
@@ -221,50 +200,12 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-# Views of a command line's settings (see :class:`~safemodel_ci.settings.Settings`), by the names
-# the commands and the tests use.
-
-def config(args: "Union[argparse.Namespace, Settings]") -> Config:
-    """The config in force (``--config`` or the one found from the working directory), loaded once.
-
-    Raises :class:`ConfigError` (exit code 3 in :func:`main`) when it is invalid.
-    """
-    return settings_of(args).config
-
-
-def scan_options(args: "Union[argparse.Namespace, Settings]") -> ScanOptions:
-    """The scan options a command line asks for (policy and limits from the config)."""
-    return settings_of(args).options
-
-
-def fail_on(args: "Union[argparse.Namespace, Settings]") -> Severity:
-    """``--fail-on``, else the config's ``fail-on``, else high."""
-    return settings_of(args).fail_on
-
-
-def cache_dir(args: "Union[argparse.Namespace, Settings]") -> Optional[str]:
-    """The result cache directory, or None with ``--no-cache`` / ``SAFEMODEL_NO_CACHE=1``, or when
-    the directory may be written by someone else (a warning says so; the scan runs uncached)."""
-    return settings_of(args).cache_dir
-
-
-def result_cache(args: "Union[argparse.Namespace, Settings]") -> "Optional[ResultCache]":
-    """The result cache a command uses, or None (``--no-cache``, ``SAFEMODEL_NO_CACHE=1``)."""
-    return settings_of(args).result_cache()
-
-
-def show_progress(args: "Union[argparse.Namespace, Settings]") -> bool:
-    """Progress goes to a terminal only: never in CI logs, never when quiet."""
-    return settings_of(args).show_progress()
-
-
-def emit(report: ScanReport, args: "Union[argparse.Namespace, Settings]",
+def emit(report: ScanReport, settings: Settings,
          render: "Optional[Callable[[ScanReport], str]]" = None) -> int:
     """Write the report where asked (``render``, else the writer of ``--format``) and return the
     exit code."""
     from .output.interface import escape_surrogates
 
-    settings = settings_of(args)
     report = shown_report(report, settings)
     if render is None:
         render = writer(settings.format, repo_root=settings.repo_root).render
@@ -322,10 +263,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from .parallel import scan_paths
 
-    settings = settings_of(args)
+    settings: Settings = args._settings  # built by main
     plan = settings.scan_plan()
     cfg = plan.config
-    progress = show_progress(settings)
+    progress = settings.show_progress()
     results: List[FileResult] = []
     skipped: List[Tuple[str, str]] = []
     unscanned: List[Tuple[str, str, str]] = []
@@ -384,11 +325,6 @@ def skipped_result(path: str, reason: str, rule_id: str = "skipped-not-regular",
     return FileResult(path=path, location=at, findings=[policy.finding(rule_id, at, reason)])
 
 
-def command_line_excludes(args: "Union[argparse.Namespace, Settings]") -> Config:
-    """``--exclude`` patterns as a config rooted at the working directory; a bad one is a ConfigError."""
-    return settings_of(args).command_line_excludes()
-
-
 def cmd_hub(args: argparse.Namespace) -> int:
     from .fanout import FanoutError, load_targets, parse_shard, select_shard
 
@@ -408,13 +344,13 @@ def cmd_hub(args: argparse.Namespace) -> int:
     # huggingface_hub is imported only when a hub command runs.
     from .sources.hub import HubClientConfig, HubRepoScanner, build_report, parse_repo_target, scan_repos
 
-    settings = settings_of(args)
+    settings: Settings = args._settings  # built by main
     try:
         client = HubClientConfig.from_environment()
     except Exception as exc:  # noqa: BLE001 - e.g. an OIDC token exchange (HF_OIDC_RESOURCE) that failed
         print(f"safemodel: cannot get a Hugging Face token: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    progress = show_progress(settings)
+    progress = settings.show_progress()
     line = _HubProgressLine()
     scanner = HubRepoScanner(client, settings.options, on_progress=line.update if progress else None,
                              result_cache=settings.result_cache())
@@ -455,8 +391,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from .sources.hfcache import cache_report, scan_cache
     from .sources.hub import format_bytes, plural
 
-    settings = settings_of(args)
-    progress = show_progress(settings)
+    settings: Settings = args._settings  # built by main
+    progress = settings.show_progress()
 
     def on_file(scan: "CacheScan") -> None:
         print(f"\rcache: {len(scan.files)}/{scan.total_files} files, "
@@ -495,7 +431,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"safemodel convert: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    settings = settings_of(args)
+    settings: Settings = args._settings  # built by main
     threshold = settings.fail_on
     options = settings.options
     worst = 0
@@ -541,7 +477,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .fanout import FanoutError, merge_reports
 
-    settings = settings_of(args)
+    settings: Settings = args._settings  # built by main
     try:
         # Without --fail-on, the strictest of the reports' (not the config's: merge reads none).
         report = merge_reports(args.reports, fail_on=settings.fail_on_flag)

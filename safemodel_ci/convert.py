@@ -407,7 +407,7 @@ def _zip_checkpoint(path: str) -> Checkpoint:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise ConvertError(f"not a readable zip: {exc}") from exc
-    from .formats.zip import torch_key
+    from .formats.zip.torch_archive import torch_key
 
     # Records are found as torch's reader finds them: the folder is the first entry's, and every
     # lookup ignores ASCII case (torch_key). Names that are one record to torch are ambiguous (which

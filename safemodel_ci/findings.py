@@ -39,7 +39,6 @@ class Severity(enum.IntEnum):
 
 #: Kinds of :class:`Location`: where the bytes of a reported file came from.
 LOCAL = "file"
-STDIN = "stdin"
 HUB = "hub"
 HF_CACHE = "hf-cache"
 
@@ -47,12 +46,11 @@ HF_CACHE = "hf-cache"
 class Location(NamedTuple):
     """Where a finding (or a file, or a whole target) is, as data: the writers format it.
 
-    ``kind`` says where the bytes came from (:data:`LOCAL`, :data:`STDIN`, :data:`HUB`,
-    :data:`HF_CACHE`); ``repo`` and ``revision`` name a Hub repo (``org/name``, with a
-    ``datasets/`` or ``spaces/`` prefix for those types) at a commit; ``path`` is the local path, or
-    the path inside the repo (empty for the repo itself); ``members`` is the chain of containers
-    inside the file, outermost first. Immutable, hashable and picklable (a named tuple: cheap to make
-    once per finding).
+    ``kind`` says where the bytes came from (:data:`LOCAL`, :data:`HUB`, :data:`HF_CACHE`); ``repo``
+    and ``revision`` name a Hub repo (``org/name``, with a ``datasets/`` or ``spaces/`` prefix for
+    those types) at a commit; ``path`` is the local path, or the path inside the repo (empty for the
+    repo itself); ``members`` is the chain of containers inside the file, outermost first.
+    Immutable, hashable and picklable (a named tuple: cheap to make once per finding).
     """
 
     kind: str = LOCAL
@@ -70,11 +68,6 @@ class Location(NamedTuple):
     def in_repo(cls, kind: str, repo: str, revision: Optional[str], path: str = "") -> "Location":
         """A file of a Hub repo at ``revision`` (``path`` empty: the repo itself)."""
         return cls(kind, path, repo=repo, revision=revision)
-
-    @property
-    def is_repo(self) -> bool:
-        """True for a Hub repo or a file of one (on the Hub or in the local Hugging Face cache)."""
-        return self.repo is not None
 
     @property
     def display(self) -> str:

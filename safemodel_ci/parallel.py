@@ -63,17 +63,6 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def file_sha256(path: str) -> str:
-    """sha256 of a whole file, read in 1 MiB blocks (bounded memory)."""
-    import hashlib  # here, not at the top: a scan without the cache never hashes (~3 ms of start-up)
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def judged_sha256(path: str, judged: Judged) -> Optional[str]:
     """The sha256 of the exact content a result was judged on, or None when that is not known.
 
@@ -381,4 +370,4 @@ def _failed_future(results: List[FileResult]) -> "Future[List[FileResult]]":
     return future
 
 
-__all__ = ["ScanPlan", "scan_paths", "apply_ignores", "default_jobs", "file_sha256"]
+__all__ = ["ScanPlan", "scan_paths", "apply_ignores", "default_jobs"]

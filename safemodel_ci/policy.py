@@ -60,9 +60,6 @@ class Policy(Record, frozen=True):
             return finding
         return finding.replace(severity=new)
 
-    #: The former name of :meth:`judge`.
-    adjust = judge
-
     def fingerprint(self) -> str:
         """Stable hash of everything in the policy (part of the result-cache key)."""
         import hashlib  # here: a scan without the cache needs neither (~4 ms of start-up)

@@ -154,8 +154,9 @@ MAX_GROUP_DEPTH = 100
 MAX_STREAMED_GROUP = 64 << 20
 
 
-class _OutOfData(ProtobufError):
-    """The data ended inside a group (a streamed reader may read more and retry)."""
+class OutOfData(ProtobufError):
+    """The data ended before what was being read did: inside a group, a field or a varint (more data
+    may complete it; a streamed reader may read more and retry)."""
 
 
 def _skip_group(data: memoryview, pos: int, stop: int, base: int, number: int) -> int:
@@ -164,7 +165,7 @@ def _skip_group(data: memoryview, pos: int, stop: int, base: int, number: int) -
     start = pos
     while open_groups:
         if pos >= stop:
-            raise _OutOfData(f"group {open_groups[-1]} is not closed", base + start)
+            raise OutOfData(f"group {open_groups[-1]} is not closed", base + start)
         tag_at = pos
         tag, pos = _varint(data, pos, stop, base)
         num, wire = tag >> 3, tag & 7
@@ -175,12 +176,12 @@ def _skip_group(data: memoryview, pos: int, stop: int, base: int, number: int) -
         elif wire == I64 or wire == I32:
             pos += 8 if wire == I64 else 4
             if pos > stop:
-                raise _OutOfData("fixed-width field truncated", base + tag_at)
+                raise OutOfData("fixed-width field truncated", base + tag_at)
         elif wire == LEN:
             length, pos = _varint(data, pos, stop, base)
             pos += length
             if pos > stop:
-                raise _OutOfData(f"field {num} claims {length} bytes, beyond its group", base + tag_at, num)
+                raise OutOfData(f"field {num} claims {length} bytes, beyond its group", base + tag_at, num)
         elif wire == SGROUP:
             if len(open_groups) >= MAX_GROUP_DEPTH:
                 raise ProtobufError("groups nested too deeply", base + tag_at)
@@ -200,7 +201,7 @@ def _varint(data: memoryview, pos: int, stop: int, base: int) -> "tuple[int, int
     begin = pos
     while True:
         if pos >= stop:
-            raise _OutOfData("varint truncated", base + begin)
+            raise OutOfData("varint truncated", base + begin)
         b = data[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -216,10 +217,6 @@ def read_varint(data: "bytes | memoryview", pos: int, stop: int) -> "tuple[int, 
     kept to 64 bits). Raises :class:`OutOfData` when ``stop`` comes first, :class:`ProtobufError`
     when it runs over 10 bytes."""
     return _varint(data, pos, stop, 0)  # type: ignore[arg-type]
-
-
-#: The data ended before what was being read did (more data may complete it).
-OutOfData = _OutOfData
 
 
 def _fields_streamed(source: ByteSource, start: int, end: int) -> Iterator[ProtoField]:
@@ -268,7 +265,7 @@ def _fields_streamed(source: ByteSource, start: int, end: int) -> Iterator[Proto
                 try:
                     after = _skip_group(data, rel2 - rel, len(data), pos, number)
                     break
-                except _OutOfData:
+                except OutOfData:
                     if size >= end - pos:
                         raise
                     if size >= MAX_STREAMED_GROUP:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .context import Limits, ScanContext, ScanEngine, ScanLimitExceeded, SiblingOpener, install_engine
-from .findings import FileResult, Location, Severity, sort_findings
+from .findings import FileResult, Location, sort_findings
 from . import formats
 from .formats import load, load_named
 from .formats.interface import FormatReader
@@ -294,15 +294,5 @@ def scan_file(path: str, options: ScanOptions, display_path: Optional[str] = Non
         return scan_byte_source(source, at, options, siblings=_local_siblings(path), real_path=path)
 
 
-def scan_files(paths: Iterable[str], options: ScanOptions,
-               on_result: Optional[Callable[[FileResult], None]] = None) -> Iterator[FileResult]:
-    """Scan files one by one, in the order given, yielding each result as it is ready."""
-    for path in paths:
-        result = scan_file(path, options)
-        if on_result is not None:
-            on_result(result)
-        yield result
-
-
-__all__ = ["ENGINE", "Engine", "ScanOptions", "Severity", "detect", "scan_source", "scan_claimed",
-           "reader_named", "scan_byte_source", "scan_file", "scan_files"]
+__all__ = ["ENGINE", "Engine", "ScanOptions", "detect", "scan_source", "scan_claimed",
+           "reader_named", "scan_byte_source", "scan_file"]

@@ -11,13 +11,13 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from safemodel_ci import cli
 from safemodel_ci.cli import main
 from safemodel_ci.findings import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
 from safemodel_ci.rules import RULES
+from safemodel_ci.settings import Settings
 
 from hub_server import FakeHub, fake_hub_env
-from test_hub import _SystemPayload, safetensors_bytes
+from model_files import _SystemPayload, safetensors_bytes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -79,7 +79,7 @@ def test_rules_as_json_list_every_rule(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_scan_progress_shows_done_total_and_bytes(
         tree: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(cli, "show_progress", lambda args: True)
+    monkeypatch.setattr(Settings, "show_progress", lambda self: True)
     main(["scan", "models", "--jobs", "1"])
     err = capsys.readouterr().err
     size = sum(p.stat().st_size for p in (tree / "models").rglob("*") if p.is_file())
@@ -145,7 +145,7 @@ def test_cache_progress_shows_done_and_total(hub: FakeHub, tmp_path: Path, monke
     hub.add_commit("acme/p", {"a.json": b"{}", "b.json": b"[]"})
     for name in ("a.json", "b.json"):
         hf_hub_download("acme/p", name, cache_dir=cache, endpoint=hub.endpoint, token=False)
-    monkeypatch.setattr(cli, "show_progress", lambda args: True)
+    monkeypatch.setattr(Settings, "show_progress", lambda self: True)
     main(["cache", "--cache-dir", str(cache), "--no-cache"])
     err = capsys.readouterr().err
     assert "cache: 1/2 files, 1 blob scanned" in err and "cache: 2/2 files, 2 blobs scanned" in err

@@ -11,7 +11,7 @@ from typing import List
 
 import pytest
 
-from safemodel_ci import cli
+from safemodel_ci import cli, settings
 from safemodel_ci.config import KEYS, Config, ConfigError, find_config, load_config
 from safemodel_ci.context import Limits
 from safemodel_ci.findings import Severity
@@ -378,12 +378,13 @@ def test_cli_sha256_pinned_ignore(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_cli_limits_reach_the_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = write(tmp_path / ".safemodel.yaml", "limits:\n  max-depth: 2\n")
     args = cli.build_parser().parse_args(["scan", "--config", str(cfg), str(tmp_path)])
-    assert cli.scan_options(args).limits.max_depth == 2
-    assert cli.fail_on(args) is Severity.HIGH
+    run = settings.from_namespace(args)
+    assert run.options.limits.max_depth == 2
+    assert run.fail_on is Severity.HIGH
     monkeypatch.setenv("SAFEMODEL_NO_CACHE", "1")
-    assert cli.cache_dir(args) is None
+    assert run.cache_dir is None
     monkeypatch.delenv("SAFEMODEL_NO_CACHE")
-    assert cli.cache_dir(args) == os.environ["SAFEMODEL_CACHE_DIR"]
+    assert run.cache_dir == os.environ["SAFEMODEL_CACHE_DIR"]
 
 
 # ---- issue 17 item 5: hostile config files and where a config is looked for --------------------

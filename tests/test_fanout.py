@@ -18,7 +18,7 @@ from safemodel_ci.cli import main
 from safemodel_ci.findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_USAGE
 
 from hub_server import FakeHub, fake_hub_env
-from test_hub import malicious_torch_bin, safetensors_bytes
+from model_files import malicious_torch_bin, safetensors_bytes
 
 pytest.importorskip("huggingface_hub")
 
@@ -169,8 +169,8 @@ def test_readers_are_built_once_when_threads_ask_at_once(monkeypatch: pytest.Mon
         t.start()
     for t in threads:
         t.join(30)
-    want = [getattr(importlib.import_module(f"safemodel_ci.formats.{m}"), c).name
-            for m, c in formats._REGISTRY]
+    want = [getattr(importlib.import_module(f"safemodel_ci.formats.{row.module}"), row.cls).name
+            for row in formats.ROWS]
     assert len(got) == 8 and all(names == want for names in got)
 
 

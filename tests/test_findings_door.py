@@ -10,6 +10,7 @@ the finding passes the policy at all.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import pickle
@@ -70,7 +71,7 @@ def test_a_severity_override_reaches_the_ignore_note(jobs: int, tmp_path: Path,
         path = tmp_path / f"junk{i}.bin"
         path.write_bytes(b"not a model at all " * (i + 1))
         paths.append(str(path))
-    digest = parallel.file_sha256(paths[2])
+    digest = hashlib.sha256(Path(paths[2]).read_bytes()).hexdigest()
     config = Config(root=str(tmp_path), ignores=(IgnoredFile(digest, "reviewed", origin="cfg:1"),),
                     severity_overrides=(("unrecognized-format", Severity.HIGH),
                                         ("ignored-by-config", Severity.LOW)))
@@ -221,7 +222,7 @@ def test_a_location_formats_every_kind_of_place() -> None:
     assert str(hub.inside("data.pkl")) == f"datasets/acme/x@{'f' * 40}:sub/model.bin:data.pkl"
     assert Location.in_repo(HUB, "acme/x", None).display == "acme/x"
     cached = Location.in_repo(HF_CACHE, "acme/x", "e" * 40, "config.json")
-    assert cached.display == f"acme/x@{'e' * 40}:config.json" and cached.is_repo
+    assert cached.display == f"acme/x@{'e' * 40}:config.json" and cached.repo is not None
     # A finding follows its location; placing a result moves every finding, member chains kept.
     finding = Policy().finding("pickle-unknown-global", local, "imports a.b", offset=7)
     assert (finding.path, finding.member, finding.offset) == ("models/m.pt", "archive/data.pkl:inner.pkl", 7)

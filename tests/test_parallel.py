@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import io
 import os
 import pickle
@@ -120,7 +121,7 @@ def test_hits_in_the_parent_misses_in_workers(tmp_path: Path) -> None:
 def test_ignores_apply_in_workers(tmp_path: Path) -> None:
     files = make_tree(tmp_path, 20)
     junk = files[3]  # unrecognized-format, raised to HIGH below so that there is something to ignore
-    digest = parallel.file_sha256(str(junk))
+    digest = hashlib.sha256(Path(junk).read_bytes()).hexdigest()
     config = Config(root=str(tmp_path), ignores=(IgnoredFile(digest, "reviewed", origin="cfg:1"),),
                     severity_overrides=(("unrecognized-format", Severity.HIGH),))
     plan = ScanPlan(options=ScanOptions(policy=config.policy()), config=config)
@@ -182,7 +183,7 @@ def test_ignore_is_matched_against_the_bytes_the_scan_judged(padding: int, cache
     evil = buf.getvalue()
     target.write_bytes(evil)
     config = Config(root=str(tmp_path), ignores=(
-        IgnoredFile(parallel.file_sha256(str(reviewed)), "reviewed", origin="cfg:1"),))
+        IgnoredFile(hashlib.sha256(Path(reviewed).read_bytes()).hexdigest(), "reviewed", origin="cfg:1"),))
     plan = ScanPlan(options=ScanOptions(policy=config.policy()), config=config,
                     cache_dir=str(tmp_path / "cache") if cached else None)
     real_scan = parallel.scan_file_cached
@@ -202,7 +203,7 @@ def test_ignore_is_matched_against_the_bytes_the_scan_judged(padding: int, cache
     assert not [f for f in again.findings if f.severity > Severity.INFO]
     target.write_bytes(evil)
     pinned = Config(root=str(tmp_path), ignores=(
-        IgnoredFile(parallel.file_sha256(str(target)), "reviewed", origin="cfg:1"),))
+        IgnoredFile(hashlib.sha256(Path(target).read_bytes()).hexdigest(), "reviewed", origin="cfg:1"),))
     plan2 = ScanPlan(options=ScanOptions(policy=pinned.policy()), config=pinned, cache_dir=plan.cache_dir)
     for _ in range(2):  # fresh scan, then (with a cache) a hit
         (ok,) = scan([target], 1, plan2)

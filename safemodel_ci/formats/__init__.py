@@ -155,9 +155,6 @@ ROWS: Tuple[ReaderRow, ...] = (
               _prefix(b"PTMF", 4)),
 )
 
-#: (module, class) of every reader, in order (the registry as it was before the gates).
-_REGISTRY: Tuple[Tuple[str, str], ...] = tuple((row.module, row.cls) for row in ROWS)
-
 #: Readers imported so far, by row index.
 _loaded: Dict[int, FormatReader] = {}
 _readers: List[FormatReader] = []

@@ -77,36 +77,4 @@ def carve(source: ByteSource, ctx: ScanContext, start: int, end: int,
         pos = advanced_to
 
 
-def scan_interleaved(source: ByteSource, ctx: ScanContext) -> None:
-    """A stream of pickles mixed with binary records of unknown layout: the first pickle is
-    scanned as such; the rest is carved, so every pickle is scanned while the binary records
-    between them produce no noise. (Legacy torch tars use :func:`scan_legacy_tar_member`.)"""
-    result = ctx.scan_pickle_at(source, 0)
-    start = result.end if result.complete and result.end is not None else 1
-    pos = start
-    while pos < source.size:
-        ctx.check_deadline()
-        chunk = source.read_at(pos, min(_CARVE_CHUNK, source.size - pos))
-        m = _CARVE_RE.search(chunk)
-        if m is None:
-            pos += max(1, len(chunk) - _CARVE_OVERLAP)
-            if len(chunk) < _CARVE_CHUNK:
-                break
-            continue
-        at = pos + m.start()
-        stop = _scan_quiet(source, ctx, at)
-        pos = stop if stop is not None else at + 1
-
-
-def _scan_quiet(source: ByteSource, ctx: ScanContext, offset: int) -> Optional[int]:
-    """Like :func:`_trial_scan` but a complete pickle here is expected (no unaccounted finding)."""
-    if not ctx.looks_like_pickle(source, offset):
-        return None
-    trial = ctx.isolated()
-    result = trial.scan_pickle_at(source, offset)
-    ctx.adopt(trial, keep_findings=result.complete or any(
-        f.severity >= Severity.HIGH and not f.unscanned for f in trial.findings))
-    return result.end if result.complete else None
-
-
-__all__ = ["carve", "scan_interleaved"]
+__all__ = ["carve"]

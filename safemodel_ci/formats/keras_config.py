@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..context import ScanContext
 from ..findings import Severity
 from ..jsonutil import decode_json_bytes, json_bytes_encoding, json_head_text
-from ..marshal_reader import CodeSummary, MarshalError, summarize_marshalled_code  # noqa: F401 - re-exported
+from ..marshal_reader import summarize_marshalled_code
 from ..record import Record
 from ..source import ByteSource, BytesSource
 

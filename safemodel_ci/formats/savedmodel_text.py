@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any, List, Tuple
+from typing import Any
 
 from ..context import ScanContext
 from ..source import ByteSource, BytesSource
@@ -139,9 +139,4 @@ class SavedModelTextReader(FormatReader):
         scan_saved_model(BytesSource(data, name=f"{source.name} (re-encoded)"), ctx)
 
 
-def judged_fields() -> List[Tuple[str, str]]:
-    """(message, field) pairs the subset schema keeps (for tests and docs)."""
-    return [(m, f[0]) for m, fields in _SCHEMA.items() for f in fields]
-
-
-__all__ = ["SavedModelTextReader", "judged_fields", "text_to_binary"]
+__all__ = ["SavedModelTextReader", "text_to_binary"]

@@ -15,7 +15,6 @@ from ..source import ByteSource, SliceSource, SourceIO
 from .interface import FormatReader
 
 BLOCK = 512
-_TORCH_TAR_MEMBERS = {"sys_info", "pickle", "storages", "tensors"}
 _HIGH_BYTES = bytes(range(128, 256))
 
 

@@ -1,4 +1,4 @@
-"""Legacy ``torch.save(..., _use_new_zipfile_serialization=False)`` files, and interleaved streams.
+"""Legacy ``torch.save(..., _use_new_zipfile_serialization=False)`` files.
 
 Layout (``torch/serialization.py _legacy_save``): five pickles back to back (the magic number,
 the protocol version 1001, ``sys_info``, the main object whose persistent ids
@@ -18,9 +18,8 @@ from typing import Dict, List, Optional, Tuple
 
 from ..context import ScanContext
 from ..source import ByteSource
-from .carve import carve, scan_interleaved  # noqa: F401 - re-exported (scan_interleaved)
-from .torch_storages import (  # noqa: F401 - re-exported: tests and the tar reader's old import path
-    STORAGE_ELEMENT_SIZES, TAR_STORAGE_TYPES, scan_legacy_tar_member, storages_from_persistent_ids)
+from .carve import carve
+from .torch_storages import storages_from_persistent_ids
 from .interface import FormatReader
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C

@@ -58,11 +58,6 @@ def expected_digest(name: str) -> Optional[str]:
     return None
 
 
-def file_digest(path: str, algorithm: str) -> str:
-    """``sha256`` of the content, or ``git-sha1`` (``sha1("blob <size>\\0" + content)``), streamed."""
-    return hash_blob(path, algorithm).digest
-
-
 class BlobHash(NamedTuple):
     """A blob's digest, the bytes it was computed over, and the file's stamp when it was opened."""
 
@@ -216,15 +211,6 @@ class BlobHasher:
                 future.cancel()
             self._pool.shutdown(wait=True)
             self._pool = None
-
-
-def blob_digest_mismatch(path: str, name: str) -> Optional[Tuple[str, str, str]]:
-    """``(algorithm, expected, actual)`` when the blob's content does not hash to ``name``, else None."""
-    algorithm = expected_digest(name)
-    if algorithm is None:
-        return None
-    actual = file_digest(path, algorithm)
-    return None if actual == name else (algorithm, name, actual)
 
 
 @dataclass

@@ -53,7 +53,6 @@ MAX_API_BODY_BYTES = 32 << 20
 #: checked often, large enough to cost little.
 _CHUNK = 64 << 10
 
-REPO_TYPES = ("model", "dataset", "space")
 #: How a repo type shows in URLs and in reported paths (``datasets/org/name@sha:file``).
 _TYPE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 

@@ -371,7 +371,7 @@ def test_storage_element_sizes_are_torchs() -> None:
 
     from torch._utils import _element_size
 
-    from safemodel_ci.formats.torch_legacy import STORAGE_ELEMENT_SIZES
+    from safemodel_ci.formats.torch_storages import STORAGE_ELEMENT_SIZES
 
     expected = {}
     with warnings.catch_warnings():

@@ -13,7 +13,8 @@ from typing import List
 import pytest
 from container_support import Evil, assert_benign, assert_malicious, evil_pickle, find, needs_vm, rules, scan
 
-from safemodel_ci.formats.torch_legacy import TorchLegacyReader, storages_from_persistent_ids
+from safemodel_ci.formats.torch_legacy import TorchLegacyReader
+from safemodel_ci.formats.torch_storages import storages_from_persistent_ids
 from safemodel_ci.source import BytesSource
 
 torch = pytest.importorskip("torch")

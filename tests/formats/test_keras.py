@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from safemodel_ci.findings import Severity
-from safemodel_ci.formats.keras_config import summarize_marshalled_code
+from safemodel_ci.marshal_reader import summarize_marshalled_code
 from safemodel_ci.scanner import ScanOptions, scan_file
 
 h5py = pytest.importorskip("h5py")

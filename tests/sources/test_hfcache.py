@@ -6,17 +6,17 @@ import json
 import os
 import pickle
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
 from safemodel_ci.cli import main
 from safemodel_ci.findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
-from safemodel_ci.sources.hfcache import blob_digest_mismatch
+from safemodel_ci.sources.hfcache import expected_digest, hash_blob
 
 from conftest import remove_deep_tree
 from hub_server import FakeHub, fake_hub_env
-from test_hub import _SystemPayload, safetensors_bytes
+from model_files import _SystemPayload, safetensors_bytes
 
 pytest.importorskip("huggingface_hub")
 
@@ -116,6 +116,16 @@ def test_corrupted_cache_entry_is_an_error_and_a_missing_cache_a_usage_error(
     assert len(report["files"]) == 5  # the healthy repo is still scanned
     assert main(["cache", "--cache-dir", str(tmp_path / "nowhere")]) == EXIT_USAGE
     assert "not found" in capsys.readouterr().err
+
+
+def blob_digest_mismatch(path: str, name: str) -> Optional[Tuple[str, str, str]]:
+    """``(algorithm, expected, actual)`` when the blob does not hash to ``name``, else None: the check
+    ``safemodel cache`` makes of every blob (hfcache._hash_check), without its thread pool."""
+    algorithm = expected_digest(name)
+    if algorithm is None:
+        return None
+    actual = hash_blob(path, algorithm).digest
+    return None if actual == name else (algorithm, name, actual)
 
 
 def test_blob_digest_check_streams_and_knows_both_kinds_of_names(tmp_path: Path) -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import pickle
 import struct
-import zipfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
@@ -17,48 +14,11 @@ from safemodel_ci.cli import main
 from safemodel_ci.findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_OK
 
 from hub_server import FakeHub, fake_hub_env
+from model_files import _SystemPayload, malicious_torch_bin, safetensors_bytes
 
 pytest.importorskip("huggingface_hub")
 
 SCHEMA = Path(__file__).resolve().parents[2] / "safemodel_ci" / "schemas" / "report-v1.json"
-
-
-class _SystemPayload:
-    """Pickles to ``os.system(cmd)``; dumping does not run it."""
-
-    def __init__(self, cmd: str) -> None:
-        self.cmd = cmd
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (os.system, (self.cmd,))
-
-
-def safetensors_bytes(tensors: Dict[str, Tuple[str, List[int], int]]) -> bytes:
-    """A small valid safetensors file: name -> (dtype, shape, nbytes), zero-filled data."""
-    header: Dict[str, object] = {}
-    offset = 0
-    for name, (dtype, shape, nbytes) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + b"\0" * offset
-
-
-def malicious_torch_bin() -> bytes:
-    """A real torch.save zip of a 1 MiB state dict whose data.pkl was swapped for an os.system reduce."""
-    torch = pytest.importorskip("torch")
-    buf = io.BytesIO()
-    torch.save({"weight": torch.zeros(1 << 18)}, buf)  # 1 MiB of tensor storage
-    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
-        for info in src.infolist():
-            data = src.read(info.filename)
-            if info.filename.endswith("/data.pkl"):
-                data = pickle.dumps(_SystemPayload("echo pwned > /tmp/safemodel-hub-canary"), protocol=2)
-            dst.writestr(info.filename, data)
-    return out.getvalue()
 
 
 @pytest.fixture()
@@ -357,12 +317,12 @@ def test_second_scan_of_the_same_commit_comes_from_the_result_cache(
 
 def test_progress_on_a_terminal_only(hub: FakeHub, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from safemodel_ci import cli
+    from safemodel_ci.settings import Settings
 
     hub.add_commit("acme/progress", {"a.json": b"{}", "b.json": b"[]"})
     main(["hub", "acme/progress"])  # captured stderr is not a terminal: quiet, as in CI
     assert "files scanned" not in capsys.readouterr().err
-    monkeypatch.setattr(cli, "show_progress", lambda args: True)
+    monkeypatch.setattr(Settings, "show_progress", lambda self: True)
     main(["hub", "acme/progress"])
     err = capsys.readouterr().err
     assert "acme/progress: 2/2 files scanned" in err and "fetched" in err

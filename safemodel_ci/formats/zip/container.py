@@ -41,7 +41,6 @@ FLAG_NAMES = {FLAG_ENCRYPTED: "encrypted", FLAG_PATCHED: "compressed patched dat
 
 METHOD_STORED = 0
 METHOD_DEFLATED = 8
-METHOD_DEFLATE64 = 9
 METHOD_BZIP2 = 12
 METHOD_LZMA = 14
 METHOD_NAMES = {0: "stored", 8: "deflate", 9: "deflate64", 12: "bzip2", 14: "lzma", 93: "zstd",

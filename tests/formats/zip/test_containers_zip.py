@@ -22,7 +22,8 @@ from container_support import (
     scan,
 )
 
-from safemodel_ci.formats.zip import ZipReader, find_directory, read_central_directory
+from safemodel_ci.formats.zip.container import find_directory, read_central_directory
+from safemodel_ci.formats.zip.reader import ZipReader
 from safemodel_ci.source import BytesSource
 
 

@@ -372,6 +372,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "bench/out/tools-venv/bin if present, else PATH)")
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated scanners to run")
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--startup-runs", type=int, default=21,
+                    help="rounds of bench/startup.py (the scan and the hook beside the interpreter; 0: skipped)")
     ap.add_argument("--skip-big", action="store_true", help="only the small corpus (a quick check)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each scanner on the small corpus; the table gives the median and the "
@@ -509,6 +511,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results[key] = json.loads(target.read_text())
         return "\n" + str(results[key]["table"])
 
+    if args.startup_runs > 0 and "safemodel" in args.tools.split(","):
+        # Issue 20 item 3: the scan of one small file and the pre-commit hook on one small model, each
+        # beside the bare interpreter (medians of 21 rounds; the small-corpus table's startup column
+        # has 5 only).
+        table += side_benchmark("startup", "startup.py", ["--runs", str(args.startup_runs)],
+                                f"Start-up benchmark (scan and hook beside the interpreter, "
+                                f"{args.startup_runs} rounds)")
     if args.hf_cache_gb > 0 and not args.skip_big and "safemodel" in args.tools.split(","):
         # Issue 20 item 2: its own process (it builds and removes a cache of a few GB under /tmp).
         table += side_benchmark("hf_cache", "hf_cache_hash.py", ["--size-gb", str(args.hf_cache_gb)],

@@ -177,16 +177,25 @@ def main(argv: Sequence[str] = ()) -> int:
     ap.add_argument("--runs", type=int, default=21, help="rounds (default 21)")
     ap.add_argument("--callgrind", action="store_true",
                     help="also count each command's instructions (one run under valgrind's callgrind)")
+    ap.add_argument("--json", metavar="FILE",
+                    help="also write the rows and tables here (bench/run_bench.py runs this script so)")
     args = ap.parse_args(list(argv) or None)
     over = False
+    tables: List[str] = []
+    measured: Dict[str, object] = {}
     for python in args.python or [sys.executable]:
         work = Path(tempfile.mkdtemp(prefix="safemodel-startup-"))
         try:
             rows = measure(python, args.runs, work, args.callgrind)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        print(render(python, rows, args.runs))
+        tables.append(render(python, rows, args.runs))
+        print(tables[-1])
+        measured[python] = rows
         over = over or any(r["wall"] / rows[0]["wall"] >= GOAL for r in rows[1:])  # type: ignore[operator]
+    if args.json:
+        Path(args.json).write_text(json.dumps({"goal": GOAL, "runs": args.runs, "pythons": measured,
+                                               "table": "\n".join(tables)}, indent=2, default=str))
     return 1 if over else 0
 
 

@@ -17,7 +17,7 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     pytest.importorskip("joblib")
     proc = subprocess.run([sys.executable, str(BENCH), "--out", str(tmp_path), "--small", "40", "--skip-big",
-                           "--tools", "safemodel", "--timeout", "120"],
+                           "--tools", "safemodel", "--timeout", "120", "--startup-runs", "1"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = proc.stdout
@@ -26,6 +26,10 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
     small = [r for r in results["runs"] if r["tool"] == "safemodel" and r["target"] == "small"]
     assert small and small[0]["exit_code"] == 1 and 0 < small[0]["max_rss_mb"] < 150
+    # issue 20 item 3 in the same run: bench/startup.py's rows beside the interpreter
+    assert "| python -c pass (reference) |" in table and "| pre-commit hook, 1 small model, warm cache |" in table
+    startup = results["startup"]
+    assert startup["goal"] == 1.6 and startup["table"] in table
 
 
 def test_hf_cache_bench_quick_run(tmp_path: Path) -> None:

@@ -13,11 +13,11 @@ import codecs
 import gc
 import struct
 import sys
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ...context import ScanContext
 from ...findings import Severity
+from ...record import Record
 from ...source import ByteSource
 from .base import (
     _C,
@@ -64,10 +64,12 @@ def _next_check(ops: int, max_ops: int) -> int:
     return max_ops if ops < max_ops < nxt else nxt
 
 
-@dataclass
-class PickleStreamResult:
+class PickleStreamResult(Record):
     """What scanning one pickle (up to its STOP) found out, for readers that build on it."""
 
+    # A plain record, not a dataclass: see safemodel_ci/record.py (start-up cost).
+    __slots__ = ("start", "end", "complete", "persistent_ids", "top", "globals", "findings", "error")
+    _repr_skip = frozenset({"top"})
     start: int
     #: Offset just after STOP; None when the stream broke.
     end: Optional[int]
@@ -75,14 +77,27 @@ class PickleStreamResult:
     #: Values given to PERSID/BINPERSID: literals, with imported classes kept as :class:`Global`
     #: (torch: ``('storage', Global('torch', 'FloatStorage'), key, location, numel)``); None when
     #: not literal.
-    persistent_ids: List[Any] = field(default_factory=list)
+    persistent_ids: List[Any]
     #: Top of the stack at STOP, symbolic (see :attr:`value`).
-    top: Any = field(default=None, repr=False)
-    globals: List[Tuple[str, str]] = field(default_factory=list)
+    top: Any
+    globals: List[Tuple[str, str]]
     #: Number of findings the stream produced (imports not allowed, anomalies), before flushing.
-    findings: int = 0
+    findings: int
     #: Why the stream broke, when it did.
-    error: Optional[str] = None
+    error: Optional[str]
+
+    def __init__(self, start: int, end: Optional[int], complete: bool,
+                 persistent_ids: Optional[List[Any]] = None, top: Any = None,
+                 globals: Optional[List[Tuple[str, str]]] = None, findings: int = 0,
+                 error: Optional[str] = None) -> None:
+        self.start = start
+        self.end = end
+        self.complete = complete
+        self.persistent_ids = [] if persistent_ids is None else persistent_ids
+        self.top = top
+        self.globals = [] if globals is None else globals
+        self.findings = findings
+        self.error = error
 
     @property
     def value(self) -> Any:

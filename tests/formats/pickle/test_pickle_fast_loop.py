@@ -216,8 +216,8 @@ def test_the_big_pickle_benchmark_builds_real_pickles() -> None:
 def _past_the_budget(tail: List[Any], identifiers: int) -> bytes:
     """``pickle.dumps`` (protocol 4) of a list: 100,500 strings that are not identifiers (lost past the
     100,000-entry budget), ``identifiers`` distinct dotted identifiers (they fill the VM's budget of
-    other names when over MAX_KEPT_NAMES, 16,384), then ``tail``, whose imports' module strings are first memoized
-    after entry 100,000 and reused by GET for a second class of the same module."""
+    other names when over MAX_KEPT_NAMES, 16,384), then ``tail``, whose imports' module strings are
+    first memoized after entry 100,000 and reused by GET for a second class of the same module."""
     fill: List[Any] = [f"v {i}" for i in range(100_500)] + [f"col{i}" for i in range(identifiers)]
     return pickle.dumps(fill + tail, protocol=4)
 

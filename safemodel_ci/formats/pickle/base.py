@@ -21,7 +21,8 @@ MAX_RECORDS = 200
 #: Call sites listed per imported global.
 MAX_CALLS_LISTED = 10
 #: Memo entries kept exactly per stream before inert values (str, bytes, tuples of literals) are kept
-#: as their kind only (one byte each; see ``_PickleVM.memo_exact``).
+#: as their kind only (one byte each; see ``_PickleVM.memo_exact``); strings that may name an import
+#: stay exact past it, in bounded number (``vm._KeptNames``).
 MAX_MEMO_EXACT = 100_000
 #: The two unpicklers, as bits of ``_FastReader.alive``.
 _PY, _C = 1, 2

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import AbstractSet, Any, Dict, FrozenSet, Mapping, NamedTuple, Optional, Tuple
+import sys
+from typing import AbstractSet, Any, Dict, FrozenSet, Mapping, NamedTuple, Optional, Set, Tuple
 
 from .findings import Severity
 
@@ -325,7 +326,39 @@ def classify_global(module: str, name: str, extra_allow: AbstractSet[str] = froz
         allowed_by=entry, turned_off=base.rule_id)
 
 
+_POLICY_NAMES: Optional[FrozenSet[str]] = None
+
+
+def policy_names() -> FrozenSet[str]:
+    """Every dot-separated part of every module path and name the policy could give meaning to: the
+    allowlist's entries and targets, the danger tables, the nested loaders, the argument callers, and
+    the builtins' names. A string whose every part is in it may be an import's module or name that
+    the policy judges (``collections``, ``numpy._core.multiarray``, ``OrderedDict``).
+
+    The pickle VM keeps such strings exactly in its memo past its memo budget, so that a later import
+    naming them through GET stays known (see ``_PickleVM._keep_name``). Built once, on first use
+    (a pickle past the budget): about 6,000 strings.
+    """
+    global _POLICY_NAMES
+    if _POLICY_NAMES is None:
+        import builtins
+
+        table = load_table()
+        full: Set[str] = set(table.allow) | set(table.dangerous) | set(DANGEROUS_PREFIXES)
+        full.update(target for _, target in table.allow.values())
+        full.update(table.dangerous.values())
+        full.update(NESTED_LOADERS)
+        full.update(ARGUMENT_CALLERS)
+        names: Set[str] = {"builtins", "__builtin__"}
+        names.update(dir(builtins))
+        for path in full:
+            names.update(path.split("."))
+        _POLICY_NAMES = frozenset(sys.intern(n) for n in names)
+    return _POLICY_NAMES
+
+
 # TABLES_VERSION and SAFE_GLOBALS are module attributes made on first use (``__getattr__`` above).
 __all__ = ["TABLES_VERSION", "SAFE_GLOBALS", "DANGEROUS_PREFIXES",  # noqa: F822 "NESTED_LOADERS", "AllowTable",
            "GlobalVerdict",
-           "builtin_verdict", "classify_global", "dangerous_reason", "full_name", "load_table"]
+           "builtin_verdict", "classify_global", "dangerous_reason", "full_name", "load_table",
+           "policy_names"]

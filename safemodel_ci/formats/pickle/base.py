@@ -3,10 +3,10 @@ unpicklers a walk follows, and the signals and records a walk produces."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ...findings import Severity
+from ...record import Record
 
 #: A str/bytes payload longer than this is not read: a placeholder keeps its length and offset.
 MAX_INLINE_BYTES = 1 << 20
@@ -21,7 +21,8 @@ MAX_RECORDS = 200
 #: Call sites listed per imported global.
 MAX_CALLS_LISTED = 10
 #: Memo entries kept exactly per stream before inert values (str, bytes, tuples of literals) are kept
-#: as their kind only (one byte each; see ``_PickleVM.memo_exact``).
+#: as their kind only (one byte each; see ``_PickleVM.memo_exact``); strings that may name an import
+#: stay exact past it, in bounded number (``vm._KeptNames``).
 MAX_MEMO_EXACT = 100_000
 #: The two unpicklers, as bits of ``_FastReader.alive``.
 _PY, _C = 1, 2
@@ -44,19 +45,33 @@ class _Stop(Exception):
     pass
 
 
-@dataclass
-class _Record:
+class _Record(Record):
     """One finding in the making: an import (or anomaly) with where and how it is used."""
 
+    # A plain record, not a dataclass: see safemodel_ci/record.py (start-up cost).
+    __slots__ = ("rule_id", "severity", "subject", "reason", "offset", "opcode", "count", "calls", "extra")
     rule_id: str
     severity: Severity
     subject: str
     reason: str
     offset: int
     opcode: str
-    count: int = 1
-    calls: List[str] = field(default_factory=list)
-    extra: Dict[str, Any] = field(default_factory=dict)
+    count: int
+    calls: List[str]
+    extra: Dict[str, Any]
+
+    def __init__(self, rule_id: str, severity: Severity, subject: str, reason: str, offset: int, opcode: str,
+                 count: int = 1, calls: Optional[List[str]] = None,
+                 extra: Optional[Dict[str, Any]] = None) -> None:
+        self.rule_id = rule_id
+        self.severity = severity
+        self.subject = subject
+        self.reason = reason
+        self.offset = offset
+        self.opcode = opcode
+        self.count = count
+        self.calls = [] if calls is None else calls
+        self.extra = {} if extra is None else extra
 
     def add_call(self, kind: str, offset: int) -> None:
         if len(self.calls) < MAX_CALLS_LISTED:

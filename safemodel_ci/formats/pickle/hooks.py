@@ -340,24 +340,23 @@ class _PolicyHooks:
                        f"were scanned as a nested {'pickle' if kind == 'pickle' else 'file'}",
                        offset=pos, details={"loader": loader.path, "size": n})
             member = f"<nested pickle @{pos}>"
-            child = ctx.child(member)
-            if child.depth > ctx.limits.max_depth:
-                child.report("unscanned-limit", f"nesting deeper than {ctx.limits.max_depth} levels; "
-                             "nested pickle not scanned")
-            else:
-                try:
-                    source = src.materialize() if isinstance(src, _Latin1OfUtf8) else src
-                except UnicodeError:  # not latin-1 text: the loader's encode fails, nothing loads
-                    return
-                try:
-                    if kind == "pickle":
-                        child.add_format("pickle")
-                        self._scan_stream(source, child)
-                    else:
-                        ctx.scan(source, member=member)
-                finally:
-                    if source is not src:
-                        source.close()
+            # The context's one depth check: too deep, it reports unscanned-limit there and gives None.
+            child = ctx.enter(member, "nested pickle not scanned")
+            if child is None:
+                return
+            try:
+                source = src.materialize() if isinstance(src, _Latin1OfUtf8) else src
+            except UnicodeError:  # not latin-1 text: the loader's encode fails, nothing loads
+                return
+            try:
+                if kind == "pickle":
+                    child.add_format("pickle")
+                    self._scan_stream(source, child)
+                else:
+                    child.scan(source)
+            finally:
+                if source is not src:
+                    source.close()
 
         self._pending_nested.append(run)
 

@@ -13,11 +13,11 @@ import codecs
 import gc
 import struct
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from ...context import ScanContext
 from ...findings import Severity
+from ...record import Record
 from ...source import ByteSource
 from .base import (
     _C,
@@ -45,6 +45,19 @@ _LOST_GAP = 1 << 20
 #: Memo entries the compact memo holds at most (one byte each); past it, entries are kept exactly
 #: (and count against ``max-pickle-memo``).
 MAX_LOST = 1 << 28
+#: Past the memo budget, strings that may name an import are still kept exactly (``_KeptNames``):
+#: up to this many distinct dotted identifiers (a dict from the string to itself), in at most
+#: ``MAX_KEPT_ENTRIES`` memo entries (equal strings the pickler wrote as separate objects take one
+#: entry each); then the strings made of the policy's name parts (``pickle_policy.policy_names``), in
+#: at most ``MAX_POLICY_ENTRIES`` entries more. 16,384, not more: each kept identifier costs about
+#: 3 us in the inline loop (65,536 cost 0.3 s CPU, +18%, on bench/big_pickle.py's 24 MB file, whose
+#: rows' strings are all identifiers), and an identifier the policy does not know is an import the
+#: policy judges HIGH anyway (unless a config allows it): the policy's own names are what must stay.
+MAX_KEPT_NAMES = 1 << 14
+MAX_KEPT_ENTRIES = 1 << 14
+MAX_POLICY_ENTRIES = 1 << 16
+#: Longer strings are never kept as names (CPython's own module and attribute names are far shorter).
+MAX_NAME_LEN = 256
 _MISSING = object()
 _I32 = struct.Struct("<i").unpack_from
 _U32 = struct.Struct("<I").unpack_from
@@ -64,10 +77,12 @@ def _next_check(ops: int, max_ops: int) -> int:
     return max_ops if ops < max_ops < nxt else nxt
 
 
-@dataclass
-class PickleStreamResult:
+class PickleStreamResult(Record):
     """What scanning one pickle (up to its STOP) found out, for readers that build on it."""
 
+    # A plain record, not a dataclass: see safemodel_ci/record.py (start-up cost).
+    __slots__ = ("start", "end", "complete", "persistent_ids", "top", "globals", "findings", "error")
+    _repr_skip = frozenset({"top"})
     start: int
     #: Offset just after STOP; None when the stream broke.
     end: Optional[int]
@@ -75,20 +90,99 @@ class PickleStreamResult:
     #: Values given to PERSID/BINPERSID: literals, with imported classes kept as :class:`Global`
     #: (torch: ``('storage', Global('torch', 'FloatStorage'), key, location, numel)``); None when
     #: not literal.
-    persistent_ids: List[Any] = field(default_factory=list)
+    persistent_ids: List[Any]
     #: Top of the stack at STOP, symbolic (see :attr:`value`).
-    top: Any = field(default=None, repr=False)
-    globals: List[Tuple[str, str]] = field(default_factory=list)
+    top: Any
+    globals: List[Tuple[str, str]]
     #: Number of findings the stream produced (imports not allowed, anomalies), before flushing.
-    findings: int = 0
+    findings: int
     #: Why the stream broke, when it did.
-    error: Optional[str] = None
+    error: Optional[str]
+
+    def __init__(self, start: int, end: Optional[int], complete: bool,
+                 persistent_ids: Optional[List[Any]] = None, top: Any = None,
+                 globals: Optional[List[Tuple[str, str]]] = None, findings: int = 0,
+                 error: Optional[str] = None) -> None:
+        self.start = start
+        self.end = end
+        self.complete = complete
+        self.persistent_ids = [] if persistent_ids is None else persistent_ids
+        self.top = top
+        self.globals = [] if globals is None else globals
+        self.findings = findings
+        self.error = error
 
     @property
     def value(self) -> Any:
         """Top of the stack at STOP when it is a plain literal (str/int/bytes/list/tuple/dict), else
         None. Converted when asked for: most callers never ask, and a big state dict is costly."""
         return _maybe_literal(self.top)
+
+
+class _KeptNames:
+    """The strings a VM keeps exactly past its memo budget because they may name an import.
+
+    An import whose module or name comes from a lost memo entry is ``unscanned-limit`` (exit 2): an
+    ordinary big checkpoint that memoizes a module name after the budget and imports a second class
+    of that module through GET must not become that. So any dotted identifier (a module or a name,
+    known to the tables or not: an unknown import is judged, HIGH, not unscanned) is kept, up to
+    ``MAX_KEPT_NAMES`` distinct ones in ``MAX_KEPT_ENTRIES`` memo entries; past those, every string
+    whose parts the policy could give meaning to (:func:`~safemodel_ci.pickle_policy.policy_names`),
+    in ``MAX_POLICY_ENTRIES`` more entries. Equal strings share one object (``kept``, a dict from the
+    string to itself): memory stays bounded whatever the stream.
+    """
+
+    __slots__ = ("kept", "entries", "policy_entries", "parts", "full")
+
+    def __init__(self) -> None:
+        self.kept: Dict[str, str] = {}
+        #: Memo entries kept as identifiers, as policy names.
+        self.entries = 0
+        self.policy_entries = 0
+        #: The policy's name parts, once needed; empty once their entries are used up.
+        self.parts: FrozenSet[str] = frozenset()
+        #: No room left for identifiers: only a string in ``parts`` (or dotted) may still be kept.
+        #: The inline loop tests this first and asks :meth:`keep` only then.
+        self.full = False
+
+    def keep(self, value: str) -> Optional[str]:
+        """The string to keep exactly in a memo entry past the budget in place of ``value`` (a
+        non-empty str; counted as kept), or None to keep only its kind."""
+        if len(value) > MAX_NAME_LEN:
+            return None
+        kept = self.kept
+        if not self.full:
+            name = kept.get(value)
+            if name is None and len(kept) < MAX_KEPT_NAMES:
+                for part in value.split("."):
+                    if not part.isidentifier():
+                        break
+                else:
+                    name = kept[value] = value
+            if name is not None:
+                self.entries += 1
+                if self.entries >= MAX_KEPT_ENTRIES:
+                    self._fill()
+                return name
+            if len(kept) >= MAX_KEPT_NAMES and not self.parts:
+                self._load_parts()
+        parts = self.parts
+        if parts and (value in parts or ("." in value and all(part in parts for part in value.split(".")))):
+            self.policy_entries += 1
+            if self.policy_entries >= MAX_POLICY_ENTRIES:
+                self.parts = frozenset()  # no room left at all
+            return kept.setdefault(value, value)  # bounded: at most MAX_POLICY_ENTRIES more strings
+        return None
+
+    def _load_parts(self) -> None:
+        if self.policy_entries < MAX_POLICY_ENTRIES:
+            from ...pickle_policy import policy_names  # built once, only by a stream past its budget
+
+            self.parts = policy_names()
+
+    def _fill(self) -> None:
+        self.full = True
+        self._load_parts()
 
 
 class _PickleVM(_PolicyHooks):
@@ -107,6 +201,11 @@ class _PickleVM(_PolicyHooks):
     #: kept as one byte of their kind in ``memo_lost`` (a :class:`~.values._Lost` on GET): the memo of
     #: a stream of millions of rows then costs a byte per entry, not a dict entry and its objects.
     memo_exact = MAX_MEMO_EXACT
+    #: Whether an allowlisted loader (``pickle.loads`` and the like) was imported: until one is, no
+    #: value can hold one and the escaped-loader walk has nothing to find. A class-level default, set
+    #: on the instance only when one is imported: it keeps the instance at 30 attributes (see above)
+    #: with ``names``, and only calls (not the opcode loop) read it.
+    _loader_imported = False
 
     def __init__(self, source: ByteSource, ctx: Optional[ScanContext], start: int, end: Optional[int],
                  *, torch_archive: bool = False, silent: bool = False, policy: Any = None,
@@ -129,6 +228,9 @@ class _PickleVM(_PolicyHooks):
         #: The compact memo: kind (values.LOST_*) of the inert value at each index, 0 where none.
         self.memo_lost = bytearray()
         self.lost_count = 0  # non-zero bytes of memo_lost: len(memo) + lost_count is the memo's size
+        #: Strings kept exactly past the budget because they may name an import (one attribute: see
+        #: the class's comment on attribute counts).
+        self.names = _KeptNames()
         self.proto = 0
         self.records: Dict[Tuple[str, str], _Record] = {}
         self.dropped_records = 0
@@ -145,9 +247,6 @@ class _PickleVM(_PolicyHooks):
         self.out_of_ops = False
         self.broken: Optional[_Broken] = None
         self._pending_nested: List[Callable[[], None]] = []
-        #: Whether an allowlisted loader (``pickle.loads`` and the like) was imported: until one
-        #: is, no value can hold one and the escaped-loader walk has nothing to find.
-        self._loader_imported = False
 
     # -- reading -------------------------------------------------------------------------------
     def _read(self, n: int, pos: int) -> bytes:
@@ -310,8 +409,16 @@ class _PickleVM(_PolicyHooks):
             raise _Broken(pos, "negative memo index")
         stack = self.stack
         lost = self.memo_lost
+        value = stack[-1] if stack else None
         if len(memo) >= self.memo_exact and stack and index not in memo:
-            kind = _lost_kind(stack[-1])
+            kind = _lost_kind(value)
+            if kind == LOST_STR:
+                name = self.names.keep(value)
+                if name is not None:  # kept exactly: a later import may name it through GET
+                    kind = 0
+                    value = name
+                    if index == len(lost) and index < MAX_LOST and len(memo) < self.max_memo:
+                        lost.append(0)  # as the inline loop does (the compact memo stays aligned)
             if kind and index - len(lost) <= _LOST_GAP and index < MAX_LOST:
                 if index >= len(lost):
                     lost.extend(bytes(index - len(lost)))
@@ -329,7 +436,7 @@ class _PickleVM(_PolicyHooks):
         if lost and index.__class__ is int and index < len(lost) and lost[index]:
             lost[index] = 0  # the index now holds a value kept exactly
             self.lost_count -= 1
-        memo[index] = stack[-1]
+        memo[index] = value
 
     def _memo_line_index(self, pos: int) -> Any:
         """A GET/PUT text argument as each unpickler reads it (int() for pickle.py, strtol or
@@ -498,6 +605,7 @@ class _PickleVM(_PolicyHooks):
         lost = self.memo_lost
         budget = self.memo_exact
         exact = min(budget, self.max_memo)
+        max_memo = self.max_memo
         max_ops = self.max_ops if self.max_ops is not None else -1
         ctx = self.ctx
         ops = self.ops
@@ -511,6 +619,9 @@ class _PickleVM(_PolicyHooks):
         lost_count = self.lost_count
         retained = self.retained_bytes
         lost_len = len(lost)
+        names = self.names  # past the budget: a str that may name an import is kept (_KeptNames)
+        # Copies of names.full and names.parts, refreshed after every keep() and handler call.
+        kfull, kparts = names.full, names.parts
         i32, u32, u16, f64 = _I32, _U32, _U16, _F64
         maxsize = sys.maxsize
         buf = reader._buf
@@ -587,11 +698,24 @@ class _PickleVM(_PolicyHooks):
                                 if nmemo >= budget and index == lost_len and value \
                                         and value != "__setstate__" and index not in memo \
                                         and index < MAX_LOST:
-                                    lost.append(LOST_STR)
-                                    lost_count += 1
-                                    lost_len += 1
-                                    p += width
-                                    continue
+                                    # A str that may name an import is kept (_memo_put's case).
+                                    if kfull and value not in kparts and "." not in value:
+                                        name = None
+                                    else:
+                                        name = names.keep(value)
+                                        kfull, kparts = names.full, names.parts
+                                    if name is None:
+                                        lost.append(LOST_STR)
+                                        lost_count += 1
+                                        lost_len += 1
+                                        p += width
+                                        continue
+                                    if nmemo < max_memo:
+                                        memo[index] = name
+                                        lost.append(0)
+                                        lost_len += 1
+                                        p += width
+                                        continue
                     elif code == 0x87:  # TUPLE3
                         if len(stack) >= 3:
                             c = stack.pop()
@@ -796,6 +920,17 @@ class _PickleVM(_PolicyHooks):
                                 cls = value.__class__
                                 if cls is str:
                                     kind = LOST_STR if value and value != "__setstate__" else 0
+                                    if kind and not (kfull and value not in kparts and "." not in value):
+                                        name = names.keep(value)  # may name an import: kept
+                                        kfull, kparts = names.full, names.parts
+                                        if name is not None:
+                                            kind = 0
+                                            if nmemo < max_memo:
+                                                memo[index] = name
+                                                lost.append(0)
+                                                lost_len += 1
+                                                p += width
+                                                continue
                                 elif cls is tuple and len(value) == 3 and value[0].__class__ in atoms \
                                         and value[1].__class__ in atoms and value[2].__class__ in atoms:
                                     kind = LOST_TUPLE
@@ -821,6 +956,7 @@ class _PickleVM(_PolicyHooks):
                         lost_count = self.lost_count
                         retained = self.retained_bytes
                         lost_len = len(lost)
+                        kfull, kparts = names.full, names.parts
                 except _Stop:
                     self._stopped(result)
                     break

@@ -111,7 +111,8 @@ def scan(data: bytes, monkeypatch: pytest.MonkeyPatch, budget: int) -> FileResul
 
 def test_big_benign_rows_past_the_budget_scan_clean_and_keep_a_byte_per_entry(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = [(i, i * 0.5, f"row{i:06d}") for i in range(20_000)]
+    # Text that cannot name an import ("row 000123": a space): names are kept, bounded (see below).
+    rows = [(i, i * 0.5, f"row {i:06d}") for i in range(20_000)]
     for protocol in (0, 2, 4):
         data = pickle.dumps(rows, protocol=protocol)
         result = scan(data, monkeypatch, 1000)
@@ -129,7 +130,13 @@ def sbu(text: str) -> bytes:
 
 
 def test_an_import_named_by_a_lost_memo_entry_is_unscanned_not_clean(monkeypatch: pytest.MonkeyPatch) -> None:
-    # posix.system named from the stack (known: a finding), then again from the memo (lost).
+    # posix.system named from the stack (known: a finding), then again from the memo (lost): with no
+    # room left for names past the budget (MAX_KEPT_NAMES and MAX_POLICY_ENTRIES used up), the module
+    # string is a byte.
+    from safemodel_ci.formats.pickle import vm as vm_module
+
+    monkeypatch.setattr(vm_module, "MAX_KEPT_NAMES", 0)
+    monkeypatch.setattr(vm_module, "MAX_POLICY_ENTRIES", 0)
     data = (b"\x80\x04" + sbu("posix") + b"\x94" + sbu("system") + b"\x94\x93" + b"0"
             + b"h\x00h\x01\x93" + sbu("echo") + b"\x85R.")
     result = scan(data, monkeypatch, 0)
@@ -201,4 +208,76 @@ def test_the_big_pickle_benchmark_builds_real_pickles() -> None:
     assert ops.count("MEMOIZE") == 3 * 2 * 5000 + 1 and "FRAME" not in ops
     vm = _PickleVM(BytesSource(big), None, 0, None, silent=True)
     vm.memo_exact = 100
-    assert vm.run().complete and vm.lost_count == 3 * 2 * 5000 + 1 - 100
+    # Every entry past the budget is a byte, or a row's string kept as a possible name (bounded).
+    assert vm.run().complete and vm.lost_count + vm.names.entries == 3 * 2 * 5000 + 1 - 100
+    assert vm.lost_count >= 3 * 5000 - 100  # the tuples
+
+
+def _past_the_budget(tail: List[Any], identifiers: int) -> bytes:
+    """``pickle.dumps`` (protocol 4) of a list: 100,500 strings that are not identifiers (lost past the
+    100,000-entry budget), ``identifiers`` distinct dotted identifiers (they fill the VM's budget of
+    other names when over MAX_KEPT_NAMES, 16,384), then ``tail``, whose imports' module strings are
+    first memoized after entry 100,000 and reused by GET for a second class of the same module."""
+    fill: List[Any] = [f"v {i}" for i in range(100_500)] + [f"col{i}" for i in range(identifiers)]
+    return pickle.dumps(fill + tail, protocol=4)
+
+
+def _module_reused_by_get(data: bytes, module: str) -> bool:
+    import pickletools
+
+    ops = list(pickletools.genops(data))
+    index = next(i for i, (op, arg, _) in enumerate(ops) if op.name == "SHORT_BINUNICODE" and arg == module)
+    memo_index = sum(1 for op, _, _ in ops[:index + 1] if op.name == "MEMOIZE")  # its MEMOIZE's index
+    return memo_index > 100_000 and any(op.name == "LONG_BINGET" and arg == memo_index for op, arg, _ in ops)
+
+
+@pytest.mark.parametrize("identifiers", [0, 70_000])
+def test_an_ordinary_import_named_through_get_past_the_budget_stays_known(identifiers: int) -> None:
+    """Over 150,000 memo entries (the real budget, MAX_MEMO_EXACT), then allowlisted classes whose
+    module string ('collections', 'numpy') a second import takes by GET: clean, nothing unscanned. With
+    70,000 other identifiers first, 'collections' and 'numpy' are kept as the policy's names."""
+    import collections
+
+    import numpy as np
+
+    tail = [collections.Counter(a=1), collections.OrderedDict(b=2), np.arange(3), np.zeros(2)]
+    data = _past_the_budget(tail, identifiers)
+    assert _module_reused_by_get(data, "collections") and _module_reused_by_get(data, "numpy")
+    result = scan_byte_source(BytesSource(data, "x.pkl"), "x.pkl", ScanOptions())
+    assert result.complete and result.findings == [], [(f.rule_id, f.message) for f in result.findings]
+    vm = _PickleVM(BytesSource(data), None, 0, None, silent=True)
+    assert vm.run().complete and vm.lost_count >= 500  # the budget was passed: the fill is compact
+    assert {"collections", "numpy"} <= set(vm.names.kept)
+
+
+@pytest.mark.parametrize("identifiers", [0, 70_000])
+def test_a_dangerous_import_named_through_get_past_the_budget_is_still_found(identifiers: int) -> None:
+    """The same with posix.system then posix.getcwd (the second by GET of 'posix'): both imports are
+    known and judged, the file is blocked (CRITICAL), not clean and not merely unscanned."""
+    tail = [Reduce(os.system, "echo"), Reduce(os.getcwd)]
+    data = _past_the_budget(tail, identifiers)
+    assert _module_reused_by_get(data, os.system.__module__)
+    result = scan_byte_source(BytesSource(data, "x.pkl"), "x.pkl", ScanOptions())
+    dangerous = [f for f in result.findings if f.rule_id == "pickle-dangerous-global"]
+    assert dangerous and max(f.severity for f in dangerous).name == "CRITICAL"
+    assert "unscanned-limit" not in {f.rule_id for f in result.findings}
+    subjects = " ".join(f.message for f in result.findings)
+    assert "system" in subjects and "getcwd" in subjects, subjects
+
+
+def test_names_kept_past_the_budget_are_bounded() -> None:
+    """Strings kept past the budget for being names: at most MAX_KEPT_NAMES distinct other identifiers,
+    equal ones shared, at most MAX_KEPT_ENTRIES entries; everything else still a byte."""
+    from safemodel_ci.formats.pickle import vm as vm_module
+
+    rows = [f"name{i}" for i in range(vm_module.MAX_KEPT_NAMES + 5000)]
+    data = pickle.dumps([f"v {i}" for i in range(1000)] + rows + [str(s + "") for s in rows[:10]], protocol=4)
+    vm = _PickleVM(BytesSource(data), None, 0, None, silent=True)
+    vm.memo_exact = 1000
+    assert vm.run().complete
+    others = [n for n in vm.names.kept if n.startswith("name")]
+    assert len(others) == vm_module.MAX_KEPT_NAMES
+    assert vm.names.entries <= vm_module.MAX_KEPT_ENTRIES
+    assert len(vm.memo) <= 1000 + vm_module.MAX_KEPT_ENTRIES + vm_module.MAX_POLICY_ENTRIES
+    kept = [v for v in vm.memo.values() if v.__class__ is str and v.startswith("name")]
+    assert all(vm.names.kept[v] is v for v in kept)  # one object per distinct string

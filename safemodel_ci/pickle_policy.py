@@ -358,7 +358,7 @@ def policy_names() -> FrozenSet[str]:
 
 
 # TABLES_VERSION and SAFE_GLOBALS are module attributes made on first use (``__getattr__`` above).
-__all__ = ["TABLES_VERSION", "SAFE_GLOBALS", "DANGEROUS_PREFIXES",  # noqa: F822 "NESTED_LOADERS", "AllowTable",
-           "GlobalVerdict",
+__all__ = ["TABLES_VERSION", "SAFE_GLOBALS",  # noqa: F822 (made on first use)
+           "DANGEROUS_PREFIXES", "NESTED_LOADERS", "AllowTable", "GlobalVerdict",
            "builtin_verdict", "classify_global", "dangerous_reason", "full_name", "load_table",
            "policy_names"]

@@ -373,7 +373,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated scanners to run")
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--startup-runs", type=int, default=21,
-                    help="rounds of bench/startup.py (the scan and the hook beside the interpreter; 0: skipped)")
+                    help="rounds of bench/startup.py (the scan and the hook beside the interpreter; "
+                         "0: skipped)")
     ap.add_argument("--skip-big", action="store_true", help="only the small corpus (a quick check)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each scanner on the small corpus; the table gives the median and the "

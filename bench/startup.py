@@ -13,7 +13,8 @@ all rows alike):
   run scans);
 - ``safemodel scan small.safetensors``: the same on a 1.2 KB safetensors file of two float32 tensors;
 - ``safemodel-pre-commit model.pkl`` from the root of a git repo, as pre-commit runs the hook, with
-  an empty result cache each run (a newly staged model), and again with a warm cache.
+  an empty result cache each run (a first-ever run: the cache's key is made too), with a cache the
+  hook has used before but no entry for this model (a newly staged model), and with a warm cache.
 
 The table gives the median and best wall time, the median CPU time (user + system, ``wait4()``
 rusage of the process) and each median as a multiple of the reference's. ``--callgrind`` adds the
@@ -101,6 +102,16 @@ def _instructions(cmd: Sequence[str], cwd: Path, env: Dict[str, str]) -> int:
     return int(found.group(1))
 
 
+def _cache_for(cold: str, fresh: Path, warm_cache: Path) -> Path:
+    """The result-cache directory of one run (see the rows in :func:`measure`)."""
+    if not cold:
+        return warm_cache
+    if cold == "keyed":
+        fresh.mkdir(mode=0o700)
+        shutil.copy2(warm_cache / "hmac-key", fresh / "hmac-key")  # keeps its 0600 mode
+    return fresh
+
+
 def measure(python: str, runs: int, work: Path, callgrind: bool = False) -> List[Dict[str, object]]:
     """Every row for one interpreter: label, median/best wall, median CPU, exit codes (and
     instructions with ``callgrind``)."""
@@ -110,14 +121,18 @@ def measure(python: str, runs: int, work: Path, callgrind: bool = False) -> List
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     warm_cache = work / "cache-warm"
     hook = _script(python, "safemodel-pre-commit") + ["model.pkl"]
-    rows: List[Tuple[str, List[str], Path, bool]] = [
-        ("python -c pass (reference)", [python, "-c", "pass"], work, False),
+    # The cache each row runs with: "" none to set up (the warm cache, or --no-cache), "empty" a new
+    # directory (a first-ever run: the HMAC key is made too), "keyed" a directory holding only the
+    # warm cache's key (a newly staged model in a repo where the hook has run before).
+    rows: List[Tuple[str, List[str], Path, str]] = [
+        ("python -c pass (reference)", [python, "-c", "pass"], work, ""),
         ("safemodel scan tiny.pkl", _script(python, "safemodel") + ["scan", "--no-cache", str(tiny)], work,
-         False),
+         ""),
         ("safemodel scan small.safetensors",
-         _script(python, "safemodel") + ["scan", "--no-cache", str(small)], work, False),
-        ("pre-commit hook, 1 small model, empty cache", hook, repo, True),
-        ("pre-commit hook, 1 small model, warm cache", hook, repo, False),
+         _script(python, "safemodel") + ["scan", "--no-cache", str(small)], work, ""),
+        ("pre-commit hook, 1 small model, empty cache", hook, repo, "empty"),
+        ("pre-commit hook, 1 new small model, cache in use", hook, repo, "keyed"),
+        ("pre-commit hook, 1 small model, warm cache", hook, repo, ""),
     ]
     # One untimed run of each: byte-compiles the modules (as pip install does) and fills the warm cache.
     for _, cmd, cwd, _ in rows:
@@ -125,7 +140,7 @@ def measure(python: str, runs: int, work: Path, callgrind: bool = False) -> List
     samples: Dict[str, List[Tuple[float, float, int]]] = {label: [] for label, *_ in rows}
     for i in range(runs):
         for label, cmd, cwd, cold in rows:
-            cache = work / f"cache-{i}" if cold else warm_cache
+            cache = _cache_for(cold, work / f"cache-{i}", warm_cache)
             samples[label].append(_once(cmd, cwd, dict(env, SAFEMODEL_CACHE_DIR=str(cache))))
             if cold:
                 shutil.rmtree(cache, ignore_errors=True)
@@ -137,7 +152,7 @@ def measure(python: str, runs: int, work: Path, callgrind: bool = False) -> List
                                   "cpu": statistics.median(cpus),
                                   "exits": sorted({s[2] for s in samples[label]})}
         if callgrind:
-            cache = work / "cache-callgrind" if cold else warm_cache
+            cache = _cache_for(cold, work / "cache-callgrind", warm_cache)
             row["instructions"] = _instructions(cmd, cwd, dict(env, SAFEMODEL_CACHE_DIR=str(cache)))
             shutil.rmtree(work / "cache-callgrind", ignore_errors=True)
         out.append(row)

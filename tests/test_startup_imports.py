@@ -210,6 +210,7 @@ def test_startup_bench_runs_every_row(tmp_path: Path) -> None:
     labels = [r[1].strip() for r in rows]
     assert labels == ["python -c pass (reference)", "safemodel scan tiny.pkl",
                       "safemodel scan small.safetensors", "pre-commit hook, 1 small model, empty cache",
+                      "pre-commit hook, 1 new small model, cache in use",
                       "pre-commit hook, 1 small model, warm cache"]
     assert all(r[-2].strip() == "0" for r in rows), proc.stdout  # exit codes: every scan passed
 

@@ -624,6 +624,10 @@ class _PickleVM(_PolicyHooks):
         kfull, kparts = names.full, names.parts
         i32, u32, u16, f64 = _I32, _U32, _U16, _F64
         maxsize = sys.maxsize
+        # Module constants as locals: the loop reads them per opcode.
+        max_lost, lost_str, lost_tuple, missing = MAX_LOST, LOST_STR, LOST_TUPLE, _MISSING
+        plist, max_items, max_inline = PList, MAX_RETAINED_ITEMS, MAX_INLINE_BYTES
+        after_import = _AFTER_IMPORT
         buf = reader._buf
         base = reader._buf_start
         blen = len(buf)
@@ -653,7 +657,7 @@ class _PickleVM(_PolicyHooks):
                 code = buf[p]
                 if just:
                     just = self._just_imported = False
-                    if code in _AFTER_IMPORT:
+                    if code in after_import:
                         self.import_evidence = True
                 try:
                     # Values first; a memo PUT right after a str or a tuple (pickle.dumps
@@ -697,7 +701,7 @@ class _PickleVM(_PolicyHooks):
                                     continue
                                 if nmemo >= budget and index == lost_len and value \
                                         and value != "__setstate__" and index not in memo \
-                                        and index < MAX_LOST:
+                                        and index < max_lost:
                                     # A str that may name an import is kept (_memo_put's case).
                                     if kfull and value not in kparts and "." not in value:
                                         name = None
@@ -705,7 +709,7 @@ class _PickleVM(_PolicyHooks):
                                         name = names.keep(value)
                                         kfull, kparts = names.full, names.parts
                                     if name is None:
-                                        lost.append(LOST_STR)
+                                        lost.append(lost_str)
                                         lost_count += 1
                                         lost_len += 1
                                         p += width
@@ -744,8 +748,8 @@ class _PickleVM(_PolicyHooks):
                                     continue
                                 if nmemo >= budget and index == lost_len and a.__class__ in atoms \
                                         and b.__class__ in atoms and c.__class__ in atoms \
-                                        and index not in memo and index < MAX_LOST:
-                                    lost.append(LOST_TUPLE)
+                                        and index not in memo and index < max_lost:
+                                    lost.append(lost_tuple)
                                     lost_count += 1
                                     lost_len += 1
                                     p += width
@@ -778,11 +782,11 @@ class _PickleVM(_PolicyHooks):
                                 p += 3
                                 continue
                         elif code == 0x65:  # APPENDS
-                            if metastack and metastack[-1] and metastack[-1][-1].__class__ is PList:
+                            if metastack and metastack[-1] and metastack[-1][-1].__class__ is plist:
                                 items = stack
                                 stack = self.stack = metastack.pop()
                                 target = stack[-1]
-                                if self.retained_items + len(items) <= MAX_RETAINED_ITEMS:
+                                if self.retained_items + len(items) <= max_items:
                                     target.extend(items)
                                     self.retained_items += len(items)
                                 else:
@@ -790,9 +794,9 @@ class _PickleVM(_PolicyHooks):
                                 p += 1
                                 continue
                         elif code == 0x61:  # APPEND
-                            if len(stack) >= 2 and stack[-2].__class__ is PList:
+                            if len(stack) >= 2 and stack[-2].__class__ is plist:
                                 value = stack.pop()
-                                if self.retained_items < MAX_RETAINED_ITEMS:
+                                if self.retained_items < max_items:
                                     stack[-1].append(value)
                                     self.retained_items += 1
                                 else:
@@ -800,14 +804,14 @@ class _PickleVM(_PolicyHooks):
                                 p += 1
                                 continue
                         elif code == 0x68 or code == 0x6A or code == 0x67:  # BINGET, LONG_BINGET, GET
-                            value = _MISSING
+                            value = missing
                             if code == 0x68:
                                 if p + 2 <= blen:
-                                    value = memo.get(buf[p + 1], _MISSING)
+                                    value = memo.get(buf[p + 1], missing)
                                     width = 2
                             elif code == 0x6A:
                                 if p + 5 <= blen:
-                                    value = memo.get(u32(buf, p + 1)[0], _MISSING)
+                                    value = memo.get(u32(buf, p + 1)[0], missing)
                                     width = 5
                             elif not framed:
                                 end = buf.find(b"\n", p + 1, p + 21)
@@ -817,9 +821,9 @@ class _PickleVM(_PolicyHooks):
                                     except ValueError:
                                         index = -1
                                     if 0 <= index <= maxsize:
-                                        value = memo.get(index, _MISSING)
+                                        value = memo.get(index, missing)
                                         width = end + 1 - p
-                            if value is not _MISSING and ops < safe:
+                            if value is not missing and ops < safe:
                                 stack.append(value)
                                 p += width
                                 continue
@@ -878,7 +882,7 @@ class _PickleVM(_PolicyHooks):
                                         stack.append(value)
                                         p = end + 1
                                         continue
-                                elif len(line) <= MAX_INLINE_BYTES:  # UNICODE
+                                elif len(line) <= max_inline:  # UNICODE
                                     stack.append(str(line, "raw-unicode-escape"))
                                     p = end + 1
                                     if p >= blen or buf[p] not in puts or ops + 1 >= check:
@@ -915,11 +919,11 @@ class _PickleVM(_PolicyHooks):
                                 p += width
                                 continue
                             if nmemo >= budget and index == lost_len and index not in memo \
-                                    and index < MAX_LOST:
+                                    and index < max_lost:
                                 value = stack[-1]
                                 cls = value.__class__
                                 if cls is str:
-                                    kind = LOST_STR if value and value != "__setstate__" else 0
+                                    kind = lost_str if value and value != "__setstate__" else 0
                                     if kind and not (kfull and value not in kparts and "." not in value):
                                         name = names.keep(value)  # may name an import: kept
                                         kfull, kparts = names.full, names.parts
@@ -933,7 +937,7 @@ class _PickleVM(_PolicyHooks):
                                                 continue
                                 elif cls is tuple and len(value) == 3 and value[0].__class__ in atoms \
                                         and value[1].__class__ in atoms and value[2].__class__ in atoms:
-                                    kind = LOST_TUPLE
+                                    kind = lost_tuple
                                 else:
                                     kind = _lost_kind(value)
                                 if kind:

@@ -59,22 +59,23 @@ MAX_POLICY_ENTRIES = 1 << 16
 #: Longer strings are never kept as names (CPython's own module and attribute names are far shorter).
 MAX_NAME_LEN = 256
 _MISSING = object()
-_I32 = struct.Struct("<i").unpack_from
-_U32 = struct.Struct("<I").unpack_from
-_U16 = struct.Struct("<H").unpack_from
-_F64 = struct.Struct(">d").unpack_from
+#: An opcode's argument, read from the opcode's own offset (the pad byte is the opcode).
+_I32 = struct.Struct("<xi").unpack_from
+_U32 = struct.Struct("<xI").unpack_from
+_U16 = struct.Struct("<xH").unpack_from
+_F64 = struct.Struct(">xd").unpack_from
 #: Opcodes :meth:`_PickleVM._fast_loop` may do inline: MEMOIZE BINFLOAT SHORT_BINUNICODE BINUNICODE
 #: TUPLE3 BININT BINPUT LONG_BINPUT PUT MARK BININT1 BININT2 APPENDS APPEND BINGET LONG_BINGET GET
 #: TUPLE2 TUPLE1 TUPLE NONE POP INT FLOAT UNICODE.
 _INLINE = frozenset(b"\x94G\x8cX\x87Jqrp(KMeahjg\x86\x85tN0IFV")
 #: The memo PUT opcodes: MEMOIZE, BINPUT, LONG_BINPUT, PUT.
 _PUTS = frozenset(b"\x94qrp")
-
-
-def _next_check(ops: int, max_ops: int) -> int:
-    """The next opcode count at which the loop checks the deadline (every 4096) or the op budget."""
-    nxt = (ops | 0xFFF) + 1
-    return max_ops if ops < max_ops < nxt else nxt
+#: Bytes an opcode done inline takes at most: a BINUNICODE of 256 bytes is 261; a text line (INT,
+#: FLOAT, UNICODE) is done inline only when its newline is found this close.
+_INLINE_WIDTH = 264
+#: Bytes between two checks of the deadline and the stack room in the inline loop: every opcode
+#: takes at least one byte, so at most this many opcodes (the handler loop checks every 4096).
+_CHECK_BYTES = 4096
 
 
 class PickleStreamResult(Record):
@@ -569,20 +570,20 @@ class _PickleVM(_PolicyHooks):
         finally:
             self.ops = ops
 
-    def _stack_room(self, ops: int) -> int:
-        """The opcode count up to which the inline loop may push without checking the stack limits.
+    def _stack_room(self, p: int) -> int:
+        """The position up to which the inline loop may push without checking the stack limits.
 
-        Measured before opcode ``ops``: no stack (the current one or one under a MARK) and not the
-        mark stack is longer than ``hi``, and an opcode adds at most one entry to one of them, so
-        before opcode ``k`` none is longer than ``hi + k - ops``: a push is under ``max_stack`` while
-        ``k < ops + max_stack - hi``. With many MARKs open the bound is not computed (0: every push
-        goes through its handler, which checks).
+        Measured before the opcode at ``p``: no stack (the current one or one under a MARK) and not
+        the mark stack is longer than ``hi``, and an opcode takes at least one byte and adds at most
+        one entry to one of them, so before the opcode at ``p + d`` none is longer than ``hi + d``: a
+        push is under ``max_stack`` before ``p + max_stack - hi``. With many MARKs open the bound is
+        not computed (``p``: every opcode goes through its handler, which checks).
         """
         metastack = self.metastack
         if len(metastack) > 64:
-            return 0
+            return p
         hi = max(len(self.stack), len(metastack), max(map(len, metastack), default=0))
-        return ops + self.max_stack - hi
+        return p + self.max_stack - hi
 
     def _fast_loop(self, result: PickleStreamResult) -> None:
         """The loop of :meth:`_loop` with the most frequent opcodes done inline on the reader's buffer.
@@ -591,26 +592,38 @@ class _PickleVM(_PolicyHooks):
         attributes and a bounds check per read are most of it. Here the buffer, the position in it,
         the stack and the memo are locals, and the opcodes picklers write per value (ints, floats,
         strings, small tuples, MARK/APPEND(S), memo PUT/GET, their protocol-0 text forms) are done in
-        the loop when their arguments are inside the buffer and nothing unusual holds (a full stack, a
-        memo past its budget, a target that is not a list, a text form only one unpickler reads, a
-        FRAME to check). Anything else goes to the opcode's handler, with exactly the checks and
-        errors of :meth:`_loop`; an inline case does exactly what its handler does.
+        the loop when nothing unusual holds (a memo past its budget, a target that is not a list, a
+        text form only one unpickler reads, a FRAME to check). Anything else goes to the opcode's
+        handler, with exactly the checks and errors of :meth:`_loop`; an inline case does exactly
+        what its handler does.
+
+        One comparison per opcode, ``p < lim``, stands for all the per-opcode checks; ``lim`` is the
+        first buffer position at which one of them may fail. Every opcode takes at least one byte and
+        adds at most one entry to the stacks, so positions bound opcode counts: the deadline is
+        checked every ``_CHECK_BYTES`` bytes (``check_at``), a push is under the stack limits before
+        ``safe`` (see :meth:`_stack_room`), and no inline opcode takes more than ``_INLINE_WIDTH``
+        bytes (text lines are looked for only that far), so one that starts before
+        ``blen - _INLINE_WIDTH + 1`` has its arguments in the buffer. At ``lim`` the checks are done,
+        the buffer refilled and ``lim`` moved on; an opcode still at or past ``lim`` (the last bytes
+        of the stream, a stack near its limit) goes to its handler. Only an opcode budget
+        (``max_ops``, a detector's trial) counts opcodes: then every opcode comes by there first.
         """
         reader = self.reader
         table = _TABLE
         inline = _INLINE
         puts = _PUTS
         atoms = _INERT_ATOMS
+        width_max = _INLINE_WIDTH
+        check_bytes = _CHECK_BYTES
         memo = self.memo
         lost = self.memo_lost
         budget = self.memo_exact
         exact = min(budget, self.max_memo)
         max_memo = self.max_memo
         max_ops = self.max_ops if self.max_ops is not None else -1
+        counting = max_ops >= 0
         ctx = self.ctx
         ops = self.ops
-        check = _next_check(ops, max_ops)
-        safe = self._stack_room(ops + 1)
         stack = self.stack
         metastack = self.metastack
         just = self._just_imported
@@ -626,7 +639,7 @@ class _PickleVM(_PolicyHooks):
         maxsize = sys.maxsize
         # Module constants as locals: the loop reads them per opcode.
         max_lost, lost_str, lost_tuple, missing = MAX_LOST, LOST_STR, LOST_TUPLE, _MISSING
-        plist, max_items, max_inline = PList, MAX_RETAINED_ITEMS, MAX_INLINE_BYTES
+        plist, max_items = PList, MAX_RETAINED_ITEMS
         after_import = _AFTER_IMPORT
         buf = reader._buf
         base = reader._buf_start
@@ -634,318 +647,323 @@ class _PickleVM(_PolicyHooks):
         p = reader._pos - base
         if p < 0:
             buf, base, blen, p = b"", reader._pos, 0, 0
+        check_at = p + check_bytes
+        safe = self._stack_room(p)
+        # The first opcode goes through the checks (and the buffer is filled).
+        lim = 0
         try:
             while True:
-                ops += 1
-                if ops == check:
-                    reader._pos = base + p
-                    if not ops & 0xFFF and ctx is not None:
-                        ctx.check_deadline()
-                    if ops == max_ops:
-                        self.out_of_ops = True
-                        raise _Broken(base + p, f"stopped after {max_ops} opcodes (detection budget)")
-                    check = _next_check(ops, max_ops)
-                    safe = self._stack_room(ops)
-                if p >= blen:  # past the buffer: refill (the buffer never extends past the end)
-                    pos = reader._pos = base + p
-                    if not reader.peek(1):
-                        raise _Broken(pos, "stream ends before STOP" if pos > self.start else "empty stream")
-                    buf = reader._buf
-                    base = reader._buf_start
-                    blen = len(buf)
-                    p = pos - base
-                code = buf[p]
-                if just:
-                    just = self._just_imported = False
-                    if code in after_import:
-                        self.import_evidence = True
                 try:
-                    # Values first; a memo PUT right after a str or a tuple (pickle.dumps
-                    # memoizes each) is done in the same pass, as the next opcode, unless the
-                    # op count is due a check there.
-                    if code == 0x8C or code == 0x58:  # SHORT_BINUNICODE, BINUNICODE
-                        if code == 0x8C:
-                            n = buf[p + 1] if p + 1 < blen else blen
-                            head = 2
-                        else:
-                            n = u32(buf, p + 1)[0] if p + 5 <= blen else blen
-                            head = 5
-                        # Up to 256 bytes a payload is always read and kept (see _payload).
-                        if n <= 256 and p + head + n <= blen and ops < safe:
-                            data = buf[p + head:p + head + n]
-                            retained += n
-                            try:  # strict UTF-8 is faster and decodes all but lone surrogates
-                                value = data.decode()
-                            except UnicodeDecodeError:
-                                value = str(data, "utf-8", "surrogatepass")
-                            stack.append(value)
-                            p += head + n
-                            if p >= blen or buf[p] not in puts or ops + 1 >= check:
-                                continue
-                            ops += 1
-                            code = buf[p]
-                            # The memo PUT of this str: _memo_put's two common cases.
-                            nmemo = len(memo)
-                            if code == 0x94:
-                                index, width = nmemo + lost_count, 1
-                            elif code == 0x72:
-                                index, width = u32(buf, p + 1)[0] if p + 5 <= blen else -1, 5
-                            elif code == 0x71:
-                                index, width = buf[p + 1] if p + 2 <= blen else -1, 2
+                    if p < lim:
+                        code = buf[p]
+                        # Values first; a memo PUT right after a str or a tuple (pickle.dumps
+                        # memoizes each) is done in the same pass, as the next opcode, unless that
+                        # one is at lim.
+                        if code == 0x8C or code == 0x58:  # SHORT_BINUNICODE, BINUNICODE
+                            if code == 0x8C:
+                                n = buf[p + 1]
+                                head = 2
                             else:
-                                index = -1
-                            if index >= 0:
-                                if not lost and nmemo < exact:
-                                    memo[index] = value
-                                    p += width
+                                n = u32(buf, p)[0]
+                                head = 5
+                            # Up to 256 bytes a payload is always read and kept (see _payload).
+                            if n <= 256:
+                                data = buf[p + head:p + head + n]
+                                retained += n
+                                try:  # strict UTF-8 is faster and decodes all but lone surrogates
+                                    value = data.decode()
+                                except UnicodeDecodeError:
+                                    value = str(data, "utf-8", "surrogatepass")
+                                stack.append(value)
+                                p += head + n
+                                if p >= lim or buf[p] not in puts:
                                     continue
-                                if nmemo >= budget and index == lost_len and value \
-                                        and value != "__setstate__" and index not in memo \
-                                        and index < max_lost:
-                                    # A str that may name an import is kept (_memo_put's case).
-                                    if kfull and value not in kparts and "." not in value:
-                                        name = None
-                                    else:
-                                        name = names.keep(value)
-                                        kfull, kparts = names.full, names.parts
-                                    if name is None:
-                                        lost.append(lost_str)
+                                code = buf[p]
+                                # The memo PUT of this str: _memo_put's two common cases.
+                                nmemo = len(memo)
+                                if code == 0x94:
+                                    index, width = nmemo + lost_count, 1
+                                elif code == 0x72:
+                                    index, width = u32(buf, p)[0], 5
+                                elif code == 0x71:
+                                    index, width = buf[p + 1], 2
+                                else:
+                                    index = -1
+                                if index >= 0:
+                                    if not lost and nmemo < exact:
+                                        memo[index] = value
+                                        p += width
+                                        continue
+                                    if nmemo >= budget and index == lost_len and value \
+                                            and value != "__setstate__" and index not in memo \
+                                            and index < max_lost:
+                                        # A str that may name an import is kept (_memo_put's case).
+                                        if kfull and value not in kparts and "." not in value:
+                                            name = None
+                                        else:
+                                            name = names.keep(value)
+                                            kfull, kparts = names.full, names.parts
+                                        if name is None:
+                                            lost.append(lost_str)
+                                            lost_count += 1
+                                            lost_len += 1
+                                            p += width
+                                            continue
+                                        if nmemo < max_memo:
+                                            memo[index] = name
+                                            lost.append(0)
+                                            lost_len += 1
+                                            p += width
+                                            continue
+                        elif code == 0x87:  # TUPLE3
+                            if len(stack) >= 3:
+                                c = stack.pop()
+                                b = stack.pop()
+                                a = stack[-1]
+                                value = stack[-1] = (a, b, c)
+                                p += 1
+                                if p >= lim or buf[p] not in puts:
+                                    continue
+                                code = buf[p]
+                                # The memo PUT of this tuple: _memo_put's two common cases.
+                                nmemo = len(memo)
+                                if code == 0x94:
+                                    index, width = nmemo + lost_count, 1
+                                elif code == 0x72:
+                                    index, width = u32(buf, p)[0], 5
+                                elif code == 0x71:
+                                    index, width = buf[p + 1], 2
+                                else:
+                                    index = -1
+                                if index >= 0:
+                                    if not lost and nmemo < exact:
+                                        memo[index] = value
+                                        p += width
+                                        continue
+                                    if nmemo >= budget and index == lost_len and a.__class__ in atoms \
+                                            and b.__class__ in atoms and c.__class__ in atoms \
+                                            and index not in memo and index < max_lost:
+                                        lost.append(lost_tuple)
                                         lost_count += 1
                                         lost_len += 1
                                         p += width
                                         continue
-                                    if nmemo < max_memo:
-                                        memo[index] = name
-                                        lost.append(0)
-                                        lost_len += 1
-                                        p += width
-                                        continue
-                    elif code == 0x87:  # TUPLE3
-                        if len(stack) >= 3:
-                            c = stack.pop()
-                            b = stack.pop()
-                            a = stack[-1]
-                            value = stack[-1] = (a, b, c)
-                            p += 1
-                            if p >= blen or buf[p] not in puts or ops + 1 >= check:
-                                continue
-                            ops += 1
-                            code = buf[p]
-                            # The memo PUT of this tuple: _memo_put's two common cases.
-                            nmemo = len(memo)
-                            if code == 0x94:
-                                index, width = nmemo + lost_count, 1
-                            elif code == 0x72:
-                                index, width = u32(buf, p + 1)[0] if p + 5 <= blen else -1, 5
-                            elif code == 0x71:
-                                index, width = buf[p + 1] if p + 2 <= blen else -1, 2
-                            else:
-                                index = -1
-                            if index >= 0:
-                                if not lost and nmemo < exact:
-                                    memo[index] = value
-                                    p += width
-                                    continue
-                                if nmemo >= budget and index == lost_len and a.__class__ in atoms \
-                                        and b.__class__ in atoms and c.__class__ in atoms \
-                                        and index not in memo and index < max_lost:
-                                    lost.append(lost_tuple)
-                                    lost_count += 1
-                                    lost_len += 1
-                                    p += width
-                                    continue
-                    elif code == 0x47:  # BINFLOAT
-                        if p + 9 <= blen and ops < safe:
-                            stack.append(f64(buf, p + 1)[0])
+                        elif code == 0x47:  # BINFLOAT
+                            stack.append(f64(buf, p)[0])
                             p += 9
                             continue
-                    elif code == 0x4A:  # BININT
-                        if p + 5 <= blen and ops < safe:
-                            stack.append(i32(buf, p + 1)[0])
+                        elif code == 0x4A:  # BININT
+                            stack.append(i32(buf, p)[0])
                             p += 5
                             continue
-                    elif code in inline:
-                        if code == 0x28:  # MARK
-                            if ops < safe:
+                        elif code in inline:
+                            if code == 0x28:  # MARK
                                 metastack.append(stack)
                                 stack = self.stack = []
                                 p += 1
                                 continue
-                        elif code == 0x4B:  # BININT1
-                            if p + 2 <= blen and ops < safe:
+                            elif code == 0x4B:  # BININT1
                                 stack.append(buf[p + 1])
                                 p += 2
                                 continue
-                        elif code == 0x4D:  # BININT2
-                            if p + 3 <= blen and ops < safe:
-                                stack.append(u16(buf, p + 1)[0])
+                            elif code == 0x4D:  # BININT2
+                                stack.append(u16(buf, p)[0])
                                 p += 3
                                 continue
-                        elif code == 0x65:  # APPENDS
-                            if metastack and metastack[-1] and metastack[-1][-1].__class__ is plist:
-                                items = stack
-                                stack = self.stack = metastack.pop()
-                                target = stack[-1]
-                                if self.retained_items + len(items) <= max_items:
-                                    target.extend(items)
-                                    self.retained_items += len(items)
-                                else:
-                                    target.dropped += len(items)
-                                p += 1
-                                continue
-                        elif code == 0x61:  # APPEND
-                            if len(stack) >= 2 and stack[-2].__class__ is plist:
-                                value = stack.pop()
-                                if self.retained_items < max_items:
-                                    stack[-1].append(value)
-                                    self.retained_items += 1
-                                else:
-                                    stack[-1].dropped += 1
-                                p += 1
-                                continue
-                        elif code == 0x68 or code == 0x6A or code == 0x67:  # BINGET, LONG_BINGET, GET
-                            value = missing
-                            if code == 0x68:
-                                if p + 2 <= blen:
+                            elif code == 0x65:  # APPENDS
+                                if metastack and metastack[-1] and metastack[-1][-1].__class__ is plist:
+                                    items = stack
+                                    stack = self.stack = metastack.pop()
+                                    target = stack[-1]
+                                    if self.retained_items + len(items) <= max_items:
+                                        target.extend(items)
+                                        self.retained_items += len(items)
+                                    else:
+                                        target.dropped += len(items)
+                                    p += 1
+                                    continue
+                            elif code == 0x61:  # APPEND
+                                if len(stack) >= 2 and stack[-2].__class__ is plist:
+                                    value = stack.pop()
+                                    if self.retained_items < max_items:
+                                        stack[-1].append(value)
+                                        self.retained_items += 1
+                                    else:
+                                        stack[-1].dropped += 1
+                                    p += 1
+                                    continue
+                            elif code == 0x68 or code == 0x6A or code == 0x67:  # BINGET, LONG_BINGET, GET
+                                value = missing
+                                if code == 0x68:
                                     value = memo.get(buf[p + 1], missing)
                                     width = 2
-                            elif code == 0x6A:
-                                if p + 5 <= blen:
-                                    value = memo.get(u32(buf, p + 1)[0], missing)
+                                elif code == 0x6A:
+                                    value = memo.get(u32(buf, p)[0], missing)
                                     width = 5
+                                elif not framed:
+                                    end = buf.find(b"\n", p + 1, p + 21)
+                                    if end > 0:
+                                        try:
+                                            index = int(buf[p + 1:end])
+                                        except ValueError:
+                                            index = -1
+                                        if 0 <= index <= maxsize:
+                                            value = memo.get(index, missing)
+                                            width = end + 1 - p
+                                if value is not missing:
+                                    stack.append(value)
+                                    p += width
+                                    continue
+                            elif code == 0x4E:  # NONE
+                                stack.append(None)
+                                p += 1
+                                continue
+                            elif code == 0x30:  # POP
+                                if stack:
+                                    stack.pop()
+                                    p += 1
+                                    continue
+                            elif code == 0x86:  # TUPLE2
+                                if len(stack) >= 2:
+                                    b = stack.pop()
+                                    stack[-1] = (stack[-1], b)
+                                    p += 1
+                                    continue
+                            elif code == 0x85:  # TUPLE1
+                                if stack:
+                                    stack[-1] = (stack[-1],)
+                                    p += 1
+                                    continue
+                            elif code == 0x74:  # TUPLE
+                                if metastack:
+                                    value = tuple(stack)
+                                    stack = self.stack = metastack.pop()
+                                    stack.append(value)
+                                    p += 1
+                                    if p >= lim or buf[p] not in puts:
+                                        continue
+                                    code = buf[p]
+                            elif code in puts:
+                                pass
+                            elif not framed:  # INT, FLOAT, UNICODE: a text line of up to _INLINE_WIDTH
+                                end = buf.find(b"\n", p + 1, p + width_max)
+                                if end > 0:
+                                    line = buf[p + 1:end]
+                                    if code == 0x49:  # INT: what int(line, 0) reads (see int_)
+                                        if len(line) < 20 and line != b"00" and line != b"01":
+                                            try:
+                                                stack.append(int(line, 0))
+                                                p = end + 1
+                                                continue
+                                            except ValueError:
+                                                pass
+                                    elif code == 0x46:  # FLOAT: the forms both read (see float_)
+                                        try:
+                                            value = float(line)
+                                        except ValueError:
+                                            value = None
+                                        if value is not None and value - value == 0.0 and b"_" not in line \
+                                                and not line[:1].isspace() and not line[-1:].isspace():
+                                            stack.append(value)
+                                            p = end + 1
+                                            continue
+                                    else:  # UNICODE
+                                        stack.append(str(line, "raw-unicode-escape"))
+                                        p = end + 1
+                                        if p >= lim or buf[p] not in puts:
+                                            continue
+                                        code = buf[p]
+                        if code in puts:  # MEMOIZE, BINPUT, LONG_BINPUT, PUT (see _memo_put)
+                            index = -1
+                            nmemo = len(memo)
+                            if code == 0x94:
+                                index = nmemo + lost_count
+                                width = 1
+                            elif code == 0x71:
+                                index = buf[p + 1]
+                                width = 2
+                            elif code == 0x72:
+                                index = u32(buf, p)[0]
+                                width = 5
                             elif not framed:
                                 end = buf.find(b"\n", p + 1, p + 21)
-                                if end > 0:
+                                if end > 0:  # a line under 20 digits that int() reads: both read it
                                     try:
                                         index = int(buf[p + 1:end])
                                     except ValueError:
                                         index = -1
-                                    if 0 <= index <= maxsize:
-                                        value = memo.get(index, missing)
-                                        width = end + 1 - p
-                            if value is not missing and ops < safe:
-                                stack.append(value)
-                                p += width
-                                continue
-                        elif code == 0x4E:  # NONE
-                            if ops < safe:
-                                stack.append(None)
-                                p += 1
-                                continue
-                        elif code == 0x30:  # POP
-                            if stack:
-                                stack.pop()
-                                p += 1
-                                continue
-                        elif code == 0x86:  # TUPLE2
-                            if len(stack) >= 2:
-                                b = stack.pop()
-                                stack[-1] = (stack[-1], b)
-                                p += 1
-                                continue
-                        elif code == 0x85:  # TUPLE1
-                            if stack:
-                                stack[-1] = (stack[-1],)
-                                p += 1
-                                continue
-                        elif code == 0x74:  # TUPLE
-                            if metastack and ops < safe:
-                                value = tuple(stack)
-                                stack = self.stack = metastack.pop()
-                                stack.append(value)
-                                p += 1
-                                if p >= blen or buf[p] not in puts or ops + 1 >= check:
-                                    continue
-                                ops += 1
-                                code = buf[p]
-                        elif code in puts:
-                            pass
-                        elif not framed:  # INT, FLOAT, UNICODE: a text line inside the buffer
-                            end = buf.find(b"\n", p + 1)
-                            if end > 0 and ops < safe:
-                                line = buf[p + 1:end]
-                                if code == 0x49:  # INT: what int(line, 0) reads (see int_)
-                                    if len(line) < 20 and line != b"00" and line != b"01":
-                                        try:
-                                            stack.append(int(line, 0))
-                                            p = end + 1
-                                            continue
-                                        except ValueError:
-                                            pass
-                                elif code == 0x46:  # FLOAT: the forms both read (see float_)
-                                    try:
-                                        value = float(line)
-                                    except ValueError:
-                                        value = None
-                                    if value is not None and value - value == 0.0 and b"_" not in line \
-                                            and not line[:1].isspace() and not line[-1:].isspace():
-                                        stack.append(value)
-                                        p = end + 1
-                                        continue
-                                elif len(line) <= max_inline:  # UNICODE
-                                    stack.append(str(line, "raw-unicode-escape"))
-                                    p = end + 1
-                                    if p >= blen or buf[p] not in puts or ops + 1 >= check:
-                                        continue
-                                    ops += 1
-                                    code = buf[p]
-                    if code in puts:  # MEMOIZE, BINPUT, LONG_BINPUT, PUT (see _memo_put)
-                        index = -1
-                        nmemo = len(memo)
-                        if code == 0x94:
-                            index = nmemo + lost_count
-                            width = 1
-                        elif code == 0x71:
-                            if p + 2 <= blen:
-                                index = buf[p + 1]
-                                width = 2
-                        elif code == 0x72:
-                            if p + 5 <= blen:
-                                index = u32(buf, p + 1)[0]
-                                width = 5
-                        elif not framed:
-                            end = buf.find(b"\n", p + 1, p + 21)
-                            if end > 0:  # a line under 20 digits that int() reads: both read it
-                                try:
-                                    index = int(buf[p + 1:end])
-                                except ValueError:
-                                    index = -1
-                                if index > maxsize:
-                                    index = -1
-                                width = end + 1 - p
-                        if index >= 0 and stack:
-                            if not lost and nmemo < exact:
-                                memo[index] = stack[-1]
-                                p += width
-                                continue
-                            if nmemo >= budget and index == lost_len and index not in memo \
-                                    and index < max_lost:
-                                value = stack[-1]
-                                cls = value.__class__
-                                if cls is str:
-                                    kind = lost_str if value and value != "__setstate__" else 0
-                                    if kind and not (kfull and value not in kparts and "." not in value):
-                                        name = names.keep(value)  # may name an import: kept
-                                        kfull, kparts = names.full, names.parts
-                                        if name is not None:
-                                            kind = 0
-                                            if nmemo < max_memo:
-                                                memo[index] = name
-                                                lost.append(0)
-                                                lost_len += 1
-                                                p += width
-                                                continue
-                                elif cls is tuple and len(value) == 3 and value[0].__class__ in atoms \
-                                        and value[1].__class__ in atoms and value[2].__class__ in atoms:
-                                    kind = lost_tuple
-                                else:
-                                    kind = _lost_kind(value)
-                                if kind:
-                                    lost.append(kind)
-                                    lost_count += 1
-                                    lost_len += 1
+                                    if index > maxsize:
+                                        index = -1
+                                    width = end + 1 - p
+                            if index >= 0 and stack:
+                                if not lost and nmemo < exact:
+                                    memo[index] = stack[-1]
                                     p += width
                                     continue
+                                if nmemo >= budget and index == lost_len and index not in memo \
+                                        and index < max_lost:
+                                    value = stack[-1]
+                                    cls = value.__class__
+                                    if cls is str:
+                                        kind = lost_str if value and value != "__setstate__" else 0
+                                        if kind and not (kfull and value not in kparts and "." not in value):
+                                            name = names.keep(value)  # may name an import: kept
+                                            kfull, kparts = names.full, names.parts
+                                            if name is not None:
+                                                kind = 0
+                                                if nmemo < max_memo:
+                                                    memo[index] = name
+                                                    lost.append(0)
+                                                    lost_len += 1
+                                                    p += width
+                                                    continue
+                                    elif cls is tuple and len(value) == 3 and value[0].__class__ in atoms \
+                                            and value[1].__class__ in atoms and value[2].__class__ in atoms:
+                                        kind = lost_tuple
+                                    else:
+                                        kind = _lost_kind(value)
+                                    if kind:
+                                        lost.append(kind)
+                                        lost_count += 1
+                                        lost_len += 1
+                                        p += width
+                                        continue
+                    else:
+                        # At lim: the checks, a refill, then on (inline or through the handler).
+                        if p >= check_at:
+                            reader._pos = base + p
+                            if ctx is not None:
+                                ctx.check_deadline()
+                            check_at = p + check_bytes
+                            safe = self._stack_room(p)
+                        if counting:
+                            ops += 1
+                            if ops == max_ops:
+                                self.out_of_ops = True
+                                raise _Broken(base + p, f"stopped after {max_ops} opcodes (detection budget)")
+                        if blen - p < width_max:  # refill (the buffer never extends past the end)
+                            pos = reader._pos = base + p
+                            if not reader.peek(width_max):
+                                raise _Broken(pos, "stream ends before STOP" if pos > self.start
+                                              else "empty stream")
+                            if reader._buf is not buf:  # positions are relative to the buffer
+                                shift = reader._buf_start - base
+                                buf = reader._buf
+                                base = reader._buf_start
+                                blen = len(buf)
+                                p -= shift
+                                check_at -= shift
+                                safe -= shift
+                        code = buf[p]
+                        if just:
+                            just = self._just_imported = False
+                            if code in after_import:
+                                self.import_evidence = True
+                        lim = min(check_at, safe, blen - width_max + 1)
+                        if counting and lim > p + 1:
+                            lim = p + 1  # this opcode only: the next one is counted here too
+                        if p < lim:
+                            continue  # this opcode, inline
                     # Everything else, and the unusual cases above: the opcode's handler.
                     pos = base + p
                     reader._pos = pos + 1
@@ -970,13 +988,20 @@ class _PickleVM(_PolicyHooks):
                 stack = self.stack
                 just = self._just_imported
                 if reader._buf is not buf:
+                    shift = reader._buf_start - base
                     buf = reader._buf
                     base = reader._buf_start
                     blen = len(buf)
+                    check_at -= shift
+                    safe -= shift
                 p = reader._pos - base
-                if p < 0:
+                if p < 0:  # before the buffer: empty it (positions stay relative to base)
+                    shift = reader._pos - base
                     buf, base, blen, p = b"", reader._pos, 0, 0
+                    check_at -= shift
+                    safe -= shift
                 framed = reader.frame_end > 0
+                lim = 0 if just or counting else min(check_at, safe, blen - width_max + 1)
         finally:
             self.ops = ops
             self.lost_count = lost_count

@@ -54,7 +54,9 @@ def walk(cls: type, data: bytes, buffer: Optional[int], max_ops: Optional[int] =
         vm.memo_exact = memo_exact
     res = vm.run()
     records = sorted((k, r.rule_id, r.count, tuple(r.calls)) for k, r in vm.records.items())
-    return (res.complete, res.end, res.error, vm.broken.offset if vm.broken else None, vm.ops, vm.out_of_ops,
+    # Opcodes are counted only against a budget (the inline loop bounds them by positions otherwise).
+    ops = vm.ops if max_ops is not None else None
+    return (res.complete, res.end, res.error, vm.broken.offset if vm.broken else None, ops, vm.out_of_ops,
             vm.import_evidence, tuple(res.globals), records, len(vm.memo), sorted(map(repr, vm.memo)),
             bytes(vm.memo_lost), vm.lost_count, len(vm.stack), len(vm.metastack), vm.retained_bytes,
             vm.retained_items, repr(_maybe_literal(res.top)), describe(res.top), vm.reader.alive,
@@ -66,7 +68,9 @@ def streams(count: int, seed: int) -> List[bytes]:
     return base + list(mutated_streams(base, count, seed=seed))
 
 
-@pytest.mark.parametrize("buffer", [None, 1, 7, 64])
+# 300 and 701: a buffer just past _INLINE_WIDTH, so that small streams go inline, to the refill at
+# the buffer's end and back.
+@pytest.mark.parametrize("buffer", [None, 1, 7, 64, 300, 701])
 def test_inline_loop_walks_like_the_handlers(buffer: Optional[int]) -> None:
     all_streams = streams(1500, seed=11)
     differ = []
@@ -81,7 +85,8 @@ def test_inline_loop_walks_like_the_handlers(buffer: Optional[int]) -> None:
 @pytest.mark.parametrize("max_ops", [1, 2, 3, 7, 50])
 def test_inline_loop_stops_at_the_opcode_budget_like_the_handlers(max_ops: int) -> None:
     for data in streams(300, seed=12):
-        assert walk(_PickleVM, data, 5, max_ops) == walk(_HandlerLoopVM, data, 5, max_ops)
+        for buffer in (5, 300):
+            assert walk(_PickleVM, data, buffer, max_ops) == walk(_HandlerLoopVM, data, buffer, max_ops)
 
 
 @pytest.mark.parametrize("max_stack", [1, 2, 3, 5, 9])
@@ -89,7 +94,7 @@ def test_inline_loop_hits_the_stack_limits_like_the_handlers(max_stack: int) -> 
     deep = [b"\x80\x04" + b"(" * 12 + b"N" * 12 + b".", b"\x80\x02" + b"K\x01" * 12 + b".",
             b"(" + b"(I1\nI2\nt" * 6 + b"l."]
     for data in streams(300, seed=14) + deep:
-        for buffer in (None, 3):
+        for buffer in (None, 3, 300):
             fast = walk(_PickleVM, data, buffer, max_stack=max_stack)
             assert fast == walk(_HandlerLoopVM, data, buffer, max_stack=max_stack), data[:80]
 

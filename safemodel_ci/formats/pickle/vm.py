@@ -662,23 +662,25 @@ class _PickleVM(_PolicyHooks):
                         if code == 0x8C or code == 0x58:  # SHORT_BINUNICODE, BINUNICODE
                             if code == 0x8C:
                                 n = buf[p + 1]
-                                head = 2
+                                start = p + 2
                             else:
                                 n = u32(buf, p)[0]
-                                head = 5
+                                start = p + 5
                             # Up to 256 bytes a payload is always read and kept (see _payload).
                             if n <= 256:
-                                data = buf[p + head:p + head + n]
+                                p = start + n
+                                data = buf[start:p]
                                 retained += n
                                 try:  # strict UTF-8 is faster and decodes all but lone surrogates
                                     value = data.decode()
                                 except UnicodeDecodeError:
                                     value = str(data, "utf-8", "surrogatepass")
                                 stack.append(value)
-                                p += head + n
-                                if p >= lim or buf[p] not in puts:
+                                if p >= lim:
                                     continue
                                 code = buf[p]
+                                if code not in puts:
+                                    continue
                                 # The memo PUT of this str: _memo_put's two common cases.
                                 nmemo = len(memo)
                                 if code == 0x94:
@@ -722,9 +724,11 @@ class _PickleVM(_PolicyHooks):
                                 a = stack[-1]
                                 value = stack[-1] = (a, b, c)
                                 p += 1
-                                if p >= lim or buf[p] not in puts:
+                                if p >= lim:
                                     continue
                                 code = buf[p]
+                                if code not in puts:
+                                    continue
                                 # The memo PUT of this tuple: _memo_put's two common cases.
                                 nmemo = len(memo)
                                 if code == 0x94:
@@ -840,9 +844,11 @@ class _PickleVM(_PolicyHooks):
                                     stack = self.stack = metastack.pop()
                                     stack.append(value)
                                     p += 1
-                                    if p >= lim or buf[p] not in puts:
+                                    if p >= lim:
                                         continue
                                     code = buf[p]
+                                    if code not in puts:
+                                        continue
                             elif code in puts:
                                 pass
                             elif not framed:  # INT, FLOAT, UNICODE: a text line of up to _INLINE_WIDTH
@@ -870,9 +876,11 @@ class _PickleVM(_PolicyHooks):
                                     else:  # UNICODE
                                         stack.append(str(line, "raw-unicode-escape"))
                                         p = end + 1
-                                        if p >= lim or buf[p] not in puts:
+                                        if p >= lim:
                                             continue
                                         code = buf[p]
+                                        if code not in puts:
+                                            continue
                         if code in puts:  # MEMOIZE, BINPUT, LONG_BINPUT, PUT (see _memo_put)
                             index = -1
                             nmemo = len(memo)

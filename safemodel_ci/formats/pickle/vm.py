@@ -967,7 +967,11 @@ class _PickleVM(_PolicyHooks):
                             just = self._just_imported = False
                             if code in after_import:
                                 self.import_evidence = True
-                        lim = min(check_at, safe, blen - width_max + 1)
+                        lim = blen - width_max + 1  # min(check_at, safe, ...) without a call
+                        if check_at < lim:
+                            lim = check_at
+                        if safe < lim:
+                            lim = safe
                         if counting and lim > p + 1:
                             lim = p + 1  # this opcode only: the next one is counted here too
                         if p < lim:
@@ -1009,7 +1013,14 @@ class _PickleVM(_PolicyHooks):
                     check_at -= shift
                     safe -= shift
                 framed = reader.frame_end > 0
-                lim = 0 if just or counting else min(check_at, safe, blen - width_max + 1)
+                if just or counting:
+                    lim = 0  # the next opcode through the checks
+                else:
+                    lim = blen - width_max + 1
+                    if check_at < lim:
+                        lim = check_at
+                    if safe < lim:
+                        lim = safe
         finally:
             self.ops = ops
             self.lost_count = lost_count

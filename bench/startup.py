@@ -21,7 +21,10 @@ rusage of the process) and each median as a multiple of the reference's. ``--cal
 instructions each command executes (one run under ``valgrind --tool=callgrind``, hash seed fixed):
 a figure other processes on the machine do not move, to compare two versions on a busy machine
 (it leaves out what the kernel does to start a process, so its ratios run higher than wall time's).
-Goal (issue 20): the scan and the hook under 1.6x the bare interpreter's wall time. The fixtures
+Goal (issue 20): the scan and the hook under 1.6x the bare interpreter's wall time. The reference
+depends on the venv: one made with ``--system-site-packages`` runs the system's ``.pth`` files at
+start and imports much of what safemodel imports, so it starts slower and flatters the ratios; a
+clean venv (what pre-commit gives a hook) is the stricter reference: pass both with ``--python``. The fixtures
 are made with ``pickle.dumps`` and, for the safetensors file, written in that format's layout (an
 8-byte little-endian header length, the JSON header, the tensor bytes); nothing is loaded.
 """

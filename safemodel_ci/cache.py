@@ -200,12 +200,30 @@ def load_key(directory: str, create: bool) -> bytes:
     raise UntrustedCache(f"key file {path} could not be created")
 
 
+#: How :func:`_private_file` opens: what ``tempfile.mkstemp`` uses (new, not through a symlink, not
+#: inherited, binary on Windows).
+_PRIVATE_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                  | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+
+
+def _private_file(directory: str, prefix: str, suffix: str = "") -> Tuple[int, str]:
+    """A new file only this user can read, as ``tempfile.mkstemp(suffix, prefix, directory)`` makes
+    one (mode 0600, ``O_EXCL``, a random name, retried when taken), without importing ``tempfile``
+    (and with it ``shutil`` and ``random``: ~2 ms of a hook run that stores a result)."""
+    for _ in range(100):
+        path = os.path.join(directory, prefix + os.urandom(8).hex() + suffix)
+        try:
+            return os.open(path, _PRIVATE_FLAGS, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary name found", directory)
+
+
 def _create_key(directory: str, path: str) -> None:
     """Write a new random key: a private temporary file, then ``link`` (fails if another process won)."""
     import secrets
-    import tempfile
 
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-key-", dir=directory)  # mkstemp: mode 0600
+    fd, tmp = _private_file(directory, ".tmp-key-")  # mode 0600
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(secrets.token_bytes(KEY_BYTES))
@@ -432,7 +450,6 @@ class ResultCache:
         Each process marks its own version's directory as used when it first stores an entry, so
         two installed versions sharing the cache (the CLI and a pre-commit environment) keep theirs.
         """
-        import shutil
         import time
 
         removed = 0
@@ -452,6 +469,8 @@ class ResultCache:
         for path in candidates:
             try:
                 if path != current and os.stat(path).st_mtime < cutoff:
+                    import shutil  # only when there is something to remove (~1 ms of a first store)
+
                     shutil.rmtree(path, ignore_errors=True)
                     removed += 1
             except OSError:
@@ -503,9 +522,7 @@ class ResultCache:
                     self._first_store()
                 os.makedirs(directory, mode=0o700, exist_ok=True)
                 self._made_dirs.add(directory)
-            import tempfile  # only a store needs it; a lookup or --no-cache run does not
-
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
+            fd, tmp = _private_file(os.path.dirname(path), ".tmp-", ".json")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(_MAC_PREFIX + mac + b'",' + body[1:])
             os.replace(tmp, path)  # atomic: readers see the old entry or the new one, never half

@@ -32,9 +32,51 @@ if TYPE_CHECKING:  # pragma: no cover
 FAIL_ON_INFO = "fail-on must be low, medium, high or critical"
 
 
+def _help_width() -> int:
+    """The width argparse's formatter wraps help to: ``shutil.get_terminal_size().columns - 2``
+    (``COLUMNS``, else the terminal of ``sys.__stdout__``, else 80), without importing ``shutil``."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns if columns > 0 else 80) - 2
+
+
+_SIZED_FORMATTERS: dict = {}
+
+
+def _sized(formatter_class: Any) -> Any:
+    """``formatter_class`` with its width given when argparse leaves it out.
+
+    argparse makes a formatter for every ``add_argument`` (to check the argument's metavar) and its
+    ``HelpFormatter`` then imports ``shutil`` for the terminal's width: ~2 ms of every run, help or
+    not (``bench/startup.py``). The width is the same one, computed as ``shutil`` does.
+    """
+    sized = _SIZED_FORMATTERS.get(formatter_class)
+    if sized is None:
+        class Sized(formatter_class):  # type: ignore[misc, valid-type]
+            def __init__(self, prog: str, *args: Any, **kwargs: Any) -> None:
+                if len(args) < 3 and kwargs.get("width") is None:  # (indent, max_help_position, width)
+                    kwargs["width"] = _help_width()
+                super().__init__(prog, *args, **kwargs)
+
+        Sized.__name__ = Sized.__qualname__ = formatter_class.__name__
+        sized = _SIZED_FORMATTERS[formatter_class] = Sized
+    return sized
+
+
 class UsageParser(argparse.ArgumentParser):
     """argparse exits 2 on usage errors; 2 means "incomplete scan" for every safemodel entry point,
-    so usage errors exit 3."""
+    so usage errors exit 3. Help is wrapped to the terminal's width as argparse does (see
+    :func:`_sized`)."""
+
+    def __init__(self, *args: Any, formatter_class: Any = argparse.HelpFormatter, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=_sized(formatter_class), **kwargs)
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
         self.print_usage(sys.stderr)

@@ -430,6 +430,8 @@ def test_entries_are_authenticated_and_key_file_is_private(tmp_path: Path) -> No
     key_file = cache_dir / cache_mod.KEY_FILE
     assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_bytes()) == cache_mod.KEY_BYTES
     (entry,) = entries(cache_dir)
+    assert Path(entry).stat().st_mode & 0o777 == 0o600  # made private, as tempfile.mkstemp makes files
+    assert not glob.glob(str(cache_dir / "**" / ".tmp-*"), recursive=True)  # renamed or removed
     data = json.loads(Path(entry).read_text())
     assert len(data["mac"]) == 64
     assert scan_file_cached(str(model), OPTIONS, ResultCache(str(cache_dir))).cached
@@ -507,3 +509,26 @@ def test_untrusted_cache_dir_is_refused_with_a_warning(problem: str, tmp_path: P
     cache = ResultCache(str(cache_dir))
     assert cache.problem is not None
     assert not scan_file_cached(str(model), OPTIONS, cache).cached and cache.stores == 0
+
+
+def test_private_files_are_new_private_and_never_through_a_symlink(tmp_path: Path) -> None:
+    """``_private_file`` (the cache's mkstemp without tempfile): mode 0600, a fresh name each time, and
+    a name that already exists (here a symlink planted by another user) is never opened."""
+    fds = []
+    try:
+        made = set()
+        for _ in range(20):
+            fd, path = cache_mod._private_file(str(tmp_path), ".tmp-", ".json")
+            fds.append(fd)
+            assert os.path.dirname(path) == str(tmp_path) and os.path.basename(path).startswith(".tmp-")
+            assert path.endswith(".json") and os.stat(path).st_mode & 0o777 == 0o600
+            made.add(path)
+        assert len(made) == 20
+    finally:
+        for fd in fds:
+            os.close(fd)
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    os.symlink(target, tmp_path / "planted")
+    with pytest.raises(FileExistsError):
+        os.open(str(tmp_path / "planted"), cache_mod._PRIVATE_FLAGS, 0o600)

@@ -8,7 +8,7 @@ import ast
 import os
 import pickle
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import pytest
 
@@ -191,3 +191,23 @@ def test_the_walk_sees_a_function_level_import_of_the_cli() -> None:
                  "import safemodel_ci.cli\n", "def g():\n    import argparse\n"):
         found = _imports(hub, text)
         assert any(m == "safemodel_ci.cli" or m == "argparse" for m in found), (text, found)
+
+
+@pytest.mark.parametrize("columns", [None, "0", "junk", "50", "132"])
+def test_help_is_wrapped_to_the_width_shutil_gives(monkeypatch: pytest.MonkeyPatch,
+                                                   columns: Optional[str]) -> None:
+    """The parsers' formatter gets the width argparse would ask shutil for, without importing it."""
+    import argparse
+    import shutil
+
+    settings_mod = settings
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert settings_mod._help_width() == shutil.get_terminal_size().columns - 2
+    text = "word " * 60
+    for cls in (argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter):
+        ours = settings_mod.UsageParser(prog="p", description=text, formatter_class=cls).format_help()
+        theirs = argparse.ArgumentParser(prog="p", description=text, formatter_class=cls).format_help()
+        assert ours == theirs

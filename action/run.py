@@ -31,7 +31,6 @@ import sys
 import tempfile
 import traceback
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple
 
 from safemodel_ci import cli
 from safemodel_ci.config import CONFIG_FILENAMES, PYPROJECT, Config, ConfigError, find_config, load_config
@@ -41,6 +40,10 @@ from safemodel_ci.output.github import annotation_lines, workflow_command
 from safemodel_ci.output.job_summary import SUMMARY_LIMIT, md_text, render_job_summary
 from safemodel_ci.output.text import summary_line
 from safemodel_ci.settings import InputError, Settings, action_fail_on, from_action_inputs
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import List, Mapping, Optional, Sequence, Tuple
 
 PREFIX = "SAFEMODEL_ACTION_"
 #: A commit id: sha1 (40) or sha256 (64) hex digits. Anything else is refused before git sees it.

@@ -11,11 +11,14 @@ import argparse
 import os
 import re
 import sys
-from typing import List, Optional, Sequence
 
 from safemodel_ci import exit_process
 from safemodel_ci.findings import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, FileResult, ScanReport, Severity
 from safemodel_ci.settings import UsageParser, add_hook_options, from_hook_args
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import List, Optional, Sequence
 
 # The scanner, config and cache modules are imported only once a staged file is selected: a commit
 # of source files then costs a start-up and one small read per file (see the README's numbers).

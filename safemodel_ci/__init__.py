@@ -1,7 +1,12 @@
 """safemodel-ci: find model files that would run code when loaded, without ever loading them."""
 
+from __future__ import annotations
+
 import gc
-from typing import NoReturn
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import NoReturn
 
 __version__ = "0.1.0"
 

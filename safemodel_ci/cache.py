@@ -39,18 +39,20 @@ import stat
 import struct
 import sys
 import zlib
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 # hashlib (OpenSSL), hmac, json, base64 and secrets are imported where used: a scan without the cache
 # (--no-cache, SAFEMODEL_NO_CACHE) needs none of them, and they cost ~5 ms of its start-up; array only
 # logs the reads of a file too big to hash whole.
 from . import __version__
-from .context import ScanContext, SiblingOpener
+from .context import ScanContext
 from .findings import FileResult, Location, sort_findings
 from .scanner import ScanOptions, _local_siblings, scan_file, scan_source
 from .source import ByteSource, BytesSource, FileSource, SourceError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
 if TYPE_CHECKING:
+    from .context import SiblingOpener
+    from typing import Any, Dict, List, Optional, Tuple
     from array import array
 
 #: Bumped when the entry layout changes; old entries are then misses.

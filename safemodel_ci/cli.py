@@ -7,7 +7,6 @@ import errno
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import Terminated, __version__, exit_process
 from .findings import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_USAGE, FileResult, Location, ScanReport, Severity
@@ -17,7 +16,9 @@ from .config import Config, ConfigError
 from .settings import Settings, UsageParser, fail_on_type, from_namespace, jobs_type, severity_type
 from .sources.paths import iter_paths
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Callable, Dict, List, Optional, Sequence, Tuple
     from .sources.hfcache import CacheScan
     from .sources.hub import HubRepoScan
 

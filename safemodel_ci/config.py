@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .context import Limits
 from .findings import Severity
 from .policy import Policy
 from .record import Record
 from .rules import RULES_BY_ID
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 #: File names looked for, in this order, in each directory from the working directory up.
 CONFIG_FILENAMES = (".safemodel.yaml", ".safemodel.yml")
@@ -438,7 +441,8 @@ def parse_config(node: Node, path: str) -> Config:
                   severity_overrides=overrides, limits=limits)
 
 
-_Fail = Callable[[Optional[int], Optional[str], str], ConfigError]
+if TYPE_CHECKING:  # pragma: no cover
+    _Fail = Callable[[Optional[int], Optional[str], str], ConfigError]
 
 
 def _kind(value: Any) -> str:

@@ -10,13 +10,15 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Callable, List, Mapping, Optional
 
 from .findings import Finding, Location, Severity
 from .record import Record
 from .source import ByteSource
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, List, Mapping, Optional
+
     from .policy import Policy
 
 
@@ -78,8 +80,10 @@ class Limits(Record, frozen=True):
         set_(self, "hub_max_tree_entries", hub_max_tree_entries)
         set_(self, "hub_max_tree_pages", hub_max_tree_pages)
 
-#: Opens a file next to the one being scanned (same directory or repo), by relative path; None if absent.
-SiblingOpener = Callable[[str], Optional[ByteSource]]
+if TYPE_CHECKING:  # pragma: no cover
+    #: Opens a file next to the one being scanned (same directory or repo), by relative path; None if
+    #: absent. (Only annotations use it.)
+    SiblingOpener = Callable[[str], Optional[ByteSource]]
 
 
 class ScanEngine(ABC):

@@ -26,9 +26,10 @@ import re
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
 if TYPE_CHECKING:
+    from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
     from .findings import FileResult, Severity
 
 #: torch storage class name -> (safetensors dtype, bytes per element)

@@ -13,10 +13,13 @@ import bz2
 import lzma
 import os
 import zlib
-from typing import Any, Callable, Iterator, Optional
 
 from .context import ScanContext, ScanLimitExceeded
 from .source import ByteSource, SliceSource, SourceError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Iterator, Optional
 
 #: Output kept in memory up to this size; beyond it the output goes to a temporary file.
 SPOOL_THRESHOLD = 8 << 20

@@ -12,9 +12,12 @@ import hashlib
 import json
 import re
 import sys
-from typing import IO, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .findings import FileResult, ScanReport, Severity
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import IO, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 #: ``K/N`` with 1 <= K <= N.
 _SHARD = re.compile(r"(\d+)/(\d+)")

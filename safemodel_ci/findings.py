@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import enum
 import os
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from collections import namedtuple
 
 from .record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 #: Exit codes shared by every entry point (CLI, pre-commit hook, GitHub Action, Hub commands).
 EXIT_OK = 0
@@ -43,21 +47,20 @@ HUB = "hub"
 HF_CACHE = "hf-cache"
 
 
-class Location(NamedTuple):
+class Location(namedtuple("Location", ("kind", "path", "repo", "revision", "members"),
+                          defaults=(LOCAL, "", None, None, ()))):
     """Where a finding (or a file, or a whole target) is, as data: the writers format it.
 
-    ``kind`` says where the bytes came from (:data:`LOCAL`, :data:`HUB`, :data:`HF_CACHE`); ``repo``
-    and ``revision`` name a Hub repo (``org/name``, with a ``datasets/`` or ``spaces/`` prefix for
-    those types) at a commit; ``path`` is the local path, or the path inside the repo (empty for the
-    repo itself); ``members`` is the chain of containers inside the file, outermost first.
-    Immutable, hashable and picklable (a named tuple: cheap to make once per finding).
+    ``kind`` (str) says where the bytes came from (:data:`LOCAL`, :data:`HUB`, :data:`HF_CACHE`);
+    ``repo`` and ``revision`` (str or None) name a Hub repo (``org/name``, with a ``datasets/`` or
+    ``spaces/`` prefix for those types) at a commit; ``path`` (str) is the local path, or the path
+    inside the repo (empty for the repo itself); ``members`` (a tuple of str) is the chain of
+    containers inside the file, outermost first. Immutable, hashable and picklable (a named tuple:
+    cheap to make once per finding; ``collections.namedtuple``, as ``typing.NamedTuple`` would
+    compile each field's annotation at import: start-up).
     """
 
-    kind: str = LOCAL
-    path: str = ""
-    repo: Optional[str] = None
-    revision: Optional[str] = None
-    members: Tuple[str, ...] = ()
+    __slots__ = ()
 
     @classmethod
     def local(cls, path: str, member: Optional[str] = None) -> "Location":

@@ -13,15 +13,18 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from typing import Any, Dict, List, Optional, Tuple, Union
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, List, Optional, Tuple, Union
+
+    JSONPath = Tuple[Union[str, int], ...]
 
 #: serde_json's default recursion limit: 128 levels, of which 127 nested arrays/objects parse.
 SERDE_MAX_DEPTH = 127
 
 _U64_MAX = (1 << 64) - 1
 _I64_MIN = -(1 << 63)
-
-JSONPath = Tuple[Union[str, int], ...]
 
 
 class JSONFormatError(ValueError):

@@ -15,12 +15,15 @@ loaders; for them content alone decides (the scanner's ``unrecognized-format`` n
 from __future__ import annotations
 
 import os
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from .context import ScanContext, ScanLimitExceeded
 from .findings import Severity
 from .record import Record
 from .source import ByteSource, SourceError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 #: The member under which the LFS reader scans the object a pointer stands for: the pointer's own
 #: name binds the object's loader (a checkout with LFS content has the object at that path).

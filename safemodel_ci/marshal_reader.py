@@ -5,9 +5,12 @@ nothing becomes a function. A shared decoder (like :mod:`.protobuf`): it imports
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
 
 from .record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, List, Optional
 
 class MarshalError(ValueError):
     """The bytes are not a marshalled code object in the layout tried."""

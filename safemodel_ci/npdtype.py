@@ -25,7 +25,10 @@ checks every form against ``numpy.dtype`` itself (numpy is a test dependency onl
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, List, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, List, Tuple
 
 
 class DtypeUnsure(ValueError):

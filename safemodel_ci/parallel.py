@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import os
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
 
 from . import Terminated
 from .cache import _REC, Judged, ResultCache, _read_nonblocking_fd, cached_result, options_fingerprint, \
@@ -24,7 +23,9 @@ from .policy import Policy
 from .record import Record
 from .scanner import ScanOptions
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Callable, Deque, Iterable, Iterator, List, Optional, Tuple
     from concurrent.futures import Future
 
 #: Fewer files than this are scanned in-process: starting workers would cost more than it saves.

@@ -24,9 +24,13 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import AbstractSet, Any, Dict, FrozenSet, Mapping, NamedTuple, Optional, Set, Tuple
+from collections import namedtuple
 
 from .findings import Severity
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import AbstractSet, Any, Dict, FrozenSet, Mapping, Optional, Set, Tuple
 
 #: The generated table (see ``tools/gen_allowlist.py`` and the README, "The pickle allowlist").
 DATA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "allowlist.json")
@@ -35,33 +39,33 @@ DATA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "al
 _CODE_TABLES_VERSION = "2"
 
 
-class GlobalVerdict(NamedTuple):
-    """How the policy judges one imported global. ``rule_id`` None means allowed.
+class GlobalVerdict(namedtuple("GlobalVerdict", ("rule_id", "severity", "reason", "allowed_by", "turned_off"),
+                               defaults=(None, None))):
+    """How the policy judges one imported global: ``rule_id`` (str; None means allowed), ``severity``
+    (a :class:`Severity`), ``reason`` (str).
 
-    ``allowed_by`` is set when a config entry allowed what the built-in tables would report
-    (``turned_off`` is that rule id): the scan then reports an INFO ``allowed-by-config`` finding.
-    Defined here, beside the tables that make it, so that ``policy`` imports this module and not
-    the other way round (``policy`` re-exports it).
+    ``allowed_by`` (str or None) is set when a config entry allowed what the built-in tables would
+    report (``turned_off`` is that rule id): the scan then reports an INFO ``allowed-by-config``
+    finding. Defined here, beside the tables that make it, so that ``policy`` imports this module
+    and not the other way round (``policy`` re-exports it). A ``collections.namedtuple``: see
+    :class:`~safemodel_ci.findings.Location`.
     """
 
-    rule_id: Optional[str]
-    severity: Severity
-    reason: str
-    allowed_by: Optional[str] = None
-    turned_off: Optional[str] = None
+    __slots__ = ()
 
 
-class AllowTable(NamedTuple):
-    """The generated table: admitted names and dangerous re-exports, each mapped to its entry."""
+class AllowTable(namedtuple("AllowTable", ("allow", "dangerous", "environments", "sha256"))):
+    """The generated table: admitted names and dangerous re-exports, each mapped to its entry.
 
-    #: ``module.name`` -> ``(kind, target)``: kind is class, ufunc, function or constant; target the
-    #: object's own ``module.qualname`` (equal to the name unless the name is an alias).
-    allow: Mapping[str, Tuple[str, str]]
-    #: ``module.name`` -> the dangerous object it denotes (``multiprocessing.connection.Listener``).
-    dangerous: Mapping[str, str]
-    #: Environment name -> library versions the table was generated from.
-    environments: Mapping[str, Mapping[str, str]]
-    sha256: str
+    - ``allow``: ``module.name`` -> ``(kind, target)``: kind is class, ufunc, function or constant;
+      target the object's own ``module.qualname`` (equal to the name unless the name is an alias);
+    - ``dangerous``: ``module.name`` -> the dangerous object it denotes
+      (``multiprocessing.connection.Listener``);
+    - ``environments``: environment name -> library versions the table was generated from;
+    - ``sha256``: the data file's digest.
+    """
+
+    __slots__ = ()
 
 
 _TABLE: Optional[AllowTable] = None

@@ -7,13 +7,16 @@ allowlist"), naming the exact global so a project can allow it in its config.
 
 from __future__ import annotations
 
-from typing import Any, FrozenSet, Mapping, Optional
 
 from . import pickle_policy
 from .findings import Finding, Location, Severity
 from .pickle_policy import GlobalVerdict
 from .record import Record
 from .rules import RULES_BY_ID, rule
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, FrozenSet, Mapping, Optional
 
 
 class Policy(Record, frozen=True):

@@ -15,10 +15,13 @@ simply yielded one by one, so a caller visits every occurrence.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
 
 from .record import Record
 from .source import ByteSource
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Iterator, Optional
 
 VARINT, I64, LEN, SGROUP, EGROUP, I32 = 0, 1, 2, 3, 4, 5
 #: Messages up to this size are read into memory in one go and decoded there; larger ones are

@@ -7,10 +7,13 @@ severity, they make the verdict "incomplete" (exit code 2) so a file is never re
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .findings import Finding, Location, Severity
 from .record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, Mapping, Optional, Tuple
 
 
 class Rule(Record, frozen=True):

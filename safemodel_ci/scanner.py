@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from typing import Any, Dict, List, Optional, Tuple, Union
 
-from .context import Limits, ScanContext, ScanEngine, ScanLimitExceeded, SiblingOpener, install_engine
+from .context import Limits, ScanContext, ScanEngine, ScanLimitExceeded, install_engine
 from .findings import FileResult, Location, sort_findings
 from . import formats
 from .formats import load, load_named
@@ -16,6 +15,11 @@ from .loader_names import check_binding, pickle_fails_at_once
 from .policy import Policy
 from .record import Record
 from .source import ByteSource, FileSource, SourceError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import SiblingOpener
+    from typing import Any, Dict, List, Optional, Tuple, Union
 
 #: Bytes handed to every detector. Detectors needing more read it from the source themselves.
 HEAD_SIZE = 4096

@@ -17,12 +17,13 @@ import argparse
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from .findings import EXIT_USAGE, Severity
 from .record import Record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Optional, Tuple
     from .cache import ResultCache
     from .config import Config
     from .parallel import ScanPlan

@@ -12,7 +12,10 @@ import io
 import os
 import stat
 from abc import ABC, abstractmethod
-from typing import Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Optional
 
 
 class SourceError(OSError):

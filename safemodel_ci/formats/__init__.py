@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import Callable, Dict, FrozenSet, List, Tuple
 
 from ..protobuf import TAG_START, head_may_be_message, valid_first_tag
 from ..record import Record
 from ..source import ByteSource
 from .interface import FormatReader
 
-#: (source, first 4 KiB) -> False only when the reader's detector would say no.
-Gate = Callable[[ByteSource, bytes], bool]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Callable, Dict, FrozenSet, List, Tuple
+
+    #: (source, first 4 KiB) -> False only when the reader's detector would say no.
+    Gate = Callable[[ByteSource, bytes], bool]
 
 
 class ReaderRow(Record, frozen=True):
@@ -209,4 +212,4 @@ def readers() -> List[FormatReader]:
     return _readers
 
 
-__all__ = ["ROWS", "Gate", "ReaderRow", "load", "load_named", "readers", "split_rows"]
+__all__ = ["ROWS", "ReaderRow", "load", "load_named", "readers", "split_rows"]

@@ -8,11 +8,14 @@ through :meth:`ScanContext.scan_pickle_at`.
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 from ..context import ScanContext
 from ..findings import Severity
 from ..source import ByteSource
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Optional
 
 #: Pickle starts looked for in unaccounted bytes (protocol 2+ header, or protocol 0 GLOBAL).
 _CARVE_RE = re.compile(rb"\x80[\x02-\x05]|c[A-Za-z_][\w.]{0,200}\n[A-Za-z_][\w.]{0,200}\n")

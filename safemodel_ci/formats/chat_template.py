@@ -35,10 +35,13 @@ import itertools
 import re
 import string
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 from ..context import ScanContext
 from ..source import ByteSource
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 #: Template text kept in memory at most (larger templates are reported, not scanned).
 MAX_TEMPLATE = 16 << 20

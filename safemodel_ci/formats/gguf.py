@@ -14,12 +14,15 @@ a Jinja program that llama-cpp-python rendered unsandboxed (CVE-2024-34359).
 from __future__ import annotations
 
 import struct
-from typing import Optional
 
 from ..context import ScanContext
 from ..source import ByteSource, SourceReader
 from .chat_template import MAX_TEMPLATE, report_template
 from .interface import FormatReader
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Optional
 
 MAGIC = b"GGUF"
 # Type codes and their fixed sizes (STRING=8 and ARRAY=9 are variable).

@@ -16,12 +16,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, Optional
 
 from ..context import ScanContext
 from ..source import ByteSource, SourceIO
 from .interface import FormatReader
 from .keras_config import walk_keras_config
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, Optional
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: Root attributes holding JSON that Keras deserializes.

@@ -10,10 +10,13 @@ registered by a row of the detector table in :mod:`safemodel_ci.formats`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, FrozenSet
 
 from ..context import ScanContext
 from ..source import ByteSource
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import ClassVar, FrozenSet
 
 
 class FormatReader(ABC):

@@ -11,12 +11,15 @@ file of their own, as member ``<zlib>`` / ``<gzip>`` ...
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
 
 from ..context import ScanContext
 from ..decompress import DecompressionError, decompress_head, decompress_to_source, lz4_available
 from ..source import ByteSource, SliceSource
 from .interface import FormatReader
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Optional, Tuple
 
 #: (prefix, method) in the order joblib tests them.
 PREFIXES: Tuple[Tuple[bytes, str], ...] = (

@@ -24,7 +24,6 @@ import binascii
 import builtins
 import json
 import re
-from typing import Any, Dict, List, Optional, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
@@ -32,6 +31,10 @@ from ..jsonutil import decode_json_bytes, json_bytes_encoding, json_head_text
 from ..marshal_reader import summarize_marshalled_code
 from ..record import Record
 from ..source import ByteSource, BytesSource
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, List, Optional, Tuple
 
 #: Top-level packages Keras itself accepts for ``module`` since the CVE-2025-1550 fix, plus tf_keras.
 KERAS_PACKAGES = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp", "tf_keras"})

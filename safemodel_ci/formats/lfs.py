@@ -13,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Dict, Optional, Tuple
 
 from ..context import ScanContext
 from ..source import ByteSource, FileSource, SourceError
 from .interface import FormatReader
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, Optional, Tuple
 
 MAX_POINTER = 1024
 #: Spec URLs git-lfs accepts in the version line (``lfs/pointer.go`` v1Aliases).

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Any, Dict, Tuple
 
 from ..context import ScanContext
 from ..npdtype import DtypeUnsure, from_descr
 from ..source import ByteSource, SliceSource
 from .interface import FormatReader
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, Tuple
 
 MAGIC = b"\x93NUMPY"
 #: numpy refuses headers above 10000 characters unless allow_pickle is given (then any size); the

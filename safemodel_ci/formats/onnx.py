@@ -29,12 +29,15 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from typing import Dict, List, Optional, Tuple
 
 from ..context import ScanContext
 from ..protobuf import LEN, TAG_START, VARINT, ProtobufError, ProtoView, head_may_be_message
 from ..source import ByteSource, BytesSource
 from .interface import FormatReader
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, List, Optional, Tuple
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"})
 #: Keys onnx's ExternalDataInfo knows.

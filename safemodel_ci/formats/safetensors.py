@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import gc
 import struct
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from collections import namedtuple
 
 from ..context import ScanContext
 from ..findings import Severity
 from ..jsonutil import JSONFormatError, char_to_byte_offset, parse_json_strict
 from ..record import Record
 from ..source import ByteSource
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, List, Optional, Tuple
 
 #: ``MAX_HEADER_SIZE`` of the reference.
 MAX_HEADER_SIZE = 100_000_000
@@ -44,17 +48,15 @@ MAX_FINDINGS_PER_RULE = 20
 DATA_MEMBER = "<tensor data>"
 
 
-class TensorEntry(NamedTuple):
-    """One tensor of a header: dtype, shape and offsets relative to the start of the data.
+class TensorEntry(namedtuple("TensorEntry", ("name", "dtype", "shape", "begin", "end"))):
+    """One tensor of a header: ``name`` and ``dtype`` (str), ``shape`` (a tuple of int), ``begin``
+    and ``end`` (int, offsets relative to the start of the data).
 
-    A named tuple rather than a dataclass: a header may list a million tensors.
+    A named tuple rather than a dataclass: a header may list a million tensors (a
+    ``collections.namedtuple``: see :class:`~safemodel_ci.findings.Location`).
     """
 
-    name: str
-    dtype: str
-    shape: Tuple[int, ...]
-    begin: int
-    end: int
+    __slots__ = ()
 
     @property
     def nbytes(self) -> int:

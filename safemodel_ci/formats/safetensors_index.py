@@ -10,13 +10,16 @@ only their safetensors headers (8 + N bytes each), in a scratch context, to cros
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Set
 
 from ..context import ScanContext
 from ..jsonutil import JSONFormatError, parse_json_strict
 from ..source import ByteSource
 from .interface import FormatReader
 from .safetensors import SafetensorsHeader, claims_safetensors, read_safetensors_header
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, List, Optional, Set
 
 #: Bytes searched for the ``"weight_map"`` key when sniffing (it comes right after a small metadata).
 SNIFF_BYTES = 64 * 1024

@@ -30,7 +30,6 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
@@ -42,6 +41,10 @@ from ..protobuf import (
 )
 from ..source import ByteSource
 from .keras_config import walk_keras_config
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "tf_ops.json"
 

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any
 
 from ..context import ScanContext
 from ..source import ByteSource, BytesSource
 from .interface import FormatReader
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
 
 #: The first field of a text-format SavedModel (comments and blank lines may precede it).
 _START = re.compile(rb"\A(?:\s|#[^\n]*\n)*(saved_model_schema_version|meta_graphs)\s*[:{]")

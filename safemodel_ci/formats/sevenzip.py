@@ -6,12 +6,15 @@ scanned by content. Without ``py7zr`` the archive is reported as not scannable, 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
 
 from ..context import ScanContext, ScanLimitExceeded
 from ..decompress import DecompressedSource
 from ..source import ByteSource, SourceIO
 from .interface import FormatReader
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, List, Optional
 
 MAGIC = b"7z\xbc\xaf\x27\x1c"
 

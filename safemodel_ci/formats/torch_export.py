@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
@@ -25,7 +24,9 @@ from .torchscript import classify_op
 from .zip.container import CentralEntry, read_member
 from .zip.torch_archive import torch_key
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Iterator, List, Optional, Tuple
     from ..source import ByteSource
 
 #: ``_operator`` functions export graphs use for symbolic-size arithmetic.

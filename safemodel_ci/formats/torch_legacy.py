@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Dict, List, Optional, Tuple
 
 from ..context import ScanContext
 from ..source import ByteSource
 from .carve import carve
 from .torch_storages import storages_from_persistent_ids
 from .interface import FormatReader
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, List, Optional, Tuple
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001

@@ -8,11 +8,14 @@ the context, the source and the carving helper, and reads pickles through the co
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..context import ScanContext
 from ..source import ByteSource
 from .carve import carve
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, Optional, Sequence, Tuple
 
 #: Bytes per element of the classes a legacy persistent id may name as its storage type: torch's
 #: loader reads ``torch._utils._element_size(storage_type.dtype)`` bytes per element, so these are

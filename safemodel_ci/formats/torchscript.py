@@ -33,7 +33,6 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ..context import ScanContext
 from ..findings import Severity
@@ -41,7 +40,9 @@ from ..policy import GlobalVerdict, Policy
 from .zip.container import CentralEntry, read_member
 from .zip.torch_archive import torch_key
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, FrozenSet, List, Optional, Set, Tuple
     from ..source import ByteSource
 
 DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "torchscript_ops.json"

@@ -14,12 +14,15 @@ checked, nothing is built; a structure that does not hold is unscanned, never cl
 from __future__ import annotations
 
 import struct
-from typing import List, Optional, Tuple
 
 from ..context import ScanContext
 from ..source import ByteSource
 from .interface import FormatReader
 from .torchscript import CodeFile, Use, _report, classify_class, classify_op, judge_code, parse_code
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import List, Optional, Tuple
 
 MAGIC = b"PTMF"
 #: Field slots (vtable offsets) from torch's generated ``mobile_bytecode_generated.h``.

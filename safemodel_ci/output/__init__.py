@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
-from typing import Dict, Optional, Tuple
 
 from .interface import ReportWriter
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, Optional, Tuple
 
 _WRITERS: Dict[str, Tuple[str, str]] = {
     "text": ("text", "TextWriter"),

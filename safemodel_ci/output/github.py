@@ -17,13 +17,16 @@ above below fail-on, ``notice`` for the rest.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ..findings import FileResult, Finding, ScanReport, Severity
 from ..rules import RULES_BY_ID
 from .interface import ReportWriter, escape_surrogates
 from .repo_paths import find_repo_root, local_path, repo_relative
 from .text import summary_line
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 LEVELS = ("error", "warning", "notice")
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from typing import ClassVar, Optional
 
 from ..findings import ScanReport
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import ClassVar, Optional
 
 #: Compiled on first use by non-ASCII text (compiling it cost ~0.3 ms of every start-up).
 _SURROGATE = "[\ud800-\udfff]"

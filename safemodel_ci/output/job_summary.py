@@ -11,13 +11,16 @@ GitHub accepts at most 1 MiB per step summary; the table is cut to fit with a no
 from __future__ import annotations
 
 import re
-from typing import List, Optional
 
 from ..convert import convert_command
 from ..findings import Finding, ScanReport, Severity
 from ..rules import RULES_BY_ID
 from .github import LFS_ADVICE, LFS_RULE, finding_level
 from .interface import escape_surrogates
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import List, Optional
 
 #: GitHub's limit for one step's summary.
 SUMMARY_LIMIT = 1024 * 1024

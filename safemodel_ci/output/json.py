@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
 
 from .. import __version__
 from ..findings import ScanReport
 from .interface import ReportWriter
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict
 
 SCHEMA_VERSION = "1"
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
-from typing import Optional
 from urllib.parse import quote
 
 from ..findings import Location
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Optional
 
 #: Characters kept as they are in a URI path segment (RFC 3986 unreserved, plus the separator).
 _URI_SAFE = "/-._~"

@@ -25,13 +25,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Dict, List, Optional, Tuple
 
 from .. import __version__
 from ..findings import Finding, Location, ScanReport, Severity
 from ..rules import RULES, RULES_BY_ID, Rule
 from .interface import ReportWriter, escape_surrogates
 from .repo_paths import file_uri, find_repo_root, hub_url, local_path, path_to_uri, repo_relative
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, List, Optional, Tuple
 
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_VERSION = "2.1.0"

@@ -6,10 +6,13 @@ and above unless ``--show-info`` or ``--min-severity``); the verdict always cove
 
 from __future__ import annotations
 
-from typing import List
 
 from ..findings import FileResult, Finding, ScanReport, Severity
 from .interface import ReportWriter
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import List
 
 #: Files the walk passed over without reading them carry this notice.
 SKIPPED_RULE = "skipped-not-regular"

@@ -30,15 +30,17 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from ..cache import ResultCache, _read_nonblocking_fd, tracking_siblings
-from ..context import SiblingOpener
 from ..findings import HF_CACHE, FileResult, Finding, Location, ScanReport, Severity, sort_findings
 from ..policy import Policy
 from ..scanner import ScanOptions, scan_byte_source
 from ..source import ByteSource, FileSource, SourceError
 from .hub import display_repo, format_bytes, plural
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..context import SiblingOpener
 
 #: Bytes hashed per read: memory stays bounded whatever the blob size.
 HASH_CHUNK = 1 << 20

@@ -22,13 +22,14 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping,
                     TypeVar)
 from urllib.parse import quote, urljoin, urlsplit
 
-from ..context import Limits, ScanLimitExceeded, SiblingOpener
+from ..context import Limits, ScanLimitExceeded
 from ..findings import HUB, FileResult, Finding, Location, ScanReport, sort_findings
 from ..policy import Policy
 from ..scanner import ScanOptions, scan_byte_source
 from ..source import ByteSource, SourceError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..context import SiblingOpener
     from ..cache import ResultCache
 
 #: Bytes per cached block. Reads of consecutive missing blocks go out as one request, so small blocks

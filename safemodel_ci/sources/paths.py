@@ -12,7 +12,10 @@ keeps its own stack, so nesting of any depth works.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 #: Directories never descended into: version-control metadata and tool caches.
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})

@@ -3,10 +3,13 @@ unpicklers a walk follows, and the signals and records a walk produces."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
 
 from ...findings import Severity
 from ...record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, List, Optional
 
 #: A str/bytes payload longer than this is not read: a placeholder keeps its length and offset.
 MAX_INLINE_BYTES = 1 << 20

@@ -13,7 +13,6 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ...context import ScanContext
 from ...findings import Severity
@@ -46,6 +45,10 @@ from .values import (
     _unhashable,
     describe,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 _BYTES_IO = frozenset({"io.BytesIO", "_io.BytesIO"})
 

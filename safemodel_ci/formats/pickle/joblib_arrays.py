@@ -8,12 +8,15 @@ replace its top of stack, and use its ``_scan_inline_pickle`` and ``_check_array
 
 from __future__ import annotations
 
-from typing import Any, Dict, NoReturn, Optional, Sequence
 
 from ...npdtype import DtypeUnsure
 from .base import _Broken
 from .numpy_dtype import _dtype_info
 from .values import Obj, PDict, PList, _Lost, describe
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, NoReturn, Optional, Sequence
 
 #: The default numpy alignment joblib's NumpyArrayWrapper.__init__ sets.
 _JOBLIB_ALIGNMENT = 16

@@ -3,10 +3,13 @@ as joblib needs it to know how many raw array bytes follow a wrapper."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
 
 from ...npdtype import DType, DtypeUnsure, PickledDtype, from_pickled
 from .values import Obj, PDict, _NotLiteral, describe, to_literal
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, List
 
 def _dtype_info(dtype: Any, depth: int = 0) -> DType:
     """The numpy dtype a symbolic ``numpy.dtype(...)`` (+ BUILD state) in the stream rebuilds.

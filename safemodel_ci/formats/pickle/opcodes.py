@@ -11,7 +11,6 @@ import codecs
 import struct
 import sys
 import warnings
-from typing import Any, Callable, Dict, List, Optional
 
 from .base import _C, _PY, MAX_INLINE_BYTES, _Broken, _Stop
 from .textargs import _c_float_ok, _parse_float_line, _parse_int_line, _parse_long_line, _py2_str
@@ -30,6 +29,10 @@ from .values import (
     _maybe_literal,
     describe,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Dict, List, Optional
 
 #: Opcode byte -> handler.
 _DISPATCH: Dict[int, Callable[[Any, int], None]] = {}

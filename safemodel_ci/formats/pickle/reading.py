@@ -4,10 +4,13 @@ the C unpickler fed a file object without ``peek``, and big latin-1 payloads mad
 from __future__ import annotations
 
 import codecs
-from typing import Optional
 
 from ...context import Limits
 from ...source import ByteSource, SourceReader
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Optional
 
 _DEFAULT_MAX_LINE = Limits().max_in_memory_bytes + 1
 

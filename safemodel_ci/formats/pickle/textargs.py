@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Optional, Tuple
 
 from .values import _HugeInt
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Optional, Tuple
 
 # Protocol-0 number arguments, exactly as the two unpicklers read them. A stream must be walked to
 # its STOP whenever EITHER of them would load it (torch and numpy use the C ``_pickle``, joblib uses

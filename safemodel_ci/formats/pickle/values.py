@@ -4,10 +4,13 @@ Also what the loader would do with a value: hash it, test it for truth, iterate 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ...pickle_policy import NESTED_LOADERS, full_name
 from .base import _Broken, _Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 
 class Sym:

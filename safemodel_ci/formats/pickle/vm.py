@@ -13,7 +13,6 @@ import codecs
 import gc
 import struct
 import sys
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from ...context import ScanContext
 from ...findings import Severity
@@ -37,6 +36,10 @@ from .opcodes import _OPCODES, _TABLE
 from .reading import _FastReader, _FrameBufferReader
 from .textargs import _memo_index
 from .values import _INERT_ATOMS, LOST, LOST_STR, LOST_TUPLE, BigData, PList, _lost_kind, _maybe_literal
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 #: Opcodes a pickler writes right after an import: MARK, memo PUTs, EMPTY_TUPLE.
 _AFTER_IMPORT = frozenset(b"(pqr\x94)")

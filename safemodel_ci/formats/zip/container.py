@@ -9,12 +9,15 @@ import lzma
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
 
 from ...context import ScanContext
 from ...decompress import (CHUNK, DecompressionError, decompress_head, decompress_to_source,
                            raw_lzma_stream)
 from ...source import ByteSource, SliceSource
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import List, Optional, Tuple
 
 LOCAL_SIG = b"PK\x03\x04"
 CENTRAL_SIG = b"PK\x01\x02"

@@ -14,7 +14,6 @@ archive (enough to see whether it is something other than raw numbers; :mod:`.to
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
 
 from ...context import ScanContext
 from ...decompress import DecompressionError, decompress_to_source
@@ -29,6 +28,10 @@ from .container import (CRC_CHECK_STORED_MAX, EOCD_SIG, FLAG_DESCRIPTOR, FLAG_EN
                         read_central_directory, read_local_header, top_folders)
 from .torch_archive import STORAGE_SNIFF, scan_member, torch_key, torch_pickle_kind
 from .torch_archive import torch_roots as torch_roots_of
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, List, Optional, Tuple
 
 
 class ZipReader(FormatReader):

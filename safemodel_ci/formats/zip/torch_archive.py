@@ -5,11 +5,14 @@ reads it), which members are raw storages it never parses.
 
 from __future__ import annotations
 
-from typing import List
 
 from ...context import ScanContext
 from ...source import ByteSource
 from .container import CentralEntry
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time (start-up)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import List
 
 #: Storage members of a torch archive are only sniffed: this many leading bytes.
 STORAGE_SNIFF = 4096

@@ -76,8 +76,9 @@ class UsageParser(argparse.ArgumentParser):
     so usage errors exit 3. Help is wrapped to the terminal's width as argparse does (see
     :func:`_sized`)."""
 
-    def __init__(self, *args: Any, formatter_class: Any = argparse.HelpFormatter, **kwargs: Any) -> None:
-        super().__init__(*args, formatter_class=_sized(formatter_class), **kwargs)
+    def __init__(self, **kwargs: Any) -> None:  # keywords only, as argparse's add_parser passes them
+        kwargs["formatter_class"] = _sized(kwargs.get("formatter_class", argparse.HelpFormatter))
+        super().__init__(**kwargs)
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
         self.print_usage(sys.stderr)
